@@ -1,0 +1,707 @@
+//! Configuration: one TOML file, every key overridable as `UNIKGATE_<SECTION>__<KEY>`, secrets
+//! readable from files. The doc comment of every field is the reference for its key
+//! (`config/unikgate.toml` repeats it with the defaults).
+//!
+//! Invariant: [`Config::load`] either returns a config where every value has been checked, or the
+//! full list of problems, each naming its key path and the fix. Nothing else validates config.
+
+mod reader;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::SecretString;
+use url::Url;
+
+pub use reader::{ConfigError, Env, ProcessEnv, Reader};
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub provider: ProviderConfig,
+    pub session: SessionConfig,
+    pub store: StoreConfig,
+    pub matomo: MatomoConfig,
+    /// Folder of the config file; relative paths in the config are read from the working directory.
+    pub source: Option<PathBuf>,
+}
+
+/// `[server]`: where unikgate listens and how the public sees it.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// The URL people type to reach Matomo, e.g. `https://analytics.example.com`. Redirects,
+    /// cookies (Secure when https) and the OIDC redirect URI are built from it. Path must be `/`.
+    pub public_url: Url,
+    /// Path under which unikgate's own endpoints live. Default `/_unikgate`.
+    pub prefix: String,
+    /// CIDRs of reverse proxies in front of unikgate whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Separate address for `GET /metrics` (Prometheus). Unset: metrics are not served.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `text` (default) or `json` log lines.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[upstream]`: the Matomo server unikgate forwards to.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Base URL of Matomo on the internal network, e.g. `http://matomo:80`. Required.
+    pub url: Url,
+    /// Time allowed to open a TCP connection to Matomo. Default `5s`.
+    pub connect_timeout: Duration,
+    /// Time allowed for Matomo to start answering (headers). Default `120s` (reports can be slow).
+    pub timeout: Duration,
+}
+
+/// `[provider]`: the OpenID Connect provider. Defaults are Unikname Connect's.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Label of the sign-in button. Default "Connect with your private @unikname".
+    pub name: String,
+    /// Issuer for discovery (`<issuer>/.well-known/openid-configuration`). Default
+    /// `https://connect.unikname.com/oidc`. When discovery fails, the explicit URLs below are used.
+    pub issuer: Option<Url>,
+    pub authorize_url: Url,
+    pub token_url: Url,
+    pub userinfo_url: Url,
+    /// JSON Web Key Set; with it (or discovery's), ID tokens are verified.
+    pub jwks_url: Option<Url>,
+    /// RP-initiated logout endpoint, used at sign-out when set (or found by discovery).
+    pub end_session_url: Option<Url>,
+    /// Claim of the userinfo answer that identifies the person (`sub`); dotted paths such as
+    /// `attributes.uid` reach nested objects.
+    pub userinfo_id: String,
+    pub scopes: Vec<String>,
+    pub client_id: Option<String>,
+    /// From `client_secret` or the file named by `client_secret_file`.
+    pub client_secret: Option<SecretString>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    pub token_auth_method: TokenAuthMethod,
+    /// Accepted ID token signature algorithms. Default `["RS256"]`.
+    pub id_token_algs: Vec<String>,
+    /// Timeout of every call to the provider. Default `10s`.
+    pub timeout: Duration,
+    /// Allow `GET <prefix>/start` (a direct login URL). Default false: only the sign-in page's form.
+    pub allow_get_start: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAuthMethod {
+    Basic,
+    Post,
+}
+
+/// `[session]`: unikgate's own session cookie.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Default `unikgate_session`.
+    pub cookie_name: String,
+    /// A session unused this long ends. Default `12h`.
+    pub idle_timeout: Duration,
+    /// A session ends this long after sign-in whatever its use. Default `7d`.
+    pub absolute_timeout: Duration,
+    /// Key signing the cookie, at least 64 bytes, from `key` or `key_file`. Unset: generated once
+    /// into `<data folder>/session.key` (the folder of the SQLite store).
+    pub key: Option<SecretString>,
+}
+
+/// `[store]`: where sessions and links live.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://data/unikgate.db` (default; the file and folder are created).
+    pub url: String,
+}
+
+/// `[matomo]`: how unikgate treats Matomo.
+#[derive(Debug, Clone)]
+pub struct MatomoConfig {
+    /// How a Matomo session is minted: `autologin` (the AutoLogin plugin).
+    pub minter: MinterKind,
+    /// Let Matomo's own password login and the sessions it makes pass through. Default false.
+    pub password_login: bool,
+    /// Matomo's idle timeout for sessions (`login_session_not_remembered_idle_timeout`); unikgate
+    /// mints again before it lapses. Default `3600s`.
+    pub idle_timeout: Duration,
+    /// Extra path prefixes served without a session (exact paths, or prefixes ending in `/`).
+    pub public_paths: Vec<String>,
+    /// File served at `/.well-known/uns-verification.txt` for Unikname's domain check.
+    pub uns_verification_file: Option<PathBuf>,
+    /// Refuse @unikname sign-in for Matomo superusers. Default false.
+    pub deny_superusers: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinterKind {
+    AutoLogin,
+}
+
+pub const UNIKNAME_ISSUER: &str = "https://connect.unikname.com/oidc";
+pub const UNIKNAME_AUTHORIZE: &str = "https://connect.unikname.com/oidc/authorize";
+pub const UNIKNAME_TOKEN: &str = "https://connect.unikname.com/oidc/accessToken";
+pub const UNIKNAME_USERINFO: &str = "https://connect.unikname.com/oidc/profile";
+pub const DEFAULT_BUTTON: &str = "Connect with your private @unikname";
+
+/// The minimum session key length, in bytes (what `cookie::Key` needs).
+pub const MIN_KEY_LEN: usize = 64;
+
+impl Config {
+    /// Reads and checks a config file plus the process environment.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                key: path.display().to_string(),
+                message: format!("cannot read the config file: {e}"),
+            }]
+        })?;
+        let mut cfg = Self::from_toml(&text, &ProcessEnv)?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Reads and checks config text with the given environment.
+    pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, Vec<ConfigError>> {
+        let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "file".into());
+            vec![ConfigError {
+                key: at,
+                message: format!("not valid TOML: {}", e.message()),
+            }]
+        })?;
+        let mut errors = Vec::new();
+        for key in root.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                errors.push(ConfigError {
+                    key: key.clone(),
+                    message: format!("unknown section; the sections are: {}", SECTIONS.join(", ")),
+                });
+            }
+        }
+        check_env_names(env, &mut errors);
+        fn section<T>(
+            root: &toml::Table,
+            name: &'static str,
+            env: &dyn Env,
+            errors: &mut Vec<ConfigError>,
+            read: fn(&mut Reader<'_>) -> Option<T>,
+        ) -> Option<T> {
+            let mut r = Reader::new(root, name, env, errors);
+            let v = read(&mut r);
+            r.finish();
+            v
+        }
+        let server = section(&root, "server", env, &mut errors, read_server);
+        let upstream = section(&root, "upstream", env, &mut errors, read_upstream);
+        let provider = section(&root, "provider", env, &mut errors, read_provider);
+        let session = section(&root, "session", env, &mut errors, read_session);
+        let store = section(&root, "store", env, &mut errors, read_store);
+        let matomo = section(&root, "matomo", env, &mut errors, read_matomo);
+        match (server, upstream, provider, session, store, matomo) {
+            (Some(server), Some(upstream), Some(provider), Some(session), Some(store), Some(matomo))
+                if errors.is_empty() =>
+            {
+                Ok(Config {
+                    server,
+                    upstream,
+                    provider,
+                    session,
+                    store,
+                    matomo,
+                    source: None,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+
+    /// True when the provider credentials are present; without them UI requests fail closed.
+    pub fn provider_configured(&self) -> bool {
+        self.provider.client_id.is_some() && self.provider.client_secret.is_some()
+    }
+
+    /// `<public_url><prefix>/callback`.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}{}/callback", self.public_origin(), self.server.prefix)
+    }
+
+    /// `scheme://host[:port]` of the public URL, without a trailing slash.
+    pub fn public_origin(&self) -> String {
+        self.server.public_url.origin().ascii_serialization()
+    }
+
+    pub fn public_is_https(&self) -> bool {
+        self.server.public_url.scheme() == "https"
+    }
+
+    /// The `host[:port]` browsers send as `Host`.
+    pub fn public_host(&self) -> String {
+        let u = &self.server.public_url;
+        match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// The folder holding the embedded store (and the generated session key), if the store is a
+    /// SQLite file.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        sqlite_path(&self.store.url).map(|p| {
+            p.parent()
+                .map(|d| d.to_path_buf())
+                .unwrap_or_else(|| PathBuf::from("."))
+        })
+    }
+}
+
+pub const SECTIONS: &[&str] = &["server", "upstream", "provider", "session", "store", "matomo"];
+
+/// `UNIKGATE_<SECTION>__<KEY>` variables that name no key are errors: a typo would otherwise be
+/// silently ignored.
+fn check_env_names(env: &dyn Env, errors: &mut Vec<ConfigError>) {
+    for name in env.names() {
+        let Some((section, key)) = name
+            .strip_prefix("UNIKGATE_")
+            .and_then(|rest| rest.split_once("__"))
+        else {
+            continue;
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let known = KNOWN_KEYS
+            .iter()
+            .any(|(s, keys)| *s == section && keys.contains(&key.as_str()));
+        if !known {
+            errors.push(ConfigError {
+                key: name.clone(),
+                message: format!(
+                    "this environment variable names no config key ({section}.{key}); see config/unikgate.toml"
+                ),
+            });
+        }
+    }
+}
+
+/// Every key by section (kept in step with the readers by a unit test).
+pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    (
+        "server",
+        &["listen", "public_url", "prefix", "trusted_proxies", "metrics_listen", "log_format"],
+    ),
+    ("upstream", &["url", "connect_timeout", "timeout"]),
+    (
+        "provider",
+        &[
+            "name",
+            "issuer",
+            "authorize_url",
+            "token_url",
+            "userinfo_url",
+            "jwks_url",
+            "end_session_url",
+            "userinfo_id",
+            "scopes",
+            "client_id",
+            "client_secret",
+            "client_secret_file",
+            "token_auth_method",
+            "id_token_algs",
+            "timeout",
+            "allow_get_start",
+        ],
+    ),
+    ("session", &["cookie_name", "idle_timeout", "absolute_timeout", "key", "key_file"]),
+    ("store", &["url"]),
+    (
+        "matomo",
+        &[
+            "minter",
+            "password_login",
+            "idle_timeout",
+            "public_paths",
+            "uns_verification_file",
+            "deny_superusers",
+        ],
+    ),
+];
+
+fn parse_addr(r: &mut Reader<'_>, key: &'static str, default: Option<&str>) -> Option<SocketAddr> {
+    let s = match (r.opt_string(key), default) {
+        (Some(s), _) => s,
+        (None, Some(d)) => d.to_string(),
+        (None, None) => return None,
+    };
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            r.error(key, format!("{s:?} is not an address: write it like \"127.0.0.1:8080\" or \"[::]:8080\""));
+            None
+        }
+    }
+}
+
+fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
+    let listen = parse_addr(r, "listen", Some("127.0.0.1:8080"));
+    let public_url = r.url("public_url", "http://localhost:8080");
+    if let Some(u) = &public_url {
+        if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
+            r.error(
+                "public_url",
+                "must be an origin such as https://analytics.example.com, without a path (Matomo must be served at /)",
+            );
+        }
+    }
+    let prefix = r.string("prefix", "/_unikgate");
+    let prefix_ok = prefix.starts_with('/')
+        && prefix.len() > 1
+        && !prefix.ends_with('/')
+        && prefix[1..]
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && seg != "." && seg != "..");
+    if !prefix_ok {
+        r.error(
+            "prefix",
+            format!("{prefix:?} must look like \"/_unikgate\": a leading slash, no trailing slash, letters, digits, - _ ."),
+        );
+    }
+    let mut trusted_proxies = Vec::new();
+    for p in r.list("trusted_proxies", &[]) {
+        match p.parse::<IpNet>().or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from)) {
+            Ok(n) => trusted_proxies.push(n),
+            Err(_) => r.error(
+                "trusted_proxies",
+                format!("{p:?} is not a CIDR: write it like \"10.0.0.0/8\" or \"192.0.2.7\""),
+            ),
+        }
+    }
+    let metrics_listen = parse_addr(r, "metrics_listen", None);
+    let log_format = match r.choice("log_format", "text", &["text", "json"]).as_str() {
+        "json" => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    Some(ServerConfig {
+        listen: listen?,
+        public_url: public_url?,
+        prefix,
+        trusted_proxies,
+        metrics_listen,
+        log_format,
+    })
+}
+
+fn read_upstream(r: &mut Reader<'_>) -> Option<UpstreamConfig> {
+    let url = r.opt_url("url");
+    if url.is_none() && !r.has_error_for("url") {
+        r.error(
+            "url",
+            "is required: the internal URL of Matomo, e.g. url = \"http://matomo:80\"",
+        );
+    }
+    if let Some(u) = &url {
+        if u.scheme() != "http" {
+            r.error("url", "only http:// upstreams are supported (Matomo on the internal network)");
+        }
+    }
+    let connect_timeout = r.duration("connect_timeout", Duration::from_secs(5));
+    let timeout = r.duration("timeout", Duration::from_secs(120));
+    Some(UpstreamConfig {
+        url: url?,
+        connect_timeout,
+        timeout,
+    })
+}
+
+fn read_secret(
+    r: &mut Reader<'_>,
+    key: &'static str,
+    file_key: &'static str,
+) -> Option<SecretString> {
+    let inline = r.opt_string(key);
+    let file = r.opt_string(file_key);
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            r.error(file_key, format!("set either {key} or {file_key}, not both"));
+            None
+        }
+        (Some(s), None) => Some(SecretString::from(s)),
+        (None, Some(f)) => match std::fs::read_to_string(&f) {
+            Ok(s) => {
+                let s = s.trim_end_matches(['\n', '\r']).to_string();
+                if s.is_empty() {
+                    r.error(file_key, format!("the file {f:?} is empty"));
+                    None
+                } else {
+                    Some(SecretString::from(s))
+                }
+            }
+            Err(e) => {
+                r.error(file_key, format!("cannot read {f:?}: {e}"));
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+fn read_provider(r: &mut Reader<'_>) -> Option<ProviderConfig> {
+    let name = r.string("name", DEFAULT_BUTTON);
+    let issuer = match r.opt_string("issuer") {
+        None => Url::parse(UNIKNAME_ISSUER).ok(),
+        Some(s) if s == "none" => None,
+        Some(s) => match Url::parse(&s) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+            _ => {
+                r.error("issuer", format!("{s:?} is not an http(s) URL (or \"none\" to skip discovery)"));
+                None
+            }
+        },
+    };
+    let authorize_url = r.url("authorize_url", UNIKNAME_AUTHORIZE);
+    let token_url = r.url("token_url", UNIKNAME_TOKEN);
+    let userinfo_url = r.url("userinfo_url", UNIKNAME_USERINFO);
+    let jwks_url = r.opt_url("jwks_url");
+    let end_session_url = r.opt_url("end_session_url");
+    let userinfo_id = r.string("userinfo_id", "sub");
+    if userinfo_id.split('.').any(|p| p.is_empty()) {
+        r.error("userinfo_id", "must be a claim name such as \"sub\" or a dotted path such as \"attributes.uid\"");
+    }
+    let scopes = r.list("scopes", &["openid", "email"]);
+    if !scopes.iter().any(|s| s == "openid") {
+        r.error("scopes", "must contain \"openid\"");
+    }
+    let client_id = r.opt_string("client_id");
+    let client_secret = read_secret(r, "client_secret", "client_secret_file");
+    let token_auth_method = match r
+        .choice("token_auth_method", "client_secret_basic", &["client_secret_basic", "client_secret_post"])
+        .as_str()
+    {
+        "client_secret_post" => TokenAuthMethod::Post,
+        _ => TokenAuthMethod::Basic,
+    };
+    let id_token_algs = r.list("id_token_algs", &["RS256"]);
+    const ALGS: &[&str] = &[
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256", "HS384", "HS512",
+    ];
+    for a in &id_token_algs {
+        if !ALGS.contains(&a.as_str()) {
+            let msg = format!("{a:?} is not a supported algorithm; use some of {}", ALGS.join(", "));
+            r.error("id_token_algs", msg);
+        }
+    }
+    let timeout = r.duration("timeout", Duration::from_secs(10));
+    let allow_get_start = r.bool("allow_get_start", false);
+    Some(ProviderConfig {
+        name,
+        issuer,
+        authorize_url: authorize_url?,
+        token_url: token_url?,
+        userinfo_url: userinfo_url?,
+        jwks_url,
+        end_session_url,
+        userinfo_id,
+        scopes,
+        client_id,
+        client_secret,
+        token_auth_method,
+        id_token_algs,
+        timeout,
+        allow_get_start,
+    })
+}
+
+fn read_session(r: &mut Reader<'_>) -> Option<SessionConfig> {
+    let cookie_name = r.string("cookie_name", "unikgate_session");
+    if cookie_name.is_empty()
+        || !cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        || cookie_name == crate::matomo::MATOMO_COOKIE
+    {
+        r.error("cookie_name", "must be letters, digits, - or _, and not MATOMO_SESSID");
+    }
+    let idle_timeout = r.duration("idle_timeout", Duration::from_secs(12 * 3600));
+    let absolute_timeout = r.duration("absolute_timeout", Duration::from_secs(7 * 24 * 3600));
+    if absolute_timeout < idle_timeout {
+        r.error("absolute_timeout", "must not be shorter than session.idle_timeout");
+    }
+    let key = read_secret(r, "key", "key_file");
+    if let Some(k) = &key {
+        use secrecy::ExposeSecret;
+        if k.expose_secret().len() < MIN_KEY_LEN {
+            r.error(
+                "key",
+                format!(
+                    "is shorter than {MIN_KEY_LEN} bytes; make one with: head -c 48 /dev/urandom | base64 -w0  (64 characters)"
+                ),
+            );
+        }
+    }
+    Some(SessionConfig {
+        cookie_name,
+        idle_timeout,
+        absolute_timeout,
+        key,
+    })
+}
+
+/// The file of a `sqlite://` store URL.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+fn read_store(r: &mut Reader<'_>) -> Option<StoreConfig> {
+    let url = r.string("url", "sqlite://data/unikgate.db");
+    if sqlite_path(&url).is_none() {
+        r.error(
+            "url",
+            format!("{url:?} is not a supported store: use sqlite://path/to/file.db"),
+        );
+    }
+    Some(StoreConfig { url })
+}
+
+fn read_matomo(r: &mut Reader<'_>) -> Option<MatomoConfig> {
+    r.choice("minter", "autologin", &["autologin"]);
+    let minter = MinterKind::AutoLogin;
+    let password_login = r.bool("password_login", false);
+    let idle_timeout = r.duration("idle_timeout", Duration::from_secs(3600));
+    let public_paths = r.list("public_paths", &[]);
+    for p in &public_paths {
+        if !p.starts_with('/') || p.contains("..") || p.contains('?') || p.contains('\\') {
+            r.error(
+                "public_paths",
+                format!("{p:?} must be a path starting with / (no query, no ..); end it with / for a whole folder"),
+            );
+        }
+    }
+    let uns_verification_file = r.opt_string("uns_verification_file").map(PathBuf::from);
+    if let Some(f) = &uns_verification_file {
+        if !f.is_file() {
+            r.error(
+                "uns_verification_file",
+                format!("{} is not a readable file", f.display()),
+            );
+        }
+    }
+    let deny_superusers = r.bool("deny_superusers", false);
+    Some(MatomoConfig {
+        minter,
+        password_login,
+        idle_timeout,
+        public_paths,
+        uns_verification_file,
+        deny_superusers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const MIN: &str = "[upstream]\nurl = \"http://127.0.0.1:9\"\n";
+
+    #[test]
+    fn defaults_are_unikname_connect() {
+        let c = Config::from_toml(MIN, &env(&[])).unwrap();
+        assert_eq!(c.provider.name, DEFAULT_BUTTON);
+        assert_eq!(c.provider.authorize_url.as_str(), UNIKNAME_AUTHORIZE);
+        assert_eq!(c.provider.token_url.as_str(), UNIKNAME_TOKEN);
+        assert_eq!(c.provider.userinfo_url.as_str(), UNIKNAME_USERINFO);
+        assert_eq!(c.provider.userinfo_id, "sub");
+        assert_eq!(c.provider.scopes, vec!["openid", "email"]);
+        assert_eq!(c.server.prefix, "/_unikgate");
+        assert_eq!(c.store.url, "sqlite://data/unikgate.db");
+        assert_eq!(c.matomo.idle_timeout, Duration::from_secs(3600));
+        assert!(!c.provider_configured());
+    }
+
+    #[test]
+    fn env_overrides_keep_strings_as_strings() {
+        let c = Config::from_toml(
+            MIN,
+            &env(&[
+                ("UNIKGATE_PROVIDER__CLIENT_ID", "0123"),
+                ("UNIKGATE_PROVIDER__CLIENT_SECRET", "s"),
+                ("UNIKGATE_MATOMO__PASSWORD_LOGIN", "true"),
+                ("UNIKGATE_SERVER__TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.provider.client_id.as_deref(), Some("0123"));
+        assert!(c.matomo.password_login);
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn all_errors_are_reported_by_key() {
+        let text = "[server]\npublic_url = \"not a url\"\nlisten_port = 3\n[upstream]\nurl = \"http://x\"\ntimeout = \"forever\"\n[bogus]\n";
+        let errs = Config::from_toml(text, &env(&[])).unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"server.public_url"), "{errs:?}");
+        assert!(keys.contains(&"server.listen_port"), "{errs:?}");
+        assert!(keys.contains(&"upstream.timeout"), "{errs:?}");
+        assert!(keys.contains(&"bogus"), "{errs:?}");
+    }
+
+    #[test]
+    fn missing_upstream_is_named() {
+        let errs = Config::from_toml("", &env(&[])).unwrap_err();
+        assert_eq!(errs[0].key, "upstream.url");
+    }
+
+    #[test]
+    fn short_key_refused() {
+        let errs = Config::from_toml(&format!("{MIN}[session]\nkey = \"short\"\n"), &env(&[])).unwrap_err();
+        assert_eq!(errs[0].key, "session.key");
+    }
+
+    #[test]
+    fn known_keys_match_readers() {
+        // Every key listed must be accepted in a file, and a made-up one refused.
+        for (section, keys) in KNOWN_KEYS {
+            for key in *keys {
+                let text = format!("{MIN}[{section}]\n{key} = 1\n");
+                let text = if *section == "upstream" {
+                    format!("[upstream]\nurl = \"http://x\"\n{key} = 1\n")
+                } else {
+                    text
+                };
+                if let Err(errs) = Config::from_toml(&text, &env(&[])) {
+                    assert!(
+                        !errs.iter().any(|e| e.message.starts_with("unknown key")),
+                        "{section}.{key} unknown: {errs:?}"
+                    );
+                }
+            }
+        }
+    }
+}

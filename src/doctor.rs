@@ -1,0 +1,142 @@
+//! `unikgate doctor`: reaches the provider and Matomo step by step and says what to fix.
+//!
+//! Invariant: creates nothing anywhere (the AutoLogin probe sends a made-up name without an
+//! email, which Matomo refuses before creating a user; the token probe sends a made-up code).
+
+use std::net::IpAddr;
+
+use http::Method;
+
+use crate::error::Error;
+use crate::matomo;
+use crate::App;
+
+/// One step's verdict.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn step(name: &'static str, ok: bool, detail: impl Into<String>) -> Step {
+    Step {
+        name,
+        ok,
+        detail: detail.into(),
+    }
+}
+
+const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+pub async fn run(app: &App) -> Vec<Step> {
+    let mut out = Vec::new();
+    match &app.oidc {
+        None => out.push(step(
+            "provider credentials",
+            false,
+            "not configured yet: set provider.client_id / client_secret",
+        )),
+        Some(o) => {
+            let ep = o.endpoints().await;
+            out.push(step(
+                "provider endpoints",
+                true,
+                if ep.from_discovery {
+                    format!("discovery OK; token endpoint {}", ep.token)
+                } else {
+                    format!("discovery unavailable; using the configured URLs (token endpoint {})", ep.token)
+                },
+            ));
+            out.push(step(
+                "ID token keys",
+                true,
+                if ep.jwks.is_some() {
+                    "keys known: ID tokens are verified".to_string()
+                } else {
+                    "no keys (no discovery, no provider.jwks_url): ID tokens are not verified; userinfo alone identifies people".to_string()
+                },
+            ));
+            out.push(match o.probe_credentials().await {
+                Ok(()) => step("client credentials", true, "accepted (a made-up code was refused with invalid_grant)"),
+                Err(Error::ProviderClientRejected) => step(
+                    "client credentials",
+                    false,
+                    "refused (invalid_client): check provider.client_id, the client secret and provider.token_auth_method",
+                ),
+                Err(Error::ProviderUnreachable) => step("client credentials", false, format!("cannot reach the token endpoint {}", ep.token)),
+                Err(e) => step("client credentials", false, format!("unexpected answer: {e}")),
+            });
+        }
+    }
+    let up = &app.upstream;
+    let matomo_ok = match up
+        .call(Method::GET, "/index.php?module=Login&action=login", Default::default(), None, LOCAL)
+        .await
+    {
+        Ok(a) if matomo::parse_user_login(&String::from_utf8_lossy(&a.body)).is_some() => {
+            out.push(step("Matomo", true, format!("{} answers as Matomo", app.cfg.upstream.url)));
+            true
+        }
+        Ok(a) => {
+            out.push(step(
+                "Matomo",
+                false,
+                format!("{} answered {} but not with Matomo's login page: is upstream.url Matomo?", app.cfg.upstream.url, a.status.as_u16()),
+            ));
+            false
+        }
+        Err(e) => {
+            out.push(step("Matomo", false, format!("{}: {e}", app.cfg.upstream.url)));
+            false
+        }
+    };
+    if matomo_ok {
+        out.push(autologin_step(app).await);
+    }
+    out
+}
+
+async fn autologin_step(app: &App) -> Step {
+    let probe = format!("unikgate-doctor-{}", &crate::random_token()[..12]).to_ascii_lowercase();
+    let Ok(v) = http::HeaderValue::from_str(&probe) else {
+        return step("AutoLogin", false, "internal: probe name");
+    };
+    let a = match app
+        .upstream
+        .call_as_user(Method::GET, "/index.php?module=AutoLogin&action=index", v, LOCAL)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return step("AutoLogin", false, e.to_string()),
+    };
+    let msg = matomo::autologin_message(&a.body);
+    match a.status.as_u16() {
+        500 if msg.starts_with("No email address") || msg.starts_with("AutoRegistration is disabled") => step(
+            "AutoLogin",
+            true,
+            "installed and reads the matomo-username header",
+        ),
+        500 if msg.starts_with("No username defined") => step(
+            "AutoLogin",
+            false,
+            "installed, but it cannot read the matomo-username header: Matomo runs under PHP-FPM, whose getallheaders() capitalises header names (Matomo-Username). AutoLogin needs Matomo under Apache with mod_php (the matomo:apache image).",
+        ),
+        302 => step("AutoLogin", false, "AutoLogin logged a made-up user in: check the plugin version and settings"),
+        s => step(
+            "AutoLogin",
+            false,
+            format!("answered {s}: install and activate the AutoLogin plugin (Matomo Marketplace) — {msg}"),
+        ),
+    }
+}
+
+/// Prints the steps; true when all passed.
+pub fn print(steps: &[Step]) -> bool {
+    let mut all = true;
+    for s in steps {
+        println!("{} {:<20} {}", if s.ok { "ok  " } else { "FAIL" }, s.name, s.detail);
+        all &= s.ok;
+    }
+    all
+}

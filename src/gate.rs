@@ -1,0 +1,403 @@
+//! The life of a request, phase by phase: limits → classify → (own endpoint | public | UI gate) →
+//! ensure the Matomo session → forward → fix the response.
+//!
+//! Invariants: every request is classified before anything else looks at it; a UI request reaches
+//! Matomo only with a Matomo cookie unikgate minted for the signed-in user (or, with
+//! `password_login`, untouched for browsers that are not signed in to unikgate).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+
+use crate::classify::{BodyRule, Class};
+use crate::error::Error;
+use crate::matomo::{self, MATOMO_COOKIE};
+use crate::php::Params;
+use crate::session::{cookie_hash, now_ms, MatomoSession, Sess};
+use crate::App;
+
+/// Longest path + query accepted.
+pub const MAX_URI: usize = 8 * 1024;
+/// Largest form body read to classify a request (`index.php` posts).
+pub const MAX_CLASSIFY_BODY: usize = 1024 * 1024;
+/// Largest 403 body read to recognise Matomo's sign-in page.
+const MAX_403_BODY: usize = 4 * 1024 * 1024;
+
+/// The whole HTTP surface: one entry point behind the tower layers.
+pub fn router(app: Arc<App>) -> Router {
+    use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+    #[derive(Clone, Default)]
+    struct Ids;
+    impl MakeRequestId for Ids {
+        fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+            let t = crate::random_token();
+            HeaderValue::from_str(&t[..16]).ok().map(RequestId::new)
+        }
+    }
+    let x_request_id = http::HeaderName::from_static("x-request-id");
+    Router::new()
+        .fallback(entry)
+        .with_state(app.clone())
+        .layer(axum::middleware::from_fn_with_state(app.pages.clone(), crate::pages::render_errors))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &http::Request<Body>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                // The path only: a query may hold a code, a state or a token.
+                tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        // Client-sent request ids are replaced: the id in logs and on pages is always ours.
+        .layer(SetRequestIdLayer::new(x_request_id.clone(), Ids))
+        .layer(axum::middleware::from_fn(drop_client_request_id))
+}
+
+async fn drop_client_request_id(mut req: Request, next: axum::middleware::Next) -> Response {
+    req.headers_mut().remove("x-request-id");
+    next.run(req).await
+}
+
+/// Per-request facts every phase may need.
+pub struct Ctx {
+    pub client_ip: IpAddr,
+    pub started: Instant,
+}
+
+async fn entry(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let ctx = Ctx {
+        client_ip: crate::proxy::client_ip(peer.ip(), req.headers(), &app.cfg),
+        started: Instant::now(),
+    };
+    let (class, res) = match handle(&app, &ctx, req).await {
+        Ok((class, res)) => (class, res),
+        Err((class, e)) => (class, e.into_response()),
+    };
+    metrics::counter!("unikgate_requests_total", "class" => class, "status" => res.status().as_str().to_string()).increment(1);
+    metrics::histogram!("unikgate_request_seconds", "class" => class).record(ctx.started.elapsed().as_secs_f64());
+    res
+}
+
+type Outcome = Result<(&'static str, Response), (&'static str, Error)>;
+
+async fn handle(app: &Arc<App>, ctx: &Ctx, req: Request) -> Outcome {
+    let uri_len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+    if uri_len > MAX_URI {
+        return Err(("invalid", Error::UriTooLong));
+    }
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (req, body_params) = match app
+        .classifier
+        .body_rule(req.method(), &path, query.as_deref(), ctype.as_deref())
+    {
+        BodyRule::Stream => (req, None),
+        BodyRule::RefuseMultipart => {
+            return Err((
+                "invalid",
+                Error::BadRequest("a multipart post to index.php must name its module in the query string".into()),
+            ))
+        }
+        BodyRule::ReadForm => {
+            let (parts, body) = req.into_parts();
+            let bytes = match Limited::new(body, MAX_CLASSIFY_BODY).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(_) => return Err(("invalid", Error::PayloadTooLarge)),
+            };
+            let params = Params::parse(&String::from_utf8_lossy(&bytes));
+            (Request::from_parts(parts, Body::new(Full::new(bytes))), Some(params))
+        }
+    };
+    let class = app.classifier.classify(&path, query.as_deref(), body_params.as_ref());
+    match class {
+        Class::Own(ep) => Ok(("own", crate::routes::own(app, ctx, &ep, req).await)),
+        Class::UnsVerification => match &app.cfg.matomo.uns_verification_file {
+            Some(f) => match tokio::fs::read(f).await {
+                Ok(b) => Ok(("public", ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b).into_response())),
+                Err(e) => {
+                    tracing::error!(file = %f.display(), error = %e, "cannot read matomo.uns_verification_file");
+                    Err(("public", Error::NotFound))
+                }
+            },
+            None => forward_public(app, ctx, req).await.map(|r| ("public", r)).map_err(|e| ("public", e)),
+        },
+        Class::Public => forward_public(app, ctx, req).await.map(|r| ("public", r)).map_err(|e| ("public", e)),
+        Class::Forbidden(why) => {
+            tracing::warn!(target: "unikgate::audit", event = "refused", client_ip = %ctx.client_ip, reason = why);
+            Err(("forbidden", Error::Forbidden(why)))
+        }
+        Class::BadRequest(why) => Err(("invalid", Error::BadRequest(why.into()))),
+        Class::Logout => Ok(("own", crate::routes::own(app, ctx, "sign_out", req).await)),
+        Class::Ui { login_module } => Ok(("ui", ui(app, ctx, req, login_module).await)),
+    }
+}
+
+/// A 302 to a path on the public origin (never anywhere else).
+pub fn redirect_local(app: &App, path: &str) -> Response {
+    let location = format!("{}{}", app.upstream.public_origin(), path);
+    let mut res = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// `<prefix>/<page>?rd=<rd>`.
+pub fn own_url(app: &App, page: &str, rd: &str) -> String {
+    if rd == "/" || rd.is_empty() {
+        return format!("{}/{page}", app.cfg.server.prefix);
+    }
+    format!(
+        "{}/{page}?rd={}",
+        app.cfg.server.prefix,
+        percent_encoding::utf8_percent_encode(rd, crate::QUERY_VALUE)
+    )
+}
+
+/// Public traffic: forwarded as it is (after the header policy). When it carries the Matomo cookie
+/// unikgate minted, it counts as activity of that Matomo session.
+async fn forward_public(app: &Arc<App>, ctx: &Ctx, req: Request) -> Result<Response, Error> {
+    if app.sessions.has_cookie(req.headers()) {
+        if let Some(browser) = matomo::request_cookie(req.headers(), MATOMO_COOKIE) {
+            // Activity bookkeeping must never block public traffic: errors are logged only.
+            let mut sess = app.sessions.open(req.headers());
+            if let Ok(data) = app.sessions.load(&mut sess).await {
+                let mut changed = false;
+                if let Some(m) = data.user.as_mut().and_then(|u| u.matomo.as_mut()) {
+                    if m.cookie_hash == cookie_hash(&browser) && now_ms() - m.seen >= app.sessions.touch_every().as_millis() as i64 {
+                        m.seen = now_ms();
+                        changed = true;
+                    }
+                }
+                if changed {
+                    sess.changed();
+                    let mut ignored = HeaderMap::new();
+                    if let Err(e) = app.sessions.finish(sess, &mut ignored).await {
+                        tracing::warn!(error = %e, "could not record Matomo activity");
+                    }
+                }
+            }
+        }
+    }
+    let (mut parts, body) = req.into_parts();
+    app.upstream.sanitize_request(&mut parts.headers, ctx.client_ip);
+    app.upstream.send(Request::from_parts(parts, body)).await
+}
+
+/// The Matomo UI: signed in and linked → ensure the Matomo session, then forward.
+async fn ui(app: &Arc<App>, ctx: &Ctx, req: Request, login_module: bool) -> Response {
+    let mut sess = app.sessions.open(req.headers());
+    let res = match ui_inner(app, ctx, &mut sess, req, login_module).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    finish(app, sess, res).await
+}
+
+/// Saves the session after a response and adds its cookie.
+pub async fn finish(app: &App, sess: Sess, mut res: Response) -> Response {
+    match app.sessions.finish(sess, res.headers_mut()).await {
+        Ok(()) => res,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn path_and_query(req: &Request) -> String {
+    req.uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into())
+}
+
+async fn ui_inner(app: &Arc<App>, ctx: &Ctx, sess: &mut Sess, req: Request, login_module: bool) -> Result<Response, Error> {
+    let rd = crate::redirect::safe_rd(&path_and_query(&req), &app.cfg.server.prefix);
+    let signed_in = if app.sessions.has_cookie(req.headers()) {
+        app.sessions.load(sess).await?.user.clone()
+    } else {
+        None
+    };
+    let Some(mut user) = signed_in else {
+        if app.cfg.matomo.password_login {
+            // Matomo's own login and the sessions it makes pass through untouched.
+            let _ = login_module;
+            return forward_plain(app, ctx, req).await;
+        }
+        if app.oidc.is_none() {
+            return Err(Error::NotConfigured);
+        }
+        return Ok(redirect_local(app, &own_url(app, "sign_in", &rd)));
+    };
+    let link = app.links.get(&user.issuer, &user.subject).await?;
+    let link = match (&user.link_id, link) {
+        (Some(id), Some(l)) if *id == l.id => l,
+        (Some(_), _) => {
+            // The link this session was made with is gone (unlinked here, elsewhere or by the CLI).
+            tracing::info!(target: "unikgate::audit", event = "session_ended", subject = %user.subject, reason = "link removed");
+            sess.end().await?;
+            let mut res = redirect_local(app, &own_url(app, "sign_in", &rd));
+            clear_matomo_cookie(app, res.headers_mut());
+            return Ok(res);
+        }
+        (None, None) => return Ok(redirect_local(app, &own_url(app, "link", &rd))),
+        (None, Some(l)) => {
+            user.link_id = Some(l.id.clone());
+            l
+        }
+    };
+    if link.superuser && app.cfg.matomo.deny_superusers {
+        sess.end().await?;
+        return Err(Error::SuperuserDenied);
+    }
+    let now = now_ms();
+    let browser = matomo::request_cookie(req.headers(), MATOMO_COOKIE);
+    let idle = app.cfg.matomo.idle_timeout.as_millis() as i64;
+    let margin = (idle / 10).min(60_000);
+    let fresh = user.matomo.as_ref().is_some_and(|m| {
+        m.login == link.matomo_login
+            && browser.as_deref().is_some_and(|b| cookie_hash(b) == m.cookie_hash)
+            && now - m.seen < idle - margin
+    });
+    let mut minted: Option<String> = None;
+    let cookie = if fresh {
+        browser.unwrap_or_default()
+    } else {
+        let v = mint(app, ctx, &link.matomo_login, &user.subject, "ui").await?;
+        minted = Some(v.clone());
+        v
+    };
+    let record_seen = minted.is_some()
+        || user.matomo.as_ref().is_some_and(|m| now - m.seen >= app.sessions.touch_every().as_millis() as i64);
+    if record_seen {
+        user.matomo = Some(MatomoSession {
+            login: link.matomo_login.clone(),
+            cookie_hash: cookie_hash(&cookie),
+            seen: now,
+        });
+    }
+    let method = req.method().clone();
+    let (parts, body) = req.into_parts();
+    let orig_uri = parts.uri.clone();
+    let mut headers = parts.headers.clone();
+    app.upstream.sanitize_request(&mut headers, ctx.client_ip);
+    set_matomo_cookie_header(&mut headers, &cookie);
+    let mut up_req = Request::from_parts(parts, body);
+    *up_req.headers_mut() = headers.clone();
+    let mut res = app.upstream.send(up_req).await?;
+    // Matomo answered as to an anonymous visitor: mint once more and retry once (GET/HEAD only).
+    if res.status() == StatusCode::FORBIDDEN && minted.is_none() && (method == Method::GET || method == Method::HEAD) {
+        let (rparts, rbody) = res.into_parts();
+        let bytes = Limited::new(rbody, MAX_403_BODY)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_else(|_| Bytes::new());
+        if matomo::is_anonymous_page(rparts.status, &bytes) {
+            tracing::info!(subject = %user.subject, "Matomo answered as anonymous; minting again");
+            let v = mint(app, ctx, &link.matomo_login, &user.subject, "retry").await?;
+            set_matomo_cookie_header(&mut headers, &v);
+            user.matomo = Some(MatomoSession {
+                login: link.matomo_login.clone(),
+                cookie_hash: cookie_hash(&v),
+                seen: now_ms(),
+            });
+            minted = Some(v);
+            let mut retry = Request::new(Body::empty());
+            *retry.method_mut() = method.clone();
+            *retry.uri_mut() = orig_uri;
+            *retry.headers_mut() = headers;
+            res = app.upstream.send(retry).await?;
+        } else {
+            res = Response::from_parts(rparts, Body::from(bytes));
+        }
+    }
+    if let Some(v) = &minted {
+        let already = matomo::set_cookie_value(res.headers(), MATOMO_COOKIE).as_deref() == Some(v.as_str());
+        if !already {
+            append_matomo_cookie(app, res.headers_mut(), v);
+        }
+    }
+    if record_seen || minted.is_some() {
+        let data = app.sessions.load(sess).await?;
+        data.user = Some(user);
+        sess.changed();
+    }
+    Ok(res)
+}
+
+/// Forwards without touching sessions (password-login browsers).
+async fn forward_plain(app: &Arc<App>, ctx: &Ctx, req: Request) -> Result<Response, Error> {
+    let (mut parts, body) = req.into_parts();
+    app.upstream.sanitize_request(&mut parts.headers, ctx.client_ip);
+    app.upstream.send(Request::from_parts(parts, body)).await
+}
+
+/// Mints a Matomo session, with an audit event.
+pub async fn mint(app: &App, ctx: &Ctx, login: &str, subject: &str, why: &'static str) -> Result<String, Error> {
+    match app.minter.mint(&app.upstream, login, ctx.client_ip).await {
+        Ok(v) => {
+            metrics::counter!("unikgate_mints_total", "result" => "ok").increment(1);
+            tracing::info!(target: "unikgate::audit", event = "mint", subject = %subject, matomo_login = %login, client_ip = %ctx.client_ip, reason = why, minter = app.minter.name());
+            Ok(v)
+        }
+        Err(e) => {
+            metrics::counter!("unikgate_mints_total", "result" => "error").increment(1);
+            tracing::warn!(target: "unikgate::audit", event = "refused", subject = %subject, matomo_login = %login, client_ip = %ctx.client_ip, reason = %e);
+            Err(e)
+        }
+    }
+}
+
+/// Replaces (or adds) `MATOMO_SESSID` in the request's `Cookie` header, keeping other cookies.
+pub fn set_matomo_cookie_header(headers: &mut HeaderMap, value: &str) {
+    let mut parts: Vec<String> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if let Ok(s) = v.to_str() {
+            for p in s.split(';') {
+                let p = p.trim();
+                if !p.is_empty() && !p.starts_with("MATOMO_SESSID=") {
+                    parts.push(p.to_string());
+                }
+            }
+        }
+    }
+    parts.push(format!("{MATOMO_COOKIE}={value}"));
+    if let Ok(v) = HeaderValue::from_str(&parts.join("; ")) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// `Set-Cookie: MATOMO_SESSID=…` with the attributes Matomo itself uses, for the public origin.
+pub fn append_matomo_cookie(app: &App, headers: &mut HeaderMap, value: &str) {
+    let secure = if app.cfg.public_is_https() { "; Secure" } else { "" };
+    if let Ok(v) = HeaderValue::from_str(&format!("{MATOMO_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax{secure}")) {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+pub fn clear_matomo_cookie(app: &App, headers: &mut HeaderMap) {
+    let secure = if app.cfg.public_is_https() { "; Secure" } else { "" };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{MATOMO_COOKIE}=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax{secure}"
+    )) {
+        headers.append(header::SET_COOKIE, v);
+    }
+}

@@ -1,0 +1,132 @@
+//! unikgate: sign in to Matomo with your private @unikname.
+//!
+//! `build_app` assembles exactly what the binary serves; tests and benchmarks use it too.
+//! See ARCHITECTURE.md for the map of modules and the life of a request.
+
+pub mod classify;
+pub mod config;
+pub mod doctor;
+pub mod error;
+pub mod gate;
+pub mod links;
+pub mod matomo;
+pub mod oidc;
+pub mod pages;
+pub mod php;
+pub mod proxy;
+pub mod redirect;
+pub mod routes;
+pub mod server;
+pub mod session;
+
+use std::sync::Arc;
+
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+
+use crate::classify::Classifier;
+use crate::config::Config;
+use crate::links::{LinkStore, SqliteLinks};
+use crate::matomo::{AutoLogin, Minter};
+use crate::oidc::Oidc;
+use crate::pages::PageEnv;
+use crate::proxy::Upstream;
+use crate::session::Sessions;
+
+/// Characters escaped in a query value (`rd=`).
+pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// A random URL-safe token (32 bytes of OS randomness).
+pub fn random_token() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 32];
+    rand::Rng::fill(&mut rand::rngs::OsRng, &mut b[..]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Everything a request may need, built once.
+pub struct App {
+    pub cfg: Arc<Config>,
+    pub pages: Arc<PageEnv>,
+    pub classifier: Classifier,
+    pub upstream: Upstream,
+    pub sessions: Sessions,
+    pub links: Arc<dyn LinkStore>,
+    /// None until the provider credentials are configured: unikgate then fails closed.
+    pub oidc: Option<Oidc>,
+    pub minter: Arc<dyn Minter>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Opens the stores and assembles the application.
+pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
+    let cfg = Arc::new(cfg);
+    let path = config::sqlite_path(&cfg.store.url)
+        .ok_or_else(|| format!("store.url {:?} is not supported", cfg.store.url))?;
+    let pool = links::open_sqlite(&path).await?;
+    let session_store = tower_sessions_sqlx_store::SqliteStore::new(pool.clone());
+    session_store
+        .migrate()
+        .await
+        .map_err(|e| format!("cannot prepare the session table in {}: {e}", path.display()))?;
+    spawn_expired_deletion(session_store.clone());
+    let key = session::load_key(cfg.session.key.as_ref(), cfg.data_dir().as_deref())?;
+    let sessions = Sessions::new(
+        Arc::new(session_store),
+        key,
+        &cfg.session.cookie_name,
+        cfg.public_is_https(),
+        cfg.session.idle_timeout,
+        cfg.session.absolute_timeout,
+        cfg.matomo.idle_timeout,
+    );
+    let oidc = Oidc::new(&cfg)?;
+    if oidc.is_none() {
+        tracing::warn!("provider.client_id / client_secret are not set: unikgate fails closed until they are");
+    }
+    let pages = Arc::new(PageEnv::new(
+        &cfg.server.prefix,
+        &cfg.provider.name,
+        Some(&Oidc::authorize_origin(&cfg)),
+    ));
+    let app = Arc::new(App {
+        classifier: Classifier::new(&cfg.server.prefix, &cfg.matomo.public_paths),
+        upstream: Upstream::new(&cfg),
+        sessions,
+        links: Arc::new(SqliteLinks::new(pool)),
+        oidc,
+        minter: Arc::new(AutoLogin),
+        metrics: None,
+        pages,
+        cfg,
+    });
+    Ok((gate::router(app.clone()), app))
+}
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        .ok()?
+        .install_recorder()
+        .ok()
+}
+
+fn spawn_expired_deletion(store: tower_sessions_sqlx_store::SqliteStore) {
+    use tower_sessions::ExpiredDeletion;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.delete_expired().await {
+                tracing::warn!(error = %e, "could not delete expired sessions");
+            }
+        }
+    });
+}

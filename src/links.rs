@@ -1,0 +1,214 @@
+//! The link store: which Matomo login each @unikname `(issuer, subject)` is linked to, unique both
+//! ways; plus the attempt counters of rate limits (kept in the same database so that replicas
+//! share them).
+//!
+//! Invariant: the only module that writes links; a link is created whole or not at all (one
+//! INSERT, both uniqueness rules enforced by the database, not by a read-then-write).
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::session::now_ms;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Link {
+    pub id: String,
+    pub issuer: String,
+    pub subject: String,
+    pub matomo_login: String,
+    pub superuser: bool,
+    /// Unix time in milliseconds.
+    pub created_at: i64,
+    pub last_login_at: Option<i64>,
+}
+
+/// Why a link could not be created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkConflict {
+    /// This @unikname already has a link.
+    Identity,
+    /// This Matomo login is linked to another @unikname.
+    Login,
+}
+
+#[async_trait]
+pub trait LinkStore: Send + Sync + 'static {
+    async fn get(&self, issuer: &str, subject: &str) -> Result<Option<Link>, Error>;
+    async fn get_by_login(&self, login: &str) -> Result<Option<Link>, Error>;
+    /// Creates the link, or says which side is taken.
+    async fn create(&self, link: &Link) -> Result<Result<(), LinkConflict>, Error>;
+    /// Removes the link of this identity; true when there was one.
+    async fn remove(&self, issuer: &str, subject: &str) -> Result<bool, Error>;
+    async fn remove_login(&self, login: &str) -> Result<bool, Error>;
+    async fn list(&self) -> Result<Vec<Link>, Error>;
+    async fn touch(&self, id: &str) -> Result<(), Error>;
+    /// Records an attempt under `key` and says whether it is within `max` per `window`.
+    async fn attempt(&self, key: &str, max: u32, window: Duration) -> Result<bool, Error>;
+    /// A cheap query proving the store answers.
+    async fn ping(&self) -> Result<(), Error>;
+}
+
+/// Opens (creating when needed) the SQLite database of `sqlite://path`, with WAL and a busy
+/// timeout, and applies the embedded migrations.
+pub async fn open_sqlite(path: &std::path::Path) -> Result<SqlitePool, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+        .map_err(|e| e.to_string())?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    sqlx::migrate!("migrations/sqlite")
+        .run(&pool)
+        .await
+        .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+    Ok(pool)
+}
+
+pub struct SqliteLinks {
+    pool: SqlitePool,
+}
+
+impl SqliteLinks {
+    pub fn new(pool: SqlitePool) -> Self {
+        SqliteLinks { pool }
+    }
+}
+
+type Row = (String, String, String, String, i64, i64, Option<i64>);
+
+fn from_row(r: Row) -> Link {
+    Link {
+        id: r.0,
+        issuer: r.1,
+        subject: r.2,
+        matomo_login: r.3,
+        superuser: r.4 != 0,
+        created_at: r.5,
+        last_login_at: r.6,
+    }
+}
+
+const COLS: &str = "id, issuer, subject, matomo_login, superuser, created_at, last_login_at";
+
+#[async_trait]
+impl LinkStore for SqliteLinks {
+    async fn get(&self, issuer: &str, subject: &str) -> Result<Option<Link>, Error> {
+        let r: Option<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM links WHERE issuer = ? AND subject = ?"))
+            .bind(issuer)
+            .bind(subject)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(from_row))
+    }
+
+    async fn get_by_login(&self, login: &str) -> Result<Option<Link>, Error> {
+        let r: Option<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM links WHERE matomo_login = ?"))
+            .bind(login)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(from_row))
+    }
+
+    async fn create(&self, l: &Link) -> Result<Result<(), LinkConflict>, Error> {
+        let res = sqlx::query(
+            "INSERT INTO links (id, issuer, subject, matomo_login, superuser, created_at, last_login_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&l.id)
+        .bind(&l.issuer)
+        .bind(&l.subject)
+        .bind(&l.matomo_login)
+        .bind(l.superuser as i64)
+        .bind(l.created_at)
+        .bind(l.last_login_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(Ok(())),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                if self.get(&l.issuer, &l.subject).await?.is_some() {
+                    Ok(Err(LinkConflict::Identity))
+                } else {
+                    Ok(Err(LinkConflict::Login))
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove(&self, issuer: &str, subject: &str) -> Result<bool, Error> {
+        let r = sqlx::query("DELETE FROM links WHERE issuer = ? AND subject = ?")
+            .bind(issuer)
+            .bind(subject)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn remove_login(&self, login: &str) -> Result<bool, Error> {
+        let r = sqlx::query("DELETE FROM links WHERE matomo_login = ?")
+            .bind(login)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn list(&self) -> Result<Vec<Link>, Error> {
+        let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM links ORDER BY created_at"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(from_row).collect())
+    }
+
+    async fn touch(&self, id: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE links SET last_login_at = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn attempt(&self, key: &str, max: u32, window: Duration) -> Result<bool, Error> {
+        let now = now_ms();
+        let since = now - window.as_millis() as i64;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM attempts WHERE at < ?")
+            .bind(now - 24 * 3600 * 1000)
+            .execute(&mut *tx)
+            .await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM attempts WHERE key = ? AND at > ?")
+            .bind(key)
+            .bind(since)
+            .fetch_one(&mut *tx)
+            .await?;
+        if n >= max as i64 {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO attempts (key, at) VALUES (?, ?)")
+            .bind(key)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! The `unikgate` command: argument parsing only; everything else is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use unikgate::config::{Config, LogFormat};
+
+/// Sign in to Matomo with your private @unikname: an authentication reverse proxy for Unikname
+/// Connect (OpenID Connect) in front of Matomo.
+#[derive(Parser)]
+#[command(name = "unikgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The TOML configuration file (every key can also be set as UNIKGATE_<SECTION>__<KEY>).
+        #[arg(short, long, env = "UNIKGATE_CONFIG", default_value = "config/unikgate.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file offline and list every problem.
+    Check {
+        #[arg(short, long, env = "UNIKGATE_CONFIG", default_value = "config/unikgate.toml")]
+        config: PathBuf,
+    },
+    /// Check the configuration, then reach the provider and Matomo step by step.
+    Doctor {
+        #[arg(short, long, env = "UNIKGATE_CONFIG", default_value = "config/unikgate.toml")]
+        config: PathBuf,
+    },
+    /// Manage the links between @uniknames and Matomo accounts.
+    Links {
+        #[arg(short, long, env = "UNIKGATE_CONFIG", default_value = "config/unikgate.toml", global = true)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: LinksAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LinksAction {
+    /// List every link.
+    List,
+    /// Link an @unikname (the provider's subject) to a Matomo login.
+    Add {
+        /// The subject (the `sub` of the @unikname at the provider).
+        subject: String,
+        /// The Matomo login.
+        matomo_login: String,
+        /// The issuer; default: the configured provider's.
+        #[arg(long)]
+        issuer: Option<String>,
+    },
+    /// Remove the link of a subject, or of a Matomo login with --login.
+    Remove {
+        /// The subject, or the Matomo login with --login.
+        who: String,
+        #[arg(long)]
+        login: bool,
+        #[arg(long)]
+        issuer: Option<String>,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errs| {
+        eprintln!("{}: {} problem(s):", path.display(), errs.len());
+        for e in &errs {
+            eprintln!("  - {e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UNIKGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn,hyper=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("unikgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Check { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            println!("{}: OK", config.display());
+            if !cfg.provider_configured() {
+                println!("note: provider.client_id / client_secret are not set; unikgate will fail closed until they are");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logs(cfg.server.log_format);
+            let listen = cfg.server.listen;
+            let metrics_listen = cfg.server.metrics_listen;
+            let handle = metrics_listen.and_then(|_| unikgate::install_metrics());
+            let (router, _app) = unikgate::build_app(cfg).await?;
+            if let (Some(addr), Some(handle)) = (metrics_listen, handle) {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on server.metrics_listen {addr}: {e}"))?;
+                let m = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let h = handle.clone();
+                        async move { h.render() }
+                    }),
+                );
+                tracing::info!(%addr, "metrics listening");
+                tokio::spawn(async move {
+                    let _ = axum::serve(l, m).await;
+                });
+            }
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on server.listen {listen}: {e}"))?;
+            tracing::info!(%listen, version = env!("CARGO_PKG_VERSION"), "unikgate listening");
+            unikgate::server::serve(listener, router, unikgate::server::shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            println!("ok   {:<20} {}", "configuration", config.display());
+            let (_, app) = unikgate::build_app(cfg).await?;
+            let steps = unikgate::doctor::run(&app).await;
+            Ok(if unikgate::doctor::print(&steps) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Links { config, json, action } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let (_, app) = unikgate::build_app(cfg).await?;
+            let default_issuer = app
+                .oidc
+                .as_ref()
+                .map(|o| o.identity_issuer.clone())
+                .or_else(|| app.cfg.provider.issuer.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string()))
+                .unwrap_or_default();
+            links_cmd(&app, json, action, &default_issuer).await
+        }
+    }
+}
+
+async fn links_cmd(app: &unikgate::App, json: bool, action: LinksAction, default_issuer: &str) -> Result<ExitCode, String> {
+    let store = &app.links;
+    match action {
+        LinksAction::List => {
+            let links = store.list().await.map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&links).map_err(|e| e.to_string())?);
+            } else if links.is_empty() {
+                println!("no links");
+            } else {
+                println!("{:<24} {:<40} {:<10} issuer", "matomo_login", "subject", "superuser");
+                for l in links {
+                    println!("{:<24} {:<40} {:<10} {}", l.matomo_login, l.subject, l.superuser, l.issuer);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LinksAction::Add { subject, matomo_login, issuer } => {
+            let link = unikgate::links::Link {
+                id: unikgate::random_token(),
+                issuer: issuer.unwrap_or_else(|| default_issuer.to_string()),
+                subject,
+                matomo_login,
+                superuser: false,
+                created_at: unikgate::session::now_ms(),
+                last_login_at: None,
+            };
+            match store.create(&link).await.map_err(|e| e.to_string())? {
+                Ok(()) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&link).map_err(|e| e.to_string())?);
+                    } else {
+                        println!("linked {} -> {}", link.subject, link.matomo_login);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(unikgate::links::LinkConflict::Identity) => {
+                    eprintln!("refused: this subject is already linked (unikgate links remove {} first)", link.subject);
+                    Ok(ExitCode::from(3))
+                }
+                Err(unikgate::links::LinkConflict::Login) => {
+                    eprintln!(
+                        "refused: the Matomo login {} is already linked to another subject (unikgate links remove --login {} first)",
+                        link.matomo_login, link.matomo_login
+                    );
+                    Ok(ExitCode::from(3))
+                }
+            }
+        }
+        LinksAction::Remove { who, login, issuer } => {
+            let removed = if login {
+                store.remove_login(&who).await
+            } else {
+                store.remove(issuer.as_deref().unwrap_or(default_issuer), &who).await
+            }
+            .map_err(|e| e.to_string())?;
+            if json {
+                println!("{{\"removed\":{removed}}}");
+            } else if removed {
+                println!("removed the link of {who}; its sessions end at their next request");
+            } else {
+                println!("no link found for {who}");
+            }
+            Ok(if removed { ExitCode::SUCCESS } else { ExitCode::from(4) })
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! unikgate's own calls to Matomo, exactly as `matomo-contract.md` describes them: minting a
+//! session (the [`Minter`] seam; AutoLogin now), proving an account by password, asking who owns a
+//! Matomo session, and logging a session out.
+//!
+//! Invariants: `matomo` never touches unikgate's session or the provider; a password or an API
+//! token never leaves a function's stack (not stored, not logged); a cookie Matomo sets on an
+//! answer to these calls never reaches the browser except the one [`Minter::mint`] returns.
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, COOKIE, SET_COOKIE};
+use http::{Method, StatusCode};
+
+use crate::error::Error;
+use crate::proxy::{Answer, Upstream};
+
+pub const MATOMO_COOKIE: &str = "MATOMO_SESSID";
+
+/// Mints a genuine Matomo session for a login.
+#[async_trait]
+pub trait Minter: Send + Sync + 'static {
+    /// Returns the new `MATOMO_SESSID` value.
+    async fn mint(&self, up: &Upstream, login: &str, client_ip: IpAddr) -> Result<String, Error>;
+    fn name(&self) -> &'static str;
+}
+
+/// The AutoLogin plugin: `GET index.php?module=AutoLogin&action=index` with exactly one
+/// lowercase `matomo-username` header.
+pub struct AutoLogin;
+
+#[async_trait]
+impl Minter for AutoLogin {
+    async fn mint(&self, up: &Upstream, login: &str, client_ip: IpAddr) -> Result<String, Error> {
+        let value = HeaderValue::from_str(login)
+            .map_err(|_| Error::MintFailed("the Matomo login cannot be sent in a header".into()))?;
+        let a = up
+            .call_as_user(Method::GET, "/index.php?module=AutoLogin&action=index", value, client_ip)
+            .await?;
+        match a.status {
+            StatusCode::FOUND | StatusCode::SEE_OTHER | StatusCode::MOVED_PERMANENTLY | StatusCode::TEMPORARY_REDIRECT => {
+                set_cookie_value(&a.headers, MATOMO_COOKIE).ok_or_else(|| {
+                    Error::MintFailed("Matomo redirected without a session cookie".into())
+                })
+            }
+            StatusCode::INTERNAL_SERVER_ERROR => Err(Error::MintFailed(autologin_message(&a.body))),
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Err(Error::MintFailed(format!(
+                "Matomo answered {} to AutoLogin (is the plugin installed and activated?)",
+                a.status.as_u16()
+            ))),
+            s => Err(Error::MintFailed(format!("Matomo answered {} to AutoLogin", s.as_u16()))),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "autologin"
+    }
+}
+
+/// The message of an AutoLogin error page, as text (HTML tags removed, bounded).
+pub fn autologin_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]);
+    let known = [
+        "No email address defined in the request header",
+        "No username defined in the request header",
+        "AutoRegistration is disabled",
+    ];
+    for k in known {
+        if let Some(i) = text.find(k) {
+            let rest = &text[i..];
+            let end = rest.find(['<', '\n']).unwrap_or(rest.len()).min(300);
+            return rest[..end].trim().to_string();
+        }
+    }
+    "AutoLogin failed (Matomo answered 500)".into()
+}
+
+/// The value of cookie `name` in an answer's `Set-Cookie` headers (the last one wins).
+pub fn set_cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut found = None;
+    for v in headers.get_all(SET_COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        if let Ok(c) = cookie::Cookie::parse(s) {
+            if c.name() == name && !c.value().is_empty() {
+                found = Some(c.value().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// The value of cookie `name` in a request's `Cookie` headers.
+pub fn request_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    for v in headers.get_all(COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for c in cookie::Cookie::split_parse(s).flatten() {
+            if c.name() == name {
+                return Some(c.value().to_string());
+            }
+        }
+    }
+    None
+}
+
+/// What a password proof said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// The password is right and `login` is the account's login.
+    Valid { login: String, superuser: bool },
+    /// Wrong password, or no such user (Matomo does not tell them apart).
+    WrongPassword,
+    /// The password is right for what was typed, but it is not the login (an email).
+    NotTheLogin,
+}
+
+fn form(pairs: &[(&str, &str)]) -> Bytes {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    Bytes::from(s.finish())
+}
+
+fn json(a: &Answer) -> Result<serde_json::Value, Error> {
+    serde_json::from_slice(&a.body).map_err(|_| {
+        Error::MatomoUnexpected(format!(
+            "the API answered {} with something that is not JSON",
+            a.status.as_u16()
+        ))
+    })
+}
+
+/// Proves a Matomo account by its password through Matomo's own API (contract: "Proving a Matomo
+/// account by password"). The app token Matomo returns is used once and dropped.
+pub async fn prove_password(up: &Upstream, login: &str, password: &str, client_ip: IpAddr) -> Result<Proof, Error> {
+    let a = up
+        .call(
+            Method::POST,
+            "/index.php?module=API&method=UsersManager.createAppSpecificTokenAuth&format=json",
+            HeaderMap::new(),
+            Some(form(&[
+                ("userLogin", login),
+                ("passwordConfirmation", password),
+                ("description", "unikgate account check"),
+                ("expireHours", "1"),
+            ])),
+            client_ip,
+        )
+        .await?;
+    let v = json(&a)?;
+    let Some(token) = v.get("value").and_then(|t| t.as_str()) else {
+        if v.get("result").and_then(|r| r.as_str()) == Some("error") {
+            return Ok(Proof::WrongPassword);
+        }
+        return Err(Error::MatomoUnexpected("createAppSpecificTokenAuth gave neither a token nor an error".into()));
+    };
+    let a = up
+        .call(
+            Method::POST,
+            "/index.php?module=API&method=UsersManager.getUser&format=json",
+            HeaderMap::new(),
+            Some(form(&[("userLogin", login), ("token_auth", token)])),
+            client_ip,
+        )
+        .await?;
+    let v = json(&a)?;
+    match v.get("login").and_then(|l| l.as_str()) {
+        Some(l) if l == login => Ok(Proof::Valid {
+            login: l.to_string(),
+            superuser: matches!(v.get("superuser_access"), Some(serde_json::Value::Number(n)) if n.as_i64() == Some(1))
+                || v.get("superuser_access").and_then(|s| s.as_str()) == Some("1")
+                || v.get("superuser_access").and_then(|s| s.as_bool()) == Some(true),
+        }),
+        _ => Ok(Proof::NotTheLogin),
+    }
+}
+
+/// Who owns a Matomo session (contract: "who-am-i probe"). `None` for anonymous. The answer's
+/// cookies are dropped.
+pub async fn who_am_i(up: &Upstream, cookie_value: &str, client_ip: IpAddr) -> Result<Option<String>, Error> {
+    let mut h = HeaderMap::new();
+    let v = HeaderValue::from_str(&format!("{MATOMO_COOKIE}={cookie_value}"))
+        .map_err(|_| Error::BadRequest("the Matomo cookie is not valid".into()))?;
+    h.insert(COOKIE, v);
+    let a = up
+        .call(Method::GET, "/index.php?module=Login&action=login", h, None, client_ip)
+        .await?;
+    let body = String::from_utf8_lossy(&a.body);
+    let login = parse_user_login(&body)
+        .ok_or_else(|| Error::MatomoUnexpected("the login page does not name its user (piwik.userLogin)".into()))?;
+    Ok((login != "anonymous").then_some(login))
+}
+
+/// Reads `piwik.userLogin = "…";` and decodes the JavaScript string as JSON.
+pub fn parse_user_login(html: &str) -> Option<String> {
+    let i = html.find("piwik.userLogin")?;
+    let rest = &html[i + "piwik.userLogin".len()..];
+    let rest = rest.trim_start().strip_prefix('=')?.trim_start();
+    if !rest.starts_with('"') {
+        return None;
+    }
+    // Find the closing quote, honouring backslash escapes.
+    let bytes = rest.as_bytes();
+    let mut j = 1;
+    while j < bytes.len() {
+        match bytes[j] {
+            b'\\' => j += 2,
+            b'"' => break,
+            _ => j += 1,
+        }
+    }
+    if j >= bytes.len() {
+        return None;
+    }
+    serde_json::from_str::<String>(&rest[..=j]).ok()
+}
+
+/// Ends a Matomo session (contract: "Logout").
+pub async fn logout(up: &Upstream, cookie_value: &str, client_ip: IpAddr) -> Result<(), Error> {
+    let mut h = HeaderMap::new();
+    let Ok(v) = HeaderValue::from_str(&format!("{MATOMO_COOKIE}={cookie_value}")) else {
+        return Ok(());
+    };
+    h.insert(COOKIE, v);
+    up.call(Method::GET, "/index.php?module=Login&action=logout", h, None, client_ip)
+        .await?;
+    Ok(())
+}
+
+/// True when an answer is Matomo's sign-in page for an anonymous visitor (contract: 403 with the
+/// `module=Login` form).
+pub fn is_anonymous_page(status: StatusCode, body: &[u8]) -> bool {
+    if status != StatusCode::FORBIDDEN {
+        return false;
+    }
+    let text = String::from_utf8_lossy(body);
+    text.contains("module=Login") || parse_user_login(&text).as_deref() == Some("anonymous")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_login_is_a_js_string() {
+        assert_eq!(parse_user_login("x piwik.userLogin = \"alice\";").as_deref(), Some("alice"));
+        assert_eq!(
+            parse_user_login("piwik.userLogin = \"jane.doe\\u002Dx\\u0040example.com\";").as_deref(),
+            Some("jane.doe-x@example.com")
+        );
+        assert_eq!(parse_user_login("piwik.userLogin = \"a\\\"b\";").as_deref(), Some("a\"b"));
+        assert_eq!(parse_user_login("nothing"), None);
+    }
+
+    #[test]
+    fn autologin_messages() {
+        assert_eq!(
+            autologin_message(b"<p>Autologin error. No email address defined in the request header. Required for AutoRegistration</p>"),
+            "No email address defined in the request header. Required for AutoRegistration"
+        );
+    }
+}

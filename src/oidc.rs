@@ -1,0 +1,453 @@
+//! The OpenID Connect relying party: discovery (with fallback to the configured URLs), the
+//! authorization request (code flow, PKCE S256, state, nonce), the code exchange, ID token
+//! verification and the userinfo identity.
+//!
+//! Invariants: `oidc` never touches Matomo nor a session (callers pass the pending state in and
+//! get an identity out); HTTP redirects are never followed; every provider call has a timeout;
+//! a token, code or secret is never logged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openidconnect::core::{CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
+use openidconnect::{ClaimsVerificationError, ClientId, ClientSecret, IssuerUrl, Nonce, PkceCodeChallenge};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use url::Url;
+
+use crate::config::{Config, ProviderConfig, TokenAuthMethod};
+use crate::error::Error;
+use crate::session::{now_ms, PendingAuth};
+
+/// The provider's endpoints as resolved (discovery, else configuration).
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// Expected `iss` of ID tokens.
+    pub issuer: Option<String>,
+    pub authorize: Url,
+    pub token: Url,
+    pub userinfo: Url,
+    pub jwks: Option<CoreJsonWebKeySet>,
+    pub end_session: Option<Url>,
+    pub from_discovery: bool,
+}
+
+/// A signed-in person, as the provider vouches for them.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub issuer: String,
+    pub subject: String,
+    pub id_token: Option<String>,
+    pub email: Option<String>,
+}
+
+pub struct Oidc {
+    cfg: ProviderConfig,
+    client_id: String,
+    client_secret: secrecy::SecretString,
+    redirect_uri: String,
+    /// The issuer recorded with links: stable whether discovery works or not.
+    pub identity_issuer: String,
+    http: reqwest::Client,
+    cache: Mutex<Option<(Arc<Endpoints>, Instant)>>,
+}
+
+const CACHE_OK: Duration = Duration::from_secs(600);
+const CACHE_FALLBACK: Duration = Duration::from_secs(60);
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: Option<Url>,
+    token_endpoint: Option<Url>,
+    userinfo_endpoint: Option<Url>,
+    jwks_uri: Option<Url>,
+    end_session_endpoint: Option<Url>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    id_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorAnswer {
+    error: String,
+}
+
+fn alg(name: &str) -> Option<CoreJwsSigningAlgorithm> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+}
+
+fn trim_slash(s: &str) -> &str {
+    s.trim_end_matches('/')
+}
+
+/// Classifies a failed HTTP call to the provider.
+fn send_error(what: &str, e: &reqwest::Error) -> Error {
+    tracing::warn!(call = what, timeout = e.is_timeout(), connect = e.is_connect(), error = %without_url(e), "provider call failed");
+    Error::ProviderUnreachable
+}
+
+/// reqwest errors print the URL, which for the token call holds nothing secret, but for an
+/// authorize-style URL could; strip it everywhere for a uniform rule.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "<url>");
+    }
+    s
+}
+
+impl Oidc {
+    /// None when the provider credentials are missing (unikgate then fails closed).
+    pub fn new(cfg: &Config) -> Result<Option<Oidc>, String> {
+        let p = &cfg.provider;
+        let (Some(client_id), Some(secret)) = (&p.client_id, &p.client_secret) else {
+            return Ok(None);
+        };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(p.timeout)
+            .connect_timeout(p.timeout)
+            .user_agent(concat!("unikgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let identity_issuer = match &p.issuer {
+            Some(i) => trim_slash(i.as_str()).to_string(),
+            None => p.token_url.origin().ascii_serialization(),
+        };
+        Ok(Some(Oidc {
+            cfg: p.clone(),
+            client_id: client_id.clone(),
+            client_secret: secret.clone(),
+            redirect_uri: cfg.redirect_uri(),
+            identity_issuer,
+            http,
+            cache: Mutex::new(None),
+        }))
+    }
+
+    /// The endpoints, from a cached discovery (10 min) or the configuration (retried after 1 min).
+    pub async fn endpoints(&self) -> Arc<Endpoints> {
+        let mut cache = self.cache.lock().await;
+        if let Some((e, at)) = cache.as_ref() {
+            let ttl = if e.from_discovery { CACHE_OK } else { CACHE_FALLBACK };
+            if at.elapsed() < ttl {
+                return e.clone();
+            }
+        }
+        let e = Arc::new(self.resolve().await);
+        *cache = Some((e.clone(), Instant::now()));
+        e
+    }
+
+    /// Forgets cached endpoints and keys (after a signature failure: keys may have rotated).
+    pub async fn forget(&self) {
+        *self.cache.lock().await = None;
+    }
+
+    async fn resolve(&self) -> Endpoints {
+        let p = &self.cfg;
+        let mut fallback = Endpoints {
+            issuer: p.issuer.as_ref().map(|i| trim_slash(i.as_str()).to_string()),
+            authorize: p.authorize_url.clone(),
+            token: p.token_url.clone(),
+            userinfo: p.userinfo_url.clone(),
+            jwks: None,
+            end_session: p.end_session_url.clone(),
+            from_discovery: false,
+        };
+        if let Some(issuer) = &p.issuer {
+            match self.discover(issuer).await {
+                Ok(e) => return e,
+                Err(why) => tracing::warn!(issuer = %issuer, reason = %why, "discovery failed; using the configured provider URLs"),
+            }
+        }
+        if let Some(j) = &p.jwks_url {
+            match self.fetch_jwks(j).await {
+                Ok(k) => fallback.jwks = Some(k),
+                Err(why) => tracing::warn!(jwks = %j, reason = %why, "cannot fetch the provider's keys; ID tokens will not be verified"),
+            }
+        }
+        fallback
+    }
+
+    async fn discover(&self, issuer: &Url) -> Result<Endpoints, String> {
+        let url = format!("{}/.well-known/openid-configuration", trim_slash(issuer.as_str()));
+        let res = self.http.get(&url).send().await.map_err(|e| without_url(&e))?;
+        if !res.status().is_success() {
+            return Err(format!("HTTP {}", res.status().as_u16()));
+        }
+        let body = res.bytes().await.map_err(|e| without_url(&e))?;
+        let d: Discovery = serde_json::from_slice(&body).map_err(|e| format!("not a discovery document: {e}"))?;
+        if trim_slash(&d.issuer) != trim_slash(issuer.as_str()) {
+            return Err(format!("its issuer is {:?}, not {:?}", d.issuer, issuer.as_str()));
+        }
+        let p = &self.cfg;
+        let jwks_url = d.jwks_uri.or_else(|| p.jwks_url.clone());
+        let jwks = match &jwks_url {
+            Some(u) => Some(self.fetch_jwks(u).await?),
+            None => None,
+        };
+        Ok(Endpoints {
+            issuer: Some(trim_slash(&d.issuer).to_string()),
+            authorize: d.authorization_endpoint.unwrap_or_else(|| p.authorize_url.clone()),
+            token: d.token_endpoint.unwrap_or_else(|| p.token_url.clone()),
+            userinfo: d.userinfo_endpoint.unwrap_or_else(|| p.userinfo_url.clone()),
+            jwks,
+            end_session: p.end_session_url.clone().or(d.end_session_endpoint),
+            from_discovery: true,
+        })
+    }
+
+    async fn fetch_jwks(&self, url: &Url) -> Result<CoreJsonWebKeySet, String> {
+        let res = self.http.get(url.clone()).send().await.map_err(|e| without_url(&e))?;
+        if !res.status().is_success() {
+            return Err(format!("jwks: HTTP {}", res.status().as_u16()));
+        }
+        let body = res.bytes().await.map_err(|e| without_url(&e))?;
+        serde_json::from_slice(&body).map_err(|e| format!("jwks is not a JSON Web Key Set: {e}"))
+    }
+
+    /// Begins a sign-in: the provider URL to send the browser to, and the state to keep.
+    pub async fn start(&self, rd: String) -> (Url, PendingAuth) {
+        let ep = self.endpoints().await;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let state = crate::random_token();
+        let nonce = Nonce::new_random();
+        let mut url = ep.authorize.clone();
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.client_id)
+            .append_pair("redirect_uri", &self.redirect_uri)
+            .append_pair("scope", &self.cfg.scopes.join(" "))
+            .append_pair("state", &state)
+            .append_pair("nonce", nonce.secret())
+            .append_pair("code_challenge", challenge.as_str())
+            .append_pair("code_challenge_method", "S256");
+        let pending = PendingAuth {
+            state,
+            nonce: nonce.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+            rd,
+            created: now_ms(),
+        };
+        (url, pending)
+    }
+
+    /// Completes a sign-in: exchanges the code, verifies the ID token when keys are known, reads
+    /// the identity from userinfo.
+    pub async fn finish(&self, pending: &PendingAuth, code: &str) -> Result<Identity, Error> {
+        let ep = self.endpoints().await;
+        let tokens = self.exchange(&ep, pending, code).await?;
+        let id_sub = match (&tokens.id_token, &ep.jwks) {
+            (Some(raw), Some(keys)) => Some(self.verify_id_token(&ep, keys, raw, &pending.nonce).await?),
+            _ => None,
+        };
+        let info = self.userinfo(&ep, &tokens.access_token).await?;
+        let subject = claim(&info, &self.cfg.userinfo_id)
+            .or_else(|| (self.cfg.userinfo_id == "sub").then(|| claim(&info, "id")).flatten())
+            .ok_or_else(|| {
+                Error::ProviderBadAnswer(format!(
+                    "the userinfo answer has no {:?} claim (provider.userinfo_id)",
+                    self.cfg.userinfo_id
+                ))
+            })?;
+        if let Some(sub) = id_sub {
+            if sub != subject {
+                tracing::warn!(target: "unikgate::audit", event = "refused", reason = "userinfo identity differs from the ID token subject");
+                return Err(Error::SignInRejected("the userinfo identity does not match the ID token"));
+            }
+        }
+        Ok(Identity {
+            issuer: self.identity_issuer.clone(),
+            subject,
+            id_token: tokens.id_token,
+            email: claim(&info, "email"),
+        })
+    }
+
+    async fn exchange(&self, ep: &Endpoints, pending: &PendingAuth, code: &str) -> Result<TokenAnswer, Error> {
+        let secret = self.client_secret.expose_secret();
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", &self.redirect_uri),
+            ("code_verifier", &pending.pkce_verifier),
+        ];
+        let mut req = self
+            .http
+            .post(ep.token.clone())
+            .header(reqwest::header::ACCEPT, "application/json");
+        match self.cfg.token_auth_method {
+            TokenAuthMethod::Basic => {
+                let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                req = req.basic_auth(enc(&self.client_id), Some(enc(secret)));
+            }
+            TokenAuthMethod::Post => {
+                form.push(("client_id", &self.client_id));
+                form.push(("client_secret", secret));
+            }
+        }
+        let res = req.form(&form).send().await.map_err(|e| send_error("token", &e))?;
+        let status = res.status();
+        let ctype = content_type(&res);
+        let body = res.bytes().await.map_err(|e| send_error("token", &e))?;
+        if status.is_success() {
+            return serde_json::from_slice::<TokenAnswer>(&body).map_err(|_| {
+                Error::ProviderBadAnswer(format!("the token endpoint answered {status} with {ctype}, not a token response"))
+            });
+        }
+        let err = serde_json::from_slice::<ErrorAnswer>(&body).ok().map(|e| e.error);
+        tracing::warn!(status = status.as_u16(), error = err.as_deref().unwrap_or("-"), "token endpoint refused the code");
+        match err.as_deref() {
+            Some("invalid_client") | Some("unauthorized_client") => Err(Error::ProviderClientRejected),
+            _ if status == reqwest::StatusCode::UNAUTHORIZED => Err(Error::ProviderClientRejected),
+            Some("invalid_grant") => Err(Error::SignInRejected("the sign-in code was already used or has expired")),
+            Some(e) => Err(Error::ProviderError(e.chars().filter(|c| c.is_ascii_graphic()).take(64).collect())),
+            None => Err(Error::ProviderBadAnswer(format!("the token endpoint answered {status} with {ctype}"))),
+        }
+    }
+
+    async fn verify_id_token(&self, ep: &Endpoints, keys: &CoreJsonWebKeySet, raw: &str, nonce: &str) -> Result<String, Error> {
+        let token: CoreIdToken = raw
+            .parse()
+            .map_err(|_| Error::SignInRejected("the ID token is malformed"))?;
+        let issuer = ep.issuer.clone().unwrap_or_else(|| self.identity_issuer.clone());
+        let issuer = IssuerUrl::new(issuer).map_err(|_| Error::Internal("the issuer is not a URL".into()))?;
+        let algs: Vec<CoreJwsSigningAlgorithm> = self.cfg.id_token_algs.iter().filter_map(|a| alg(a)).collect();
+        let verifier = CoreIdTokenVerifier::new_confidential_client(
+            ClientId::new(self.client_id.clone()),
+            ClientSecret::new(self.client_secret.expose_secret().to_string()),
+            issuer,
+            keys.clone(),
+        )
+        .set_allowed_algs(algs);
+        let expected = Nonce::new(nonce.to_string());
+        match token.claims(&verifier, &expected) {
+            Ok(c) => Ok(c.subject().as_str().to_string()),
+            Err(e) => {
+                if matches!(e, ClaimsVerificationError::SignatureVerification(_)) {
+                    self.forget().await;
+                }
+                let why = match e {
+                    ClaimsVerificationError::Expired(_) => "the ID token has expired",
+                    ClaimsVerificationError::InvalidAudience(_) => "the ID token is for another application",
+                    ClaimsVerificationError::InvalidIssuer(_) => "the ID token comes from another issuer",
+                    ClaimsVerificationError::InvalidNonce(_) => "the ID token does not belong to this sign-in (nonce)",
+                    ClaimsVerificationError::SignatureVerification(_) => "the ID token signature is not valid",
+                    _ => "the ID token is not valid",
+                };
+                tracing::warn!(target: "unikgate::audit", event = "refused", reason = why);
+                Err(Error::SignInRejected(why))
+            }
+        }
+    }
+
+    async fn userinfo(&self, ep: &Endpoints, access_token: &str) -> Result<serde_json::Value, Error> {
+        let res = self
+            .http
+            .get(ep.userinfo.clone())
+            .bearer_auth(access_token)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| send_error("userinfo", &e))?;
+        let status = res.status();
+        let ctype = content_type(&res);
+        let body = res.bytes().await.map_err(|e| send_error("userinfo", &e))?;
+        if !status.is_success() {
+            return Err(Error::ProviderBadAnswer(format!("the userinfo endpoint answered {status}")));
+        }
+        if ctype.starts_with("application/jwt") {
+            return Err(Error::ProviderBadAnswer("signed userinfo answers (application/jwt) are not supported".into()));
+        }
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) if v.is_object() => Ok(v),
+            _ => Err(Error::ProviderBadAnswer(format!("the userinfo endpoint answered {ctype}, not a JSON object"))),
+        }
+    }
+
+    /// The RP-initiated logout URL, when the provider has one.
+    pub async fn end_session_url(&self, id_token: Option<&str>, post_logout: &str) -> Option<Url> {
+        let ep = self.endpoints().await;
+        let mut url = ep.end_session.clone()?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(t) = id_token {
+                q.append_pair("id_token_hint", t);
+            }
+            q.append_pair("post_logout_redirect_uri", post_logout);
+            q.append_pair("client_id", &self.client_id);
+        }
+        Some(url)
+    }
+
+    /// The provider's authorization origin (for the pages' `form-action`).
+    pub fn authorize_origin(cfg: &Config) -> String {
+        cfg.provider.authorize_url.origin().ascii_serialization()
+    }
+
+    /// For `doctor`: the token endpoint's verdict on a made-up code.
+    pub async fn probe_credentials(&self) -> Result<(), Error> {
+        let ep = self.endpoints().await;
+        let pending = PendingAuth {
+            state: String::new(),
+            nonce: String::new(),
+            pkce_verifier: "unikgate-doctor-probe-verifier-0000000000000000".into(),
+            rd: "/".into(),
+            created: now_ms(),
+        };
+        match self.exchange(&ep, &pending, "unikgate-doctor-bogus-code").await {
+            Err(Error::SignInRejected(_)) => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::ProviderBadAnswer("the token endpoint accepted a made-up code".into())),
+        }
+    }
+}
+
+fn content_type(res: &reqwest::Response) -> String {
+    res.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("no content type")
+        .chars()
+        .take(64)
+        .collect()
+}
+
+/// A claim by dotted path (`attributes.uid`), as a string (numbers are accepted).
+pub fn claim(v: &serde_json::Value, path: &str) -> Option<String> {
+    let mut cur = v;
+    for part in path.split('.') {
+        cur = cur.get(part)?;
+    }
+    match cur {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_by_path() {
+        let v = serde_json::json!({"sub": "s1", "id": 7, "attributes": {"uid": "u1"}});
+        assert_eq!(claim(&v, "sub").as_deref(), Some("s1"));
+        assert_eq!(claim(&v, "id").as_deref(), Some("7"));
+        assert_eq!(claim(&v, "attributes.uid").as_deref(), Some("u1"));
+        assert_eq!(claim(&v, "attributes.none"), None);
+    }
+
+    #[test]
+    fn algorithms_parse() {
+        assert!(alg("RS256").is_some());
+        assert!(alg("nope").is_none());
+    }
+}

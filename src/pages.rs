@@ -1,0 +1,186 @@
+//! Every HTML page unikgate shows, from the templates in `templates/` (one base, one stylesheet),
+//! sent with a strict Content-Security-Policy and no framing.
+//!
+//! Invariant: the only place that turns data into HTML; askama escapes every value.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+
+use crate::error::{ActionTarget, Error, ErrorPage};
+
+pub const STYLESHEET: &str = include_str!("../templates/unikgate.css");
+
+/// What every page needs to know about the deployment.
+#[derive(Debug, Clone)]
+pub struct PageEnv {
+    pub prefix: String,
+    pub provider_name: String,
+    pub csp: HeaderValue,
+}
+
+impl PageEnv {
+    /// `form_action_origin`: the provider's authorization origin, which the sign-in form redirects
+    /// to (browsers apply `form-action` to redirects after a form post).
+    pub fn new(prefix: &str, provider_name: &str, form_action_origin: Option<&str>) -> Self {
+        let extra = form_action_origin.map(|o| format!(" {o}")).unwrap_or_default();
+        let csp = format!(
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
+        );
+        PageEnv {
+            prefix: prefix.to_string(),
+            provider_name: provider_name.to_string(),
+            csp: HeaderValue::from_str(&csp)
+                .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'")),
+        }
+    }
+
+    /// An HTML response with unikgate's security headers.
+    pub fn html(&self, status: StatusCode, body: String) -> Response {
+        let mut res = (status, body).into_response();
+        self.secure_headers(res.headers_mut());
+        res
+    }
+
+    pub fn secure_headers(&self, h: &mut http::HeaderMap) {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        h.insert(header::CONTENT_SECURITY_POLICY, self.csp.clone());
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+
+    pub fn render<T: Template>(&self, status: StatusCode, page: &T) -> Response {
+        match page.render() {
+            Ok(body) => self.html(status, body),
+            Err(e) => {
+                tracing::error!(error = %e, "template failed");
+                self.html(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+            }
+        }
+    }
+
+    pub fn error_page(&self, err: &Error, request_id: &str) -> Response {
+        let spec = err.spec(&self.provider_name);
+        let action = spec.action.map(|(label, target)| Action {
+            label,
+            href: match target {
+                ActionTarget::Own(p) => format!("{}/{p}", self.prefix),
+                ActionTarget::SignIn(rd) => format!(
+                    "{}/sign_in?rd={}",
+                    self.prefix,
+                    percent_encoding::utf8_percent_encode(&rd, crate::QUERY_VALUE)
+                ),
+            },
+            post: false,
+            csrf: String::new(),
+            rd: String::new(),
+        });
+        let page = MessagePage {
+            title: spec.title,
+            prefix: &self.prefix,
+            heading: spec.title,
+            message: spec.message,
+            hint: spec.hint,
+            action,
+            status: err.status().as_u16(),
+            request_id,
+        };
+        self.render(err.status(), &page)
+    }
+}
+
+pub struct Action {
+    pub label: &'static str,
+    pub href: String,
+    pub post: bool,
+    pub csrf: String,
+    pub rd: String,
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct MessagePage<'a> {
+    pub title: &'a str,
+    pub prefix: &'a str,
+    pub heading: &'a str,
+    pub message: String,
+    pub hint: Option<String>,
+    pub action: Option<Action>,
+    pub status: u16,
+    pub request_id: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "sign_in.html")]
+pub struct SignInPage<'a> {
+    pub title: &'a str,
+    pub prefix: &'a str,
+    pub button: &'a str,
+    pub csrf: &'a str,
+    pub rd: &'a str,
+    pub password_url: Option<&'a str>,
+    pub notice: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "link.html")]
+pub struct LinkPage<'a> {
+    pub title: &'a str,
+    pub prefix: &'a str,
+    pub identity: &'a str,
+    pub csrf: &'a str,
+    pub rd: &'a str,
+    pub login: &'a str,
+    pub error: Option<&'a str>,
+    pub session_login: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "account.html")]
+pub struct AccountPage<'a> {
+    pub title: &'a str,
+    pub prefix: &'a str,
+    pub identity: &'a str,
+    pub matomo_login: Option<&'a str>,
+    pub linked_at: Option<String>,
+    pub csrf: &'a str,
+}
+
+/// Middleware: turns the [`ErrorPage`] marker of an error response into its HTML page.
+pub async fn render_errors(State(env): State<Arc<PageEnv>>, req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut res = next.run(req).await;
+    if let Some(ErrorPage(err)) = res.extensions_mut().remove::<ErrorPage>() {
+        let mut page = env.error_page(&err, &request_id);
+        // Keep what the handler set besides the body (e.g. Set-Cookie clearing a session).
+        for (name, value) in res.headers() {
+            if name == header::SET_COOKIE || name == header::RETRY_AFTER {
+                page.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        return page;
+    }
+    res
+}
+
+/// `GET <prefix>/static/unikgate.css`.
+pub fn stylesheet() -> Response {
+    let mut res = Response::new(Body::from(STYLESHEET));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    res
+}

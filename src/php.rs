@@ -1,0 +1,184 @@
+//! Request parameters read the way PHP fills `$_GET` / `$_POST` and Matomo's
+//! `Common::getRequestVar` reads them: percent and `+` decoding, the last of duplicate keys wins,
+//! `name[]=` / `name[k]=` make arrays, dots and spaces in names become `_`, and a key of the query
+//! string hides the same key of the POST body.
+//!
+//! Invariant: pure functions over bytes; no I/O, no allocation proportional to anything but the
+//! (already bounded) input.
+
+use std::borrow::Cow;
+
+/// PHP's default `max_input_vars`: PHP ignores variables past this count, so unikgate refuses
+/// requests that have more (it could not know what PHP would keep).
+pub const MAX_INPUT_VARS: usize = 1000;
+
+/// The value PHP would see for one top-level name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhpValue {
+    Str(String),
+    /// `name[]=…` or `name[key]=…`: the values, in order.
+    Array(Vec<String>),
+}
+
+impl PhpValue {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            PhpValue::Str(s) => Some(s),
+            PhpValue::Array(_) => None,
+        }
+    }
+}
+
+/// Parsed parameters of one source (query string or form body).
+#[derive(Debug, Default, Clone)]
+pub struct Params {
+    /// (top-level name, value) in order of last assignment.
+    entries: Vec<(String, PhpValue)>,
+    pub too_many: bool,
+}
+
+fn decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['+', '%']) {
+        return Cow::Borrowed(s);
+    }
+    let plus = s.replace('+', " ");
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(&plus).collect();
+    Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Splits a decoded key into PHP's top-level name and whether it is an array assignment.
+fn php_name(key: &str) -> Option<(String, bool)> {
+    // PHP drops leading spaces of names, and stops at a NUL byte.
+    let key = key.trim_start_matches(' ');
+    let key = key.split('\0').next().unwrap_or("");
+    if key.is_empty() {
+        return None;
+    }
+    let (base, is_array) = match key.find('[') {
+        Some(i) if key[i..].contains(']') && i > 0 => (&key[..i], true),
+        _ => (key, false),
+    };
+    // In the top-level name, ' ', '.' and (when not opening an array) the first '[' become '_'.
+    let mut name = String::with_capacity(base.len());
+    let mut bracket_seen = false;
+    for c in base.chars() {
+        match c {
+            ' ' | '.' => name.push('_'),
+            '[' if !bracket_seen => {
+                bracket_seen = true;
+                name.push('_')
+            }
+            c => name.push(c),
+        }
+    }
+    if name.is_empty() {
+        return None;
+    }
+    Some((name, is_array))
+}
+
+impl Params {
+    /// Parses `a=1&b=2` (a query string or an `application/x-www-form-urlencoded` body).
+    pub fn parse(input: &str) -> Params {
+        let mut p = Params::default();
+        let mut count = 0usize;
+        for pair in input.split('&') {
+            if pair.is_empty() {
+                continue;
+            }
+            count += 1;
+            if count > MAX_INPUT_VARS {
+                p.too_many = true;
+                break;
+            }
+            let (k, v) = match pair.split_once('=') {
+                Some((k, v)) => (k, v),
+                None => (pair, ""),
+            };
+            let Some((name, is_array)) = php_name(&decode(k)) else {
+                continue;
+            };
+            let value = decode(v).into_owned();
+            p.assign(name, is_array, value);
+        }
+        p
+    }
+
+    fn assign(&mut self, name: String, is_array: bool, value: String) {
+        let pos = self.entries.iter().position(|(n, _)| *n == name);
+        match (pos, is_array) {
+            (Some(i), true) => match &mut self.entries[i].1 {
+                PhpValue::Array(items) => items.push(value),
+                slot => *slot = PhpValue::Array(vec![value]),
+            },
+            (Some(i), false) => self.entries[i].1 = PhpValue::Str(value),
+            (None, true) => self.entries.push((name, PhpValue::Array(vec![value]))),
+            (None, false) => self.entries.push((name, PhpValue::Str(value))),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&PhpValue> {
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
+/// `$_GET + $_POST`: a name of the query hides the same name of the body.
+pub struct Request<'a> {
+    pub get: &'a Params,
+    pub post: Option<&'a Params>,
+}
+
+impl Request<'_> {
+    pub fn var(&self, name: &str) -> Option<&PhpValue> {
+        self.get
+            .get(name)
+            .or_else(|| self.post.and_then(|p| p.get(name)))
+    }
+
+    /// `Common::getRequestVar($name, '', 'string')`: arrays read as absent.
+    pub fn string(&self, name: &str) -> Option<&str> {
+        self.var(name).and_then(PhpValue::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_duplicate_wins() {
+        let p = Params::parse("module=Login&module=AutoLogin");
+        assert_eq!(p.get("module").and_then(PhpValue::as_str), Some("AutoLogin"));
+    }
+
+    #[test]
+    fn arrays_and_names() {
+        let p = Params::parse("module[]=AutoLogin&token.auth=x&%20action=y&a[b=1");
+        assert_eq!(p.get("module"), Some(&PhpValue::Array(vec!["AutoLogin".into()])));
+        assert_eq!(p.get("token_auth").and_then(PhpValue::as_str), Some("x"));
+        assert_eq!(p.get("action").and_then(PhpValue::as_str), Some("y"));
+        assert_eq!(p.get("a_b").and_then(PhpValue::as_str), Some("1"));
+    }
+
+    #[test]
+    fn decoding() {
+        let p = Params::parse("mod%75le=Auto%4Cogin&x=a+b");
+        assert_eq!(p.get("module").and_then(PhpValue::as_str), Some("AutoLogin"));
+        assert_eq!(p.get("x").and_then(PhpValue::as_str), Some("a b"));
+    }
+
+    #[test]
+    fn get_wins_over_post() {
+        let g = Params::parse("module=CoreHome");
+        let b = Params::parse("module=AutoLogin&token_auth=t");
+        let r = Request { get: &g, post: Some(&b) };
+        assert_eq!(r.string("module"), Some("CoreHome"));
+        assert_eq!(r.string("token_auth"), Some("t"));
+    }
+
+    #[test]
+    fn too_many_vars() {
+        let q: Vec<String> = (0..1001).map(|i| format!("v{i}=1")).collect();
+        assert!(Params::parse(&q.join("&")).too_many);
+    }
+}

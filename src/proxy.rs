@@ -1,0 +1,393 @@
+//! Phase 4 and 5: forward a request to Matomo and fix the response, streaming both bodies.
+//!
+//! Invariant: `proxy` never reads a session and never decides who may pass; it applies the header
+//! policy (what a client may not say to Matomo) and moves bytes. The gate decides before it.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// Largest Matomo answer unikgate reads whole (its own calls: AutoLogin, API, who-am-i page).
+pub const MAX_BUFFERED_ANSWER: usize = 8 * 1024 * 1024;
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Headers that say where a request came from; believed only from `server.trusted_proxies`.
+const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-url-scheme",
+    "x-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Headers a client cannot declare hop-by-hop through `Connection` (it would strip its own
+/// request of what makes it the same request).
+const END_TO_END: &[&str] = &["host", "cookie", "authorization", "content-type", "content-length"];
+
+/// A header name as PHP's `getallheaders()` / `$_SERVER` may see it: lower-case, `_` read as `-`.
+fn php_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// True for every spelling of a header that Matomo's login plugin trusts.
+pub fn is_matomo_header(name: &str) -> bool {
+    php_name(name).starts_with("matomo-")
+}
+
+fn is_forwarding(name: &str) -> bool {
+    let n = php_name(name);
+    n.starts_with("x-forwarded-") || FORWARDING.contains(&n.as_str())
+}
+
+/// Where Matomo is, and what the public sees.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    /// `scheme://authority` of Matomo, e.g. `http://matomo:80`.
+    base: String,
+    upstream_origin: String,
+    upstream_host: String,
+    public_origin: String,
+    public_host: HeaderValue,
+    public_proto: HeaderValue,
+    timeout: Duration,
+    session_cookie: String,
+}
+
+/// The client's address as unikgate believes it.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, cfg: &Config) -> IpAddr {
+    let trusted = |ip: &IpAddr| cfg.server.trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(&peer) {
+        return peer;
+    }
+    // From the right: the first address that is not one of our trusted proxies.
+    let mut chain: Vec<IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        if let Ok(s) = v.to_str() {
+            for part in s.split(',') {
+                match part.trim().parse::<IpAddr>() {
+                    Ok(ip) => chain.push(ip),
+                    Err(_) => return peer,
+                }
+            }
+        }
+    }
+    chain.into_iter().rev().find(|ip| !trusted(ip)).unwrap_or(peer)
+}
+
+impl Upstream {
+    pub fn new(cfg: &Config) -> Upstream {
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(cfg.upstream.connect_timeout));
+        conn.set_nodelay(true);
+        conn.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(conn);
+        let u = &cfg.upstream.url;
+        let upstream_origin = u.origin().ascii_serialization();
+        Upstream {
+            client,
+            base: upstream_origin.clone(),
+            upstream_origin,
+            upstream_host: u.host_str().unwrap_or("").to_string(),
+            public_origin: cfg.public_origin(),
+            public_host: HeaderValue::from_str(&cfg.public_host())
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+            public_proto: HeaderValue::from_static(if cfg.public_is_https() { "https" } else { "http" }),
+            timeout: cfg.upstream.timeout,
+            session_cookie: cfg.session.cookie_name.clone(),
+        }
+    }
+
+    /// The request header policy: drops hop-by-hop headers and those named in `Connection`, every
+    /// spelling of `matomo-*`, client-sent forwarding headers and unikgate's own cookie; then sets
+    /// `Host` and `X-Forwarded-*` from the public URL and the client address.
+    pub fn sanitize_request(&self, headers: &mut HeaderMap, client_ip: IpAddr) {
+        let mut drop: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            if let Ok(s) = v.to_str() {
+                for name in s.split(',') {
+                    let name = name.trim().to_ascii_lowercase();
+                    if END_TO_END.contains(&name.as_str()) {
+                        continue;
+                    }
+                    if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                        drop.push(n);
+                    }
+                }
+            }
+        }
+        for name in headers.keys() {
+            let s = name.as_str();
+            if HOP_BY_HOP.contains(&s) || is_matomo_header(s) || is_forwarding(s) {
+                drop.push(name.clone());
+            }
+        }
+        for n in drop {
+            headers.remove(&n);
+        }
+        self.strip_own_cookie(headers);
+        headers.insert(header::HOST, self.public_host.clone());
+        if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
+            headers.insert("x-forwarded-for", v);
+        }
+        headers.insert("x-forwarded-proto", self.public_proto.clone());
+        headers.insert("x-forwarded-host", self.public_host.clone());
+    }
+
+    /// Removes unikgate's session cookie from the `Cookie` header(s) (Matomo never sees it) and
+    /// merges several `Cookie` headers into one.
+    fn strip_own_cookie(&self, headers: &mut HeaderMap) {
+        let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+        if values.is_empty() {
+            return;
+        }
+        let own = format!("{}=", self.session_cookie);
+        let mut needs_rewrite = values.len() > 1;
+        let mut kept: Vec<String> = Vec::new();
+        for v in &values {
+            let Ok(s) = v.to_str() else {
+                needs_rewrite = true;
+                continue;
+            };
+            for part in s.split(';') {
+                let p = part.trim();
+                if p.is_empty() {
+                    continue;
+                }
+                if p.starts_with(&own) {
+                    needs_rewrite = true;
+                } else {
+                    kept.push(p.to_string());
+                }
+            }
+        }
+        if !needs_rewrite {
+            return;
+        }
+        headers.remove(header::COOKIE);
+        if !kept.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                headers.insert(header::COOKIE, v);
+            }
+        }
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, Error> {
+        format!("{}{}", self.base, path_and_query)
+            .parse::<Uri>()
+            .map_err(|_| Error::BadRequest("the address cannot be forwarded".into()))
+    }
+
+    /// Sends a request to Matomo; the response body streams. `headers` must already be sanitized.
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, Error> {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        *req.uri_mut() = self.uri(&pq)?;
+        *req.version_mut() = http::Version::HTTP_11;
+        let start = Instant::now();
+        let res = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => {
+                tracing::warn!(timeout = ?self.timeout, "Matomo did not answer in time");
+                return Err(Error::UpstreamTimeout);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %self.upstream_origin, error = %e, "Matomo unreachable");
+                return Err(Error::UpstreamUnavailable);
+            }
+            Ok(Ok(res)) => res,
+        };
+        metrics::histogram!("unikgate_upstream_seconds").record(start.elapsed().as_secs_f64());
+        let (mut parts, body) = res.into_parts();
+        self.fix_response_headers(&mut parts.headers);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+
+    /// The response header policy: hop-by-hop headers go, `Location` and cookie domains that
+    /// name the internal Matomo address are moved to the public origin, and Matomo may not set
+    /// unikgate's own cookie.
+    pub fn fix_response_headers(&self, headers: &mut HeaderMap) {
+        let mut drop: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            if let Ok(s) = v.to_str() {
+                for name in s.split(',') {
+                    if let Ok(n) = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()) {
+                        drop.push(n);
+                    }
+                }
+            }
+        }
+        for h in HOP_BY_HOP {
+            drop.push(HeaderName::from_static(h));
+        }
+        for n in drop {
+            headers.remove(&n);
+        }
+        if let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+            if let Some(rest) = loc.strip_prefix(&self.upstream_origin) {
+                if rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') {
+                    let new = format!("{}{}", self.public_origin, if rest.is_empty() { "/" } else { rest });
+                    if let Ok(v) = HeaderValue::from_str(&new) {
+                        headers.insert(header::LOCATION, v);
+                    }
+                }
+            }
+        }
+        if headers.contains_key(header::SET_COOKIE) {
+            let cookies: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+            headers.remove(header::SET_COOKIE);
+            for v in cookies {
+                if let Some(fixed) = self.fix_set_cookie(&v) {
+                    headers.append(header::SET_COOKIE, fixed);
+                }
+            }
+        }
+    }
+
+    fn fix_set_cookie(&self, v: &HeaderValue) -> Option<HeaderValue> {
+        let s = v.to_str().ok()?;
+        let name = s.split('=').next().unwrap_or("").trim();
+        if name == self.session_cookie {
+            return None;
+        }
+        let lower = s.to_ascii_lowercase();
+        if !lower.contains("domain=") {
+            return Some(v.clone());
+        }
+        let kept: Vec<&str> = s
+            .split(';')
+            .filter(|attr| {
+                let a = attr.trim().to_ascii_lowercase();
+                match a.strip_prefix("domain=") {
+                    Some(d) => d.trim_start_matches('.') != self.upstream_host.to_ascii_lowercase(),
+                    None => true,
+                }
+            })
+            .collect();
+        HeaderValue::from_str(&kept.join(";")).ok()
+    }
+
+    /// One of unikgate's own calls to Matomo, answered whole (bounded).
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+        client_ip: IpAddr,
+    ) -> Result<Answer, Error> {
+        self.call_inner(method, path_and_query, headers, body, client_ip, None).await
+    }
+
+    /// The mint call: the only request that carries the trusted `matomo-username` header, set
+    /// once, lower-case, after the policy removed every client spelling of it.
+    pub async fn call_as_user(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        login: HeaderValue,
+        client_ip: IpAddr,
+    ) -> Result<Answer, Error> {
+        self.call_inner(method, path_and_query, HeaderMap::new(), None, client_ip, Some(login))
+            .await
+    }
+
+    async fn call_inner(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: Option<Bytes>,
+        client_ip: IpAddr,
+        login: Option<HeaderValue>,
+    ) -> Result<Answer, Error> {
+        self.sanitize_request(&mut headers, client_ip);
+        if let Some(login) = login {
+            headers.insert(HeaderName::from_static("matomo-username"), login);
+        }
+        if body.is_some() {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+        }
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .body(Body::new(Full::new(body.unwrap_or_default())))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        *req.headers_mut() = headers;
+        let res = self.send(req).await?;
+        let (parts, body) = res.into_parts();
+        let bytes = Limited::new(body, MAX_BUFFERED_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| Error::MatomoUnexpected(format!("the answer could not be read ({e})")))?
+            .to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: bytes,
+        })
+    }
+
+    /// The public origin (`scheme://host[:port]`).
+    pub fn public_origin(&self) -> &str {
+        &self.public_origin
+    }
+}
+
+/// A whole answer of Matomo to one of unikgate's own calls.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matomo_headers_in_every_spelling() {
+        for n in ["matomo-username", "Matomo-Username", "MATOMO_ROLE", "matomo_email", "Matomo_Group"] {
+            assert!(is_matomo_header(n), "{n}");
+        }
+        assert!(!is_matomo_header("x-matomo-username"));
+        assert!(is_forwarding("X_Forwarded_Host"));
+        assert!(is_forwarding("forwarded"));
+    }
+}

@@ -1,0 +1,91 @@
+//! The `rd` (return-to) validator. Only same-origin relative paths survive; anything else becomes
+//! `/`. Every redirect unikgate answers is then written absolute, on the public origin, so even a
+//! path that a browser might read oddly cannot leave the origin.
+//!
+//! Invariant: pure; the output is always a path starting with exactly one `/`.
+
+/// Longest `rd` kept.
+pub const MAX_RD_LEN: usize = 2048;
+
+fn bad_chars(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\\' || !c.is_ascii())
+}
+
+fn bad_start(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.first() != Some(&b'/') || matches!(b.get(1), Some(b'/') | Some(b'\\'))
+}
+
+/// Returns `rd` when it is a safe local path, else `/`. `prefix` is unikgate's endpoint prefix:
+/// returning there would loop, so such paths also become `/`.
+pub fn safe_rd(rd: &str, prefix: &str) -> String {
+    if rd.is_empty() || rd.len() > MAX_RD_LEN || bad_chars(rd) || bad_start(rd) {
+        return "/".into();
+    }
+    // Percent-encoded forms of the same tricks (`/%2F%2Fevil`, `/%5Cevil`, double encoding).
+    let mut level = rd.to_string();
+    for _ in 0..4 {
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(&level).collect();
+        let Ok(decoded) = String::from_utf8(decoded) else {
+            return "/".into();
+        };
+        if bad_chars(&decoded) || bad_start(&decoded) {
+            return "/".into();
+        }
+        if decoded == level {
+            break;
+        }
+        level = decoded;
+    }
+    let path = level.split(['?', '#']).next().unwrap_or("");
+    if let Some(normalized) = crate::classify::normalize_path(path) {
+        if normalized == prefix || normalized.starts_with(&format!("{prefix}/")) {
+            return "/".into();
+        }
+    } else {
+        return "/".into();
+    }
+    rd.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_local_paths() {
+        for ok in [
+            "/",
+            "/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday",
+            "/index.php?a=%2F",
+            "/x#frag",
+        ] {
+            assert_eq!(safe_rd(ok, "/_unikgate"), ok);
+        }
+    }
+
+    #[test]
+    fn drops_the_classics() {
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "https://evil.example",
+            "https:evil.example",
+            "/%2F%2Fevil.example",
+            "/%252F%252Fevil.example",
+            "/%5Cevil.example",
+            "/\tevil",
+            "/\nevil",
+            " /evil",
+            "evil.example",
+            "@evil.example",
+            "/_unikgate/sign_out",
+            "/./_unikgate/start",
+            "/\u{ff0f}evil",
+        ] {
+            assert_eq!(safe_rd(bad, "/_unikgate"), "/", "{bad:?}");
+        }
+    }
+}

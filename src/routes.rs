@@ -1,0 +1,487 @@
+//! unikgate's own endpoints under the prefix: sign-in, start, callback, link, account, unlink,
+//! sign-out, health and readiness, the stylesheet.
+//!
+//! Invariant: every state-changing endpoint is a POST checked against the session's CSRF token
+//! (the only GET that changes state is sign-out, which Matomo's own logout link needs).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Limited};
+
+use crate::error::Error;
+use crate::gate::{append_matomo_cookie, clear_matomo_cookie, mint, own_url, redirect_local, Ctx};
+use crate::links::{Link, LinkConflict};
+use crate::matomo::{self, Proof, MATOMO_COOKIE};
+use crate::pages::{AccountPage, LinkPage, SignInPage};
+use crate::redirect::safe_rd;
+use crate::session::{cookie_hash, now_ms, MatomoSession, Sess, UserSession};
+use crate::App;
+
+/// Largest form accepted by unikgate's own endpoints.
+pub const MAX_FORM: usize = 64 * 1024;
+/// Link attempts allowed per identity and per client IP in [`LINK_WINDOW`].
+pub const LINK_ATTEMPTS: u32 = 5;
+pub const LINK_WINDOW: Duration = Duration::from_secs(600);
+
+type Form = HashMap<String, String>;
+
+fn parse_pairs(s: &str) -> Form {
+    form_urlencoded::parse(s.as_bytes()).into_owned().collect()
+}
+
+async fn read_form(body: Body) -> Result<Form, Error> {
+    let bytes = Limited::new(body, MAX_FORM)
+        .collect()
+        .await
+        .map_err(|_| Error::PayloadTooLarge)?
+        .to_bytes();
+    Ok(parse_pairs(&String::from_utf8_lossy(&bytes)))
+}
+
+/// Dispatches an own endpoint; loads and saves the session around it.
+pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let query = parse_pairs(parts.uri.query().unwrap_or(""));
+    let m = &parts.method;
+    // Endpoints without a session.
+    match (m, ep) {
+        (&Method::GET, "healthz") => return (StatusCode::OK, "ok\n").into_response(),
+        (&Method::GET, "readyz") => return readyz(app).await,
+        (&Method::GET, "static/unikgate.css") => return crate::pages::stylesheet(),
+        (&Method::GET, "metrics") => return Error::NotFound.into_response(),
+        _ => {}
+    }
+    let mut sess = app.sessions.open(&parts.headers);
+    let res = match (m, ep) {
+        (&Method::GET, "sign_in") | (&Method::GET, "") => sign_in(app, &mut sess, &query).await,
+        (&Method::POST, "start") => match read_form(body).await {
+            Ok(f) => start(app, &mut sess, &f, true).await,
+            Err(e) => Err(e),
+        },
+        (&Method::GET, "start") if app.cfg.provider.allow_get_start => start(app, &mut sess, &query, false).await,
+        (&Method::GET, "callback") => callback(app, ctx, &mut sess, &query).await,
+        (&Method::GET, "link") => link_page(app, ctx, &mut sess, &parts.headers, &query, None, StatusCode::OK).await,
+        (&Method::POST, "link") => match read_form(body).await {
+            Ok(f) => link_post(app, ctx, &mut sess, &parts.headers, &f).await,
+            Err(e) => Err(e),
+        },
+        (&Method::GET, "account") => account(app, &mut sess).await,
+        (&Method::POST, "unlink") => match read_form(body).await {
+            Ok(f) => unlink(app, ctx, &mut sess, &parts.headers, &f).await,
+            Err(e) => Err(e),
+        },
+        (&Method::POST, "sign_out") => match read_form(body).await {
+            Ok(f) => sign_out(app, ctx, &mut sess, &parts.headers, Some(&f)).await,
+            Err(e) => Err(e),
+        },
+        (&Method::GET, "sign_out") => sign_out(app, ctx, &mut sess, &parts.headers, None).await,
+        (_, "sign_in" | "start" | "callback" | "link" | "account" | "unlink" | "sign_out" | "healthz" | "readyz") => {
+            let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+            Ok(r)
+        }
+        _ => Err(Error::NotFound),
+    };
+    let res = res.unwrap_or_else(|e| e.into_response());
+    crate::gate::finish(app, sess, res).await
+}
+
+fn oidc(app: &App) -> Result<&crate::oidc::Oidc, Error> {
+    app.oidc.as_ref().ok_or(Error::NotConfigured)
+}
+
+fn rd_of(app: &App, q: &Form) -> String {
+    safe_rd(q.get("rd").map(String::as_str).unwrap_or("/"), &app.cfg.server.prefix)
+}
+
+async fn check_csrf(app: &App, sess: &mut Sess, f: &Form) -> Result<(), Error> {
+    let data = app.sessions.load(sess).await?;
+    if data.csrf_ok(f.get("csrf").map(String::as_str).unwrap_or("")) {
+        Ok(())
+    } else {
+        tracing::warn!(target: "unikgate::audit", event = "refused", reason = "CSRF token missing or wrong");
+        Err(Error::Csrf)
+    }
+}
+
+async fn sign_in(app: &App, sess: &mut Sess, q: &Form) -> Result<Response, Error> {
+    oidc(app)?;
+    let rd = rd_of(app, q);
+    let data = app.sessions.load(sess).await?;
+    if data.user.is_some() && !q.contains_key("signed_out") {
+        // Already signed in: nothing to do here.
+        return Ok(redirect_local(app, &rd));
+    }
+    let csrf = data.csrf.clone();
+    sess.changed();
+    let password_url = app
+        .cfg
+        .matomo
+        .password_login
+        .then(|| "/index.php?module=Login&action=login".to_string());
+    let notice = q.contains_key("signed_out").then_some("You are signed out.");
+    Ok(app.pages.render(
+        StatusCode::OK,
+        &SignInPage {
+            title: "Sign in",
+            prefix: &app.cfg.server.prefix,
+            button: &app.cfg.provider.name,
+            csrf: &csrf,
+            rd: &rd,
+            password_url: password_url.as_deref(),
+            notice,
+        },
+    ))
+}
+
+async fn start(app: &App, sess: &mut Sess, f: &Form, posted: bool) -> Result<Response, Error> {
+    let oidc = oidc(app)?;
+    if posted {
+        check_csrf(app, sess, f).await?;
+    }
+    let rd = rd_of(app, f);
+    let (url, pending) = oidc.start(rd).await;
+    let data = app.sessions.load(sess).await?;
+    data.push_pending(pending);
+    sess.changed();
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    let loc = HeaderValue::from_str(url.as_str()).map_err(|_| Error::Internal("authorize URL".into()))?;
+    res.headers_mut().insert(header::LOCATION, loc);
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Response, Error> {
+    let oidc = oidc(app)?;
+    let state = q.get("state").map(String::as_str).unwrap_or("");
+    let data = app.sessions.load(sess).await?;
+    let pending = data.take_pending(state);
+    sess.changed();
+    let Some(pending) = pending else {
+        // Missing, expired, replayed, or started in another browser: quietly start over.
+        tracing::info!(target: "unikgate::audit", event = "refused", client_ip = %ctx.client_ip, reason = "unknown or used state");
+        return Ok(redirect_local(app, &format!("{}/sign_in", app.cfg.server.prefix)));
+    };
+    if let Some(err) = q.get("error") {
+        tracing::info!(target: "unikgate::audit", event = "refused", client_ip = %ctx.client_ip, reason = "provider error", error = %err.chars().take(64).collect::<String>());
+        return Err(match err.as_str() {
+            "access_denied" => Error::AccessDenied(pending.rd),
+            e => Error::ProviderError(e.chars().filter(|c| c.is_ascii_graphic()).take(64).collect()),
+        });
+    }
+    let code = q.get("code").map(String::as_str).unwrap_or("");
+    if code.is_empty() {
+        return Err(Error::ProviderBadAnswer("the callback carries no code".into()));
+    }
+    let id = oidc.finish(&pending, code).await?;
+    // A new session id at sign-in: whatever id the browser had before (possibly planted) is gone.
+    sess.cycle().await?;
+    let data = app.sessions.load(sess).await?;
+    let now = now_ms();
+    data.pending.clear();
+    data.csrf = crate::random_token();
+    data.created = now;
+    data.touched = now;
+    let mut user = UserSession {
+        issuer: id.issuer.clone(),
+        subject: id.subject.clone(),
+        signed_in: now,
+        id_token: id.id_token.clone(),
+        link_id: None,
+        matomo: None,
+    };
+    tracing::info!(target: "unikgate::audit", event = "sign_in", subject = %id.subject, client_ip = %ctx.client_ip);
+    let link = app.links.get(&id.issuer, &id.subject).await?;
+    let Some(link) = link else {
+        data.user = Some(user);
+        return Ok(redirect_local(app, &own_url(app, "link", &pending.rd)));
+    };
+    if link.superuser && app.cfg.matomo.deny_superusers {
+        data.user = None;
+        tracing::warn!(target: "unikgate::audit", event = "refused", subject = %id.subject, matomo_login = %link.matomo_login, reason = "superuser");
+        return Err(Error::SuperuserDenied);
+    }
+    let v = mint(app, ctx, &link.matomo_login, &id.subject, "sign_in").await;
+    let v = match v {
+        Ok(v) => v,
+        Err(e) => {
+            data.user = Some(user);
+            return Err(e);
+        }
+    };
+    user.link_id = Some(link.id.clone());
+    user.matomo = Some(MatomoSession {
+        login: link.matomo_login.clone(),
+        cookie_hash: cookie_hash(&v),
+        seen: now,
+    });
+    data.user = Some(user);
+    if let Err(e) = app.links.touch(&link.id).await {
+        tracing::warn!(error = %e, "could not record the last sign-in time");
+    }
+    let mut res = redirect_local(app, &pending.rd);
+    append_matomo_cookie(app, res.headers_mut(), &v);
+    Ok(res)
+}
+
+/// The signed-in user, or a redirect to sign in.
+async fn require_user(app: &App, sess: &mut Sess, rd: &str) -> Result<Result<UserSession, Response>, Error> {
+    let data = app.sessions.load(sess).await?;
+    match &data.user {
+        Some(u) => Ok(Ok(u.clone())),
+        None => Ok(Err(redirect_local(app, &own_url(app, "sign_in", rd)))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn link_page(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    headers: &HeaderMap,
+    q: &Form,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Result<Response, Error> {
+    let rd = rd_of(app, q);
+    let user = match require_user(app, sess, &rd).await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
+    };
+    if app.links.get(&user.issuer, &user.subject).await?.is_some() {
+        return Ok(redirect_local(app, &rd));
+    }
+    // Offer the Matomo session the browser already holds (password login), by its owner.
+    let session_login = match matomo::request_cookie(headers, MATOMO_COOKIE) {
+        Some(c) if !app.cfg.matomo.deny_superusers => matomo::who_am_i(&app.upstream, &c, ctx.client_ip)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "who-am-i probe failed");
+                None
+            }),
+        _ => None,
+    };
+    let data = app.sessions.load(sess).await?;
+    let csrf = data.csrf.clone();
+    let login = q.get("login").cloned().unwrap_or_default();
+    Ok(app.pages.render(
+        status,
+        &LinkPage {
+            title: "Link this account",
+            prefix: &app.cfg.server.prefix,
+            identity: &user.subject,
+            csrf: &csrf,
+            rd: &rd,
+            login: &login,
+            error,
+            session_login: session_login.as_deref(),
+        },
+    ))
+}
+
+async fn link_post(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, f: &Form) -> Result<Response, Error> {
+    check_csrf(app, sess, f).await?;
+    let rd = rd_of(app, f);
+    let mut user = match require_user(app, sess, &rd).await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
+    };
+    if app.links.get(&user.issuer, &user.subject).await?.is_some() {
+        return Err(Error::IdentityAlreadyLinked);
+    }
+    let by_identity = format!("link:sub:{}:{}", user.issuer, user.subject);
+    let by_ip = format!("link:ip:{}", ctx.client_ip);
+    let ok_identity = app.links.attempt(&by_identity, LINK_ATTEMPTS, LINK_WINDOW).await?;
+    let ok_ip = app.links.attempt(&by_ip, LINK_ATTEMPTS, LINK_WINDOW).await?;
+    if !ok_identity || !ok_ip {
+        tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "link rate limit");
+        let mut r = Error::RateLimited.into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
+        return Ok(r);
+    }
+    let (login, superuser) = match f.get("mode").map(String::as_str) {
+        Some("session") => {
+            if app.cfg.matomo.deny_superusers {
+                return Err(Error::BadRequest("linking by session is off here; use the password".into()));
+            }
+            let Some(c) = matomo::request_cookie(headers, MATOMO_COOKIE) else {
+                return again(app, ctx, sess, headers, f, "Your browser holds no Matomo session any more. Prove the account with its password.").await;
+            };
+            match matomo::who_am_i(&app.upstream, &c, ctx.client_ip).await? {
+                Some(l) => (l, false),
+                None => {
+                    return again(app, ctx, sess, headers, f, "That Matomo session has ended. Prove the account with its password.").await
+                }
+            }
+        }
+        _ => {
+            let login = f.get("login").map(|s| s.trim()).unwrap_or("");
+            let password = f.get("password").map(String::as_str).unwrap_or("");
+            if login.is_empty() || password.is_empty() {
+                return again(app, ctx, sess, headers, f, "Enter your Matomo username and password.").await;
+            }
+            match matomo::prove_password(&app.upstream, login, password, ctx.client_ip).await? {
+                Proof::Valid { login, superuser } => (login, superuser),
+                Proof::WrongPassword => {
+                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong Matomo password or unknown user");
+                    return again(app, ctx, sess, headers, f, "That Matomo username and password do not match. Check them and try again.").await;
+                }
+                Proof::NotTheLogin => {
+                    return again(app, ctx, sess, headers, f, "The password is right, but enter your Matomo username, not your email address.").await;
+                }
+            }
+        }
+    };
+    if superuser && app.cfg.matomo.deny_superusers {
+        tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, matomo_login = %login, reason = "superuser");
+        return Err(Error::SuperuserDenied);
+    }
+    let link = Link {
+        id: crate::random_token(),
+        issuer: user.issuer.clone(),
+        subject: user.subject.clone(),
+        matomo_login: login.clone(),
+        superuser,
+        created_at: now_ms(),
+        last_login_at: Some(now_ms()),
+    };
+    match app.links.create(&link).await? {
+        Ok(()) => {}
+        Err(LinkConflict::Identity) => return Err(Error::IdentityAlreadyLinked),
+        Err(LinkConflict::Login) => {
+            tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, matomo_login = %login, reason = "login linked to another identity");
+            return Err(Error::LoginAlreadyLinked);
+        }
+    }
+    tracing::info!(target: "unikgate::audit", event = "link", subject = %user.subject, matomo_login = %login, client_ip = %ctx.client_ip);
+    let v = mint(app, ctx, &login, &user.subject, "link").await?;
+    user.link_id = Some(link.id);
+    user.matomo = Some(MatomoSession {
+        login,
+        cookie_hash: cookie_hash(&v),
+        seen: now_ms(),
+    });
+    let data = app.sessions.load(sess).await?;
+    data.user = Some(user);
+    sess.changed();
+    let mut res = redirect_local(app, &rd);
+    append_matomo_cookie(app, res.headers_mut(), &v);
+    Ok(res)
+}
+
+/// The link page again, with a message.
+async fn again(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, f: &Form, msg: &str) -> Result<Response, Error> {
+    let mut q = f.clone();
+    q.remove("password");
+    link_page(app, ctx, sess, headers, &q, Some(msg), StatusCode::UNAUTHORIZED).await
+}
+
+async fn account(app: &App, sess: &mut Sess) -> Result<Response, Error> {
+    let user = match require_user(app, sess, &format!("{}/account", app.cfg.server.prefix)).await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
+    };
+    let link = app.links.get(&user.issuer, &user.subject).await?;
+    let data = app.sessions.load(sess).await?;
+    let csrf = data.csrf.clone();
+    let linked_at = link.as_ref().and_then(|l| {
+        time::OffsetDateTime::from_unix_timestamp(l.created_at / 1000)
+            .ok()
+            .map(|t| format!("{} UTC", t.date()))
+    });
+    Ok(app.pages.render(
+        StatusCode::OK,
+        &AccountPage {
+            title: "Your account",
+            prefix: &app.cfg.server.prefix,
+            identity: &user.subject,
+            matomo_login: link.as_ref().map(|l| l.matomo_login.as_str()),
+            linked_at,
+            csrf: &csrf,
+        },
+    ))
+}
+
+async fn unlink(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, f: &Form) -> Result<Response, Error> {
+    check_csrf(app, sess, f).await?;
+    let user = match require_user(app, sess, "/").await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
+    };
+    let removed = app.links.remove(&user.issuer, &user.subject).await?;
+    tracing::info!(target: "unikgate::audit", event = "unlink", subject = %user.subject, client_ip = %ctx.client_ip, removed);
+    end_everything(app, ctx, sess, headers).await?;
+    let mut res = redirect_local(app, &format!("{}/sign_in?signed_out=1", app.cfg.server.prefix));
+    clear_matomo_cookie(app, res.headers_mut());
+    Ok(res)
+}
+
+/// Logs the browser's Matomo session out and ends unikgate's session.
+async fn end_everything(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap) -> Result<(), Error> {
+    if let Some(c) = matomo::request_cookie(headers, MATOMO_COOKIE) {
+        if let Err(e) = matomo::logout(&app.upstream, &c, ctx.client_ip).await {
+            tracing::warn!(error = %e, "could not log the Matomo session out");
+        }
+    }
+    sess.end().await
+}
+
+async fn sign_out(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, form: Option<&Form>) -> Result<Response, Error> {
+    if let Some(f) = form {
+        check_csrf(app, sess, f).await?;
+    }
+    let user = if app.sessions.has_cookie(headers) {
+        app.sessions.load(sess).await?.user.clone()
+    } else {
+        None
+    };
+    if let Some(u) = &user {
+        tracing::info!(target: "unikgate::audit", event = "sign_out", subject = %u.subject, client_ip = %ctx.client_ip);
+    }
+    end_everything(app, ctx, sess, headers).await?;
+    let back = format!("{}{}/sign_in?signed_out=1", app.upstream.public_origin(), app.cfg.server.prefix);
+    let provider_logout = match (&app.oidc, &user) {
+        (Some(o), Some(u)) => o.end_session_url(u.id_token.as_deref(), &back).await,
+        _ => None,
+    };
+    let mut res = match provider_logout {
+        Some(url) => {
+            let mut r = StatusCode::FOUND.into_response();
+            if let Ok(v) = HeaderValue::from_str(url.as_str()) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        None => redirect_local(app, &format!("{}/sign_in?signed_out=1", app.cfg.server.prefix)),
+    };
+    clear_matomo_cookie(app, res.headers_mut());
+    Ok(res)
+}
+
+async fn readyz(app: &App) -> Response {
+    let mut problems = Vec::new();
+    if app.oidc.is_none() {
+        problems.push("provider: not configured yet: set provider.client_id / client_secret".to_string());
+    }
+    if let Err(e) = app.links.ping().await {
+        problems.push(format!("store: {e}"));
+    }
+    let probe = app
+        .upstream
+        .call(Method::GET, "/robots.txt", HeaderMap::new(), None, std::net::IpAddr::from([127, 0, 0, 1]))
+        .await;
+    if let Err(e) = probe {
+        problems.push(format!("upstream: {e}"));
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready\n{}\n", problems.join("\n"))).into_response()
+    }
+}

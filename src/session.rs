@@ -1,0 +1,397 @@
+//! unikgate's own session: a signed cookie (`cookie` crate) naming a record in a tower-sessions
+//! store. Loaded lazily (a request without the cookie never touches the store), saved only when
+//! changed, and written at most every few seconds to record activity.
+//!
+//! Invariants: a session id is only accepted with a valid signature; a new id is issued at sign-in
+//! ([`Sess::cycle`]); idle and absolute lifetimes are checked on every load, not trusted to the
+//! cookie; a store failure is [`Error::StoreUnavailable`], never a panic or an empty 500.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use cookie::{Cookie, CookieJar, Key, SameSite};
+use http::header::{HeaderMap, HeaderValue, COOKIE, SET_COOKIE};
+use serde::{Deserialize, Serialize};
+use tower_sessions::session::{Id, Record};
+use tower_sessions::session_store::{self, SessionStore};
+use tower_sessions::{Expiry, Session};
+
+use crate::error::Error;
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The session store behind a trait object, so one type serves every backend.
+#[derive(Debug, Clone)]
+pub struct DynStore(pub Arc<dyn SessionStore>);
+
+#[async_trait]
+impl SessionStore for DynStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        self.0.create(record).await
+    }
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        self.0.save(record).await
+    }
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        self.0.load(id).await
+    }
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        self.0.delete(id).await
+    }
+}
+
+/// What unikgate keeps about a browser.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SessionData {
+    /// CSRF token of this session's forms.
+    pub csrf: String,
+    /// When this session began (ms); the absolute lifetime counts from here.
+    pub created: i64,
+    /// Last time activity was recorded (ms).
+    pub touched: i64,
+    /// Sign-ins under way in this browser (newest last, a few at most).
+    #[serde(default)]
+    pub pending: Vec<PendingAuth>,
+    /// The signed-in @unikname, if any.
+    pub user: Option<UserSession>,
+}
+
+/// Pre-authentication state of one sign-in: single-use, short-lived, bound to this browser.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingAuth {
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    pub rd: String,
+    pub created: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserSession {
+    pub issuer: String,
+    pub subject: String,
+    pub signed_in: i64,
+    /// For `id_token_hint` at RP-initiated logout.
+    pub id_token: Option<String>,
+    /// The link this session uses; when the link is removed or replaced, the session ends.
+    pub link_id: Option<String>,
+    /// The Matomo session unikgate minted for this browser.
+    pub matomo: Option<MatomoSession>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MatomoSession {
+    pub login: String,
+    /// SHA-256 (hex) of the `MATOMO_SESSID` value unikgate minted.
+    pub cookie_hash: String,
+    /// Last activity forwarded with that cookie (ms), recorded coarsely (never later than real).
+    pub seen: i64,
+}
+
+const DATA_KEY: &str = "d";
+const MAX_PENDING: usize = 5;
+pub const PENDING_TTL: Duration = Duration::from_secs(600);
+
+/// The session manager: store, key and lifetimes.
+#[derive(Clone)]
+pub struct Sessions {
+    store: Arc<DynStore>,
+    key: Key,
+    pub cookie_name: String,
+    secure: bool,
+    idle: Duration,
+    absolute: Duration,
+    /// Activity is written at most this often.
+    touch_every: Duration,
+}
+
+/// One request's session.
+#[derive(Clone)]
+pub struct Sess {
+    inner: Session,
+    had_cookie: bool,
+    data: Option<SessionData>,
+    dirty: bool,
+    ended: bool,
+}
+
+impl Sessions {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        key: Key,
+        cookie_name: &str,
+        secure: bool,
+        idle: Duration,
+        absolute: Duration,
+        matomo_idle: Duration,
+    ) -> Sessions {
+        let touch_every = (idle / 20).min(matomo_idle / 20).min(Duration::from_secs(30));
+        Sessions {
+            store: Arc::new(DynStore(store)),
+            key,
+            cookie_name: cookie_name.to_string(),
+            secure,
+            idle,
+            absolute,
+            touch_every,
+        }
+    }
+
+    pub fn touch_every(&self) -> Duration {
+        self.touch_every
+    }
+
+    /// The verified session id from the request's cookies, if any.
+    fn session_id(&self, headers: &HeaderMap) -> Option<Id> {
+        let mut jar = CookieJar::new();
+        for v in headers.get_all(COOKIE) {
+            let Ok(s) = v.to_str() else { continue };
+            for c in Cookie::split_parse(s).flatten() {
+                if c.name() == self.cookie_name {
+                    jar.add_original(c.into_owned());
+                }
+            }
+        }
+        let c = jar.signed(&self.key).get(&self.cookie_name)?;
+        c.value().parse::<Id>().ok()
+    }
+
+    /// True when the request carries unikgate's cookie at all (signed or not).
+    pub fn has_cookie(&self, headers: &HeaderMap) -> bool {
+        let prefix = format!("{}=", self.cookie_name);
+        headers.get_all(COOKIE).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(';').any(|p| p.trim().starts_with(&prefix)))
+                .unwrap_or(false)
+        })
+    }
+
+    /// Starts reading the request's session (no store access yet).
+    pub fn open(&self, headers: &HeaderMap) -> Sess {
+        let id = self.session_id(headers);
+        Sess {
+            had_cookie: self.has_cookie(headers),
+            inner: Session::new(id, self.store.clone(), Some(Expiry::OnInactivity(time::Duration::seconds(self.idle.as_secs() as i64)))),
+            data: None,
+            dirty: false,
+            ended: false,
+        }
+    }
+
+    /// Loads the session data, ending it when its lifetimes are over.
+    pub async fn load<'s>(&self, s: &'s mut Sess) -> Result<&'s mut SessionData, Error> {
+        if s.data.is_none() {
+            let mut d = if s.inner.id().is_some() && !s.ended {
+                s.inner.get::<SessionData>(DATA_KEY).await?
+            } else {
+                None
+            };
+            let now = now_ms();
+            if let Some(data) = &d {
+                let too_old = now - data.created > self.absolute.as_millis() as i64;
+                let idle = now - data.touched > self.idle.as_millis() as i64;
+                if too_old || idle {
+                    s.inner.flush().await?;
+                    s.ended = true;
+                    d = None;
+                }
+            }
+            let fresh = d.is_none();
+            let mut data = d.unwrap_or_else(|| SessionData {
+                csrf: crate::random_token(),
+                created: now,
+                touched: now,
+                pending: Vec::new(),
+                user: None,
+            });
+            if !fresh && now - data.touched >= self.touch_every.as_millis() as i64 {
+                data.touched = now;
+                s.dirty = true;
+            }
+            s.data = Some(data);
+        }
+        s.data
+            .as_mut()
+            .ok_or_else(|| Error::Internal("session data missing".into()))
+    }
+
+    /// Saves a changed session and sets or clears the cookie on the response.
+    pub async fn finish(&self, s: Sess, headers: &mut HeaderMap) -> Result<(), Error> {
+        if !s.dirty {
+            if s.ended && s.had_cookie {
+                self.clear_cookie(headers);
+            }
+            return Ok(());
+        }
+        let Some(data) = s.data else { return Ok(()) };
+        s.inner.insert(DATA_KEY, &data).await?;
+        s.inner.save().await?;
+        let id = s
+            .inner
+            .id()
+            .ok_or_else(|| Error::Internal("session saved without id".into()))?;
+        let cookie = Cookie::build((self.cookie_name.clone(), id.to_string()))
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .secure(self.secure)
+            .path("/")
+            .max_age(time::Duration::seconds(self.absolute.as_secs() as i64))
+            .build();
+        let mut jar = CookieJar::new();
+        jar.signed_mut(&self.key).add(cookie);
+        for c in jar.delta() {
+            if let Ok(v) = HeaderValue::from_str(&c.encoded().to_string()) {
+                headers.append(SET_COOKIE, v);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn clear_cookie(&self, headers: &mut HeaderMap) {
+        let c = format!(
+            "{}=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax{}",
+            self.cookie_name,
+            if self.secure { "; Secure" } else { "" }
+        );
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            headers.append(SET_COOKIE, v);
+        }
+    }
+
+    /// Deletes a session record by id (used when a link is removed elsewhere).
+    pub async fn delete_id(&self, id: &str) -> Result<(), Error> {
+        if let Ok(id) = id.parse::<Id>() {
+            self.store.delete(&id).await.map_err(|e| {
+                tracing::error!(error = %e, "session store error");
+                Error::StoreUnavailable
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Sess {
+    /// Marks the data changed (saved at the end of the request).
+    pub fn changed(&mut self) {
+        self.dirty = true;
+    }
+
+    /// A new session id, keeping the data (at sign-in: no fixation).
+    pub async fn cycle(&mut self) -> Result<(), Error> {
+        if self.inner.id().is_some() {
+            self.inner.cycle_id().await?;
+        }
+        self.ended = false;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Ends the session: the record is deleted and the cookie cleared.
+    pub async fn end(&mut self) -> Result<(), Error> {
+        if self.inner.id().is_some() {
+            self.inner.flush().await?;
+        }
+        self.data = None;
+        self.ended = true;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// The session id once saved (for the subject → sessions index).
+    pub async fn save_now(&mut self) -> Result<Option<String>, Error> {
+        if let Some(data) = &self.data {
+            self.inner.insert(DATA_KEY, data).await?;
+            self.inner.save().await?;
+        }
+        Ok(self.inner.id().map(|i| i.to_string()))
+    }
+
+    pub fn data(&self) -> Option<&SessionData> {
+        self.data.as_ref()
+    }
+}
+
+/// SHA-256 hex of a cookie value.
+pub fn cookie_hash(value: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(value.as_bytes()))
+}
+
+/// Reads or creates the session key. From config when set; else a 64-byte key generated once
+/// into `<data_dir>/session.key` (mode 0600).
+pub fn load_key(configured: Option<&secrecy::SecretString>, data_dir: Option<&std::path::Path>) -> Result<Key, String> {
+    use secrecy::ExposeSecret;
+    if let Some(k) = configured {
+        return Key::try_from(k.expose_secret().as_bytes())
+            .map_err(|_| "session.key must be at least 64 bytes".to_string());
+    }
+    let dir = data_dir.ok_or("session.key (or key_file) is required when the store is not a SQLite file")?;
+    let path = dir.join("session.key");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let bytes = hex::decode(s.trim()).map_err(|_| format!("{} is not a hex key; delete it to make a new one", path.display()))?;
+            Key::try_from(bytes.as_slice()).map_err(|_| format!("{} is shorter than 64 bytes; delete it to make a new one", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let mut bytes = [0u8; 64];
+            rand::Rng::fill(&mut rand::rngs::OsRng, &mut bytes[..]);
+            write_private(&path, hex::encode(bytes).as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            tracing::info!(path = %path.display(), "generated a new session key");
+            Key::try_from(&bytes[..]).map_err(|_| "key generation failed".to_string())
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+impl SessionData {
+    /// Adds a pending sign-in, dropping expired and surplus ones.
+    pub fn push_pending(&mut self, p: PendingAuth) {
+        let now = now_ms();
+        self.pending
+            .retain(|x| now - x.created < PENDING_TTL.as_millis() as i64);
+        self.pending.push(p);
+        while self.pending.len() > MAX_PENDING {
+            self.pending.remove(0);
+        }
+    }
+
+    /// Takes the pending sign-in with this state, once; expired ones are not returned.
+    pub fn take_pending(&mut self, state: &str) -> Option<PendingAuth> {
+        use subtle::ConstantTimeEq;
+        let i = self
+            .pending
+            .iter()
+            .position(|p| bool::from(p.state.as_bytes().ct_eq(state.as_bytes())))?;
+        let p = self.pending.remove(i);
+        (now_ms() - p.created < PENDING_TTL.as_millis() as i64).then_some(p)
+    }
+
+    /// Constant-time CSRF check.
+    pub fn csrf_ok(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        !self.csrf.is_empty() && bool::from(self.csrf.as_bytes().ct_eq(token.as_bytes()))
+    }
+}
