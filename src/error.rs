@@ -21,6 +21,8 @@ pub enum Error {
     PayloadTooLarge,
     #[error("URL too long")]
     UriTooLong,
+    #[error("request headers too large")]
+    HeadersTooLarge,
     #[error("page not found")]
     NotFound,
     #[error("the provider cannot be reached")]
@@ -86,6 +88,7 @@ impl Error {
             BadRequest(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UriTooLong => StatusCode::URI_TOO_LONG,
+            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             NotFound => StatusCode::NOT_FOUND,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             IdentityAlreadyLinked | LoginAlreadyLinked => StatusCode::CONFLICT,
@@ -121,6 +124,11 @@ impl Error {
             BadRequest(why) => p("Bad request", format!("This request cannot be handled: {why}."), None),
             PayloadTooLarge => p("Too large", "The request is larger than unikgate accepts here.".into(), None),
             UriTooLong => p("Address too long", "The address of this request is too long.".into(), None),
+            HeadersTooLarge => p(
+                "Request too large",
+                "This request carries more headers or cookies than unikgate accepts.".into(),
+                Some("clear this site's cookies in your browser, then try again.".into()),
+            ),
             NotFound => p("Not found", "There is no such unikgate page.".into(), None),
             ProviderUnreachable => PageSpec {
                 title: "Sign-in service unreachable",

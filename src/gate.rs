@@ -27,6 +27,8 @@ use crate::App;
 
 /// Longest path + query accepted.
 pub const MAX_URI: usize = 8 * 1024;
+/// Most header bytes (names + values) accepted.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Largest form body read to classify a request (`index.php` posts).
 pub const MAX_CLASSIFY_BODY: usize = 1024 * 1024;
 /// Largest 403 body read to recognise Matomo's sign-in page.
@@ -96,6 +98,10 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, req: Request) -> Outcome {
     let uri_len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
     if uri_len > MAX_URI {
         return Err(("invalid", Error::UriTooLong));
+    }
+    let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(("invalid", Error::HeadersTooLarge));
     }
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);

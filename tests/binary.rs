@@ -1,0 +1,186 @@
+//! The `unikgate` binary itself: streaming without buffering (resident memory read from /proc),
+//! `check`, `--help`, graceful shutdown.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::StandIn;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_unikgate")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Proc(std::process::Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn spawn(upstream: &str, dir: &std::path::Path) -> (Proc, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = dir.join("unikgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n[upstream]\nurl = \"{upstream}\"\n[store]\nurl = \"sqlite://{}/data/unikgate.db\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin())
+        .args(["serve", "-c"])
+        .arg(&cfg)
+        .env("UNIKGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(format!("{base}/_unikgate/healthz")).await {
+            if r.status() == 200 {
+                return (Proc(child), base);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("unikgate did not start");
+}
+
+const SIZE: u64 = 200 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_megabytes_each_way_in_bounded_memory() {
+    let m = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, base) = spawn(&m.url(), dir.path()).await;
+    let pid = p.0.id();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // Upload: a tracking bulk request streamed from a generator.
+    let chunk = bytes::Bytes::from(vec![b'u'; 256 * 1024]);
+    let n = SIZE / chunk.len() as u64;
+    let stream = futures_util::stream::iter((0..n).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("{base}/matomo.php"))
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["bytes"].as_u64(), Some(SIZE), "Matomo received every byte");
+    // Download: a static asset, read chunk by chunk.
+    let mut res = client
+        .get(format!("{base}/plugins/StandIn/big.js?bytes={SIZE}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut got = 0u64;
+    while let Some(c) = res.chunk().await.unwrap() {
+        got += c.len() as u64;
+    }
+    assert_eq!(got, SIZE);
+    sampler.abort();
+    let peak_mib = peak.load(std::sync::atomic::Ordering::Relaxed) / 1024;
+    eprintln!("unikgate peak RSS during 2 x 200 MB: {peak_mib} MiB");
+    assert!(peak_mib > 0 && peak_mib < 64, "peak RSS {peak_mib} MiB");
+}
+
+#[test]
+fn check_lists_every_mistake_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(
+        &f,
+        "[server]\npublic_url = \"ftp//nope\"\n[upstream]\nurl = \"http://127.0.0.1:8081\"\ntimeout = \"soon\"\n[session]\nidle_timout = \"1h\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin()).args(["check", "-c"]).arg(&f).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 problem(s)"), "{err}");
+    assert!(err.contains("server.public_url"), "{err}");
+    assert!(err.contains("upstream.timeout"), "{err}");
+    assert!(err.contains("session.idle_timout: unknown key"), "{err}");
+    // The reference config is valid as shipped.
+    let out = Command::new(bin())
+        .args(["check", "-c", concat!(env!("CARGO_MANIFEST_DIR"), "/config/unikgate.toml")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn environment_overrides_and_typos_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, "[upstream]\nurl = \"http://127.0.0.1:8081\"\n").unwrap();
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&f)
+        .env("UNIKGATE_PROVIDER__CLIENT_ID", "0123")
+        .env("UNIKGATE_PROVIDER__CLIENT_SECRETT", "x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UNIKGATE_PROVIDER__CLIENT_SECRETT"));
+}
+
+#[test]
+fn help_names_every_command() {
+    let out = Command::new(bin()).arg("--help").output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    for c in ["serve", "check", "doctor", "links"] {
+        assert!(s.contains(c), "{s}");
+    }
+    let out = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("unikgate "));
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully() {
+    let m = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, _base) = spawn(&m.url(), dir.path()).await;
+    let pid = p.0.id() as i32;
+    // SAFETY-free: use the kill command instead of libc.
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Ok(Some(s)) = p.0.try_wait() {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = exited.expect("unikgate exits on SIGTERM");
+    assert!(s.success(), "{s:?}");
+}

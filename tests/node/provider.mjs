@@ -1,0 +1,112 @@
+// A real OpenID Connect provider (npm oidc-provider) shaped like Unikname Connect:
+// issuer <origin>/oidc, endpoints /oidc/authorize, /oidc/accessToken, /oidc/profile, /oidc/jwks,
+// discovery under /oidc, client_secret_basic, RS256 ID tokens, opaque per-application subjects.
+// Its login page asks for an @unikname and offers Approve / Decline (Unikname approves on a phone).
+//
+// Env: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URIS, POST_LOGOUT_REDIRECT_URIS (space-separated).
+import http from 'node:http';
+import crypto from 'node:crypto';
+import Provider from 'oidc-provider';
+
+const port = Number(process.env.PORT || 9090);
+const issuer = `http://127.0.0.1:${port}/oidc`;
+const prefix = '/oidc';
+const split = (s) => (s || '').split(' ').filter(Boolean);
+
+// Unikname Connect's subjects are opaque and stable per application.
+export const subjectOf = (login) => 'uns-' + crypto.createHash('sha256').update(`unikgate-tests:${login}`).digest('hex').slice(0, 24);
+
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const pageStyle = 'body{font:16px system-ui,sans-serif;background:#0c2340;color:#fff;display:flex;justify-content:center;padding:8vh 16px;margin:0}'
+  + 'main{background:#fff;color:#111;max-width:26rem;width:100%;padding:2rem;border-radius:12px}'
+  + 'h1{font-size:1.4rem;margin:0 0 1rem}label{display:block;font-weight:600;margin:.5rem 0 .25rem}'
+  + 'input{font:inherit;width:100%;padding:.6rem;border:1px solid #888;border-radius:6px;box-sizing:border-box}'
+  + 'button{font:inherit;margin-top:1rem;width:100%;padding:.75rem;border-radius:8px;border:2px solid #0c2340;cursor:pointer}'
+  + '.approve{background:#0c2340;color:#fff;font-weight:700}.decline{background:#fff;color:#0c2340}';
+
+const provider = new Provider(issuer, {
+  clients: [{
+    client_id: process.env.CLIENT_ID,
+    client_secret: process.env.CLIENT_SECRET,
+    redirect_uris: split(process.env.REDIRECT_URIS),
+    post_logout_redirect_uris: split(process.env.POST_LOGOUT_REDIRECT_URIS),
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+  }],
+  routes: {
+    authorization: '/authorize',
+    token: '/accessToken',
+    userinfo: '/profile',
+    jwks: '/jwks',
+    end_session: '/logout',
+  },
+  claims: { openid: ['sub'], email: ['email', 'email_verified'] },
+  scopes: ['openid', 'email'],
+  features: {
+    devInteractions: { enabled: false },
+    rpInitiatedLogout: { enabled: true },
+  },
+  pkce: { required: () => true },
+  cookies: { keys: ['unikgate-tests-cookie-key'] },
+  interactions: { url: (ctx, interaction) => `${prefix}/interaction/${interaction.uid}` },
+  findAccount: async (ctx, id) => ({
+    accountId: id,
+    claims: async () => ({ sub: id, email: `${id}@example.com`, email_verified: true }),
+  }),
+});
+provider.on('server_error', (ctx, err) => console.error('oidc-provider server_error', err));
+
+function readBody(req) {
+  return new Promise((resolve) => {
+    let b = '';
+    req.on('data', (c) => { b += c; if (b.length > 65536) req.destroy(); });
+    req.on('end', () => resolve(new URLSearchParams(b)));
+  });
+}
+
+async function interaction(req, res, uid) {
+  const details = await provider.interactionDetails(req, res);
+  if (details.uid !== uid) throw new Error('interaction mismatch');
+  if (req.method === 'GET') {
+    res.setHeader('Content-Type', 'text/html; charset=utf-8');
+    res.end(`<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Unikname Connect</title><style>${pageStyle}</style></head><body><main>
+<h1>Unikname Connect</h1><p>Enter your @unikname, then approve the request of <strong>${esc(details.params.client_id)}</strong> on your phone.</p>
+<form method="post" action="${prefix}/interaction/${esc(uid)}">
+<label for="login">Your @unikname</label><input id="login" name="login" autocomplete="username" autofocus>
+<button class="approve" type="submit" name="decision" value="approve">Approve</button>
+<button class="decline" type="submit" name="decision" value="decline">Decline</button>
+</form></main></body></html>`);
+    return;
+  }
+  const form = await readBody(req);
+  if (form.get('decision') !== 'approve') {
+    await provider.interactionFinished(req, res, { error: 'access_denied', error_description: 'End-User declined' }, { mergeWithLastSubmission: false });
+    return;
+  }
+  const login = (form.get('login') || '').trim().replace(/^@/, '');
+  const accountId = subjectOf(login);
+  const grant = new provider.Grant({ accountId, clientId: details.params.client_id });
+  grant.addOIDCScope(details.params.scope);
+  const grantId = await grant.save();
+  await provider.interactionFinished(req, res, { login: { accountId }, consent: { grantId } }, { mergeWithLastSubmission: false });
+}
+
+const callback = provider.callback();
+const server = http.createServer(async (req, res) => {
+  try {
+    if (!req.url.startsWith(prefix)) { res.statusCode = 404; res.end('not found'); return; }
+    const m = req.url.match(/^\/oidc\/interaction\/([A-Za-z0-9_-]+)$/);
+    if (m) { await interaction(req, res, m[1]); return; }
+    req.originalUrl = req.url;
+    req.url = req.url.slice(prefix.length) || '/';
+    callback(req, res);
+  } catch (e) {
+    console.error('provider error', e);
+    res.statusCode = 500;
+    res.end('provider error');
+  }
+});
+server.listen(port, '127.0.0.1', () => console.log(`oidc-provider listening on ${issuer}`));
+for (const s of ['SIGTERM', 'SIGINT']) process.on(s, () => process.exit(0));

@@ -1,0 +1,265 @@
+//! Test harness: unikgate started in-process exactly as the binary assembles it, the Matomo
+//! stand-in, an in-process fake provider for fault injection, the real `oidc-provider`, and a small
+//! cookie-jar browser that follows redirects by hand.
+#![allow(dead_code)]
+
+pub mod matomo;
+pub mod provider;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+
+/// A 64+ byte session key for tests.
+pub const TEST_KEY: &str = "test-key-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+pub struct StandIn {
+    pub addr: SocketAddr,
+    pub state: matomo::Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StandIn {
+    pub async fn start() -> StandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = matomo::new_state();
+        let task = tokio::spawn(matomo::serve(listener, state.clone()));
+        StandIn { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub app: Arc<unikgate::App>,
+    pub dir: Arc<tempfile::TempDir>,
+    task: tokio::task::JoinHandle<()>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    /// Starts unikgate with `toml` (the `public_url` is filled in with the listening address when
+    /// it contains `{public}`; `{dir}` is the data folder).
+    pub async fn start(toml: &str) -> TestApp {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_in(toml, dir).await
+    }
+
+    pub async fn start_in(toml: &str, dir: Arc<tempfile::TempDir>) -> TestApp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        Self::start_on(toml, dir, listener, addr).await
+    }
+
+    pub async fn start_on(toml: &str, dir: Arc<tempfile::TempDir>, listener: TcpListener, addr: SocketAddr) -> TestApp {
+        let text = toml
+            .replace("{public}", &format!("http://{addr}"))
+            .replace("{dir}", &dir.path().display().to_string());
+        let cfg = unikgate::config::Config::from_toml(&text, &HashMap::<String, String>::new())
+            .unwrap_or_else(|e| panic!("test config: {e:?}\n{text}"));
+        let (router, app) = unikgate::build_app(cfg).await.expect("build_app");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = unikgate::server::serve(listener, router, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        TestApp {
+            addr,
+            app,
+            dir,
+            task,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops serving (graceful) and waits for the listener to close.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A config for tests: the stand-in as upstream, `provider` settings as given.
+pub fn config(upstream: &str, provider: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+public_url = "{{public}}"
+[upstream]
+url = "{upstream}"
+connect_timeout = "1s"
+timeout = "5s"
+[provider]
+{provider}
+[session]
+key = "{TEST_KEY}"
+[store]
+url = "sqlite://{{dir}}/unikgate.db"
+{extra}
+"#
+    )
+}
+
+/// A browser: a cookie jar, no automatic redirects.
+pub struct Browser {
+    pub client: reqwest::Client,
+    pub jar: Arc<reqwest::cookie::Jar>,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Browser {
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let client = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        Browser { client, jar }
+    }
+
+    pub async fn get(&self, url: &str) -> reqwest::Response {
+        self.client.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    pub async fn post(&self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.client
+            .post(url)
+            .form(form)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+    }
+
+    /// Follows redirects from `res` while they stay within `hosts` (host:port), returning the
+    /// first answer that is not a redirect, and the URL it came from.
+    pub async fn follow(&self, mut res: reqwest::Response, max: usize) -> (reqwest::Response, String) {
+        let mut url = res.url().to_string();
+        for _ in 0..max {
+            if !res.status().is_redirection() {
+                return (res, url);
+            }
+            let loc = location(&res);
+            let next = res.url().join(&loc).unwrap().to_string();
+            url = next.clone();
+            res = self.get(&next).await;
+        }
+        (res, url)
+    }
+
+    /// The value of a cookie for `url` as the browser would send it.
+    pub fn cookie(&self, url: &str, name: &str) -> Option<String> {
+        use reqwest::cookie::CookieStore;
+        let u: reqwest::Url = url.parse().unwrap();
+        let h = self.jar.cookies(&u)?;
+        h.to_str()
+            .unwrap()
+            .split(';')
+            .filter_map(|p| p.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+
+    pub fn set_cookie(&self, url: &str, cookie: &str) {
+        let u: reqwest::Url = url.parse().unwrap();
+        self.jar.add_cookie_str(cookie, &u);
+    }
+}
+
+pub fn location(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// The hidden CSRF token of a unikgate page.
+pub fn csrf_of(html: &str) -> String {
+    let i = html.find("name=\"csrf\" value=\"").expect("a csrf field");
+    let rest = &html[i + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// Resident memory of this process in KiB (from /proc).
+pub fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+/// Captured log lines of the whole test process (for "no secret in any log line").
+pub mod logs {
+    use std::io::Write;
+    use std::sync::{Mutex, OnceLock};
+
+    static BUF: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+
+    struct W;
+    impl Write for W {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Some(m) = BUF.get() {
+                m.lock().unwrap().extend_from_slice(b);
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Installs a subscriber writing every event (debug and up) into memory.
+    pub fn capture() {
+        if BUF.set(Mutex::new(Vec::new())).is_ok() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("debug,hyper=info,h2=info,sqlx=info,rustls=info,reqwest=info,hyper_util=info")
+                .with_writer(|| W)
+                .with_ansi(false)
+                .try_init();
+        }
+    }
+
+    pub fn text() -> String {
+        BUF.get().map(|m| String::from_utf8_lossy(&m.lock().unwrap()).into_owned()).unwrap_or_default()
+    }
+}
