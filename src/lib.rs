@@ -90,9 +90,11 @@ pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
     if oidc.is_none() {
         tracing::warn!("provider.client_id / client_secret are not set: unikgate fails closed until they are");
     }
+    // Pages name the provider by its host ("connect.unikname.com"): the button label is a sentence.
+    let provider_host = cfg.provider.authorize_url.host_str().unwrap_or("the sign-in service").to_string();
     let pages = Arc::new(PageEnv::new(
         &cfg.server.prefix,
-        &cfg.provider.name,
+        &provider_host,
         Some(&Oidc::authorize_origin(&cfg)),
     ));
     let app = Arc::new(App {

@@ -243,8 +243,15 @@ impl Oidc {
     pub async fn finish(&self, pending: &PendingAuth, code: &str) -> Result<Identity, Error> {
         let ep = self.endpoints().await;
         let tokens = self.exchange(&ep, pending, code).await?;
+        // Verified when keys are known, or when a shared-secret algorithm (HS*) is allowed: its
+        // key is the client secret.
+        let hs = self.cfg.id_token_algs.iter().any(|a| a.starts_with("HS"));
         let id_sub = match (&tokens.id_token, &ep.jwks) {
             (Some(raw), Some(keys)) => Some(self.verify_id_token(&ep, keys, raw, &pending.nonce).await?),
+            (Some(raw), None) if hs => {
+                let none = CoreJsonWebKeySet::new(Vec::new());
+                Some(self.verify_id_token(&ep, &none, raw, &pending.nonce).await?)
+            }
             _ => None,
         };
         let info = self.userinfo(&ep, &tokens.access_token).await?;
@@ -316,6 +323,8 @@ impl Oidc {
         let token: CoreIdToken = raw
             .parse()
             .map_err(|_| Error::SignInRejected("the ID token is malformed"))?;
+        // With `issuer = "none"` and no discovery, the issuer is unknown: `iss` cannot be checked.
+        let check_iss = ep.issuer.is_some();
         let issuer = ep.issuer.clone().unwrap_or_else(|| self.identity_issuer.clone());
         let issuer = IssuerUrl::new(issuer).map_err(|_| Error::Internal("the issuer is not a URL".into()))?;
         let algs: Vec<CoreJwsSigningAlgorithm> = self.cfg.id_token_algs.iter().filter_map(|a| alg(a)).collect();
@@ -325,7 +334,8 @@ impl Oidc {
             issuer,
             keys.clone(),
         )
-        .set_allowed_algs(algs);
+        .set_allowed_algs(algs)
+        .require_issuer_match(check_iss);
         let expected = Nonce::new(nonce.to_string());
         match token.claims(&verifier, &expected) {
             Ok(c) => Ok(c.subject().as_str().to_string()),

@@ -20,6 +20,7 @@ pub const STYLESHEET: &str = include_str!("../templates/unikgate.css");
 #[derive(Debug, Clone)]
 pub struct PageEnv {
     pub prefix: String,
+    /// How pages name the provider (its host).
     pub provider_name: String,
     pub csp: HeaderValue,
 }

@@ -247,7 +247,7 @@ impl Sessions {
         let mut jar = CookieJar::new();
         jar.signed_mut(&self.key).add(cookie);
         for c in jar.delta() {
-            if let Ok(v) = HeaderValue::from_str(&c.encoded().to_string()) {
+            if let Ok(v) = HeaderValue::from_str(&c.to_string()) {
                 headers.append(SET_COOKIE, v);
             }
         }

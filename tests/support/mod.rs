@@ -252,7 +252,8 @@ pub mod logs {
     pub fn capture() {
         if BUF.set(Mutex::new(Vec::new())).is_ok() {
             let _ = tracing_subscriber::fmt()
-                .with_env_filter("debug,hyper=info,h2=info,sqlx=info,rustls=info,reqwest=info,hyper_util=info")
+                // Everything the server side says; the test browser (reqwest, cookie_store) is not unikgate.
+                .with_env_filter("debug,cookie_store=off,reqwest=info,hyper=info,hyper_util=info,h2=info,rustls=info,sqlx=info")
                 .with_writer(|| W)
                 .with_ansi(false)
                 .try_init();

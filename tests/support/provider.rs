@@ -120,7 +120,7 @@ impl FakeProvider {
     pub fn config(&self) -> String {
         let base = format!("http://{}/oidc", self.addr);
         format!(
-            r#"issuer = "none"
+            r#"issuer = "{base}"
 authorize_url = "{base}/authorize"
 token_url = "{base}/accessToken"
 userinfo_url = "{base}/profile"
