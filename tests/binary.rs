@@ -43,19 +43,21 @@ async fn spawn(upstream: &str, dir: &std::path::Path) -> (Proc, String) {
         ),
     )
     .unwrap();
-    let child = Command::new(bin())
-        .args(["serve", "-c"])
-        .arg(&cfg)
-        .env("UNIKGATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Proc(
+        Command::new(bin())
+            .args(["serve", "-c"])
+            .arg(&cfg)
+            .env("UNIKGATE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..100 {
         if let Ok(r) = reqwest::get(format!("{base}/_unikgate/healthz")).await {
             if r.status() == 200 {
-                return (Proc(child), base);
+                return (child, base);
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
