@@ -58,8 +58,10 @@ pub fn normalize_path(raw: &str) -> Option<String> {
     let mut segments: Vec<String> = Vec::new();
     for seg in raw.split('/') {
         // Decode everything but an encoded slash (Apache answers 404 for those by default).
-        let decoded: Vec<u8> = percent_encoding::percent_decode_str(&seg.replace("%2F", "\u{1}").replace("%2f", "\u{1}"))
-            .collect();
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(
+            &seg.replace("%2F", "\u{1}").replace("%2f", "\u{1}"),
+        )
+        .collect();
         if decoded.contains(&0) {
             return None;
         }
@@ -156,7 +158,10 @@ impl Classifier {
         }
         let q = Params::parse(query.unwrap_or(""));
         if is_form(content_type) {
-            if ["module", "action", "token_auth"].iter().any(|k| q.get(k).is_none()) {
+            if ["module", "action", "token_auth"]
+                .iter()
+                .any(|k| q.get(k).is_none())
+            {
                 return BodyRule::ReadForm;
             }
         } else if is_multipart(content_type) && q.get("module").is_none() {
@@ -185,7 +190,8 @@ impl Classifier {
         if script.is_none() && self.is_public_file(&path) {
             return Class::Public;
         }
-        if script.is_some_and(|s| s == "/matomo.php" || s == "/piwik.php" || s.starts_with("/js/")) {
+        if script.is_some_and(|s| s == "/matomo.php" || s == "/piwik.php" || s.starts_with("/js/"))
+        {
             return Class::Public;
         }
         if self.is_configured_public(&path) {
@@ -200,7 +206,10 @@ impl Classifier {
         if get.too_many || body.is_some_and(|b| b.too_many) {
             return Class::BadRequest("the request has more parameters than PHP reads");
         }
-        let req = Request { get: &get, post: body };
+        let req = Request {
+            get: &get,
+            post: body,
+        };
         let module = req.string("module").unwrap_or("");
         let action = req.string("action").unwrap_or("");
         if module.eq_ignore_ascii_case("autologin") {
@@ -208,7 +217,9 @@ impl Classifier {
         }
         match module {
             "CoreAdminHome" if action == "optOut" || action == "optOutJS" => Class::Public,
-            "API" | "Widgetize" if req.string("token_auth").is_some_and(|t| !t.is_empty()) => Class::Public,
+            "API" | "Widgetize" if req.string("token_auth").is_some_and(|t| !t.is_empty()) => {
+                Class::Public
+            }
             "Login" if action == "logout" => Class::Logout,
             "Login" => Class::Ui { login_module: true },
             _ => Class::Ui {
@@ -258,11 +269,20 @@ mod tests {
     #[test]
     fn normalisation() {
         assert_eq!(normalize_path("//index.php").as_deref(), Some("/index.php"));
-        assert_eq!(normalize_path("/a/../index.php").as_deref(), Some("/index.php"));
-        assert_eq!(normalize_path("/%2e%2e/index.php").as_deref(), Some("/index.php"));
+        assert_eq!(
+            normalize_path("/a/../index.php").as_deref(),
+            Some("/index.php")
+        );
+        assert_eq!(
+            normalize_path("/%2e%2e/index.php").as_deref(),
+            Some("/index.php")
+        );
         assert_eq!(normalize_path("/js/./x/").as_deref(), Some("/js/x/"));
         assert_eq!(normalize_path("/a%00b"), None);
-        assert_eq!(normalize_path("/a%2F..%2Fb").as_deref(), Some("/a%2F..%2Fb"));
+        assert_eq!(
+            normalize_path("/a%2F..%2Fb").as_deref(),
+            Some("/a%2F..%2Fb")
+        );
     }
 
     #[test]
@@ -280,12 +300,27 @@ mod tests {
             assert!(matches!(f(q), Class::Forbidden(_)), "{q}");
         }
         assert_eq!(f("module[]=AutoLogin"), ui());
-        assert_eq!(f("module=AutoLogin&module=Login"), Class::Ui { login_module: true });
+        assert_eq!(
+            f("module=AutoLogin&module=Login"),
+            Class::Ui { login_module: true }
+        );
         let body = Params::parse("module=AutoLogin");
-        assert!(matches!(c().classify("/", None, Some(&body)), Class::Forbidden(_)));
-        assert!(matches!(c().classify("/index.php/x", Some("module=AutoLogin"), None), Class::Forbidden(_)));
-        assert!(matches!(c().classify("//index.php", Some("module=AutoLogin"), None), Class::Forbidden(_)));
-        assert!(matches!(c().classify("/%69ndex.php", Some("module=AutoLogin"), None), Class::Forbidden(_)));
+        assert!(matches!(
+            c().classify("/", None, Some(&body)),
+            Class::Forbidden(_)
+        ));
+        assert!(matches!(
+            c().classify("/index.php/x", Some("module=AutoLogin"), None),
+            Class::Forbidden(_)
+        ));
+        assert!(matches!(
+            c().classify("//index.php", Some("module=AutoLogin"), None),
+            Class::Forbidden(_)
+        ));
+        assert!(matches!(
+            c().classify("/%69ndex.php", Some("module=AutoLogin"), None),
+            Class::Forbidden(_)
+        ));
     }
 
     #[test]
@@ -306,31 +341,72 @@ mod tests {
         ] {
             assert_eq!(c().classify(p, None, None), Class::Public, "{p}");
         }
-        assert_eq!(c().classify("/index.php", Some("module=CoreAdminHome&action=optOut"), None), Class::Public);
-        assert_eq!(c().classify("/index.php", Some("module=API&method=X&token_auth=abc"), None), Class::Public);
+        assert_eq!(
+            c().classify(
+                "/index.php",
+                Some("module=CoreAdminHome&action=optOut"),
+                None
+            ),
+            Class::Public
+        );
+        assert_eq!(
+            c().classify(
+                "/index.php",
+                Some("module=API&method=X&token_auth=abc"),
+                None
+            ),
+            Class::Public
+        );
         let body = Params::parse("token_auth=abc&force_api_session=1");
-        assert_eq!(c().classify("/index.php", Some("module=API&method=X"), Some(&body)), Class::Public);
+        assert_eq!(
+            c().classify("/index.php", Some("module=API&method=X"), Some(&body)),
+            Class::Public
+        );
         // GET wins: an empty token in the query hides the body's.
-        assert_eq!(c().classify("/index.php", Some("module=API&token_auth="), Some(&body)), ui());
+        assert_eq!(
+            c().classify("/index.php", Some("module=API&token_auth="), Some(&body)),
+            ui()
+        );
     }
 
     #[test]
     fn not_public() {
         assert_eq!(c().classify("/plugins/X/Controller.php", None, None), ui());
         assert_eq!(c().classify("/plugins/X/a.php/b.css", None, None), ui());
-        assert_eq!(c().classify("/index.php", Some("module=API&method=X"), None), ui());
-        assert_eq!(c().classify("/index.php", Some("module=API&token_auth[]=x"), None), ui());
+        assert_eq!(
+            c().classify("/index.php", Some("module=API&method=X"), None),
+            ui()
+        );
+        assert_eq!(
+            c().classify("/index.php", Some("module=API&token_auth[]=x"), None),
+            ui()
+        );
         assert_eq!(c().classify("/config/config.ini.php", None, None), ui());
-        assert_eq!(c().classify("/", Some("module=CoreHome&action=index&idSite=1"), None), ui());
-        assert_eq!(c().classify("/index.php", Some("module=Login&action=logout"), None), Class::Logout);
+        assert_eq!(
+            c().classify("/", Some("module=CoreHome&action=index&idSite=1"), None),
+            ui()
+        );
+        assert_eq!(
+            c().classify("/index.php", Some("module=Login&action=logout"), None),
+            Class::Logout
+        );
     }
 
     #[test]
     fn own_endpoints() {
-        assert_eq!(c().classify("/_unikgate/sign_in", Some("rd=/"), None), Class::Own("sign_in".into()));
-        assert_eq!(c().classify("//_unikgate/./callback", None, None), Class::Own("callback".into()));
+        assert_eq!(
+            c().classify("/_unikgate/sign_in", Some("rd=/"), None),
+            Class::Own("sign_in".into())
+        );
+        assert_eq!(
+            c().classify("//_unikgate/./callback", None, None),
+            Class::Own("callback".into())
+        );
         assert_eq!(c().classify("/_unikgatex", None, None), ui());
-        assert_eq!(c().classify(UNS_VERIFICATION_PATH, None, None), Class::UnsVerification);
+        assert_eq!(
+            c().classify(UNS_VERIFICATION_PATH, None, None),
+            Class::UnsVerification
+        );
     }
 
     #[test]
@@ -338,12 +414,34 @@ mod tests {
         let m = http::Method::POST;
         let form = Some("application/x-www-form-urlencoded; charset=UTF-8");
         let r = |path: &str, q: Option<&str>, ct: Option<&str>| c().body_rule(&m, path, q, ct);
-        assert_eq!(r("/index.php", Some("module=API"), form), BodyRule::ReadForm);
-        assert_eq!(r("/index.php", Some("module=API&action=a&token_auth=x"), form), BodyRule::Stream);
+        assert_eq!(
+            r("/index.php", Some("module=API"), form),
+            BodyRule::ReadForm
+        );
+        assert_eq!(
+            r("/index.php", Some("module=API&action=a&token_auth=x"), form),
+            BodyRule::Stream
+        );
         assert_eq!(r("/matomo.php", None, form), BodyRule::Stream);
-        assert_eq!(c().body_rule(&http::Method::GET, "/index.php", None, form), BodyRule::Stream);
-        assert_eq!(r("/index.php", None, Some("application/json")), BodyRule::Stream);
-        assert_eq!(r("/", None, Some("multipart/form-data; boundary=x")), BodyRule::RefuseMultipart);
-        assert_eq!(r("/", Some("module=X"), Some("multipart/form-data; boundary=x")), BodyRule::Stream);
+        assert_eq!(
+            c().body_rule(&http::Method::GET, "/index.php", None, form),
+            BodyRule::Stream
+        );
+        assert_eq!(
+            r("/index.php", None, Some("application/json")),
+            BodyRule::Stream
+        );
+        assert_eq!(
+            r("/", None, Some("multipart/form-data; boundary=x")),
+            BodyRule::RefuseMultipart
+        );
+        assert_eq!(
+            r(
+                "/",
+                Some("module=X"),
+                Some("multipart/form-data; boundary=x")
+            ),
+            BodyRule::Stream
+        );
     }
 }

@@ -45,7 +45,10 @@ pub async fn run(app: &App) -> Vec<Step> {
                 if ep.from_discovery {
                     format!("discovery OK; token endpoint {}", ep.token)
                 } else {
-                    format!("discovery unavailable; using the configured URLs (token endpoint {})", ep.token)
+                    format!(
+                        "discovery unavailable; using the configured URLs (token endpoint {})",
+                        ep.token
+                    )
                 },
             ));
             out.push(step(
@@ -71,23 +74,41 @@ pub async fn run(app: &App) -> Vec<Step> {
     }
     let up = &app.upstream;
     let matomo_ok = match up
-        .call(Method::GET, "/index.php?module=Login&action=login", Default::default(), None, LOCAL)
+        .call(
+            Method::GET,
+            "/index.php?module=Login&action=login",
+            Default::default(),
+            None,
+            LOCAL,
+        )
         .await
     {
         Ok(a) if matomo::parse_user_login(&String::from_utf8_lossy(&a.body)).is_some() => {
-            out.push(step("Matomo", true, format!("{} answers as Matomo", app.cfg.upstream.url)));
+            out.push(step(
+                "Matomo",
+                true,
+                format!("{} answers as Matomo", app.cfg.upstream.url),
+            ));
             true
         }
         Ok(a) => {
             out.push(step(
                 "Matomo",
                 false,
-                format!("{} answered {} but not with Matomo's login page: is upstream.url Matomo?", app.cfg.upstream.url, a.status.as_u16()),
+                format!(
+                    "{} answered {} but not with Matomo's login page: is upstream.url Matomo?",
+                    app.cfg.upstream.url,
+                    a.status.as_u16()
+                ),
             ));
             false
         }
         Err(e) => {
-            out.push(step("Matomo", false, format!("{}: {e}", app.cfg.upstream.url)));
+            out.push(step(
+                "Matomo",
+                false,
+                format!("{}: {e}", app.cfg.upstream.url),
+            ));
             false
         }
     };
@@ -104,7 +125,12 @@ async fn autologin_step(app: &App) -> Step {
     };
     let a = match app
         .upstream
-        .call_as_user(Method::GET, "/index.php?module=AutoLogin&action=index", v, LOCAL)
+        .call_as_user(
+            Method::GET,
+            "/index.php?module=AutoLogin&action=index",
+            v,
+            LOCAL,
+        )
         .await
     {
         Ok(a) => a,
@@ -135,7 +161,12 @@ async fn autologin_step(app: &App) -> Step {
 pub fn print(steps: &[Step]) -> bool {
     let mut all = true;
     for s in steps {
-        println!("{} {:<20} {}", if s.ok { "ok  " } else { "FAIL" }, s.name, s.detail);
+        println!(
+            "{} {:<20} {}",
+            if s.ok { "ok  " } else { "FAIL" },
+            s.name,
+            s.detail
+        );
         all &= s.ok;
     }
     all

@@ -81,10 +81,17 @@ impl Error {
         use Error::*;
         match self {
             NotConfigured | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamUnavailable | ProviderUnreachable | ProviderClientRejected | ProviderError(_)
-            | ProviderBadAnswer(_) | MintFailed(_) | MatomoUnexpected(_) => StatusCode::BAD_GATEWAY,
+            UpstreamUnavailable
+            | ProviderUnreachable
+            | ProviderClientRejected
+            | ProviderError(_)
+            | ProviderBadAnswer(_)
+            | MintFailed(_)
+            | MatomoUnexpected(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Forbidden(_) | AccessDenied(_) | Csrf | SuperuserDenied | SignInRejected(_) => StatusCode::FORBIDDEN,
+            Forbidden(_) | AccessDenied(_) | Csrf | SuperuserDenied | SignInRejected(_) => {
+                StatusCode::FORBIDDEN
+            }
             BadRequest(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UriTooLong => StatusCode::URI_TOO_LONG,

@@ -36,7 +36,9 @@ const MAX_403_BODY: usize = 4 * 1024 * 1024;
 
 /// The whole HTTP surface: one entry point behind the tower layers.
 pub fn router(app: Arc<App>) -> Router {
-    use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+    use tower_http::request_id::{
+        MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+    };
     #[derive(Clone, Default)]
     struct Ids;
     impl MakeRequestId for Ids {
@@ -78,7 +80,11 @@ pub struct Ctx {
     pub started: Instant,
 }
 
-async fn entry(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+async fn entry(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
     let ctx = Ctx {
         client_ip: crate::proxy::client_ip(peer.ip(), req.headers(), &app.cfg),
         started: Instant::now(),
@@ -88,18 +94,27 @@ async fn entry(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Socke
         Err((class, e)) => (class, e.into_response()),
     };
     metrics::counter!("unikgate_requests_total", "class" => class, "status" => res.status().as_str().to_string()).increment(1);
-    metrics::histogram!("unikgate_request_seconds", "class" => class).record(ctx.started.elapsed().as_secs_f64());
+    metrics::histogram!("unikgate_request_seconds", "class" => class)
+        .record(ctx.started.elapsed().as_secs_f64());
     res
 }
 
 type Outcome = Result<(&'static str, Response), (&'static str, Error)>;
 
 async fn handle(app: &Arc<App>, ctx: &Ctx, req: Request) -> Outcome {
-    let uri_len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+    let uri_len = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().len())
+        .unwrap_or(0);
     if uri_len > MAX_URI {
         return Err(("invalid", Error::UriTooLong));
     }
-    let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
     if header_bytes > MAX_HEADER_BYTES {
         return Err(("invalid", Error::HeadersTooLarge));
     }
@@ -110,41 +125,59 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, req: Request) -> Outcome {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let (req, body_params) = match app
+    let (req, body_params) =
+        match app
+            .classifier
+            .body_rule(req.method(), &path, query.as_deref(), ctype.as_deref())
+        {
+            BodyRule::Stream => (req, None),
+            BodyRule::RefuseMultipart => {
+                return Err((
+                    "invalid",
+                    Error::BadRequest(
+                        "a multipart post to index.php must name its module in the query string"
+                            .into(),
+                    ),
+                ))
+            }
+            BodyRule::ReadForm => {
+                let (parts, body) = req.into_parts();
+                let bytes = match Limited::new(body, MAX_CLASSIFY_BODY).collect().await {
+                    Ok(c) => c.to_bytes(),
+                    Err(_) => return Err(("invalid", Error::PayloadTooLarge)),
+                };
+                let params = Params::parse(&String::from_utf8_lossy(&bytes));
+                (
+                    Request::from_parts(parts, Body::new(Full::new(bytes))),
+                    Some(params),
+                )
+            }
+        };
+    let class = app
         .classifier
-        .body_rule(req.method(), &path, query.as_deref(), ctype.as_deref())
-    {
-        BodyRule::Stream => (req, None),
-        BodyRule::RefuseMultipart => {
-            return Err((
-                "invalid",
-                Error::BadRequest("a multipart post to index.php must name its module in the query string".into()),
-            ))
-        }
-        BodyRule::ReadForm => {
-            let (parts, body) = req.into_parts();
-            let bytes = match Limited::new(body, MAX_CLASSIFY_BODY).collect().await {
-                Ok(c) => c.to_bytes(),
-                Err(_) => return Err(("invalid", Error::PayloadTooLarge)),
-            };
-            let params = Params::parse(&String::from_utf8_lossy(&bytes));
-            (Request::from_parts(parts, Body::new(Full::new(bytes))), Some(params))
-        }
-    };
-    let class = app.classifier.classify(&path, query.as_deref(), body_params.as_ref());
+        .classify(&path, query.as_deref(), body_params.as_ref());
     match class {
         Class::Own(ep) => Ok(("own", crate::routes::own(app, ctx, &ep, req).await)),
         Class::UnsVerification => match &app.cfg.matomo.uns_verification_file {
             Some(f) => match tokio::fs::read(f).await {
-                Ok(b) => Ok(("public", ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b).into_response())),
+                Ok(b) => Ok((
+                    "public",
+                    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b).into_response(),
+                )),
                 Err(e) => {
                     tracing::error!(file = %f.display(), error = %e, "cannot read matomo.uns_verification_file");
                     Err(("public", Error::NotFound))
                 }
             },
-            None => forward_public(app, ctx, req).await.map(|r| ("public", r)).map_err(|e| ("public", e)),
+            None => forward_public(app, ctx, req)
+                .await
+                .map(|r| ("public", r))
+                .map_err(|e| ("public", e)),
         },
-        Class::Public => forward_public(app, ctx, req).await.map(|r| ("public", r)).map_err(|e| ("public", e)),
+        Class::Public => forward_public(app, ctx, req)
+            .await
+            .map(|r| ("public", r))
+            .map_err(|e| ("public", e)),
         Class::Forbidden(why) => {
             tracing::warn!(target: "unikgate::audit", event = "refused", client_ip = %ctx.client_ip, reason = why);
             Err(("forbidden", Error::Forbidden(why)))
@@ -189,7 +222,9 @@ async fn forward_public(app: &Arc<App>, ctx: &Ctx, req: Request) -> Result<Respo
             if let Ok(data) = app.sessions.load(&mut sess).await {
                 let mut changed = false;
                 if let Some(m) = data.user.as_mut().and_then(|u| u.matomo.as_mut()) {
-                    if m.cookie_hash == cookie_hash(&browser) && now_ms() - m.seen >= app.sessions.touch_every().as_millis() as i64 {
+                    if m.cookie_hash == cookie_hash(&browser)
+                        && now_ms() - m.seen >= app.sessions.touch_every().as_millis() as i64
+                    {
                         m.seen = now_ms();
                         changed = true;
                     }
@@ -205,7 +240,8 @@ async fn forward_public(app: &Arc<App>, ctx: &Ctx, req: Request) -> Result<Respo
         }
     }
     let (mut parts, body) = req.into_parts();
-    app.upstream.sanitize_request(&mut parts.headers, ctx.client_ip);
+    app.upstream
+        .sanitize_request(&mut parts.headers, ctx.client_ip);
     app.upstream.send(Request::from_parts(parts, body)).await
 }
 
@@ -234,7 +270,13 @@ fn path_and_query(req: &Request) -> String {
         .unwrap_or_else(|| "/".into())
 }
 
-async fn ui_inner(app: &Arc<App>, ctx: &Ctx, sess: &mut Sess, req: Request, login_module: bool) -> Result<Response, Error> {
+async fn ui_inner(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    req: Request,
+    login_module: bool,
+) -> Result<Response, Error> {
     let rd = crate::redirect::safe_rd(&path_and_query(&req), &app.cfg.server.prefix);
     let signed_in = if app.sessions.has_cookie(req.headers()) {
         app.sessions.load(sess).await?.user.clone()
@@ -279,7 +321,9 @@ async fn ui_inner(app: &Arc<App>, ctx: &Ctx, sess: &mut Sess, req: Request, logi
     let margin = (idle / 10).min(60_000);
     let fresh = user.matomo.as_ref().is_some_and(|m| {
         m.login == link.matomo_login
-            && browser.as_deref().is_some_and(|b| cookie_hash(b) == m.cookie_hash)
+            && browser
+                .as_deref()
+                .is_some_and(|b| cookie_hash(b) == m.cookie_hash)
             && now - m.seen < idle - margin
     });
     let mut minted: Option<String> = None;
@@ -291,7 +335,10 @@ async fn ui_inner(app: &Arc<App>, ctx: &Ctx, sess: &mut Sess, req: Request, logi
         v
     };
     let record_seen = minted.is_some()
-        || user.matomo.as_ref().is_some_and(|m| now - m.seen >= app.sessions.touch_every().as_millis() as i64);
+        || user
+            .matomo
+            .as_ref()
+            .is_some_and(|m| now - m.seen >= app.sessions.touch_every().as_millis() as i64);
     if record_seen {
         user.matomo = Some(MatomoSession {
             login: link.matomo_login.clone(),
@@ -309,7 +356,10 @@ async fn ui_inner(app: &Arc<App>, ctx: &Ctx, sess: &mut Sess, req: Request, logi
     *up_req.headers_mut() = headers.clone();
     let mut res = app.upstream.send(up_req).await?;
     // Matomo answered as to an anonymous visitor: mint once more and retry once (GET/HEAD only).
-    if res.status() == StatusCode::FORBIDDEN && minted.is_none() && (method == Method::GET || method == Method::HEAD) {
+    if res.status() == StatusCode::FORBIDDEN
+        && minted.is_none()
+        && (method == Method::GET || method == Method::HEAD)
+    {
         let (rparts, rbody) = res.into_parts();
         let bytes = Limited::new(rbody, MAX_403_BODY)
             .collect()
@@ -336,7 +386,8 @@ async fn ui_inner(app: &Arc<App>, ctx: &Ctx, sess: &mut Sess, req: Request, logi
         }
     }
     if let Some(v) = &minted {
-        let already = matomo::set_cookie_value(res.headers(), MATOMO_COOKIE).as_deref() == Some(v.as_str());
+        let already =
+            matomo::set_cookie_value(res.headers(), MATOMO_COOKIE).as_deref() == Some(v.as_str());
         if !already {
             append_matomo_cookie(app, res.headers_mut(), v);
         }
@@ -352,12 +403,19 @@ async fn ui_inner(app: &Arc<App>, ctx: &Ctx, sess: &mut Sess, req: Request, logi
 /// Forwards without touching sessions (password-login browsers).
 async fn forward_plain(app: &Arc<App>, ctx: &Ctx, req: Request) -> Result<Response, Error> {
     let (mut parts, body) = req.into_parts();
-    app.upstream.sanitize_request(&mut parts.headers, ctx.client_ip);
+    app.upstream
+        .sanitize_request(&mut parts.headers, ctx.client_ip);
     app.upstream.send(Request::from_parts(parts, body)).await
 }
 
 /// Mints a Matomo session, with an audit event.
-pub async fn mint(app: &App, ctx: &Ctx, login: &str, subject: &str, why: &'static str) -> Result<String, Error> {
+pub async fn mint(
+    app: &App,
+    ctx: &Ctx,
+    login: &str,
+    subject: &str,
+    why: &'static str,
+) -> Result<String, Error> {
     match app.minter.mint(&app.upstream, login, ctx.client_ip).await {
         Ok(v) => {
             metrics::counter!("unikgate_mints_total", "result" => "ok").increment(1);
@@ -393,14 +451,24 @@ pub fn set_matomo_cookie_header(headers: &mut HeaderMap, value: &str) {
 
 /// `Set-Cookie: MATOMO_SESSID=…` with the attributes Matomo itself uses, for the public origin.
 pub fn append_matomo_cookie(app: &App, headers: &mut HeaderMap, value: &str) {
-    let secure = if app.cfg.public_is_https() { "; Secure" } else { "" };
-    if let Ok(v) = HeaderValue::from_str(&format!("{MATOMO_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax{secure}")) {
+    let secure = if app.cfg.public_is_https() {
+        "; Secure"
+    } else {
+        ""
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{MATOMO_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax{secure}"
+    )) {
         headers.append(header::SET_COOKIE, v);
     }
 }
 
 pub fn clear_matomo_cookie(app: &App, headers: &mut HeaderMap) {
-    let secure = if app.cfg.public_is_https() { "; Secure" } else { "" };
+    let secure = if app.cfg.public_is_https() {
+        "; Secure"
+    } else {
+        ""
+    };
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{MATOMO_COOKIE}=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax{secure}"
     )) {

@@ -71,10 +71,12 @@ pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
         .ok_or_else(|| format!("store.url {:?} is not supported", cfg.store.url))?;
     let pool = links::open_sqlite(&path).await?;
     let session_store = tower_sessions_sqlx_store::SqliteStore::new(pool.clone());
-    session_store
-        .migrate()
-        .await
-        .map_err(|e| format!("cannot prepare the session table in {}: {e}", path.display()))?;
+    session_store.migrate().await.map_err(|e| {
+        format!(
+            "cannot prepare the session table in {}: {e}",
+            path.display()
+        )
+    })?;
     spawn_expired_deletion(session_store.clone());
     let key = session::load_key(cfg.session.key.as_ref(), cfg.data_dir().as_deref())?;
     let sessions = Sessions::new(
@@ -88,10 +90,17 @@ pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
     );
     let oidc = Oidc::new(&cfg)?;
     if oidc.is_none() {
-        tracing::warn!("provider.client_id / client_secret are not set: unikgate fails closed until they are");
+        tracing::warn!(
+            "provider.client_id / client_secret are not set: unikgate fails closed until they are"
+        );
     }
     // Pages name the provider by its host ("connect.unikname.com"): the button label is a sentence.
-    let provider_host = cfg.provider.authorize_url.host_str().unwrap_or("the sign-in service").to_string();
+    let provider_host = cfg
+        .provider
+        .authorize_url
+        .host_str()
+        .unwrap_or("the sign-in service")
+        .to_string();
     let pages = Arc::new(PageEnv::new(
         &cfg.server.prefix,
         &provider_host,
@@ -114,7 +123,9 @@ pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
 /// Installs the Prometheus recorder (once per process) and returns its handle.
 pub fn install_metrics() -> Option<PrometheusHandle> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        .set_buckets(&[
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
         .ok()?
         .install_recorder()
         .ok()

@@ -7,7 +7,9 @@
 
 use async_trait::async_trait;
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -56,7 +58,8 @@ pub trait LinkStore: Send + Sync + 'static {
 /// timeout, and applies the embedded migrations.
 pub async fn open_sqlite(path: &std::path::Path) -> Result<SqlitePool, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
         .map_err(|e| e.to_string())?
@@ -106,19 +109,22 @@ const COLS: &str = "id, issuer, subject, matomo_login, superuser, created_at, la
 #[async_trait]
 impl LinkStore for SqliteLinks {
     async fn get(&self, issuer: &str, subject: &str) -> Result<Option<Link>, Error> {
-        let r: Option<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM links WHERE issuer = ? AND subject = ?"))
-            .bind(issuer)
-            .bind(subject)
-            .fetch_optional(&self.pool)
-            .await?;
+        let r: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {COLS} FROM links WHERE issuer = ? AND subject = ?"
+        ))
+        .bind(issuer)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(r.map(from_row))
     }
 
     async fn get_by_login(&self, login: &str) -> Result<Option<Link>, Error> {
-        let r: Option<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM links WHERE matomo_login = ?"))
-            .bind(login)
-            .fetch_optional(&self.pool)
-            .await?;
+        let r: Option<Row> =
+            sqlx::query_as(&format!("SELECT {COLS} FROM links WHERE matomo_login = ?"))
+                .bind(login)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(r.map(from_row))
     }
 
@@ -166,9 +172,10 @@ impl LinkStore for SqliteLinks {
     }
 
     async fn list(&self) -> Result<Vec<Link>, Error> {
-        let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM links ORDER BY created_at"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<Row> =
+            sqlx::query_as(&format!("SELECT {COLS} FROM links ORDER BY created_at"))
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(from_row).collect())
     }
 

@@ -20,22 +20,43 @@ enum Command {
     /// Run the proxy.
     Serve {
         /// The TOML configuration file (every key can also be set as UNIKGATE_<SECTION>__<KEY>).
-        #[arg(short, long, env = "UNIKGATE_CONFIG", default_value = "config/unikgate.toml")]
+        #[arg(
+            short,
+            long,
+            env = "UNIKGATE_CONFIG",
+            default_value = "config/unikgate.toml"
+        )]
         config: PathBuf,
     },
     /// Check a configuration file offline and list every problem.
     Check {
-        #[arg(short, long, env = "UNIKGATE_CONFIG", default_value = "config/unikgate.toml")]
+        #[arg(
+            short,
+            long,
+            env = "UNIKGATE_CONFIG",
+            default_value = "config/unikgate.toml"
+        )]
         config: PathBuf,
     },
     /// Check the configuration, then reach the provider and Matomo step by step.
     Doctor {
-        #[arg(short, long, env = "UNIKGATE_CONFIG", default_value = "config/unikgate.toml")]
+        #[arg(
+            short,
+            long,
+            env = "UNIKGATE_CONFIG",
+            default_value = "config/unikgate.toml"
+        )]
         config: PathBuf,
     },
     /// Manage the links between @uniknames and Matomo accounts.
     Links {
-        #[arg(short, long, env = "UNIKGATE_CONFIG", default_value = "config/unikgate.toml", global = true)]
+        #[arg(
+            short,
+            long,
+            env = "UNIKGATE_CONFIG",
+            default_value = "config/unikgate.toml",
+            global = true
+        )]
         config: PathBuf,
         /// Print JSON instead of a table.
         #[arg(long, global = true)]
@@ -81,9 +102,12 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("UNIKGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn,hyper=warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UNIKGATE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn,hyper=warn")
+    });
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().flatten_event(true).init(),
         LogFormat::Text => b.init(),
@@ -92,7 +116,10 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -170,7 +197,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 ExitCode::FAILURE
             })
         }
-        Command::Links { config, json, action } => {
+        Command::Links {
+            config,
+            json,
+            action,
+        } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
@@ -180,31 +211,55 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .oidc
                 .as_ref()
                 .map(|o| o.identity_issuer.clone())
-                .or_else(|| app.cfg.provider.issuer.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string()))
+                .or_else(|| {
+                    app.cfg
+                        .provider
+                        .issuer
+                        .as_ref()
+                        .map(|u| u.as_str().trim_end_matches('/').to_string())
+                })
                 .unwrap_or_default();
             links_cmd(&app, json, action, &default_issuer).await
         }
     }
 }
 
-async fn links_cmd(app: &unikgate::App, json: bool, action: LinksAction, default_issuer: &str) -> Result<ExitCode, String> {
+async fn links_cmd(
+    app: &unikgate::App,
+    json: bool,
+    action: LinksAction,
+    default_issuer: &str,
+) -> Result<ExitCode, String> {
     let store = &app.links;
     match action {
         LinksAction::List => {
             let links = store.list().await.map_err(|e| e.to_string())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&links).map_err(|e| e.to_string())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&links).map_err(|e| e.to_string())?
+                );
             } else if links.is_empty() {
                 println!("no links");
             } else {
-                println!("{:<24} {:<40} {:<10} issuer", "matomo_login", "subject", "superuser");
+                println!(
+                    "{:<24} {:<40} {:<10} issuer",
+                    "matomo_login", "subject", "superuser"
+                );
                 for l in links {
-                    println!("{:<24} {:<40} {:<10} {}", l.matomo_login, l.subject, l.superuser, l.issuer);
+                    println!(
+                        "{:<24} {:<40} {:<10} {}",
+                        l.matomo_login, l.subject, l.superuser, l.issuer
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
-        LinksAction::Add { subject, matomo_login, issuer } => {
+        LinksAction::Add {
+            subject,
+            matomo_login,
+            issuer,
+        } => {
             let link = unikgate::links::Link {
                 id: unikgate::random_token(),
                 issuer: issuer.unwrap_or_else(|| default_issuer.to_string()),
@@ -217,14 +272,20 @@ async fn links_cmd(app: &unikgate::App, json: bool, action: LinksAction, default
             match store.create(&link).await.map_err(|e| e.to_string())? {
                 Ok(()) => {
                     if json {
-                        println!("{}", serde_json::to_string(&link).map_err(|e| e.to_string())?);
+                        println!(
+                            "{}",
+                            serde_json::to_string(&link).map_err(|e| e.to_string())?
+                        );
                     } else {
                         println!("linked {} -> {}", link.subject, link.matomo_login);
                     }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(unikgate::links::LinkConflict::Identity) => {
-                    eprintln!("refused: this subject is already linked (unikgate links remove {} first)", link.subject);
+                    eprintln!(
+                        "refused: this subject is already linked (unikgate links remove {} first)",
+                        link.subject
+                    );
                     Ok(ExitCode::from(3))
                 }
                 Err(unikgate::links::LinkConflict::Login) => {
@@ -240,7 +301,9 @@ async fn links_cmd(app: &unikgate::App, json: bool, action: LinksAction, default
             let removed = if login {
                 store.remove_login(&who).await
             } else {
-                store.remove(issuer.as_deref().unwrap_or(default_issuer), &who).await
+                store
+                    .remove(issuer.as_deref().unwrap_or(default_issuer), &who)
+                    .await
             }
             .map_err(|e| e.to_string())?;
             if json {
@@ -250,7 +313,11 @@ async fn links_cmd(app: &unikgate::App, json: bool, action: LinksAction, default
             } else {
                 println!("no link found for {who}");
             }
-            Ok(if removed { ExitCode::SUCCESS } else { ExitCode::from(4) })
+            Ok(if removed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            })
         }
     }
 }

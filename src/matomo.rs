@@ -36,20 +36,30 @@ impl Minter for AutoLogin {
         let value = HeaderValue::from_str(login)
             .map_err(|_| Error::MintFailed("the Matomo login cannot be sent in a header".into()))?;
         let a = up
-            .call_as_user(Method::GET, "/index.php?module=AutoLogin&action=index", value, client_ip)
+            .call_as_user(
+                Method::GET,
+                "/index.php?module=AutoLogin&action=index",
+                value,
+                client_ip,
+            )
             .await?;
         match a.status {
-            StatusCode::FOUND | StatusCode::SEE_OTHER | StatusCode::MOVED_PERMANENTLY | StatusCode::TEMPORARY_REDIRECT => {
-                set_cookie_value(&a.headers, MATOMO_COOKIE).ok_or_else(|| {
+            StatusCode::FOUND
+            | StatusCode::SEE_OTHER
+            | StatusCode::MOVED_PERMANENTLY
+            | StatusCode::TEMPORARY_REDIRECT => set_cookie_value(&a.headers, MATOMO_COOKIE)
+                .ok_or_else(|| {
                     Error::MintFailed("Matomo redirected without a session cookie".into())
-                })
-            }
+                }),
             StatusCode::INTERNAL_SERVER_ERROR => Err(Error::MintFailed(autologin_message(&a.body))),
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Err(Error::MintFailed(format!(
                 "Matomo answered {} to AutoLogin (is the plugin installed and activated?)",
                 a.status.as_u16()
             ))),
-            s => Err(Error::MintFailed(format!("Matomo answered {} to AutoLogin", s.as_u16()))),
+            s => Err(Error::MintFailed(format!(
+                "Matomo answered {} to AutoLogin",
+                s.as_u16()
+            ))),
         }
     }
 
@@ -133,7 +143,12 @@ fn json(a: &Answer) -> Result<serde_json::Value, Error> {
 
 /// Proves a Matomo account by its password through Matomo's own API (contract: "Proving a Matomo
 /// account by password"). The app token Matomo returns is used once and dropped.
-pub async fn prove_password(up: &Upstream, login: &str, password: &str, client_ip: IpAddr) -> Result<Proof, Error> {
+pub async fn prove_password(
+    up: &Upstream,
+    login: &str,
+    password: &str,
+    client_ip: IpAddr,
+) -> Result<Proof, Error> {
     let a = up
         .call(
             Method::POST,
@@ -153,7 +168,9 @@ pub async fn prove_password(up: &Upstream, login: &str, password: &str, client_i
         if v.get("result").and_then(|r| r.as_str()) == Some("error") {
             return Ok(Proof::WrongPassword);
         }
-        return Err(Error::MatomoUnexpected("createAppSpecificTokenAuth gave neither a token nor an error".into()));
+        return Err(Error::MatomoUnexpected(
+            "createAppSpecificTokenAuth gave neither a token nor an error".into(),
+        ));
     };
     let a = up
         .call(
@@ -178,17 +195,28 @@ pub async fn prove_password(up: &Upstream, login: &str, password: &str, client_i
 
 /// Who owns a Matomo session (contract: "who-am-i probe"). `None` for anonymous. The answer's
 /// cookies are dropped.
-pub async fn who_am_i(up: &Upstream, cookie_value: &str, client_ip: IpAddr) -> Result<Option<String>, Error> {
+pub async fn who_am_i(
+    up: &Upstream,
+    cookie_value: &str,
+    client_ip: IpAddr,
+) -> Result<Option<String>, Error> {
     let mut h = HeaderMap::new();
     let v = HeaderValue::from_str(&format!("{MATOMO_COOKIE}={cookie_value}"))
         .map_err(|_| Error::BadRequest("the Matomo cookie is not valid".into()))?;
     h.insert(COOKIE, v);
     let a = up
-        .call(Method::GET, "/index.php?module=Login&action=login", h, None, client_ip)
+        .call(
+            Method::GET,
+            "/index.php?module=Login&action=login",
+            h,
+            None,
+            client_ip,
+        )
         .await?;
     let body = String::from_utf8_lossy(&a.body);
-    let login = parse_user_login(&body)
-        .ok_or_else(|| Error::MatomoUnexpected("the login page does not name its user (piwik.userLogin)".into()))?;
+    let login = parse_user_login(&body).ok_or_else(|| {
+        Error::MatomoUnexpected("the login page does not name its user (piwik.userLogin)".into())
+    })?;
     Ok((login != "anonymous").then_some(login))
 }
 
@@ -223,8 +251,14 @@ pub async fn logout(up: &Upstream, cookie_value: &str, client_ip: IpAddr) -> Res
         return Ok(());
     };
     h.insert(COOKIE, v);
-    up.call(Method::GET, "/index.php?module=Login&action=logout", h, None, client_ip)
-        .await?;
+    up.call(
+        Method::GET,
+        "/index.php?module=Login&action=logout",
+        h,
+        None,
+        client_ip,
+    )
+    .await?;
     Ok(())
 }
 
@@ -244,12 +278,19 @@ mod tests {
 
     #[test]
     fn user_login_is_a_js_string() {
-        assert_eq!(parse_user_login("x piwik.userLogin = \"alice\";").as_deref(), Some("alice"));
         assert_eq!(
-            parse_user_login("piwik.userLogin = \"jane.doe\\u002Dx\\u0040example.com\";").as_deref(),
+            parse_user_login("x piwik.userLogin = \"alice\";").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            parse_user_login("piwik.userLogin = \"jane.doe\\u002Dx\\u0040example.com\";")
+                .as_deref(),
             Some("jane.doe-x@example.com")
         );
-        assert_eq!(parse_user_login("piwik.userLogin = \"a\\\"b\";").as_deref(), Some("a\"b"));
+        assert_eq!(
+            parse_user_login("piwik.userLogin = \"a\\\"b\";").as_deref(),
+            Some("a\"b")
+        );
         assert_eq!(parse_user_login("nothing"), None);
     }
 

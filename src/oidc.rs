@@ -9,8 +9,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openidconnect::core::{CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
-use openidconnect::{ClaimsVerificationError, ClientId, ClientSecret, IssuerUrl, Nonce, PkceCodeChallenge};
+use openidconnect::core::{
+    CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
+};
+use openidconnect::{
+    ClaimsVerificationError, ClientId, ClientSecret, IssuerUrl, Nonce, PkceCodeChallenge,
+};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -134,7 +138,11 @@ impl Oidc {
     pub async fn endpoints(&self) -> Arc<Endpoints> {
         let mut cache = self.cache.lock().await;
         if let Some((e, at)) = cache.as_ref() {
-            let ttl = if e.from_discovery { CACHE_OK } else { CACHE_FALLBACK };
+            let ttl = if e.from_discovery {
+                CACHE_OK
+            } else {
+                CACHE_FALLBACK
+            };
             if at.elapsed() < ttl {
                 return e.clone();
             }
@@ -152,7 +160,10 @@ impl Oidc {
     async fn resolve(&self) -> Endpoints {
         let p = &self.cfg;
         let mut fallback = Endpoints {
-            issuer: p.issuer.as_ref().map(|i| trim_slash(i.as_str()).to_string()),
+            issuer: p
+                .issuer
+                .as_ref()
+                .map(|i| trim_slash(i.as_str()).to_string()),
             authorize: p.authorize_url.clone(),
             token: p.token_url.clone(),
             userinfo: p.userinfo_url.clone(),
@@ -163,28 +174,45 @@ impl Oidc {
         if let Some(issuer) = &p.issuer {
             match self.discover(issuer).await {
                 Ok(e) => return e,
-                Err(why) => tracing::warn!(issuer = %issuer, reason = %why, "discovery failed; using the configured provider URLs"),
+                Err(why) => {
+                    tracing::warn!(issuer = %issuer, reason = %why, "discovery failed; using the configured provider URLs")
+                }
             }
         }
         if let Some(j) = &p.jwks_url {
             match self.fetch_jwks(j).await {
                 Ok(k) => fallback.jwks = Some(k),
-                Err(why) => tracing::warn!(jwks = %j, reason = %why, "cannot fetch the provider's keys; ID tokens will not be verified"),
+                Err(why) => {
+                    tracing::warn!(jwks = %j, reason = %why, "cannot fetch the provider's keys; ID tokens will not be verified")
+                }
             }
         }
         fallback
     }
 
     async fn discover(&self, issuer: &Url) -> Result<Endpoints, String> {
-        let url = format!("{}/.well-known/openid-configuration", trim_slash(issuer.as_str()));
-        let res = self.http.get(&url).send().await.map_err(|e| without_url(&e))?;
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            trim_slash(issuer.as_str())
+        );
+        let res = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| without_url(&e))?;
         if !res.status().is_success() {
             return Err(format!("HTTP {}", res.status().as_u16()));
         }
         let body = res.bytes().await.map_err(|e| without_url(&e))?;
-        let d: Discovery = serde_json::from_slice(&body).map_err(|e| format!("not a discovery document: {e}"))?;
+        let d: Discovery =
+            serde_json::from_slice(&body).map_err(|e| format!("not a discovery document: {e}"))?;
         if trim_slash(&d.issuer) != trim_slash(issuer.as_str()) {
-            return Err(format!("its issuer is {:?}, not {:?}", d.issuer, issuer.as_str()));
+            return Err(format!(
+                "its issuer is {:?}, not {:?}",
+                d.issuer,
+                issuer.as_str()
+            ));
         }
         let p = &self.cfg;
         let jwks_url = d.jwks_uri.or_else(|| p.jwks_url.clone());
@@ -194,9 +222,13 @@ impl Oidc {
         };
         Ok(Endpoints {
             issuer: Some(trim_slash(&d.issuer).to_string()),
-            authorize: d.authorization_endpoint.unwrap_or_else(|| p.authorize_url.clone()),
+            authorize: d
+                .authorization_endpoint
+                .unwrap_or_else(|| p.authorize_url.clone()),
             token: d.token_endpoint.unwrap_or_else(|| p.token_url.clone()),
-            userinfo: d.userinfo_endpoint.unwrap_or_else(|| p.userinfo_url.clone()),
+            userinfo: d
+                .userinfo_endpoint
+                .unwrap_or_else(|| p.userinfo_url.clone()),
             jwks,
             end_session: p.end_session_url.clone().or(d.end_session_endpoint),
             from_discovery: true,
@@ -204,7 +236,12 @@ impl Oidc {
     }
 
     async fn fetch_jwks(&self, url: &Url) -> Result<CoreJsonWebKeySet, String> {
-        let res = self.http.get(url.clone()).send().await.map_err(|e| without_url(&e))?;
+        let res = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| without_url(&e))?;
         if !res.status().is_success() {
             return Err(format!("jwks: HTTP {}", res.status().as_u16()));
         }
@@ -247,16 +284,25 @@ impl Oidc {
         // key is the client secret.
         let hs = self.cfg.id_token_algs.iter().any(|a| a.starts_with("HS"));
         let id_sub = match (&tokens.id_token, &ep.jwks) {
-            (Some(raw), Some(keys)) => Some(self.verify_id_token(&ep, keys, raw, &pending.nonce).await?),
+            (Some(raw), Some(keys)) => {
+                Some(self.verify_id_token(&ep, keys, raw, &pending.nonce).await?)
+            }
             (Some(raw), None) if hs => {
                 let none = CoreJsonWebKeySet::new(Vec::new());
-                Some(self.verify_id_token(&ep, &none, raw, &pending.nonce).await?)
+                Some(
+                    self.verify_id_token(&ep, &none, raw, &pending.nonce)
+                        .await?,
+                )
             }
             _ => None,
         };
         let info = self.userinfo(&ep, &tokens.access_token).await?;
         let subject = claim(&info, &self.cfg.userinfo_id)
-            .or_else(|| (self.cfg.userinfo_id == "sub").then(|| claim(&info, "id")).flatten())
+            .or_else(|| {
+                (self.cfg.userinfo_id == "sub")
+                    .then(|| claim(&info, "id"))
+                    .flatten()
+            })
             .ok_or_else(|| {
                 Error::ProviderBadAnswer(format!(
                     "the userinfo answer has no {:?} claim (provider.userinfo_id)",
@@ -266,7 +312,9 @@ impl Oidc {
         if let Some(sub) = id_sub {
             if sub != subject {
                 tracing::warn!(target: "unikgate::audit", event = "refused", reason = "userinfo identity differs from the ID token subject");
-                return Err(Error::SignInRejected("the userinfo identity does not match the ID token"));
+                return Err(Error::SignInRejected(
+                    "the userinfo identity does not match the ID token",
+                ));
             }
         }
         Ok(Identity {
@@ -277,7 +325,12 @@ impl Oidc {
         })
     }
 
-    async fn exchange(&self, ep: &Endpoints, pending: &PendingAuth, code: &str) -> Result<TokenAnswer, Error> {
+    async fn exchange(
+        &self,
+        ep: &Endpoints,
+        pending: &PendingAuth,
+        code: &str,
+    ) -> Result<TokenAnswer, Error> {
         let secret = self.client_secret.expose_secret();
         let mut form: Vec<(&str, &str)> = vec![
             ("grant_type", "authorization_code"),
@@ -291,7 +344,8 @@ impl Oidc {
             .header(reqwest::header::ACCEPT, "application/json");
         match self.cfg.token_auth_method {
             TokenAuthMethod::Basic => {
-                let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let enc =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
                 req = req.basic_auth(enc(&self.client_id), Some(enc(secret)));
             }
             TokenAuthMethod::Post => {
@@ -299,35 +353,73 @@ impl Oidc {
                 form.push(("client_secret", secret));
             }
         }
-        let res = req.form(&form).send().await.map_err(|e| send_error("token", &e))?;
+        let res = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| send_error("token", &e))?;
         let status = res.status();
         let ctype = content_type(&res);
         let body = res.bytes().await.map_err(|e| send_error("token", &e))?;
         if status.is_success() {
             return serde_json::from_slice::<TokenAnswer>(&body).map_err(|_| {
-                Error::ProviderBadAnswer(format!("the token endpoint answered {status} with {ctype}, not a token response"))
+                Error::ProviderBadAnswer(format!(
+                    "the token endpoint answered {status} with {ctype}, not a token response"
+                ))
             });
         }
-        let err = serde_json::from_slice::<ErrorAnswer>(&body).ok().map(|e| e.error);
-        tracing::warn!(status = status.as_u16(), error = err.as_deref().unwrap_or("-"), "token endpoint refused the code");
+        let err = serde_json::from_slice::<ErrorAnswer>(&body)
+            .ok()
+            .map(|e| e.error);
+        tracing::warn!(
+            status = status.as_u16(),
+            error = err.as_deref().unwrap_or("-"),
+            "token endpoint refused the code"
+        );
         match err.as_deref() {
-            Some("invalid_client") | Some("unauthorized_client") => Err(Error::ProviderClientRejected),
+            Some("invalid_client") | Some("unauthorized_client") => {
+                Err(Error::ProviderClientRejected)
+            }
             _ if status == reqwest::StatusCode::UNAUTHORIZED => Err(Error::ProviderClientRejected),
-            Some("invalid_grant") => Err(Error::SignInRejected("the sign-in code was already used or has expired")),
-            Some(e) => Err(Error::ProviderError(e.chars().filter(|c| c.is_ascii_graphic()).take(64).collect())),
-            None => Err(Error::ProviderBadAnswer(format!("the token endpoint answered {status} with {ctype}"))),
+            Some("invalid_grant") => Err(Error::SignInRejected(
+                "the sign-in code was already used or has expired",
+            )),
+            Some(e) => Err(Error::ProviderError(
+                e.chars()
+                    .filter(|c| c.is_ascii_graphic())
+                    .take(64)
+                    .collect(),
+            )),
+            None => Err(Error::ProviderBadAnswer(format!(
+                "the token endpoint answered {status} with {ctype}"
+            ))),
         }
     }
 
-    async fn verify_id_token(&self, ep: &Endpoints, keys: &CoreJsonWebKeySet, raw: &str, nonce: &str) -> Result<String, Error> {
+    async fn verify_id_token(
+        &self,
+        ep: &Endpoints,
+        keys: &CoreJsonWebKeySet,
+        raw: &str,
+        nonce: &str,
+    ) -> Result<String, Error> {
         let token: CoreIdToken = raw
             .parse()
             .map_err(|_| Error::SignInRejected("the ID token is malformed"))?;
         // With `issuer = "none"` and no discovery, the issuer is unknown: `iss` cannot be checked.
         let check_iss = ep.issuer.is_some();
-        let issuer = ep.issuer.clone().unwrap_or_else(|| self.identity_issuer.clone());
-        let issuer = IssuerUrl::new(issuer).map_err(|_| Error::Internal("the issuer is not a URL".into()))?;
-        let algs: Vec<CoreJwsSigningAlgorithm> = self.cfg.id_token_algs.iter().filter_map(|a| alg(a)).collect();
+        let issuer = ep
+            .issuer
+            .clone()
+            .unwrap_or_else(|| self.identity_issuer.clone());
+        let issuer = IssuerUrl::new(issuer)
+            .map_err(|_| Error::Internal("the issuer is not a URL".into()))?;
+        let algs: Vec<CoreJwsSigningAlgorithm> = self
+            .cfg
+            .id_token_algs
+            .iter()
+            .filter_map(|a| alg(a))
+            .collect();
         let verifier = CoreIdTokenVerifier::new_confidential_client(
             ClientId::new(self.client_id.clone()),
             ClientSecret::new(self.client_secret.expose_secret().to_string()),
@@ -345,10 +437,18 @@ impl Oidc {
                 }
                 let why = match e {
                     ClaimsVerificationError::Expired(_) => "the ID token has expired",
-                    ClaimsVerificationError::InvalidAudience(_) => "the ID token is for another application",
-                    ClaimsVerificationError::InvalidIssuer(_) => "the ID token comes from another issuer",
-                    ClaimsVerificationError::InvalidNonce(_) => "the ID token does not belong to this sign-in (nonce)",
-                    ClaimsVerificationError::SignatureVerification(_) => "the ID token signature is not valid",
+                    ClaimsVerificationError::InvalidAudience(_) => {
+                        "the ID token is for another application"
+                    }
+                    ClaimsVerificationError::InvalidIssuer(_) => {
+                        "the ID token comes from another issuer"
+                    }
+                    ClaimsVerificationError::InvalidNonce(_) => {
+                        "the ID token does not belong to this sign-in (nonce)"
+                    }
+                    ClaimsVerificationError::SignatureVerification(_) => {
+                        "the ID token signature is not valid"
+                    }
                     _ => "the ID token is not valid",
                 };
                 tracing::warn!(target: "unikgate::audit", event = "refused", reason = why);
@@ -357,7 +457,11 @@ impl Oidc {
         }
     }
 
-    async fn userinfo(&self, ep: &Endpoints, access_token: &str) -> Result<serde_json::Value, Error> {
+    async fn userinfo(
+        &self,
+        ep: &Endpoints,
+        access_token: &str,
+    ) -> Result<serde_json::Value, Error> {
         let res = self
             .http
             .get(ep.userinfo.clone())
@@ -370,14 +474,20 @@ impl Oidc {
         let ctype = content_type(&res);
         let body = res.bytes().await.map_err(|e| send_error("userinfo", &e))?;
         if !status.is_success() {
-            return Err(Error::ProviderBadAnswer(format!("the userinfo endpoint answered {status}")));
+            return Err(Error::ProviderBadAnswer(format!(
+                "the userinfo endpoint answered {status}"
+            )));
         }
         if ctype.starts_with("application/jwt") {
-            return Err(Error::ProviderBadAnswer("signed userinfo answers (application/jwt) are not supported".into()));
+            return Err(Error::ProviderBadAnswer(
+                "signed userinfo answers (application/jwt) are not supported".into(),
+            ));
         }
         match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(v) if v.is_object() => Ok(v),
-            _ => Err(Error::ProviderBadAnswer(format!("the userinfo endpoint answered {ctype}, not a JSON object"))),
+            _ => Err(Error::ProviderBadAnswer(format!(
+                "the userinfo endpoint answered {ctype}, not a JSON object"
+            ))),
         }
     }
 
@@ -411,10 +521,15 @@ impl Oidc {
             rd: "/".into(),
             created: now_ms(),
         };
-        match self.exchange(&ep, &pending, "unikgate-doctor-bogus-code").await {
+        match self
+            .exchange(&ep, &pending, "unikgate-doctor-bogus-code")
+            .await
+        {
             Err(Error::SignInRejected(_)) => Ok(()),
             Err(e) => Err(e),
-            Ok(_) => Err(Error::ProviderBadAnswer("the token endpoint accepted a made-up code".into())),
+            Ok(_) => Err(Error::ProviderBadAnswer(
+                "the token endpoint accepted a made-up code".into(),
+            )),
         }
     }
 }

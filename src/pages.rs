@@ -29,7 +29,9 @@ impl PageEnv {
     /// `form_action_origin`: the provider's authorization origin, which the sign-in form redirects
     /// to (browsers apply `form-action` to redirects after a form post).
     pub fn new(prefix: &str, provider_name: &str, form_action_origin: Option<&str>) -> Self {
-        let extra = form_action_origin.map(|o| format!(" {o}")).unwrap_or_default();
+        let extra = form_action_origin
+            .map(|o| format!(" {o}"))
+            .unwrap_or_default();
         let csp = format!(
             "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
         );
@@ -49,11 +51,20 @@ impl PageEnv {
     }
 
     pub fn secure_headers(&self, h: &mut http::HeaderMap) {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
         h.insert(header::CONTENT_SECURITY_POLICY, self.csp.clone());
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
 
@@ -180,8 +191,17 @@ pub async fn render_errors(State(env): State<Arc<PageEnv>>, req: Request, next: 
 pub fn stylesheet() -> Response {
     let mut res = Response::new(Body::from(STYLESHEET));
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css; charset=utf-8"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     res
 }

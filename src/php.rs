@@ -148,13 +148,19 @@ mod tests {
     #[test]
     fn last_duplicate_wins() {
         let p = Params::parse("module=Login&module=AutoLogin");
-        assert_eq!(p.get("module").and_then(PhpValue::as_str), Some("AutoLogin"));
+        assert_eq!(
+            p.get("module").and_then(PhpValue::as_str),
+            Some("AutoLogin")
+        );
     }
 
     #[test]
     fn arrays_and_names() {
         let p = Params::parse("module[]=AutoLogin&token.auth=x&%20action=y&a[b=1");
-        assert_eq!(p.get("module"), Some(&PhpValue::Array(vec!["AutoLogin".into()])));
+        assert_eq!(
+            p.get("module"),
+            Some(&PhpValue::Array(vec!["AutoLogin".into()]))
+        );
         assert_eq!(p.get("token_auth").and_then(PhpValue::as_str), Some("x"));
         assert_eq!(p.get("action").and_then(PhpValue::as_str), Some("y"));
         assert_eq!(p.get("a_b").and_then(PhpValue::as_str), Some("1"));
@@ -163,7 +169,10 @@ mod tests {
     #[test]
     fn decoding() {
         let p = Params::parse("mod%75le=Auto%4Cogin&x=a+b");
-        assert_eq!(p.get("module").and_then(PhpValue::as_str), Some("AutoLogin"));
+        assert_eq!(
+            p.get("module").and_then(PhpValue::as_str),
+            Some("AutoLogin")
+        );
         assert_eq!(p.get("x").and_then(PhpValue::as_str), Some("a b"));
     }
 
@@ -171,7 +180,10 @@ mod tests {
     fn get_wins_over_post() {
         let g = Params::parse("module=CoreHome");
         let b = Params::parse("module=AutoLogin&token_auth=t");
-        let r = Request { get: &g, post: Some(&b) };
+        let r = Request {
+            get: &g,
+            post: Some(&b),
+        };
         assert_eq!(r.string("module"), Some("CoreHome"));
         assert_eq!(r.string("token_auth"), Some("t"));
     }

@@ -49,7 +49,13 @@ const FORWARDING: &[&str] = &[
 
 /// Headers a client cannot declare hop-by-hop through `Connection` (it would strip its own
 /// request of what makes it the same request).
-const END_TO_END: &[&str] = &["host", "cookie", "authorization", "content-type", "content-length"];
+const END_TO_END: &[&str] = &[
+    "host",
+    "cookie",
+    "authorization",
+    "content-type",
+    "content-length",
+];
 
 /// A header name as PHP's `getallheaders()` / `$_SERVER` may see it: lower-case, `_` read as `-`.
 fn php_name(name: &str) -> String {
@@ -99,7 +105,11 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, cfg: &Config) -> IpAddr {
             }
         }
     }
-    chain.into_iter().rev().find(|ip| !trusted(ip)).unwrap_or(peer)
+    chain
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted(ip))
+        .unwrap_or(peer)
 }
 
 impl Upstream {
@@ -122,7 +132,11 @@ impl Upstream {
             public_origin: cfg.public_origin(),
             public_host: HeaderValue::from_str(&cfg.public_host())
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            public_proto: HeaderValue::from_static(if cfg.public_is_https() { "https" } else { "http" }),
+            public_proto: HeaderValue::from_static(if cfg.public_is_https() {
+                "https"
+            } else {
+                "http"
+            }),
             timeout: cfg.upstream.timeout,
             session_cookie: cfg.session.cookie_name.clone(),
         }
@@ -243,7 +257,9 @@ impl Upstream {
         for v in headers.get_all(header::CONNECTION) {
             if let Ok(s) = v.to_str() {
                 for name in s.split(',') {
-                    if let Ok(n) = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()) {
+                    if let Ok(n) =
+                        HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+                    {
                         drop.push(n);
                     }
                 }
@@ -258,7 +274,11 @@ impl Upstream {
         if let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
             if let Some(rest) = loc.strip_prefix(&self.upstream_origin) {
                 if rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') {
-                    let new = format!("{}{}", self.public_origin, if rest.is_empty() { "/" } else { rest });
+                    let new = format!(
+                        "{}{}",
+                        self.public_origin,
+                        if rest.is_empty() { "/" } else { rest }
+                    );
                     if let Ok(v) = HeaderValue::from_str(&new) {
                         headers.insert(header::LOCATION, v);
                     }
@@ -266,7 +286,11 @@ impl Upstream {
             }
         }
         if headers.contains_key(header::SET_COOKIE) {
-            let cookies: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+            let cookies: Vec<HeaderValue> = headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .cloned()
+                .collect();
             headers.remove(header::SET_COOKIE);
             for v in cookies {
                 if let Some(fixed) = self.fix_set_cookie(&v) {
@@ -308,7 +332,8 @@ impl Upstream {
         body: Option<Bytes>,
         client_ip: IpAddr,
     ) -> Result<Answer, Error> {
-        self.call_inner(method, path_and_query, headers, body, client_ip, None).await
+        self.call_inner(method, path_and_query, headers, body, client_ip, None)
+            .await
     }
 
     /// The mint call: the only request that carries the trusted `matomo-username` header, set
@@ -320,8 +345,15 @@ impl Upstream {
         login: HeaderValue,
         client_ip: IpAddr,
     ) -> Result<Answer, Error> {
-        self.call_inner(method, path_and_query, HeaderMap::new(), None, client_ip, Some(login))
-            .await
+        self.call_inner(
+            method,
+            path_and_query,
+            HeaderMap::new(),
+            None,
+            client_ip,
+            Some(login),
+        )
+        .await
     }
 
     async fn call_inner(
@@ -383,7 +415,13 @@ mod tests {
 
     #[test]
     fn matomo_headers_in_every_spelling() {
-        for n in ["matomo-username", "Matomo-Username", "MATOMO_ROLE", "matomo_email", "Matomo_Group"] {
+        for n in [
+            "matomo-username",
+            "Matomo-Username",
+            "MATOMO_ROLE",
+            "matomo_email",
+            "Matomo_Group",
+        ] {
             assert!(is_matomo_header(n), "{n}");
         }
         assert!(!is_matomo_header("x-matomo-username"));

@@ -64,9 +64,22 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
             Ok(f) => start(app, &mut sess, &f, true).await,
             Err(e) => Err(e),
         },
-        (&Method::GET, "start") if app.cfg.provider.allow_get_start => start(app, &mut sess, &query, false).await,
+        (&Method::GET, "start") if app.cfg.provider.allow_get_start => {
+            start(app, &mut sess, &query, false).await
+        }
         (&Method::GET, "callback") => callback(app, ctx, &mut sess, &query).await,
-        (&Method::GET, "link") => link_page(app, ctx, &mut sess, &parts.headers, &query, None, StatusCode::OK).await,
+        (&Method::GET, "link") => {
+            link_page(
+                app,
+                ctx,
+                &mut sess,
+                &parts.headers,
+                &query,
+                None,
+                StatusCode::OK,
+            )
+            .await
+        }
         (&Method::POST, "link") => match read_form(body).await {
             Ok(f) => link_post(app, ctx, &mut sess, &parts.headers, &f).await,
             Err(e) => Err(e),
@@ -81,9 +94,14 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
             Err(e) => Err(e),
         },
         (&Method::GET, "sign_out") => sign_out(app, ctx, &mut sess, &parts.headers, None).await,
-        (_, "sign_in" | "start" | "callback" | "link" | "account" | "unlink" | "sign_out" | "healthz" | "readyz") => {
+        (
+            _,
+            "sign_in" | "start" | "callback" | "link" | "account" | "unlink" | "sign_out"
+            | "healthz" | "readyz",
+        ) => {
             let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
             Ok(r)
         }
         _ => Err(Error::NotFound),
@@ -97,7 +115,10 @@ fn oidc(app: &App) -> Result<&crate::oidc::Oidc, Error> {
 }
 
 fn rd_of(app: &App, q: &Form) -> String {
-    safe_rd(q.get("rd").map(String::as_str).unwrap_or("/"), &app.cfg.server.prefix)
+    safe_rd(
+        q.get("rd").map(String::as_str).unwrap_or("/"),
+        &app.cfg.server.prefix,
+    )
 }
 
 async fn check_csrf(app: &App, sess: &mut Sess, f: &Form) -> Result<(), Error> {
@@ -125,7 +146,9 @@ async fn sign_in(app: &App, sess: &mut Sess, q: &Form) -> Result<Response, Error
         .matomo
         .password_login
         .then(|| "/index.php?module=Login&action=login".to_string());
-    let notice = q.contains_key("signed_out").then_some("You are signed out.");
+    let notice = q
+        .contains_key("signed_out")
+        .then_some("You are signed out.");
     Ok(app.pages.render(
         StatusCode::OK,
         &SignInPage {
@@ -151,9 +174,11 @@ async fn start(app: &App, sess: &mut Sess, f: &Form, posted: bool) -> Result<Res
     data.push_pending(pending);
     sess.changed();
     let mut res = StatusCode::SEE_OTHER.into_response();
-    let loc = HeaderValue::from_str(url.as_str()).map_err(|_| Error::Internal("authorize URL".into()))?;
+    let loc =
+        HeaderValue::from_str(url.as_str()).map_err(|_| Error::Internal("authorize URL".into()))?;
     res.headers_mut().insert(header::LOCATION, loc);
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
 }
 
@@ -166,18 +191,28 @@ async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Res
     let Some(pending) = pending else {
         // Missing, expired, replayed, or started in another browser: quietly start over.
         tracing::info!(target: "unikgate::audit", event = "refused", client_ip = %ctx.client_ip, reason = "unknown or used state");
-        return Ok(redirect_local(app, &format!("{}/sign_in", app.cfg.server.prefix)));
+        return Ok(redirect_local(
+            app,
+            &format!("{}/sign_in", app.cfg.server.prefix),
+        ));
     };
     if let Some(err) = q.get("error") {
         tracing::info!(target: "unikgate::audit", event = "refused", client_ip = %ctx.client_ip, reason = "provider error", error = %err.chars().take(64).collect::<String>());
         return Err(match err.as_str() {
             "access_denied" => Error::AccessDenied(pending.rd),
-            e => Error::ProviderError(e.chars().filter(|c| c.is_ascii_graphic()).take(64).collect()),
+            e => Error::ProviderError(
+                e.chars()
+                    .filter(|c| c.is_ascii_graphic())
+                    .take(64)
+                    .collect(),
+            ),
         });
     }
     let code = q.get("code").map(String::as_str).unwrap_or("");
     if code.is_empty() {
-        return Err(Error::ProviderBadAnswer("the callback carries no code".into()));
+        return Err(Error::ProviderBadAnswer(
+            "the callback carries no code".into(),
+        ));
     }
     let id = oidc.finish(&pending, code).await?;
     // A new session id at sign-in: whatever id the browser had before (possibly planted) is gone.
@@ -231,7 +266,11 @@ async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Res
 }
 
 /// The signed-in user, or a redirect to sign in.
-async fn require_user(app: &App, sess: &mut Sess, rd: &str) -> Result<Result<UserSession, Response>, Error> {
+async fn require_user(
+    app: &App,
+    sess: &mut Sess,
+    rd: &str,
+) -> Result<Result<UserSession, Response>, Error> {
     let data = app.sessions.load(sess).await?;
     match &data.user {
         Some(u) => Ok(Ok(u.clone())),
@@ -259,12 +298,14 @@ async fn link_page(
     }
     // Offer the Matomo session the browser already holds (password login), by its owner.
     let session_login = match matomo::request_cookie(headers, MATOMO_COOKIE) {
-        Some(c) if !app.cfg.matomo.deny_superusers => matomo::who_am_i(&app.upstream, &c, ctx.client_ip)
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "who-am-i probe failed");
-                None
-            }),
+        Some(c) if !app.cfg.matomo.deny_superusers => {
+            matomo::who_am_i(&app.upstream, &c, ctx.client_ip)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "who-am-i probe failed");
+                    None
+                })
+        }
         _ => None,
     };
     let data = app.sessions.load(sess).await?;
@@ -285,7 +326,13 @@ async fn link_page(
     ))
 }
 
-async fn link_post(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, f: &Form) -> Result<Response, Error> {
+async fn link_post(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    headers: &HeaderMap,
+    f: &Form,
+) -> Result<Response, Error> {
     check_csrf(app, sess, f).await?;
     let rd = rd_of(app, f);
     let mut user = match require_user(app, sess, &rd).await? {
@@ -297,18 +344,27 @@ async fn link_post(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, f
     }
     let by_identity = format!("link:sub:{}:{}", user.issuer, user.subject);
     let by_ip = format!("link:ip:{}", ctx.client_ip);
-    let ok_identity = app.links.attempt(&by_identity, LINK_ATTEMPTS, LINK_WINDOW).await?;
-    let ok_ip = app.links.attempt(&by_ip, LINK_ATTEMPTS, LINK_WINDOW).await?;
+    let ok_identity = app
+        .links
+        .attempt(&by_identity, LINK_ATTEMPTS, LINK_WINDOW)
+        .await?;
+    let ok_ip = app
+        .links
+        .attempt(&by_ip, LINK_ATTEMPTS, LINK_WINDOW)
+        .await?;
     if !ok_identity || !ok_ip {
         tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "link rate limit");
         let mut r = Error::RateLimited.into_response();
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
         return Ok(r);
     }
     let (login, superuser) = match f.get("mode").map(String::as_str) {
         Some("session") => {
             if app.cfg.matomo.deny_superusers {
-                return Err(Error::BadRequest("linking by session is off here; use the password".into()));
+                return Err(Error::BadRequest(
+                    "linking by session is off here; use the password".into(),
+                ));
             }
             let Some(c) = matomo::request_cookie(headers, MATOMO_COOKIE) else {
                 return again(app, ctx, sess, headers, f, "Your browser holds no Matomo session any more. Prove the account with its password.").await;
@@ -316,7 +372,15 @@ async fn link_post(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, f
             match matomo::who_am_i(&app.upstream, &c, ctx.client_ip).await? {
                 Some(l) => (l, false),
                 None => {
-                    return again(app, ctx, sess, headers, f, "That Matomo session has ended. Prove the account with its password.").await
+                    return again(
+                        app,
+                        ctx,
+                        sess,
+                        headers,
+                        f,
+                        "That Matomo session has ended. Prove the account with its password.",
+                    )
+                    .await
                 }
             }
         }
@@ -324,13 +388,29 @@ async fn link_post(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, f
             let login = f.get("login").map(|s| s.trim()).unwrap_or("");
             let password = f.get("password").map(String::as_str).unwrap_or("");
             if login.is_empty() || password.is_empty() {
-                return again(app, ctx, sess, headers, f, "Enter your Matomo username and password.").await;
+                return again(
+                    app,
+                    ctx,
+                    sess,
+                    headers,
+                    f,
+                    "Enter your Matomo username and password.",
+                )
+                .await;
             }
             match matomo::prove_password(&app.upstream, login, password, ctx.client_ip).await? {
                 Proof::Valid { login, superuser } => (login, superuser),
                 Proof::WrongPassword => {
                     tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong Matomo password or unknown user");
-                    return again(app, ctx, sess, headers, f, "That Matomo username and password do not match. Check them and try again.").await;
+                    return again(
+                        app,
+                        ctx,
+                        sess,
+                        headers,
+                        f,
+                        "That Matomo username and password do not match. Check them and try again.",
+                    )
+                    .await;
                 }
                 Proof::NotTheLogin => {
                     return again(app, ctx, sess, headers, f, "The password is right, but enter your Matomo username, not your email address.").await;
@@ -376,10 +456,26 @@ async fn link_post(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, f
 }
 
 /// The link page again, with a message.
-async fn again(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, f: &Form, msg: &str) -> Result<Response, Error> {
+async fn again(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    headers: &HeaderMap,
+    f: &Form,
+    msg: &str,
+) -> Result<Response, Error> {
     let mut q = f.clone();
     q.remove("password");
-    link_page(app, ctx, sess, headers, &q, Some(msg), StatusCode::UNAUTHORIZED).await
+    link_page(
+        app,
+        ctx,
+        sess,
+        headers,
+        &q,
+        Some(msg),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await
 }
 
 async fn account(app: &App, sess: &mut Sess) -> Result<Response, Error> {
@@ -408,7 +504,13 @@ async fn account(app: &App, sess: &mut Sess) -> Result<Response, Error> {
     ))
 }
 
-async fn unlink(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, f: &Form) -> Result<Response, Error> {
+async fn unlink(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    headers: &HeaderMap,
+    f: &Form,
+) -> Result<Response, Error> {
     check_csrf(app, sess, f).await?;
     let user = match require_user(app, sess, "/").await? {
         Ok(u) => u,
@@ -417,13 +519,21 @@ async fn unlink(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, f: &
     let removed = app.links.remove(&user.issuer, &user.subject).await?;
     tracing::info!(target: "unikgate::audit", event = "unlink", subject = %user.subject, client_ip = %ctx.client_ip, removed);
     end_everything(app, ctx, sess, headers).await?;
-    let mut res = redirect_local(app, &format!("{}/sign_in?signed_out=1", app.cfg.server.prefix));
+    let mut res = redirect_local(
+        app,
+        &format!("{}/sign_in?signed_out=1", app.cfg.server.prefix),
+    );
     clear_matomo_cookie(app, res.headers_mut());
     Ok(res)
 }
 
 /// Logs the browser's Matomo session out and ends unikgate's session.
-async fn end_everything(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap) -> Result<(), Error> {
+async fn end_everything(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    headers: &HeaderMap,
+) -> Result<(), Error> {
     if let Some(c) = matomo::request_cookie(headers, MATOMO_COOKIE) {
         if let Err(e) = matomo::logout(&app.upstream, &c, ctx.client_ip).await {
             tracing::warn!(error = %e, "could not log the Matomo session out");
@@ -432,7 +542,13 @@ async fn end_everything(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderM
     sess.end().await
 }
 
-async fn sign_out(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, form: Option<&Form>) -> Result<Response, Error> {
+async fn sign_out(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    headers: &HeaderMap,
+    form: Option<&Form>,
+) -> Result<Response, Error> {
     if let Some(f) = form {
         check_csrf(app, sess, f).await?;
     }
@@ -445,7 +561,11 @@ async fn sign_out(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, fo
         tracing::info!(target: "unikgate::audit", event = "sign_out", subject = %u.subject, client_ip = %ctx.client_ip);
     }
     end_everything(app, ctx, sess, headers).await?;
-    let back = format!("{}{}/sign_in?signed_out=1", app.upstream.public_origin(), app.cfg.server.prefix);
+    let back = format!(
+        "{}{}/sign_in?signed_out=1",
+        app.upstream.public_origin(),
+        app.cfg.server.prefix
+    );
     let provider_logout = match (&app.oidc, &user) {
         (Some(o), Some(u)) => o.end_session_url(u.id_token.as_deref(), &back).await,
         _ => None,
@@ -458,7 +578,10 @@ async fn sign_out(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, fo
             }
             r
         }
-        None => redirect_local(app, &format!("{}/sign_in?signed_out=1", app.cfg.server.prefix)),
+        None => redirect_local(
+            app,
+            &format!("{}/sign_in?signed_out=1", app.cfg.server.prefix),
+        ),
     };
     clear_matomo_cookie(app, res.headers_mut());
     Ok(res)
@@ -467,14 +590,22 @@ async fn sign_out(app: &App, ctx: &Ctx, sess: &mut Sess, headers: &HeaderMap, fo
 async fn readyz(app: &App) -> Response {
     let mut problems = Vec::new();
     if app.oidc.is_none() {
-        problems.push("provider: not configured yet: set provider.client_id / client_secret".to_string());
+        problems.push(
+            "provider: not configured yet: set provider.client_id / client_secret".to_string(),
+        );
     }
     if let Err(e) = app.links.ping().await {
         problems.push(format!("store: {e}"));
     }
     let probe = app
         .upstream
-        .call(Method::GET, "/robots.txt", HeaderMap::new(), None, std::net::IpAddr::from([127, 0, 0, 1]))
+        .call(
+            Method::GET,
+            "/robots.txt",
+            HeaderMap::new(),
+            None,
+            std::net::IpAddr::from([127, 0, 0, 1]),
+        )
         .await;
     if let Err(e) = probe {
         problems.push(format!("upstream: {e}"));
@@ -482,6 +613,10 @@ async fn readyz(app: &App) -> Response {
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready\n{}\n", problems.join("\n"))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}\n", problems.join("\n")),
+        )
+            .into_response()
     }
 }

@@ -23,7 +23,11 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DRAIN: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

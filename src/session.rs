@@ -132,7 +132,9 @@ impl Sessions {
         absolute: Duration,
         matomo_idle: Duration,
     ) -> Sessions {
-        let touch_every = (idle / 20).min(matomo_idle / 20).min(Duration::from_secs(30));
+        let touch_every = (idle / 20)
+            .min(matomo_idle / 20)
+            .min(Duration::from_secs(30));
         Sessions {
             store: Arc::new(DynStore(store)),
             key,
@@ -178,7 +180,13 @@ impl Sessions {
         let id = self.session_id(headers);
         Sess {
             had_cookie: self.has_cookie(headers),
-            inner: Session::new(id, self.store.clone(), Some(Expiry::OnInactivity(time::Duration::seconds(self.idle.as_secs() as i64)))),
+            inner: Session::new(
+                id,
+                self.store.clone(),
+                Some(Expiry::OnInactivity(time::Duration::seconds(
+                    self.idle.as_secs() as i64,
+                ))),
+            ),
             data: None,
             dirty: false,
             ended: false,
@@ -326,21 +334,36 @@ pub fn cookie_hash(value: &str) -> String {
 
 /// Reads or creates the session key. From config when set; else a 64-byte key generated once
 /// into `<data_dir>/session.key` (mode 0600).
-pub fn load_key(configured: Option<&secrecy::SecretString>, data_dir: Option<&std::path::Path>) -> Result<Key, String> {
+pub fn load_key(
+    configured: Option<&secrecy::SecretString>,
+    data_dir: Option<&std::path::Path>,
+) -> Result<Key, String> {
     use secrecy::ExposeSecret;
     if let Some(k) = configured {
         return Key::try_from(k.expose_secret().as_bytes())
             .map_err(|_| "session.key must be at least 64 bytes".to_string());
     }
-    let dir = data_dir.ok_or("session.key (or key_file) is required when the store is not a SQLite file")?;
+    let dir = data_dir
+        .ok_or("session.key (or key_file) is required when the store is not a SQLite file")?;
     let path = dir.join("session.key");
     match std::fs::read_to_string(&path) {
         Ok(s) => {
-            let bytes = hex::decode(s.trim()).map_err(|_| format!("{} is not a hex key; delete it to make a new one", path.display()))?;
-            Key::try_from(bytes.as_slice()).map_err(|_| format!("{} is shorter than 64 bytes; delete it to make a new one", path.display()))
+            let bytes = hex::decode(s.trim()).map_err(|_| {
+                format!(
+                    "{} is not a hex key; delete it to make a new one",
+                    path.display()
+                )
+            })?;
+            Key::try_from(bytes.as_slice()).map_err(|_| {
+                format!(
+                    "{} is shorter than 64 bytes; delete it to make a new one",
+                    path.display()
+                )
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let mut bytes = [0u8; 64];
             rand::Rng::fill(&mut rand::rngs::OsRng, &mut bytes[..]);
             write_private(&path, hex::encode(bytes).as_bytes())

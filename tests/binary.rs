@@ -33,7 +33,11 @@ impl Drop for Proc {
 }
 
 async fn spawn(upstream: &str, dir: &std::path::Path) -> (Proc, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = dir.join("unikgate.toml");
     std::fs::write(
         &cfg,
@@ -86,7 +90,8 @@ async fn two_hundred_megabytes_each_way_in_bounded_memory() {
     // Upload: a tracking bulk request streamed from a generator.
     let chunk = bytes::Bytes::from(vec![b'u'; 256 * 1024]);
     let n = SIZE / chunk.len() as u64;
-    let stream = futures_util::stream::iter((0..n).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let stream =
+        futures_util::stream::iter((0..n).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
     let client = reqwest::Client::new();
     let res = client
         .post(format!("{base}/matomo.php"))
@@ -97,7 +102,11 @@ async fn two_hundred_megabytes_each_way_in_bounded_memory() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let v: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(v["bytes"].as_u64(), Some(SIZE), "Matomo received every byte");
+    assert_eq!(
+        v["bytes"].as_u64(),
+        Some(SIZE),
+        "Matomo received every byte"
+    );
     // Download: a static asset, read chunk by chunk.
     let mut res = client
         .get(format!("{base}/plugins/StandIn/big.js?bytes={SIZE}"))
@@ -125,7 +134,11 @@ fn check_lists_every_mistake_by_key() {
         "[server]\npublic_url = \"ftp//nope\"\n[upstream]\nurl = \"http://127.0.0.1:8081\"\ntimeout = \"soon\"\n[session]\nidle_timout = \"1h\"\n",
     )
     .unwrap();
-    let out = Command::new(bin()).args(["check", "-c"]).arg(&f).output().unwrap();
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(&f)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("3 problem(s)"), "{err}");
@@ -134,10 +147,18 @@ fn check_lists_every_mistake_by_key() {
     assert!(err.contains("session.idle_timout: unknown key"), "{err}");
     // The reference config is valid as shipped.
     let out = Command::new(bin())
-        .args(["check", "-c", concat!(env!("CARGO_MANIFEST_DIR"), "/config/unikgate.toml")])
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/unikgate.toml"),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -174,7 +195,10 @@ async fn sigterm_shuts_down_gracefully() {
     let (mut p, _base) = spawn(&m.url(), dir.path()).await;
     let pid = p.0.id() as i32;
     // SAFETY-free: use the kill command instead of libc.
-    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     let mut exited = None;
     for _ in 0..100 {
         if let Ok(Some(s)) = p.0.try_wait() {

@@ -18,7 +18,8 @@ async fn setup() -> (StandIn, FakeProvider, TestApp) {
 /// Sends raw bytes (exact header spellings) and returns the raw answer.
 fn raw(addr: std::net::SocketAddr, request: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
     s.write_all(request.as_bytes()).unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
@@ -33,13 +34,21 @@ async fn spoofed_headers_never_reach_matomo() {
     let req = format!(
         "GET /matomo.php?idsite=1&rec=1 HTTP/1.1\r\nHost: {host}\r\nmatomo-username: admin\r\nMatomo_Username: admin\r\nMATOMO-ROLE: superuser\r\nMatomo-Email: x@evil.example\r\nmatomo_group: 1\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\nX_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6;host=evil.example;proto=https\r\nX-Real-IP: 6.6.6.6\r\nX-Url-Scheme: https\r\nX-Forwarded-Uri: /admin\r\nConnection: close, X-Forwarded-For, X-Forwarded-Host\r\n\r\n"
     );
-    let answer = tokio::task::spawn_blocking(move || raw(addr, &req)).await.unwrap();
+    let answer = tokio::task::spawn_blocking(move || raw(addr, &req))
+        .await
+        .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let seen = m.state.log();
-    let hit = seen.iter().find(|s| s.uri.starts_with("/matomo.php")).expect("the hit reached Matomo");
+    let hit = seen
+        .iter()
+        .find(|s| s.uri.starts_with("/matomo.php"))
+        .expect("the hit reached Matomo");
     for (name, value) in &hit.headers {
         let n = name.as_str().replace('_', "-");
-        assert!(!n.starts_with("matomo-"), "{name}: {value:?} reached Matomo");
+        assert!(
+            !n.starts_with("matomo-"),
+            "{name}: {value:?} reached Matomo"
+        );
         assert_ne!(n, "forwarded");
         assert_ne!(n, "x-real-ip");
         assert_ne!(n, "x-url-scheme");
@@ -68,11 +77,17 @@ async fn autologin_is_refused_in_every_spelling() {
     ] {
         let res = b.get(&app.url(&format!("/index.php?{q}"))).await;
         assert_eq!(res.status(), 403, "{q}");
-        assert!(res.text().await.unwrap().contains("AutoLogin"), "{q}: a page that says why");
+        assert!(
+            res.text().await.unwrap().contains("AutoLogin"),
+            "{q}: a page that says why"
+        );
         let res = b.get(&app.url(&format!("//index.php/x?{q}"))).await;
         assert_eq!(res.status(), 403, "//index.php/x?{q}");
     }
-    for body in ["module=AutoLogin&action=index", "module=CoreHome&module=AutoLogin"] {
+    for body in [
+        "module=AutoLogin&action=index",
+        "module=CoreHome&module=AutoLogin",
+    ] {
         let res = b
             .client
             .post(app.url("/index.php"))
@@ -91,7 +106,9 @@ async fn autologin_is_refused_in_every_spelling() {
         .client
         .post(app.url("/index.php"))
         .header("content-type", "multipart/form-data; boundary=X")
-        .body("--X\r\nContent-Disposition: form-data; name=\"module\"\r\n\r\nAutoLogin\r\n--X--\r\n")
+        .body(
+            "--X\r\nContent-Disposition: form-data; name=\"module\"\r\n\r\nAutoLogin\r\n--X--\r\n",
+        )
         .send()
         .await
         .unwrap();
@@ -137,7 +154,13 @@ async fn public_traffic_passes_without_a_session_and_unchanged() {
     let v: serde_json::Value = res.json().await.unwrap();
     assert_eq!(v["as"], "alice");
     // A POST tracking request keeps its body.
-    let res = b.client.post(app.url("/matomo.php")).body("idsite=1&rec=1").send().await.unwrap();
+    let res = b
+        .client
+        .post(app.url("/matomo.php"))
+        .body("idsite=1&rec=1")
+        .send()
+        .await
+        .unwrap();
     let v: serde_json::Value = res.json().await.unwrap();
     assert_eq!(v["bytes"], 14);
 }
@@ -152,15 +175,29 @@ async fn ui_requests_redirect_to_sign_in_with_a_round_tripping_rd() {
     let loc = location(&res);
     assert!(loc.starts_with(&app.url("/_unikgate/sign_in?rd=")), "{loc}");
     let url = reqwest::Url::parse(&loc).unwrap();
-    let rd = url.query_pairs().find(|(k, _)| k == "rd").unwrap().1.into_owned();
-    assert_eq!(rd, "/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday");
+    let rd = url
+        .query_pairs()
+        .find(|(k, _)| k == "rd")
+        .unwrap()
+        .1
+        .into_owned();
+    assert_eq!(
+        rd,
+        "/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday"
+    );
     // The sign-in page carries it into its form.
     let html = b.get(&loc).await.text().await.unwrap();
     assert!(html.contains("Connect with your private @unikname"));
     assert!(html.contains("name=\"rd\" value=\"/index.php?module=CoreHome&#38;action=index&#38;idSite=1&#38;period=day&#38;date=yesterday\""), "{html}");
     // Nothing of the UI reached Matomo.
     assert!(m.state.log().is_empty());
-    for path in ["/", "/index.php", "/index.php/extra?module=CoreHome", "/config/config.ini.php", "/plugins/Foo/Controller.php"] {
+    for path in [
+        "/",
+        "/index.php",
+        "/index.php/extra?module=CoreHome",
+        "/config/config.ini.php",
+        "/plugins/Foo/Controller.php",
+    ] {
         let res = b.get(&app.url(path)).await;
         assert_eq!(res.status(), 302, "{path}");
     }
@@ -189,7 +226,9 @@ async fn upstream_down_gives_the_502_page() {
 #[tokio::test]
 async fn slow_upstream_gives_the_504_page() {
     let (m, _p, app) = setup().await;
-    m.state.delay_ms.store(7000, std::sync::atomic::Ordering::Relaxed);
+    m.state
+        .delay_ms
+        .store(7000, std::sync::atomic::Ordering::Relaxed);
     let res = Browser::new().get(&app.url("/matomo.php?idsite=1")).await;
     assert_eq!(res.status(), 504);
     assert!(res.text().await.unwrap().contains("upstream.timeout"));
@@ -203,7 +242,10 @@ async fn without_provider_credentials_unikgate_fails_closed() {
     let res = b.get(&app.url("/index.php?module=CoreHome")).await;
     assert_eq!(res.status(), 503);
     let html = res.text().await.unwrap();
-    assert!(html.contains("not configured yet: set provider.client_id / client_secret"), "{html}");
+    assert!(
+        html.contains("not configured yet: set provider.client_id / client_secret"),
+        "{html}"
+    );
     assert_eq!(b.get(&app.url("/_unikgate/readyz")).await.status(), 503);
     assert_eq!(b.get(&app.url("/_unikgate/healthz")).await.status(), 200);
     // Public traffic still flows.
@@ -216,7 +258,10 @@ async fn own_pages_send_strict_security_headers() {
     let (_m, _p, app) = setup().await;
     let res = Browser::new().get(&app.url("/_unikgate/sign_in")).await;
     assert_eq!(res.status(), 200);
-    let csp = res.headers()["content-security-policy"].to_str().unwrap().to_string();
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert!(csp.contains("default-src 'none'"));
@@ -231,17 +276,35 @@ async fn limits_answer_4xx() {
     let long = format!("/index.php?x={}", "a".repeat(9000));
     assert_eq!(b.get(&app.url(&long)).await.status(), 414);
     let huge = "b".repeat(70 * 1024);
-    let res = b.client.get(app.url("/")).header("x-big", huge).send().await;
+    let res = b
+        .client
+        .get(app.url("/"))
+        .header("x-big", huge)
+        .send()
+        .await;
     match res {
         Ok(r) => assert_eq!(r.status(), 431),
         Err(e) => panic!("expected 431, got {e}"),
     }
     let big_form = format!("csrf=x&rd={}", "c".repeat(100 * 1024));
-    let res = b.client.post(app.url("/_unikgate/start")).header("content-type", "application/x-www-form-urlencoded").body(big_form).send().await.unwrap();
+    let res = b
+        .client
+        .post(app.url("/_unikgate/start"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(big_form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 413);
     let q: Vec<String> = (0..1001).map(|i| format!("v{i}=1")).collect();
-    let res = b.get(&app.url(&format!("/index.php?{}", q.join("&")))).await;
-    assert!(matches!(res.status().as_u16(), 400 | 414), "{}", res.status());
+    let res = b
+        .get(&app.url(&format!("/index.php?{}", q.join("&"))))
+        .await;
+    assert!(
+        matches!(res.status().as_u16(), 400 | 414),
+        "{}",
+        res.status()
+    );
 }
 
 #[tokio::test]
@@ -259,8 +322,15 @@ async fn uns_verification_file_is_served_without_a_session() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("uns.txt");
     std::fs::write(&f, "uns-verification=abc123\n").unwrap();
-    let app = TestApp::start(&config(&m.url(), &p.config(), &format!("[matomo]\nuns_verification_file = \"{}\"\n", f.display()))).await;
-    let res = Browser::new().get(&app.url("/.well-known/uns-verification.txt")).await;
+    let app = TestApp::start(&config(
+        &m.url(),
+        &p.config(),
+        &format!("[matomo]\nuns_verification_file = \"{}\"\n", f.display()),
+    ))
+    .await;
+    let res = Browser::new()
+        .get(&app.url("/.well-known/uns-verification.txt"))
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "uns-verification=abc123\n");
 }
@@ -269,7 +339,11 @@ async fn uns_verification_file_is_served_without_a_session() {
 async fn trusted_proxies_are_believed_and_others_not() {
     let m = StandIn::start().await;
     let p = FakeProvider::start().await;
-    let app = TestApp::start(&config(&m.url(), &p.config(), "").replace("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n")).await;
+    let app = TestApp::start(&config(&m.url(), &p.config(), "").replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    ))
+    .await;
     Browser::new()
         .client
         .get(app.url("/matomo.php?idsite=1"))
@@ -289,7 +363,13 @@ async fn matomo_redirects_and_cookies_keep_working_under_the_public_url() {
     let (_m, _p, app) = setup().await;
     // A tracker answer is forwarded as is; AutoLogin-like absolute Locations are rewritten: check
     // through the logout URL of Matomo, which unikgate handles itself (relative Location).
-    let res = Browser::new().get(&app.url("/index.php?module=Login&action=logout")).await;
+    let res = Browser::new()
+        .get(&app.url("/index.php?module=Login&action=logout"))
+        .await;
     assert_eq!(res.status(), 302);
-    assert!(location(&res).starts_with(&app.url("/_unikgate/sign_in")), "{}", location(&res));
+    assert!(
+        location(&res).starts_with(&app.url("/_unikgate/sign_in")),
+        "{}",
+        location(&res)
+    );
 }

@@ -5,7 +5,7 @@ mod support;
 
 use std::sync::Arc;
 
-use support::provider::{Fault, FakeProvider, NodeProvider, CLIENT_SECRET};
+use support::provider::{FakeProvider, Fault, NodeProvider, CLIENT_SECRET};
 use support::{config, csrf_of, location, Browser, StandIn, TestApp};
 
 async fn setup() -> (StandIn, FakeProvider, TestApp) {
@@ -20,7 +20,9 @@ async fn start(b: &Browser, app: &TestApp, rd: &str) -> reqwest::Response {
     let url = app.url(&format!("/_unikgate/sign_in?rd={}", urlencode(rd)));
     let html = b.get(&url).await.text().await.unwrap();
     let csrf = csrf_of(&html);
-    let res = b.post(&app.url("/_unikgate/start"), &[("csrf", &csrf), ("rd", rd)]).await;
+    let res = b
+        .post(&app.url("/_unikgate/start"), &[("csrf", &csrf), ("rd", rd)])
+        .await;
     assert_eq!(res.status(), 303, "start redirects to the provider");
     res
 }
@@ -54,7 +56,11 @@ async fn authorization_request_has_pkce_state_and_nonce() {
     let res = b.get(loc.as_str()).await;
     let res = b.get(&location(&res)).await;
     assert_eq!(res.status(), 302);
-    assert!(location(&res).starts_with(&app.url("/_unikgate/link")), "{}", location(&res));
+    assert!(
+        location(&res).starts_with(&app.url("/_unikgate/link")),
+        "{}",
+        location(&res)
+    );
     assert_eq!(p.state.lock().unwrap().token_calls, 1);
 }
 
@@ -68,11 +74,18 @@ async fn session_cookie_flags() {
     assert!(c.contains("HttpOnly"), "{c}");
     assert!(c.contains("SameSite=Lax"), "{c}");
     assert!(c.contains("Path=/"), "{c}");
-    assert!(!c.contains("Secure"), "http public URL: no Secure flag: {c}");
+    assert!(
+        !c.contains("Secure"),
+        "http public URL: no Secure flag: {c}"
+    );
     // https public URL → Secure.
     let m = StandIn::start().await;
     let p = FakeProvider::start().await;
-    let app = TestApp::start(&config(&m.url(), &p.config(), "").replace("public_url = \"{public}\"", "public_url = \"https://analytics.example.com\"")).await;
+    let app = TestApp::start(&config(&m.url(), &p.config(), "").replace(
+        "public_url = \"{public}\"",
+        "public_url = \"https://analytics.example.com\"",
+    ))
+    .await;
     let res = Browser::new().get(&app.url("/_unikgate/sign_in")).await;
     let c = res.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(c.contains("Secure"), "{c}");
@@ -86,13 +99,19 @@ async fn a_planted_session_id_is_not_kept() {
     let attacker = Browser::new();
     let _ = attacker.get(&app.url("/_unikgate/sign_in")).await;
     let planted = attacker.cookie(&app.url("/"), "unikgate_session").unwrap();
-    b.set_cookie(&app.url("/"), &format!("unikgate_session={planted}; Path=/"));
+    b.set_cookie(
+        &app.url("/"),
+        &format!("unikgate_session={planted}; Path=/"),
+    );
     let res = sign_in(&b, &app, "/").await;
     assert_eq!(res.status(), 302);
     let after = b.cookie(&app.url("/"), "unikgate_session").unwrap();
     assert_ne!(after, planted, "a new session id at sign-in");
     // The planted id does not carry the victim's sign-in.
-    attacker.set_cookie(&app.url("/"), &format!("unikgate_session={planted}; Path=/"));
+    attacker.set_cookie(
+        &app.url("/"),
+        &format!("unikgate_session={planted}; Path=/"),
+    );
     let res = attacker.get(&app.url("/_unikgate/account")).await;
     assert_eq!(res.status(), 302);
     assert!(location(&res).contains("/_unikgate/sign_in"));
@@ -110,7 +129,11 @@ async fn tampered_and_unsigned_cookies_are_ignored() {
     let other = Browser::new();
     // The id without its signature, and a flipped signature.
     let id = &good[44..];
-    for forged in [id.to_string(), format!("{}{}", "A".repeat(44), id), format!("{}x", &good[..good.len() - 1])] {
+    for forged in [
+        id.to_string(),
+        format!("{}{}", "A".repeat(44), id),
+        format!("{}x", &good[..good.len() - 1]),
+    ] {
         other.set_cookie(&app.url("/"), &format!("unikgate_session={forged}; Path=/"));
         let res = other.get(&app.url("/_unikgate/account")).await;
         assert_eq!(res.status(), 302, "forged cookie {forged}");
@@ -165,7 +188,11 @@ async fn a_state_from_another_browser_is_refused() {
     assert_eq!(res.status(), 302);
     assert_eq!(location(&res), app.url("/_unikgate/sign_in"));
     let res = victim.get(&app.url("/_unikgate/account")).await;
-    assert_eq!(res.status(), 302, "the victim is not signed in as the attacker");
+    assert_eq!(
+        res.status(),
+        302,
+        "the victim is not signed in as the attacker"
+    );
 }
 
 #[tokio::test]
@@ -177,14 +204,34 @@ async fn a_replayed_code_fails_safely() {
     let r1 = start(&b, &app, "/").await;
     let r2 = start(&b, &app, "/").await;
     let cb1 = location(&b.get(&location(&r1)).await);
-    let state2 = reqwest::Url::parse(&location(&r2)).unwrap().query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
-    let code1 = reqwest::Url::parse(&cb1).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let state2 = reqwest::Url::parse(&location(&r2))
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let code1 = reqwest::Url::parse(&cb1)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
     assert_eq!(b.get(&cb1).await.status(), 302);
-    let replay = app.url(&format!("/_unikgate/callback?code={}&state={}", urlencode(&code1), urlencode(&state2)));
+    let replay = app.url(&format!(
+        "/_unikgate/callback?code={}&state={}",
+        urlencode(&code1),
+        urlencode(&state2)
+    ));
     let res = b.get(&replay).await;
     // The session was cycled at the first sign-in, so the second state is gone with it, or the
     // provider refuses the used code: either way no second sign-in happens.
-    assert!(matches!(res.status().as_u16(), 302 | 403), "{}", res.status());
+    assert!(
+        matches!(res.status().as_u16(), 302 | 403),
+        "{}",
+        res.status()
+    );
     if res.status() == 403 {
         assert!(res.text().await.unwrap().contains("already used"));
     }
@@ -207,7 +254,11 @@ async fn bad_id_tokens_are_refused() {
         assert_eq!(res.status(), 403, "{fault:?}");
         let html = res.text().await.unwrap();
         assert!(html.contains(says), "{fault:?}: {html}");
-        assert_eq!(b.get(&app.url("/_unikgate/account")).await.status(), 302, "{fault:?}: not signed in");
+        assert_eq!(
+            b.get(&app.url("/_unikgate/account")).await.status(),
+            302,
+            "{fault:?}: not signed in"
+        );
     }
 }
 
@@ -221,7 +272,10 @@ async fn declined_consent_shows_the_declined_page_with_a_retry() {
     assert_eq!(res.status(), 403);
     let html = res.text().await.unwrap();
     assert!(html.contains("You declined the sign-in"), "{html}");
-    assert!(html.contains("/_unikgate/sign_in?rd=/index.php%3Fmodule%3DCoreHome"), "the retry keeps rd: {html}");
+    assert!(
+        html.contains("/_unikgate/sign_in?rd=/index.php%3Fmodule%3DCoreHome"),
+        "the retry keeps rd: {html}"
+    );
     p.set(Fault::None);
     let res = sign_in(&b, &app, rd).await;
     assert_eq!(res.status(), 302, "the retry works");
@@ -252,14 +306,22 @@ async fn provider_failures_have_their_own_pages() {
     let res = b.get(&cb).await;
     assert_eq!(res.status(), 502);
     let html = res.text().await.unwrap();
-    assert!(html.contains("could not reach 127.0.0.1"), "names the provider: {html}");
+    assert!(
+        html.contains("could not reach 127.0.0.1"),
+        "names the provider: {html}"
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_client_secret_tells_the_admin_what_to_check() {
     let m = StandIn::start().await;
     let p = FakeProvider::start().await;
-    let app = TestApp::start(&config(&m.url(), &p.config().replace(CLIENT_SECRET, "wrong-secret"), "")).await;
+    let app = TestApp::start(&config(
+        &m.url(),
+        &p.config().replace(CLIENT_SECRET, "wrong-secret"),
+        "",
+    ))
+    .await;
     let res = sign_in(&Browser::new(), &app, "/").await;
     assert_eq!(res.status(), 502);
     let html = res.text().await.unwrap();
@@ -273,8 +335,21 @@ async fn start_by_get_is_off_by_default_and_csrf_is_required() {
     let b = Browser::new();
     assert_eq!(b.get(&app.url("/_unikgate/start?rd=/")).await.status(), 405);
     let _ = b.get(&app.url("/_unikgate/sign_in")).await;
-    assert_eq!(b.post(&app.url("/_unikgate/start"), &[("rd", "/")]).await.status(), 403);
-    assert_eq!(b.post(&app.url("/_unikgate/start"), &[("rd", "/"), ("csrf", "wrong")]).await.status(), 403);
+    assert_eq!(
+        b.post(&app.url("/_unikgate/start"), &[("rd", "/")])
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        b.post(
+            &app.url("/_unikgate/start"),
+            &[("rd", "/"), ("csrf", "wrong")]
+        )
+        .await
+        .status(),
+        403
+    );
 }
 
 #[tokio::test]
@@ -287,7 +362,13 @@ async fn no_secret_reaches_a_log_line() {
     let q: std::collections::HashMap<_, _> = auth.query_pairs().into_owned().collect();
     let res = b.get(auth.as_str()).await;
     let cb = location(&res);
-    let code = reqwest::Url::parse(&cb).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let code = reqwest::Url::parse(&cb)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
     let res = b.get(&cb).await;
     assert_eq!(res.status(), 302);
     let cookie = b.cookie(&app.url("/"), "unikgate_session").unwrap();
@@ -333,8 +414,18 @@ async fn node_setup(discovery: bool) -> (StandIn, NodeProvider, TestApp) {
         &[format!("http://{addr}/_unikgate/sign_in?signed_out=1")],
     )
     .await;
-    let section = if discovery { p.config_discovery() } else { p.config_explicit() };
-    let app = TestApp::start_on(&config(&m.url(), &section, ""), Arc::new(tempfile::tempdir().unwrap()), listener, addr).await;
+    let section = if discovery {
+        p.config_discovery()
+    } else {
+        p.config_explicit()
+    };
+    let app = TestApp::start_on(
+        &config(&m.url(), &section, ""),
+        Arc::new(tempfile::tempdir().unwrap()),
+        listener,
+        addr,
+    )
+    .await;
     (m, p, app)
 }
 
@@ -344,16 +435,30 @@ async fn real_provider_sign_in_with_discovery() {
     let b = Browser::new();
     let res = start(&b, &app, "/").await;
     let auth = location(&res);
-    assert!(auth.starts_with(&format!("{}/authorize?", p.issuer())), "{auth}");
+    assert!(
+        auth.starts_with(&format!("{}/authorize?", p.issuer())),
+        "{auth}"
+    );
     assert!(auth.contains("code_challenge_method=S256"));
     let back = p.interact(&b, &auth, "alice", true).await;
     let res = b.get(&location(&back)).await;
     assert_eq!(res.status(), 302, "{}", res.text().await.unwrap());
     assert!(location(&res).starts_with(&app.url("/_unikgate/link")));
-    let html = b.get(&app.url("/_unikgate/account")).await.text().await.unwrap();
-    assert!(html.contains("uns-"), "the opaque subject is the identity: {html}");
+    let html = b
+        .get(&app.url("/_unikgate/account"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("uns-"),
+        "the opaque subject is the identity: {html}"
+    );
     let ep = app.app.oidc.as_ref().unwrap().endpoints().await;
-    assert!(ep.from_discovery && ep.jwks.is_some(), "RS256 ID tokens verified with discovery's keys");
+    assert!(
+        ep.from_discovery && ep.jwks.is_some(),
+        "RS256 ID tokens verified with discovery's keys"
+    );
 }
 
 #[tokio::test]
@@ -365,7 +470,15 @@ async fn real_provider_sign_in_with_explicit_urls() {
     let res = b.get(&location(&back)).await;
     assert_eq!(res.status(), 302);
     assert!(location(&res).starts_with(&app.url("/_unikgate/link")));
-    assert!(!app.app.oidc.as_ref().unwrap().endpoints().await.from_discovery);
+    assert!(
+        !app.app
+            .oidc
+            .as_ref()
+            .unwrap()
+            .endpoints()
+            .await
+            .from_discovery
+    );
 }
 
 #[tokio::test]
@@ -381,11 +494,16 @@ async fn real_provider_decline_and_wrong_secret() {
     // A wrong secret at the real token endpoint: the same call the callback makes, judged as
     // invalid_client (the page itself is covered with the fake provider above).
     let m = StandIn::start().await;
-    let section = p.config_discovery().replace(CLIENT_SECRET, "not-the-secret");
+    let section = p
+        .config_discovery()
+        .replace(CLIENT_SECRET, "not-the-secret");
     let app2 = TestApp::start(&config(&m.url(), &section, "")).await;
     // The admin page itself: `doctor`'s probe on the token endpoint.
     let verdict = app2.app.oidc.as_ref().unwrap().probe_credentials().await;
-    assert!(matches!(verdict, Err(unikgate::error::Error::ProviderClientRejected)), "{verdict:?}");
+    assert!(
+        matches!(verdict, Err(unikgate::error::Error::ProviderClientRejected)),
+        "{verdict:?}"
+    );
     let ok = app.app.oidc.as_ref().unwrap().probe_credentials().await;
     assert!(ok.is_ok(), "{ok:?}");
 }

@@ -214,19 +214,22 @@ impl Config {
         let store = section(&root, "store", env, &mut errors, read_store);
         let matomo = section(&root, "matomo", env, &mut errors, read_matomo);
         match (server, upstream, provider, session, store, matomo) {
-            (Some(server), Some(upstream), Some(provider), Some(session), Some(store), Some(matomo))
-                if errors.is_empty() =>
-            {
-                Ok(Config {
-                    server,
-                    upstream,
-                    provider,
-                    session,
-                    store,
-                    matomo,
-                    source: None,
-                })
-            }
+            (
+                Some(server),
+                Some(upstream),
+                Some(provider),
+                Some(session),
+                Some(store),
+                Some(matomo),
+            ) if errors.is_empty() => Ok(Config {
+                server,
+                upstream,
+                provider,
+                session,
+                store,
+                matomo,
+                source: None,
+            }),
             _ => Err(errors),
         }
     }
@@ -271,7 +274,9 @@ impl Config {
     }
 }
 
-pub const SECTIONS: &[&str] = &["server", "upstream", "provider", "session", "store", "matomo"];
+pub const SECTIONS: &[&str] = &[
+    "server", "upstream", "provider", "session", "store", "matomo",
+];
 
 /// `UNIKGATE_<SECTION>__<KEY>` variables that name no key are errors: a typo would otherwise be
 /// silently ignored.
@@ -302,7 +307,14 @@ fn check_env_names(env: &dyn Env, errors: &mut Vec<ConfigError>) {
 pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     (
         "server",
-        &["listen", "public_url", "prefix", "trusted_proxies", "metrics_listen", "log_format"],
+        &[
+            "listen",
+            "public_url",
+            "prefix",
+            "trusted_proxies",
+            "metrics_listen",
+            "log_format",
+        ],
     ),
     ("upstream", &["url", "connect_timeout", "timeout"]),
     (
@@ -326,7 +338,16 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "allow_get_start",
         ],
     ),
-    ("session", &["cookie_name", "idle_timeout", "absolute_timeout", "key", "key_file"]),
+    (
+        "session",
+        &[
+            "cookie_name",
+            "idle_timeout",
+            "absolute_timeout",
+            "key",
+            "key_file",
+        ],
+    ),
     ("store", &["url"]),
     (
         "matomo",
@@ -350,7 +371,12 @@ fn parse_addr(r: &mut Reader<'_>, key: &'static str, default: Option<&str>) -> O
     match s.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            r.error(key, format!("{s:?} is not an address: write it like \"127.0.0.1:8080\" or \"[::]:8080\""));
+            r.error(
+                key,
+                format!(
+                    "{s:?} is not an address: write it like \"127.0.0.1:8080\" or \"[::]:8080\""
+                ),
+            );
             None
         }
     }
@@ -371,9 +397,14 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
     let prefix_ok = prefix.starts_with('/')
         && prefix.len() > 1
         && !prefix.ends_with('/')
-        && prefix[1..]
-            .split('/')
-            .all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && seg != "." && seg != "..");
+        && prefix[1..].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && seg != "."
+                && seg != ".."
+        });
     if !prefix_ok {
         r.error(
             "prefix",
@@ -382,7 +413,10 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
     }
     let mut trusted_proxies = Vec::new();
     for p in r.list("trusted_proxies", &[]) {
-        match p.parse::<IpNet>().or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from)) {
+        match p
+            .parse::<IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
             Ok(n) => trusted_proxies.push(n),
             Err(_) => r.error(
                 "trusted_proxies",
@@ -415,7 +449,10 @@ fn read_upstream(r: &mut Reader<'_>) -> Option<UpstreamConfig> {
     }
     if let Some(u) = &url {
         if u.scheme() != "http" {
-            r.error("url", "only http:// upstreams are supported (Matomo on the internal network)");
+            r.error(
+                "url",
+                "only http:// upstreams are supported (Matomo on the internal network)",
+            );
         }
     }
     let connect_timeout = r.duration("connect_timeout", Duration::from_secs(5));
@@ -436,7 +473,10 @@ fn read_secret(
     let file = r.opt_string(file_key);
     match (inline, file) {
         (Some(_), Some(_)) => {
-            r.error(file_key, format!("set either {key} or {file_key}, not both"));
+            r.error(
+                file_key,
+                format!("set either {key} or {file_key}, not both"),
+            );
             None
         }
         (Some(s), None) => Some(SecretString::from(s)),
@@ -467,7 +507,10 @@ fn read_provider(r: &mut Reader<'_>) -> Option<ProviderConfig> {
         Some(s) => match Url::parse(&s) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
             _ => {
-                r.error("issuer", format!("{s:?} is not an http(s) URL (or \"none\" to skip discovery)"));
+                r.error(
+                    "issuer",
+                    format!("{s:?} is not an http(s) URL (or \"none\" to skip discovery)"),
+                );
                 None
             }
         },
@@ -479,7 +522,10 @@ fn read_provider(r: &mut Reader<'_>) -> Option<ProviderConfig> {
     let end_session_url = r.opt_url("end_session_url");
     let userinfo_id = r.string("userinfo_id", "sub");
     if userinfo_id.split('.').any(|p| p.is_empty()) {
-        r.error("userinfo_id", "must be a claim name such as \"sub\" or a dotted path such as \"attributes.uid\"");
+        r.error(
+            "userinfo_id",
+            "must be a claim name such as \"sub\" or a dotted path such as \"attributes.uid\"",
+        );
     }
     let scopes = r.list("scopes", &["openid", "email"]);
     if !scopes.iter().any(|s| s == "openid") {
@@ -488,7 +534,11 @@ fn read_provider(r: &mut Reader<'_>) -> Option<ProviderConfig> {
     let client_id = r.opt_string("client_id");
     let client_secret = read_secret(r, "client_secret", "client_secret_file");
     let token_auth_method = match r
-        .choice("token_auth_method", "client_secret_basic", &["client_secret_basic", "client_secret_post"])
+        .choice(
+            "token_auth_method",
+            "client_secret_basic",
+            &["client_secret_basic", "client_secret_post"],
+        )
         .as_str()
     {
         "client_secret_post" => TokenAuthMethod::Post,
@@ -496,11 +546,15 @@ fn read_provider(r: &mut Reader<'_>) -> Option<ProviderConfig> {
     };
     let id_token_algs = r.list("id_token_algs", &["RS256"]);
     const ALGS: &[&str] = &[
-        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256", "HS384", "HS512",
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
+        "HS384", "HS512",
     ];
     for a in &id_token_algs {
         if !ALGS.contains(&a.as_str()) {
-            let msg = format!("{a:?} is not a supported algorithm; use some of {}", ALGS.join(", "));
+            let msg = format!(
+                "{a:?} is not a supported algorithm; use some of {}",
+                ALGS.join(", ")
+            );
             r.error("id_token_algs", msg);
         }
     }
@@ -533,12 +587,18 @@ fn read_session(r: &mut Reader<'_>) -> Option<SessionConfig> {
             .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
         || cookie_name == crate::matomo::MATOMO_COOKIE
     {
-        r.error("cookie_name", "must be letters, digits, - or _, and not MATOMO_SESSID");
+        r.error(
+            "cookie_name",
+            "must be letters, digits, - or _, and not MATOMO_SESSID",
+        );
     }
     let idle_timeout = r.duration("idle_timeout", Duration::from_secs(12 * 3600));
     let absolute_timeout = r.duration("absolute_timeout", Duration::from_secs(7 * 24 * 3600));
     if absolute_timeout < idle_timeout {
-        r.error("absolute_timeout", "must not be shorter than session.idle_timeout");
+        r.error(
+            "absolute_timeout",
+            "must not be shorter than session.idle_timeout",
+        );
     }
     let key = read_secret(r, "key", "key_file");
     if let Some(k) = &key {
@@ -562,7 +622,9 @@ fn read_session(r: &mut Reader<'_>) -> Option<SessionConfig> {
 
 /// The file of a `sqlite://` store URL.
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or(rest);
     if path.is_empty() || path == ":memory:" {
         return None;
@@ -680,7 +742,8 @@ mod tests {
 
     #[test]
     fn short_key_refused() {
-        let errs = Config::from_toml(&format!("{MIN}[session]\nkey = \"short\"\n"), &env(&[])).unwrap_err();
+        let errs = Config::from_toml(&format!("{MIN}[session]\nkey = \"short\"\n"), &env(&[]))
+            .unwrap_err();
         assert_eq!(errs[0].key, "session.key");
     }
 

@@ -255,11 +255,17 @@ impl<'a> Reader<'a> {
         match Url::parse(&s) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
             Ok(_) => {
-                self.error(key, format!("{s:?} must be an http:// or https:// URL with a host"));
+                self.error(
+                    key,
+                    format!("{s:?} must be an http:// or https:// URL with a host"),
+                );
                 None
             }
             Err(e) => {
-                self.error(key, format!("{s:?} is not a URL ({e}); write it like https://host/path"));
+                self.error(
+                    key,
+                    format!("{s:?} is not a URL ({e}); write it like https://host/path"),
+                );
                 None
             }
         }
@@ -279,7 +285,12 @@ impl<'a> Reader<'a> {
     }
 
     /// One of a fixed set of words.
-    pub fn choice(&mut self, key: &'static str, default: &'static str, allowed: &[&'static str]) -> String {
+    pub fn choice(
+        &mut self,
+        key: &'static str,
+        default: &'static str,
+        allowed: &[&'static str],
+    ) -> String {
         let v = self.string(key, default);
         if allowed.contains(&v.as_str()) {
             v

@@ -91,7 +91,12 @@ pub fn default_users() -> Vec<User> {
         u("admin", "admin@example.com", "admin-password", true),
         u("alice", "alice@example.com", "alice-password", false),
         u("bob", "bob@example.com", "bob-password", false),
-        u("jane.doe-x@example.com", "jane@example.com", "jane-password", false),
+        u(
+            "jane.doe-x@example.com",
+            "jane@example.com",
+            "jane-password",
+            false,
+        ),
     ]
 }
 
@@ -185,16 +190,24 @@ fn is_https(h: &HeaderMap) -> bool {
 }
 
 fn cookie_header(id: &str, https: bool, long: bool) -> HeaderValue {
-    let expires = if long { "; expires=Thu, 10-Dec-2026 10:00:00 GMT" } else { "" };
+    let expires = if long {
+        "; expires=Thu, 10-Dec-2026 10:00:00 GMT"
+    } else {
+        ""
+    };
     let secure = if https { "; secure" } else { "" };
-    HeaderValue::from_str(&format!("{COOKIE}={id}{expires}; path=/{secure}; HttpOnly; SameSite=Lax")).unwrap()
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={id}{expires}; path=/{secure}; HttpOnly; SameSite=Lax"
+    ))
+    .unwrap()
 }
 
-/// Matomo's JavaScript string escaping: non-alphanumerics as \uXXXX.
+/// Matomo's JavaScript string escaping as measured: letters, digits, `.` and `_` stay, the rest
+/// become \uXXXX (`jane.doe-x@example.com` → `jane.doe\u002Dx\u0040example.com`).
 fn js_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
-        if c.is_ascii_alphanumeric() {
+        if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
             out.push(c);
         } else {
             out.push_str(&format!("\\u{:04X}", c as u32));
@@ -221,7 +234,11 @@ fn login_page() -> String {
 }
 
 fn json(v: serde_json::Value) -> Response {
-    ([(header::CONTENT_TYPE, "application/json; charset=utf-8")], v.to_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 fn api_error(msg: &str) -> Response {
@@ -247,7 +264,13 @@ impl StandInState {
 
     fn new_session(&self, inner: &mut Inner, login: Option<String>) -> String {
         let id = token_hex();
-        inner.sessions.insert(id.clone(), MSession { login, last: Instant::now() });
+        inner.sessions.insert(
+            id.clone(),
+            MSession {
+                login,
+                last: Instant::now(),
+            },
+        );
         id
     }
 
@@ -264,11 +287,20 @@ impl StandInState {
     /// Test helpers.
     pub fn sessions_of(&self, login: &str) -> usize {
         let inner = self.inner.lock().unwrap();
-        inner.sessions.values().filter(|s| s.login.as_deref() == Some(login)).count()
+        inner
+            .sessions
+            .values()
+            .filter(|s| s.login.as_deref() == Some(login))
+            .count()
     }
 
     pub fn is_superuser(&self, login: &str) -> bool {
-        self.inner.lock().unwrap().users.get(login).is_some_and(|u| u.superuser)
+        self.inner
+            .lock()
+            .unwrap()
+            .users
+            .get(login)
+            .is_some_and(|u| u.superuser)
     }
 
     pub fn user_exists(&self, login: &str) -> bool {
@@ -294,7 +326,11 @@ impl StandInState {
     }
 }
 
-async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+async fn handle(
+    State(st): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
     let delay = st.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -305,11 +341,18 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
     let h = parts.headers.clone();
     let ip = client_ip(peer.ip(), &h);
     let https = is_https(&h);
-    let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
 
     // Large streaming endpoints (never buffered).
     if path == "/plugins/StandIn/big.js" {
-        let n: u64 = params(&query).get("bytes").and_then(|b| b.parse().ok()).unwrap_or(1024);
+        let n: u64 = params(&query)
+            .get("bytes")
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(1024);
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
         let stream = futures_util::stream::unfold(n, move |left| {
             let chunk = chunk.clone();
@@ -318,11 +361,17 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
                     return None;
                 }
                 let take = left.min(chunk.len() as u64);
-                Some((Ok::<_, std::io::Error>(chunk.slice(..take as usize)), left - take))
+                Some((
+                    Ok::<_, std::io::Error>(chunk.slice(..take as usize)),
+                    left - take,
+                ))
             }
         });
         let mut res = Response::new(Body::from_stream(stream));
-        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/javascript"));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/javascript"),
+        );
         record(&st, &parts.method, &parts.uri.to_string(), &h, 0, None);
         return res;
     }
@@ -333,7 +382,8 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
             Err(std::io::Error::other("reset")),
         ]);
         let mut res = Response::new(Body::from_stream(stream));
-        res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("100000"));
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("100000"));
         return res;
     }
 
@@ -360,7 +410,12 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
         HashMap::new()
     };
     let get = params(&query);
-    let var = |k: &str| get.get(k).or_else(|| post.get(k)).cloned().unwrap_or_default();
+    let var = |k: &str| {
+        get.get(k)
+            .or_else(|| post.get(k))
+            .cloned()
+            .unwrap_or_default()
+    };
 
     let fpm = st.fpm.load(Ordering::Relaxed);
     let ph = php_headers(&h, fpm);
@@ -368,25 +423,69 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
 
     // Tracker and static files.
     if path == "/matomo.php" || path == "/piwik.php" || path == "/js/tracker.php" {
-        record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, None);
+        record(
+            &st,
+            &parts.method,
+            &parts.uri.to_string(),
+            &h,
+            body_len,
+            None,
+        );
         return json(serde_json::json!({"tracked": true, "bytes": body_len}));
     }
     if path == "/matomo.js" || path == "/piwik.js" || path.starts_with("/js/") {
-        record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, None);
-        return ([(header::CONTENT_TYPE, "application/javascript")], "/* tracker */").into_response();
+        record(
+            &st,
+            &parts.method,
+            &parts.uri.to_string(),
+            &h,
+            body_len,
+            None,
+        );
+        return (
+            [(header::CONTENT_TYPE, "application/javascript")],
+            "/* tracker */",
+        )
+            .into_response();
     }
     if path == "/robots.txt" {
-        return ([(header::CONTENT_TYPE, "text/plain")], "User-agent: *\nDisallow: /\n").into_response();
+        return (
+            [(header::CONTENT_TYPE, "text/plain")],
+            "User-agent: *\nDisallow: /\n",
+        )
+            .into_response();
     }
-    if path.starts_with("/plugins/") || path.starts_with("/libs/") || path.starts_with("/misc/") || path.starts_with("/node_modules/") {
-        record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, None);
+    if path.starts_with("/plugins/")
+        || path.starts_with("/libs/")
+        || path.starts_with("/misc/")
+        || path.starts_with("/node_modules/")
+    {
+        record(
+            &st,
+            &parts.method,
+            &parts.uri.to_string(),
+            &h,
+            body_len,
+            None,
+        );
         if path.ends_with(".php") {
             return (StatusCode::FORBIDDEN, "no direct access").into_response();
         }
-        return ([(header::CONTENT_TYPE, "text/plain")], format!("asset {path}")).into_response();
+        return (
+            [(header::CONTENT_TYPE, "text/plain")],
+            format!("asset {path}"),
+        )
+            .into_response();
     }
     if path == "/upload" {
-        record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, None);
+        record(
+            &st,
+            &parts.method,
+            &parts.uri.to_string(),
+            &h,
+            body_len,
+            None,
+        );
         return json(serde_json::json!({"bytes": body_len}));
     }
     if path != "/" && path != "/index.php" && !path.starts_with("/index.php/") {
@@ -405,34 +504,75 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
         let email = header_of(&ph, "matomo-email").map(str::to_string);
         let anon = st.new_session(&mut inner, None);
         let fail = |msg: &str| -> Response {
-            let mut r = (StatusCode::INTERNAL_SERVER_ERROR, format!("<html><body><p>{msg}</p></body></html>")).into_response();
-            r.headers_mut().insert(header::SET_COOKIE, cookie_header(&anon, https, false));
+            let mut r = (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("<html><body><p>{msg}</p></body></html>"),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(header::SET_COOKIE, cookie_header(&anon, https, false));
             r
         };
         let Some(username) = username else {
             drop(inner);
-            record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, None);
+            record(
+                &st,
+                &parts.method,
+                &parts.uri.to_string(),
+                &h,
+                body_len,
+                None,
+            );
             return fail("Autologin error. No username defined in the request header");
         };
         if !inner.users.contains_key(&username) {
             if username.contains(',') {
                 drop(inner);
-                record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, None);
+                record(
+                    &st,
+                    &parts.method,
+                    &parts.uri.to_string(),
+                    &h,
+                    body_len,
+                    None,
+                );
                 return fail(&format!("Autologin error. User '{username}' is not valid"));
             }
             if !st.auto_registration.load(Ordering::Relaxed) {
                 drop(inner);
-                record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, None);
-                return fail(&format!("AutoRegistration is disabled. User '{username}' does not exist in matomo"));
+                record(
+                    &st,
+                    &parts.method,
+                    &parts.uri.to_string(),
+                    &h,
+                    body_len,
+                    None,
+                );
+                return fail(&format!(
+                    "AutoRegistration is disabled. User '{username}' does not exist in matomo"
+                ));
             }
             let Some(email) = email else {
                 drop(inner);
-                record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, None);
+                record(
+                    &st,
+                    &parts.method,
+                    &parts.uri.to_string(),
+                    &h,
+                    body_len,
+                    None,
+                );
                 return fail("Autologin error. No email address defined in the request header. Required for AutoRegistration");
             };
             inner.users.insert(
                 username.clone(),
-                User { login: username.clone(), email, password: token_hex(), superuser: false, sites: vec![] },
+                User {
+                    login: username.clone(),
+                    email,
+                    password: token_hex(),
+                    superuser: false,
+                    sites: vec![],
+                },
             );
         }
         match role.as_deref() {
@@ -454,7 +594,14 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
         }
         let id = st.new_session(&mut inner, Some(username.clone()));
         drop(inner);
-        record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, Some(username));
+        record(
+            &st,
+            &parts.method,
+            &parts.uri.to_string(),
+            &h,
+            body_len,
+            Some(username),
+        );
         let scheme = if https { "https" } else { "http" };
         let trusted = st.trusted_host.lock().unwrap().clone();
         let shown_host = match trusted {
@@ -462,9 +609,12 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
             _ => host.clone(),
         };
         let mut r = StatusCode::FOUND.into_response();
-        r.headers_mut().insert(header::SET_COOKIE, cookie_header(&id, https, false));
         r.headers_mut()
-            .insert(header::LOCATION, HeaderValue::from_str(&format!("{scheme}://{shown_host}/index.php")).unwrap());
+            .insert(header::SET_COOKIE, cookie_header(&id, https, false));
+        r.headers_mut().insert(
+            header::LOCATION,
+            HeaderValue::from_str(&format!("{scheme}://{shown_host}/index.php")).unwrap(),
+        );
         return r;
     }
 
@@ -477,11 +627,17 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
                 }
                 let who = var("userLogin");
                 let pw = var("passwordConfirmation");
-                let user = inner.users.values().find(|u| u.login == who || u.email == who).cloned();
+                let user = inner
+                    .users
+                    .values()
+                    .find(|u| u.login == who || u.email == who)
+                    .cloned();
                 match user {
                     Some(u) if u.password == pw => {
                         let t = token_hex();
-                        inner.tokens.insert(t.clone(), (u.login.clone(), Instant::now()));
+                        inner
+                            .tokens
+                            .insert(t.clone(), (u.login.clone(), Instant::now()));
                         return json(serde_json::json!({"value": t}));
                     }
                     _ => {
@@ -500,22 +656,44 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
                     .get(&token)
                     .filter(|(_, at)| at.elapsed() < Duration::from_secs(3600))
                     .map(|(l, _)| l.clone())
-                    .or_else(|| inner.users.values().find(|u| format!("tok-{}", u.login) == token).map(|u| u.login.clone()));
+                    .or_else(|| {
+                        inner
+                            .users
+                            .values()
+                            .find(|u| format!("tok-{}", u.login) == token)
+                            .map(|u| u.login.clone())
+                    });
                 // force_api_session=1 with a session cookie keeps the session alive.
                 if var("force_api_session") == "1" {
                     let _ = st.session_login(&mut inner, cookie.as_deref());
                 }
                 let Some(owner) = owner else {
                     drop(inner);
-                    record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, None);
-                    return (StatusCode::UNAUTHORIZED, api_error("You can't access this resource as it requires 'view' access.")).into_response();
+                    record(
+                        &st,
+                        &parts.method,
+                        &parts.uri.to_string(),
+                        &h,
+                        body_len,
+                        None,
+                    );
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        api_error("You can't access this resource as it requires 'view' access."),
+                    )
+                        .into_response();
                 };
                 if method == "UsersManager.getUser" {
                     let target = var("userLogin");
                     let owner_user = inner.users.get(&owner).cloned();
-                    let Some(ou) = owner_user else { return api_error("no user") };
+                    let Some(ou) = owner_user else {
+                        return api_error("no user");
+                    };
                     if ou.login != target && !ou.superuser {
-                        return api_error(&format!("The user has to be either a Super User or the user '{}' itself.", ou.email));
+                        return api_error(&format!(
+                            "The user has to be either a Super User or the user '{}' itself.",
+                            ou.email
+                        ));
                     }
                     let Some(t) = inner.users.get(&target).cloned() else {
                         return api_error("The user does not exist.");
@@ -527,7 +705,14 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
                     }));
                 }
                 drop(inner);
-                record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, Some(owner.clone()));
+                record(
+                    &st,
+                    &parts.method,
+                    &parts.uri.to_string(),
+                    &h,
+                    body_len,
+                    Some(owner.clone()),
+                );
                 return json(serde_json::json!({"method": method, "as": owner}));
             }
         }
@@ -538,14 +723,25 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
             inner.sessions.remove(c);
         }
         drop(inner);
-        record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, None);
+        record(
+            &st,
+            &parts.method,
+            &parts.uri.to_string(),
+            &h,
+            body_len,
+            None,
+        );
         let mut r = StatusCode::FOUND.into_response();
         r.headers_mut().insert(
             header::SET_COOKIE,
-            HeaderValue::from_static("MATOMO_SESSID=; expires=Tue, 01-Jan-1980 06:00:00 GMT; path=/; SameSite=Lax"),
+            HeaderValue::from_static(
+                "MATOMO_SESSID=; expires=Tue, 01-Jan-1980 06:00:00 GMT; path=/; SameSite=Lax",
+            ),
         );
-        r.headers_mut()
-            .insert(header::LOCATION, HeaderValue::from_static("index.php?module=CoreHome&action="));
+        r.headers_mut().insert(
+            header::LOCATION,
+            HeaderValue::from_static("index.php?module=CoreHome&action="),
+        );
         return r;
     }
 
@@ -556,7 +752,10 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
         if !ok {
             st.fail(&mut inner, ip);
             let mut r = (StatusCode::OK, login_page()).into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
             return r;
         }
         if let Some(old) = &cookie {
@@ -564,8 +763,10 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
         }
         let id = st.new_session(&mut inner, Some(login));
         let mut r = StatusCode::FOUND.into_response();
-        r.headers_mut().insert(header::SET_COOKIE, cookie_header(&id, https, false));
-        r.headers_mut().insert(header::LOCATION, HeaderValue::from_static("index.php"));
+        r.headers_mut()
+            .insert(header::SET_COOKIE, cookie_header(&id, https, false));
+        r.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("index.php"));
         return r;
     }
 
@@ -576,20 +777,42 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
             Some(l) => (StatusCode::OK, page(l, "<p>Already signed in.</p>")).into_response(),
             None => (StatusCode::OK, login_page()).into_response(),
         };
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
         let id = match (&login, &cookie) {
             (Some(_), Some(c)) => c.clone(),
             _ => st.new_session(&mut inner, None),
         };
-        r.headers_mut().insert(header::SET_COOKIE, cookie_header(&id, https, login.is_some()));
+        r.headers_mut().insert(
+            header::SET_COOKIE,
+            cookie_header(&id, https, login.is_some()),
+        );
         drop(inner);
-        record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, login);
+        record(
+            &st,
+            &parts.method,
+            &parts.uri.to_string(),
+            &h,
+            body_len,
+            login,
+        );
         return r;
     }
 
-    if (module == "CoreAdminHome" && (action == "optOut" || action == "optOutJS")) || module == "Proxy" {
+    if (module == "CoreAdminHome" && (action == "optOut" || action == "optOutJS"))
+        || module == "Proxy"
+    {
         drop(inner);
-        record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, login);
+        record(
+            &st,
+            &parts.method,
+            &parts.uri.to_string(),
+            &h,
+            body_len,
+            login,
+        );
         return ([(header::CONTENT_TYPE, "text/html")], "<p>opt-out</p>").into_response();
     }
 
@@ -597,14 +820,32 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
     let Some(l) = login else {
         let id = st.new_session(&mut inner, None);
         drop(inner);
-        record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, None);
+        record(
+            &st,
+            &parts.method,
+            &parts.uri.to_string(),
+            &h,
+            body_len,
+            None,
+        );
         let mut r = (StatusCode::FORBIDDEN, login_page()).into_response();
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-        r.headers_mut().insert(header::SET_COOKIE, cookie_header(&id, https, false));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r.headers_mut()
+            .insert(header::SET_COOKIE, cookie_header(&id, https, false));
         return r;
     };
     drop(inner);
-    record(&st, &parts.method, &parts.uri.to_string(), &h, body_len, Some(l.clone()));
+    record(
+        &st,
+        &parts.method,
+        &parts.uri.to_string(),
+        &h,
+        body_len,
+        Some(l.clone()),
+    );
     let html = page(
         &l,
         &format!(
@@ -617,23 +858,43 @@ async fn handle(State(st): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketA
         ),
     );
     let mut r = (StatusCode::OK, html).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     if let Some(c) = &cookie {
-        r.headers_mut().insert(header::SET_COOKIE, cookie_header(c, https, true));
+        r.headers_mut()
+            .insert(header::SET_COOKIE, cookie_header(c, https, true));
     }
     r
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
-fn record(st: &Shared, m: &Method, uri: &str, h: &HeaderMap, body_len: u64, as_login: Option<String>) {
+fn record(
+    st: &Shared,
+    m: &Method,
+    uri: &str,
+    h: &HeaderMap,
+    body_len: u64,
+    as_login: Option<String>,
+) {
     let mut inner = st.inner.lock().unwrap();
     if inner.log.len() > 5000 {
         inner.log.drain(..1000);
     }
-    inner.log.push(Seen { method: m.clone(), uri: uri.to_string(), headers: h.clone(), body_len, as_login });
+    inner.log.push(Seen {
+        method: m.clone(),
+        uri: uri.to_string(),
+        headers: h.clone(),
+        body_len,
+        as_login,
+    });
 }
 
 /// Serves the stand-in on `listener` until the task is dropped.

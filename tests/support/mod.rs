@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-
 /// A 64+ byte session key for tests.
-pub const TEST_KEY: &str = "test-key-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub const TEST_KEY: &str =
+    "test-key-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 pub struct StandIn {
     pub addr: SocketAddr,
@@ -69,7 +69,12 @@ impl TestApp {
         Self::start_on(toml, dir, listener, addr).await
     }
 
-    pub async fn start_on(toml: &str, dir: Arc<tempfile::TempDir>, listener: TcpListener, addr: SocketAddr) -> TestApp {
+    pub async fn start_on(
+        toml: &str,
+        dir: Arc<tempfile::TempDir>,
+        listener: TcpListener,
+        addr: SocketAddr,
+    ) -> TestApp {
         let text = toml
             .replace("{public}", &format!("http://{addr}"))
             .replace("{dir}", &dir.path().display().to_string());
@@ -157,7 +162,11 @@ impl Browser {
     }
 
     pub async fn get(&self, url: &str) -> reqwest::Response {
-        self.client.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
     }
 
     pub async fn post(&self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
@@ -171,7 +180,11 @@ impl Browser {
 
     /// Follows redirects from `res` while they stay within `hosts` (host:port), returning the
     /// first answer that is not a redirect, and the URL it came from.
-    pub async fn follow(&self, mut res: reqwest::Response, max: usize) -> (reqwest::Response, String) {
+    pub async fn follow(
+        &self,
+        mut res: reqwest::Response,
+        max: usize,
+    ) -> (reqwest::Response, String) {
         let mut url = res.url().to_string();
         for _ in 0..max {
             if !res.status().is_redirection() {
@@ -261,6 +274,8 @@ pub mod logs {
     }
 
     pub fn text() -> String {
-        BUF.get().map(|m| String::from_utf8_lossy(&m.lock().unwrap()).into_owned()).unwrap_or_default()
+        BUF.get()
+            .map(|m| String::from_utf8_lossy(&m.lock().unwrap()).into_owned())
+            .unwrap_or_default()
     }
 }

@@ -67,7 +67,10 @@ impl Drop for FakeProvider {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn b64(b: &[u8]) -> String {
@@ -140,14 +143,20 @@ timeout = "2s"
 
 type St = (Arc<Mutex<FakeState>>, SocketAddr);
 
-async fn authorize(State((st, _)): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn authorize(
+    State((st, _)): State<St>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let mut s = st.lock().unwrap();
     s.authorize_queries.push(q.clone());
     let redirect = q.get("redirect_uri").cloned().unwrap_or_default();
     let state = q.get("state").cloned().unwrap_or_default();
     let enc = |v: &str| form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
     let loc = if s.fault == Fault::Deny {
-        format!("{redirect}?error=access_denied&error_description=User+declined&state={}", enc(&state))
+        format!(
+            "{redirect}?error=access_denied&error_description=User+declined&state={}",
+            enc(&state)
+        )
     } else {
         let code = unikgate::random_token();
         let grant = Grant {
@@ -165,14 +174,20 @@ fn basic_ok(h: &HeaderMap) -> bool {
     let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let Some(b) = v.strip_prefix("Basic ") else { return false };
-    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b) else { return false };
+    let Some(b) = v.strip_prefix("Basic ") else {
+        return false;
+    };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b) else {
+        return false;
+    };
     String::from_utf8_lossy(&raw) == format!("{CLIENT_ID}:{CLIENT_SECRET}")
 }
 
 async fn token(State((st, addr)): State<St>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let fault = st.lock().unwrap().fault;
     st.lock().unwrap().token_calls += 1;
@@ -180,23 +195,48 @@ async fn token(State((st, addr)): State<St>, req: Request) -> Response {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     if !basic_ok(&parts.headers) {
-        return (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"invalid_client"}"#).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"error":"invalid_client"}"#,
+        )
+            .into_response();
     }
     if fault == Fault::TokenHtml {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html>maintenance</html>").into_response();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html>maintenance</html>",
+        )
+            .into_response();
     }
     if fault == Fault::TokenBrokenJson {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"access_token\": ").into_response();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"access_token\": ",
+        )
+            .into_response();
     }
     let code = form.get("code").cloned().unwrap_or_default();
     let Some(grant) = st.lock().unwrap().codes.remove(&code) else {
-        return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"invalid_grant"}"#).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"error":"invalid_grant"}"#,
+        )
+            .into_response();
     };
     // PKCE S256.
     use sha2::Digest;
     let verifier = form.get("code_verifier").cloned().unwrap_or_default();
     if b64(&sha2::Sha256::digest(verifier.as_bytes())) != grant.challenge {
-        return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"invalid_grant"}"#).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"error":"invalid_grant"}"#,
+        )
+            .into_response();
     }
     let iss = format!("http://{addr}/oidc");
     let mut claims = serde_json::json!({
@@ -214,7 +254,11 @@ async fn token(State((st, addr)): State<St>, req: Request) -> Response {
         Fault::SubMismatch => claims["sub"] = "uns-somebody-else".into(),
         _ => {}
     }
-    let secret = if fault == Fault::BadSignature { "not-the-secret" } else { CLIENT_SECRET };
+    let secret = if fault == Fault::BadSignature {
+        "not-the-secret"
+    } else {
+        CLIENT_SECRET
+    };
     let id_token = hs256(&claims, secret);
     let access = format!("at-{}", grant.sub);
     axum::Json(serde_json::json!({
@@ -233,7 +277,12 @@ async fn userinfo(State((st, _)): State<St>, h: HeaderMap) -> Response {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     if fault == Fault::UserinfoWrongType {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html>login</html>").into_response();
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html")],
+            "<html>login</html>",
+        )
+            .into_response();
     }
     // Shaped like Apereo CAS: sub, id, attributes.
     axum::Json(serde_json::json!({
@@ -321,22 +370,36 @@ impl NodeProvider {
 
     /// Logs in at the provider as `login` from the interaction page at `url` and approves (or
     /// declines); returns the response that leaves the provider (a redirect to unikgate).
-    pub async fn interact(&self, b: &super::Browser, authorize_url: &str, login: &str, approve: bool) -> reqwest::Response {
-        let res = b.get(authorize_url).await;
-        let mut res = res;
-        // Follow the provider's own redirects to its interaction page.
-        for _ in 0..5 {
+    pub async fn interact(
+        &self,
+        b: &super::Browser,
+        authorize_url: &str,
+        login: &str,
+        approve: bool,
+    ) -> reqwest::Response {
+        let mut res = b.get(authorize_url).await;
+        // Follow the provider's own redirects to its interaction page; a provider that remembers
+        // the person (its session and grant) sends the browser straight back instead.
+        for _ in 0..6 {
             if !res.status().is_redirection() {
                 break;
             }
             let next = res.url().join(&super::location(&res)).unwrap();
+            if next.port() != Some(self.port) {
+                return res;
+            }
             res = b.get(next.as_str()).await;
         }
         let page_url = res.url().clone();
         let html = res.text().await.unwrap();
         assert!(html.contains("name=\"login\""), "interaction page: {html}");
         let decision = if approve { "approve" } else { "decline" };
-        let mut res = b.post(page_url.as_str(), &[("login", login), ("decision", decision)]).await;
+        let mut res = b
+            .post(
+                page_url.as_str(),
+                &[("login", login), ("decision", decision)],
+            )
+            .await;
         for _ in 0..6 {
             if !res.status().is_redirection() {
                 break;
