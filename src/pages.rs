@@ -26,21 +26,37 @@ pub struct PageEnv {
 }
 
 impl PageEnv {
-    /// `form_action_origin`: the provider's authorization origin, which the sign-in form redirects
-    /// to (browsers apply `form-action` to redirects after a form post).
+    /// `form_action_origin`: the provider's configured authorization origin. Pages whose forms
+    /// redirect to the provider get the resolved origins through [`PageEnv::csp_for`].
     pub fn new(prefix: &str, provider_name: &str, form_action_origin: Option<&str>) -> Self {
-        let extra = form_action_origin
-            .map(|o| format!(" {o}"))
-            .unwrap_or_default();
-        let csp = format!(
-            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
-        );
         PageEnv {
             prefix: prefix.to_string(),
             provider_name: provider_name.to_string(),
-            csp: HeaderValue::from_str(&csp)
-                .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'")),
+            csp: Self::csp_for(form_action_origin.into_iter().map(str::to_string)),
         }
+    }
+
+    /// The policy, with `form-action` also allowing `origins` (browsers apply `form-action` to
+    /// the redirects that follow a form post: start → authorize, sign-out → end-session).
+    pub fn csp_for(origins: impl IntoIterator<Item = String>) -> HeaderValue {
+        let mut extra = String::new();
+        for o in origins {
+            let clean = o
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b';' && b != b',');
+            if clean && !extra.split(' ').any(|e| e == o) {
+                extra.push(' ');
+                extra.push_str(&o);
+            }
+        }
+        let csp = format!(
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
+        );
+        HeaderValue::from_str(&csp).unwrap_or_else(|_| {
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'",
+            )
+        })
     }
 
     /// An HTML response with unikgate's security headers.

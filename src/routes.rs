@@ -106,7 +106,22 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
         }
         _ => Err(Error::NotFound),
     };
-    let res = res.unwrap_or_else(|e| e.into_response());
+    let mut res = res.unwrap_or_else(|e| e.into_response());
+    // Forms on these pages redirect to the provider (start, sign-out): allow its resolved origins.
+    if res.headers().contains_key(header::CONTENT_SECURITY_POLICY) {
+        if let Some(o) = &app.oidc {
+            let ep = o.endpoints().await;
+            let origins = std::iter::once(ep.authorize.origin().ascii_serialization()).chain(
+                ep.end_session
+                    .iter()
+                    .map(|u| u.origin().ascii_serialization()),
+            );
+            res.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                crate::pages::PageEnv::csp_for(origins),
+            );
+        }
+    }
     crate::gate::finish(app, sess, res).await
 }
 
@@ -226,6 +241,7 @@ async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Res
     let mut user = UserSession {
         issuer: id.issuer.clone(),
         subject: id.subject.clone(),
+        display: id.email.clone(),
         signed_in: now,
         id_token: id.id_token.clone(),
         link_id: None,
@@ -316,7 +332,7 @@ async fn link_page(
         &LinkPage {
             title: "Link this account",
             prefix: &app.cfg.server.prefix,
-            identity: &user.subject,
+            identity: user.display.as_deref().unwrap_or(&user.subject),
             csrf: &csrf,
             rd: &rd,
             login: &login,
@@ -496,7 +512,7 @@ async fn account(app: &App, sess: &mut Sess) -> Result<Response, Error> {
         &AccountPage {
             title: "Your account",
             prefix: &app.cfg.server.prefix,
-            identity: &user.subject,
+            identity: user.display.as_deref().unwrap_or(&user.subject),
             matomo_login: link.as_ref().map(|l| l.matomo_login.as_str()),
             linked_at,
             csrf: &csrf,

@@ -77,6 +77,9 @@ pub struct PendingAuth {
 pub struct UserSession {
     pub issuer: String,
     pub subject: String,
+    /// How pages name the person: the email claim when the provider gives one, else the subject.
+    #[serde(default)]
+    pub display: Option<String>,
     pub signed_in: i64,
     /// For `id_token_hint` at RP-initiated logout.
     pub id_token: Option<String>,

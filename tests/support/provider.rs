@@ -305,7 +305,7 @@ impl Drop for NodeProvider {
 
 /// Where the npm packages of the tests live (installed by `tests/run`).
 pub fn node_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
 }
 
 impl NodeProvider {
@@ -314,7 +314,7 @@ impl NodeProvider {
         let dir = node_dir();
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
-            "oidc-provider is not installed: run tests/run (it installs the npm packages into tests/node/node_modules)"
+            "oidc-provider is not installed: run tests/run (it installs the npm packages into tests/e2e/node_modules)"
         );
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

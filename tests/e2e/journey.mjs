@@ -1,0 +1,180 @@
+// The seed's journey in a real browser (Debian chromium driven by playwright-core), clicked as a
+// person would, with a screenshot of every page at desktop width and at 390 px.
+//
+// Env: BASE (unikgate's public URL), SHOTS (folder for the screenshots).
+// Exits non-zero on the first failed expectation; prints "N passed, M failed" at the end.
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+
+const BASE = process.env.BASE;
+const SHOTS = process.env.SHOTS || 'docs/screenshots';
+const DEEP = '/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday';
+mkdirSync(SHOTS, { recursive: true });
+
+let passed = 0;
+let failed = 0;
+const cspViolations = [];
+
+async function check(name, fn) {
+  try {
+    await fn();
+    passed++;
+    console.log(`ok   ${name}`);
+  } catch (e) {
+    failed++;
+    console.log(`FAIL ${name}: ${e.message}`);
+  }
+}
+
+function expect(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+async function shot(page, name) {
+  for (const [suffix, size] of [['desktop', { width: 1280, height: 800 }], ['mobile', { width: 390, height: 844 }]]) {
+    await page.setViewportSize(size);
+    await page.screenshot({ path: `${SHOTS}/${name}-${suffix}.png`, fullPage: true });
+  }
+  await page.setViewportSize({ width: 1280, height: 800 });
+}
+
+async function newPage(browser) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await ctx.newPage();
+  page.setDefaultTimeout(10000);
+  page.on('console', (m) => {
+    if (/Content Security Policy|Refused to/i.test(m.text())) cspViolations.push(m.text());
+  });
+  return { ctx, page };
+}
+
+async function providerLogin(page, login, approve = true) {
+  await page.waitForSelector('input[name=login]');
+  await page.fill('input[name=login]', login);
+  await page.click(approve ? 'button[value=approve]' : 'button[value=decline]');
+}
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+});
+
+try {
+  const { page } = await newPage(browser);
+
+  await check('the Matomo URL leads to the sign-in page', async () => {
+    await page.goto(BASE + DEEP);
+    expect(page.url().includes('/_unikgate/sign_in'), `at ${page.url()}`);
+    expect(await page.title() === 'Sign in · Matomo', `title ${await page.title()}`);
+    const button = page.getByRole('button', { name: 'Connect with your private @unikname' });
+    expect(await button.isVisible(), 'the provider button is visible');
+    await shot(page, '01-sign-in');
+  });
+
+  await check('the provider asks for the @unikname', async () => {
+    await page.getByRole('button', { name: 'Connect with your private @unikname' }).click();
+    await page.waitForSelector('input[name=login]');
+    await shot(page, '02-unikname-connect');
+  });
+
+  await check('back from the provider, the link page', async () => {
+    await providerLogin(page, 'alice');
+    await page.waitForURL(/\/_unikgate\/link/);
+    expect(await page.getByLabel('Matomo username').isVisible(), 'labelled username field');
+    expect(await page.getByLabel('Matomo password').isVisible(), 'labelled password field');
+    await shot(page, '03-link');
+  });
+
+  await check('a wrong password says so', async () => {
+    await page.getByLabel('Matomo username').fill('alice');
+    await page.getByLabel('Matomo password').fill('not-her-password');
+    await page.getByRole('button', { name: 'Link this account' }).click();
+    await page.waitForSelector('.error');
+    expect((await page.textContent('.error')).includes('do not match'), 'message');
+    await shot(page, '04-link-wrong-password');
+  });
+
+  await check('linking lands in Matomo as alice, on the deep link', async () => {
+    await page.getByLabel('Matomo password').fill('alice-password');
+    await page.getByRole('button', { name: 'Link this account' }).click();
+    await page.waitForSelector('#who');
+    expect((await page.textContent('#who')).includes('alice'), 'Matomo shows alice');
+    expect((await page.textContent('#where')).includes('idSite=1 period=day date=yesterday'), 'the deep link survived');
+    expect(page.url() === BASE + DEEP, `at ${page.url()}`);
+    await shot(page, '05-matomo-as-alice');
+  });
+
+  await check("sign out through Matomo's own logout link", async () => {
+    await page.click('#logout');
+    // RP-initiated logout at the provider: confirm there.
+    const yes = page.getByRole('button', { name: /yes|sign me out/i });
+    if (await yes.count()) await yes.first().click();
+    await page.waitForURL(/\/_unikgate\/sign_in\?signed_out=1/);
+    expect((await page.textContent('.notice')).includes('signed out'), 'notice');
+    await shot(page, '06-signed-out');
+  });
+
+  await check('sign in again: straight into Matomo', async () => {
+    await page.getByRole('button', { name: 'Connect with your private @unikname' }).click();
+    if (await page.locator('input[name=login]').count() || page.url().includes('/oidc/')) {
+      await providerLogin(page, 'alice');
+    }
+    await page.waitForSelector('#who');
+    expect((await page.textContent('#who')).includes('alice'), 'Matomo shows alice');
+  });
+
+  const declined = await newPage(browser);
+  await check('consent denied: the declined page, and its retry works', async () => {
+    const p = declined.page;
+    await p.goto(BASE + DEEP);
+    await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
+    await providerLogin(p, 'alice', false);
+    await p.waitForSelector('h1');
+    expect((await p.textContent('h1')).includes('Sign-in declined'), await p.textContent('h1'));
+    await shot(p, '07-declined');
+    await p.getByRole('link', { name: 'Try again' }).click();
+    await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
+    await providerLogin(p, 'alice');
+    await p.waitForSelector('#who');
+    expect((await p.textContent('#where')).includes('idSite=1'), 'the retry kept the deep link');
+  });
+
+  const mallory = await newPage(browser);
+  await check('the "already linked" page', async () => {
+    const p = mallory.page;
+    await p.goto(BASE + '/');
+    await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
+    await providerLogin(p, 'mallory');
+    await p.waitForURL(/\/_unikgate\/link/);
+    await p.getByLabel('Matomo username').fill('alice');
+    await p.getByLabel('Matomo password').fill('alice-password');
+    await p.getByRole('button', { name: 'Link this account' }).click();
+    await p.waitForSelector('h1');
+    expect((await p.textContent('h1')).includes('Already linked to another account'), await p.textContent('h1'));
+    await shot(p, '08-already-linked');
+  });
+
+  await check('the rate-limit page', async () => {
+    const p = mallory.page;
+    let limited = false;
+    for (let i = 0; i < 7 && !limited; i++) {
+      await p.goto(BASE + '/_unikgate/link');
+      await p.getByLabel('Matomo username').fill('bob');
+      await p.getByLabel('Matomo password').fill('wrong-' + i);
+      await p.getByRole('button', { name: 'Link this account' }).click();
+      await p.waitForSelector('h1');
+      limited = (await p.textContent('h1')).includes('Too many attempts');
+    }
+    expect(limited, 'the limit was reached');
+    await shot(p, '09-rate-limited');
+  });
+
+  await check('no Content-Security-Policy violation on any page', async () => {
+    expect(cspViolations.length === 0, cspViolations.join('\n'));
+  });
+} finally {
+  await browser.close();
+}
+
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
