@@ -413,6 +413,52 @@ pub struct Answer {
 mod tests {
     use super::*;
 
+    fn upstream() -> Upstream {
+        let cfg = crate::config::Config::from_toml(
+            "[server]\npublic_url = \"https://analytics.example.com\"\n[upstream]\nurl = \"http://matomo:80\"\n",
+            &std::collections::HashMap::<String, String>::new(),
+        )
+        .unwrap();
+        Upstream::new(&cfg)
+    }
+
+    #[tokio::test]
+    async fn locations_and_cookie_domains_move_to_the_public_origin() {
+        let up = upstream();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://matomo/index.php?module=CoreHome"),
+        );
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("MATOMO_SESSID=abc; path=/; domain=matomo; HttpOnly"),
+        );
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("unikgate_session=forged; path=/"),
+        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        up.fix_response_headers(&mut h);
+        assert_eq!(
+            h[header::LOCATION],
+            "https://analytics.example.com/index.php?module=CoreHome"
+        );
+        let cookies: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(cookies.len(), 1, "Matomo cannot set unikgate's cookie");
+        assert_eq!(cookies[0], "MATOMO_SESSID=abc; path=/; HttpOnly");
+        assert!(!h.contains_key("x-secret"));
+        // Relative and foreign Locations are left alone.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("index.php?module=CoreHome&action="),
+        );
+        up.fix_response_headers(&mut h);
+        assert_eq!(h[header::LOCATION], "index.php?module=CoreHome&action=");
+    }
+
     #[test]
     fn matomo_headers_in_every_spelling() {
         for n in [

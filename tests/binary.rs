@@ -33,6 +33,10 @@ impl Drop for Proc {
 }
 
 async fn spawn(upstream: &str, dir: &std::path::Path) -> (Proc, String) {
+    spawn_with(upstream, dir, "").await
+}
+
+async fn spawn_with(upstream: &str, dir: &std::path::Path, extra_server: &str) -> (Proc, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -42,7 +46,7 @@ async fn spawn(upstream: &str, dir: &std::path::Path) -> (Proc, String) {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n[upstream]\nurl = \"{upstream}\"\n[store]\nurl = \"sqlite://{}/data/unikgate.db\"\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n{extra_server}\n[upstream]\nurl = \"{upstream}\"\n[store]\nurl = \"sqlite://{}/data/unikgate.db\"\n",
             dir.display()
         ),
     )
@@ -209,4 +213,60 @@ async fn sigterm_shuts_down_gracefully() {
     }
     let s = exited.expect("unikgate exits on SIGTERM");
     assert!(s.success(), "{s:?}");
+}
+
+#[tokio::test]
+async fn metrics_on_their_own_listener_and_a_generated_session_key() {
+    let m = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mport = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_p, base) = spawn_with(
+        &m.url(),
+        dir.path(),
+        &format!("metrics_listen = \"127.0.0.1:{mport}\""),
+    )
+    .await;
+    reqwest::get(format!("{base}/matomo.php?idsite=1"))
+        .await
+        .unwrap();
+    reqwest::get(format!("{base}/index.php?module=AutoLogin"))
+        .await
+        .unwrap();
+    let text = reqwest::get(format!("http://127.0.0.1:{mport}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("unikgate_requests_total{class=\"public\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unikgate_requests_total{class=\"forbidden\",status=\"403\"}"),
+        "{text}"
+    );
+    assert!(text.contains("unikgate_upstream_seconds_bucket"), "{text}");
+    // Not on the public listener.
+    assert_eq!(
+        reqwest::get(format!("{base}/_unikgate/metrics"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // The embedded default generated its session key once, private to its owner.
+    let key = dir.path().join("data/session.key");
+    let meta = std::fs::metadata(&key).expect("data/session.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap().trim().len(),
+        128,
+        "64 bytes, hex"
+    );
 }

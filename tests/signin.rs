@@ -507,3 +507,35 @@ async fn real_provider_decline_and_wrong_secret() {
     let ok = app.app.oidc.as_ref().unwrap().probe_credentials().await;
     assert!(ok.is_ok(), "{ok:?}");
 }
+
+#[tokio::test]
+async fn idle_and_absolute_lifetimes_are_enforced_server_side() {
+    let m = StandIn::start().await;
+    let p = FakeProvider::start().await;
+    let app = TestApp::start(&config(&m.url(), &p.config(), "").replace(
+        "[session]\n",
+        "[session]\nidle_timeout = \"1s\"\nabsolute_timeout = \"3s\"\n",
+    ))
+    .await;
+    let b = Browser::new();
+    sign_in(&b, &app, "/").await;
+    // Active every 400 ms: the idle timeout never lapses, but the absolute one does.
+    for _ in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert_eq!(b.get(&app.url("/_unikgate/account")).await.status(), 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        b.get(&app.url("/_unikgate/account")).await.status(),
+        302,
+        "absolute lifetime over"
+    );
+    // Idle: signed in, then 1.5 s of silence.
+    let b = Browser::new();
+    sign_in(&b, &app, "/").await;
+    assert_eq!(b.get(&app.url("/_unikgate/account")).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let res = b.get(&app.url("/_unikgate/account")).await;
+    assert_eq!(res.status(), 302, "idle lifetime over");
+    assert!(location(&res).contains("/_unikgate/sign_in"));
+}
