@@ -50,7 +50,7 @@ pub trait LinkStore: Send + Sync + 'static {
     async fn touch(&self, id: &str) -> Result<(), Error>;
     /// Records an attempt under `key` and says whether it is within `max` per `window`.
     async fn attempt(&self, key: &str, max: u32, window: Duration) -> Result<bool, Error>;
-    /// A cheap query proving the store answers.
+    /// Proves the store answers and accepts writes.
     async fn ping(&self) -> Result<(), Error>;
 }
 
@@ -215,7 +215,10 @@ impl LinkStore for SqliteLinks {
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        // Readiness means writable: take the write lock and give it back, writing nothing.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
         Ok(())
     }
 }

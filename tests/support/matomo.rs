@@ -336,7 +336,7 @@ async fn handle(
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let (parts, body) = req.into_parts();
-    let path = parts.uri.path().to_string();
+    let path = apache_path(parts.uri.path());
     let query = parts.uri.query().unwrap_or("").to_string();
     let h = parts.headers.clone();
     let ip = client_ip(peer.ip(), &h);
@@ -376,11 +376,17 @@ async fn handle(
         return res;
     }
     if path == "/plugins/StandIn/reset.js" {
-        // Sends half a body, then drops the connection.
-        let stream = futures_util::stream::iter(vec![
-            Ok::<_, std::io::Error>(Bytes::from(vec![b'y'; 1024])),
-            Err(std::io::Error::other("reset")),
-        ]);
+        // Sends the head and part of the body, then drops the connection.
+        let stream = futures_util::stream::unfold(0u8, |step| async move {
+            match step {
+                0 => Some((Ok::<_, std::io::Error>(Bytes::from(vec![b'y'; 1024])), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Some((Err(std::io::Error::other("reset")), 2))
+                }
+                _ => None,
+            }
+        });
         let mut res = Response::new(Body::from_stream(stream));
         res.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("100000"));
@@ -618,7 +624,8 @@ async fn handle(
         return r;
     }
 
-    if module == "API" {
+    // API and Widgetize authenticate by token_auth (Matomo checks it itself).
+    if module == "API" || module == "Widgetize" {
         let method = var("method");
         match method.as_str() {
             "UsersManager.createAppSpecificTokenAuth" => {
@@ -867,6 +874,45 @@ async fn handle(
             .insert(header::SET_COOKIE, cookie_header(c, https, true));
     }
     r
+}
+
+/// The path as Apache serves it: `%xx` decoded (an encoded slash stays encoded), dot segments
+/// resolved, repeated slashes merged (MergeSlashes On).
+fn apache_path(raw: &str) -> String {
+    let mut segs: Vec<String> = Vec::new();
+    for seg in raw.split('/') {
+        let mut out = Vec::new();
+        let b = seg.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() {
+                if let Ok(v) =
+                    u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    if v != b'/' {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                }
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        let s = String::from_utf8_lossy(&out).into_owned();
+        match s.as_str() {
+            "" | "." => {}
+            ".." => {
+                segs.pop();
+            }
+            _ => segs.push(s),
+        }
+    }
+    let mut p = format!("/{}", segs.join("/"));
+    if raw.ends_with('/') && p.len() > 1 {
+        p.push('/');
+    }
+    p
 }
 
 fn html_escape(s: &str) -> String {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod matomo;
+pub mod payloads;
 pub mod provider;
 
 use std::collections::HashMap;
