@@ -215,6 +215,9 @@ impl Classifier {
         if module.eq_ignore_ascii_case("autologin") {
             return Class::Forbidden("the AutoLogin module is only for unikgate itself");
         }
+        if module.eq_ignore_ascii_case("unikgate") {
+            return Class::Forbidden("the UnikGate module is only for unikgate itself");
+        }
         match module {
             "CoreAdminHome" if action == "optOut" || action == "optOutJS" => Class::Public,
             "API" | "Widgetize" if req.string("token_auth").is_some_and(|t| !t.is_empty()) => {

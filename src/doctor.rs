@@ -113,7 +113,112 @@ pub async fn run(app: &App) -> Vec<Step> {
         }
     };
     if matomo_ok {
-        out.push(autologin_step(app).await);
+        match (&app.cfg.matomo.minter, &app.cfg.matomo.shared_secret) {
+            (crate::config::MinterKind::Signed, Some(secret)) => {
+                out.extend(signed_steps(app, secret).await)
+            }
+            _ => out.push(autologin_step(app).await),
+        }
+    }
+    out
+}
+
+/// The UnikGate plugin: present (whoami answers JSON), secret agreed (an assertion that expired
+/// two minutes ago must be refused for expiry, not for its signature), clock skew.
+async fn signed_steps(app: &App, secret: &secrecy::SecretString) -> Vec<Step> {
+    let mut out = Vec::new();
+    let who = app
+        .upstream
+        .call(
+            Method::GET,
+            "/index.php?module=UnikGate&action=whoami",
+            Default::default(),
+            None,
+            LOCAL,
+        )
+        .await;
+    match who {
+        Ok(a)
+            if serde_json::from_slice::<serde_json::Value>(&a.body)
+                .is_ok_and(|v| v.get("login").is_some()) =>
+        {
+            out.push(step(
+                "UnikGate plugin",
+                true,
+                "installed and active (whoami answers)",
+            ))
+        }
+        Ok(a) => {
+            out.push(step(
+                "UnikGate plugin",
+                false,
+                format!("whoami answered {} without JSON: copy matomo-plugin/UnikGate into Matomo's plugins/ and run ./console plugin:activate UnikGate", a.status.as_u16()),
+            ));
+            return out;
+        }
+        Err(e) => {
+            out.push(step("UnikGate plugin", false, e.to_string()));
+            return out;
+        }
+    }
+    let signer = crate::matomo::Signed::new(secret.clone(), &app.cfg.public_origin());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let expired = signer.assertion("unikgate-doctor", now.saturating_sub(120), "/");
+    match signer.post(&app.upstream, &expired, LOCAL).await {
+        Ok(a) => {
+            let reason = crate::matomo::unikgate_reason(&a.body);
+            if a.status.as_u16() == 403 && reason.starts_with("expired") {
+                out.push(step(
+                    "shared secret",
+                    true,
+                    "agreed (an expired assertion was refused for its expiry)",
+                ));
+                // "expired (server time N)": Matomo's clock against ours.
+                let server: Option<i64> = reason
+                    .split("server time ")
+                    .nth(1)
+                    .and_then(|r| r.trim_end_matches(')').trim().parse().ok());
+                match server {
+                    Some(t) => {
+                        let skew = t - now as i64;
+                        out.push(step(
+                            "clock skew",
+                            skew.abs() < 20,
+                            format!("Matomo's clock is {skew:+} s from unikgate's (assertions live 30 s, 30 s of skew allowed)"),
+                        ));
+                    }
+                    None => out.push(step("clock skew", true, "not reported by the plugin")),
+                }
+            } else if reason.contains("signature") {
+                out.push(step(
+                    "shared secret",
+                    false,
+                    "refused for its signature: matomo.shared_secret differs from [UnikGate] shared_secret in Matomo's config.ini.php",
+                ));
+            } else if reason.contains("shared secret") {
+                out.push(step(
+                    "shared secret",
+                    false,
+                    format!("the plugin says: {reason}"),
+                ));
+            } else if reason.contains("audience") {
+                out.push(step(
+                    "shared secret",
+                    false,
+                    "refused for its audience: Matomo does not see server.public_url as its own URL (trusted_hosts[], X-Forwarded-Proto)",
+                ));
+            } else {
+                out.push(step(
+                    "shared secret",
+                    false,
+                    format!("unexpected answer {}: {reason}", a.status.as_u16()),
+                ));
+            }
+        }
+        Err(e) => out.push(step("shared secret", false, e.to_string())),
     }
     out
 }

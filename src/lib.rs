@@ -27,8 +27,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
 use crate::classify::Classifier;
 use crate::config::Config;
+use crate::config::MinterKind;
 use crate::links::{LinkStore, SqliteLinks};
-use crate::matomo::{AutoLogin, Minter};
+use crate::matomo::{AutoLogin, Minter, Signed};
 use crate::oidc::Oidc;
 use crate::pages::PageEnv;
 use crate::proxy::Upstream;
@@ -106,13 +107,22 @@ pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
         &provider_host,
         Some(&Oidc::authorize_origin(&cfg)),
     ));
+    let minter: Arc<dyn Minter> = match (cfg.matomo.minter, &cfg.matomo.shared_secret) {
+        (MinterKind::Signed, Some(secret)) => {
+            Arc::new(Signed::new(secret.clone(), &cfg.public_origin()))
+        }
+        (MinterKind::Signed, None) => {
+            return Err("matomo.shared_secret is required with minter = \"signed\"".into())
+        }
+        (MinterKind::AutoLogin, _) => Arc::new(AutoLogin),
+    };
     let app = Arc::new(App {
         classifier: Classifier::new(&cfg.server.prefix, &cfg.matomo.public_paths),
         upstream: Upstream::new(&cfg),
         sessions,
         links: Arc::new(SqliteLinks::new(pool)),
         oidc,
-        minter: Arc::new(AutoLogin),
+        minter,
         metrics: None,
         pages,
         cfg,

@@ -18,12 +18,173 @@ use crate::proxy::{Answer, Upstream};
 
 pub const MATOMO_COOKIE: &str = "MATOMO_SESSID";
 
-/// Mints a genuine Matomo session for a login.
+/// Mints a genuine Matomo session for a login, and tells who owns one.
 #[async_trait]
 pub trait Minter: Send + Sync + 'static {
     /// Returns the new `MATOMO_SESSID` value.
     async fn mint(&self, up: &Upstream, login: &str, client_ip: IpAddr) -> Result<String, Error>;
     fn name(&self) -> &'static str;
+    /// Who owns a Matomo session (`None`: anonymous). Default: the contract's login-page probe.
+    async fn who_am_i(
+        &self,
+        up: &Upstream,
+        cookie_value: &str,
+        client_ip: IpAddr,
+    ) -> Result<Option<String>, Error> {
+        who_am_i(up, cookie_value, client_ip).await
+    }
+}
+
+/// The UnikGate plugin of this repository: `POST index.php?module=UnikGate&action=login` with a
+/// compact HS256 JWS that is valid for 30 s and usable once.
+pub struct Signed {
+    secret: secrecy::SecretString,
+    /// Matomo's base URL as Matomo computes it behind unikgate: the public origin plus `/`.
+    audience: String,
+}
+
+/// Lifetime of an assertion (the plugin accepts at most 60 s).
+pub const ASSERTION_LIFETIME: u64 = 30;
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Signs claims as a compact JWS with header `{"alg":"HS256","typ":"JWT"}`.
+pub fn sign_hs256(claims: &serde_json::Value, secret: &[u8]) -> String {
+    use hmac::Mac;
+    let head = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = b64(claims.to_string().as_bytes());
+    let signing_input = format!("{head}.{body}");
+    let sig = match hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(signing_input.as_bytes());
+            b64(&mac.finalize().into_bytes())
+        }
+        Err(_) => String::new(),
+    };
+    format!("{signing_input}.{sig}")
+}
+
+impl Signed {
+    pub fn new(secret: secrecy::SecretString, public_origin: &str) -> Signed {
+        Signed {
+            secret,
+            audience: format!("{public_origin}/"),
+        }
+    }
+
+    /// An assertion for `login`, issued at `iat` (seconds), returning to `rd`.
+    pub fn assertion(&self, login: &str, iat: u64, rd: &str) -> String {
+        use secrecy::ExposeSecret;
+        let claims = serde_json::json!({
+            "iss": "unikgate",
+            "aud": self.audience,
+            "sub": login,
+            "iat": iat,
+            "exp": iat + ASSERTION_LIFETIME,
+            "jti": crate::random_token(),
+            "rd": rd,
+        });
+        sign_hs256(&claims, self.secret.expose_secret().as_bytes())
+    }
+
+    /// Posts an assertion to the plugin.
+    pub async fn post(
+        &self,
+        up: &Upstream,
+        assertion: &str,
+        client_ip: IpAddr,
+    ) -> Result<Answer, Error> {
+        up.call(
+            Method::POST,
+            "/index.php?module=UnikGate&action=login",
+            HeaderMap::new(),
+            Some(form(&[("assertion", assertion)])),
+            client_ip,
+        )
+        .await
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The one-line reason of a UnikGate refusal.
+pub fn unikgate_reason(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+    let line = text.lines().next().unwrap_or("").trim();
+    line.strip_prefix("UnikGate: ")
+        .unwrap_or(line)
+        .chars()
+        .take(200)
+        .collect()
+}
+
+#[async_trait]
+impl Minter for Signed {
+    async fn mint(&self, up: &Upstream, login: &str, client_ip: IpAddr) -> Result<String, Error> {
+        let a = self
+            .post(
+                up,
+                &self.assertion(login, unix_now(), "/index.php"),
+                client_ip,
+            )
+            .await?;
+        match a.status {
+            StatusCode::FOUND | StatusCode::SEE_OTHER => set_cookie_value(&a.headers, MATOMO_COOKIE)
+                .ok_or_else(|| Error::MintFailed("the UnikGate plugin redirected without a session cookie".into())),
+            StatusCode::FORBIDDEN if a.body.starts_with(b"UnikGate: ") => {
+                Err(Error::MintFailed(format!("the UnikGate plugin refused: {}", unikgate_reason(&a.body))))
+            }
+            s => Err(Error::MintFailed(format!(
+                "Matomo answered {} to the UnikGate plugin's login (is the plugin installed and activated?)",
+                s.as_u16()
+            ))),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "signed"
+    }
+
+    async fn who_am_i(
+        &self,
+        up: &Upstream,
+        cookie_value: &str,
+        client_ip: IpAddr,
+    ) -> Result<Option<String>, Error> {
+        let mut h = HeaderMap::new();
+        let v = HeaderValue::from_str(&format!("{MATOMO_COOKIE}={cookie_value}"))
+            .map_err(|_| Error::BadRequest("the Matomo cookie is not valid".into()))?;
+        h.insert(COOKIE, v);
+        let a = up
+            .call(
+                Method::GET,
+                "/index.php?module=UnikGate&action=whoami",
+                h,
+                None,
+                client_ip,
+            )
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&a.body).map_err(|_| {
+            Error::MatomoUnexpected(
+                "UnikGate's whoami did not answer JSON (is the plugin active?)".into(),
+            )
+        })?;
+        match v.get("login") {
+            Some(serde_json::Value::String(l)) if !l.is_empty() => Ok(Some(l.clone())),
+            Some(serde_json::Value::Null) => Ok(None),
+            _ => Err(Error::MatomoUnexpected(
+                "UnikGate's whoami answered without a login".into(),
+            )),
+        }
+    }
 }
 
 /// The AutoLogin plugin: `GET index.php?module=AutoLogin&action=index` with exactly one

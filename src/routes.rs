@@ -314,14 +314,14 @@ async fn link_page(
     }
     // Offer the Matomo session the browser already holds (password login), by its owner.
     let session_login = match matomo::request_cookie(headers, MATOMO_COOKIE) {
-        Some(c) if !app.cfg.matomo.deny_superusers => {
-            matomo::who_am_i(&app.upstream, &c, ctx.client_ip)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "who-am-i probe failed");
-                    None
-                })
-        }
+        Some(c) if !app.cfg.matomo.deny_superusers => app
+            .minter
+            .who_am_i(&app.upstream, &c, ctx.client_ip)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "who-am-i probe failed");
+                None
+            }),
         _ => None,
     };
     let data = app.sessions.load(sess).await?;
@@ -385,7 +385,11 @@ async fn link_post(
             let Some(c) = matomo::request_cookie(headers, MATOMO_COOKIE) else {
                 return again(app, ctx, sess, headers, f, "Your browser holds no Matomo session any more. Prove the account with its password.").await;
             };
-            match matomo::who_am_i(&app.upstream, &c, ctx.client_ip).await? {
+            match app
+                .minter
+                .who_am_i(&app.upstream, &c, ctx.client_ip)
+                .await?
+            {
                 Some(l) => (l, false),
                 None => {
                     return again(

@@ -127,8 +127,12 @@ pub struct StoreConfig {
 /// `[matomo]`: how unikgate treats Matomo.
 #[derive(Debug, Clone)]
 pub struct MatomoConfig {
-    /// How a Matomo session is minted: `autologin` (the AutoLogin plugin).
+    /// How a Matomo session is minted: `autologin` (the AutoLogin plugin) or `signed` (this
+    /// repository's UnikGate plugin, which accepts only signed, single-use assertions).
     pub minter: MinterKind,
+    /// The secret shared with the UnikGate plugin (`signed` minter), at least 32 bytes, from
+    /// `shared_secret` or `shared_secret_file`.
+    pub shared_secret: Option<SecretString>,
     /// Let Matomo's own password login and the sessions it makes pass through. Default false.
     pub password_login: bool,
     /// Matomo's idle timeout for sessions (`login_session_not_remembered_idle_timeout`); unikgate
@@ -145,6 +149,7 @@ pub struct MatomoConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MinterKind {
     AutoLogin,
+    Signed,
 }
 
 pub const UNIKNAME_ISSUER: &str = "https://connect.unikname.com/oidc";
@@ -353,6 +358,8 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
         "matomo",
         &[
             "minter",
+            "shared_secret",
+            "shared_secret_file",
             "password_login",
             "idle_timeout",
             "public_paths",
@@ -644,8 +651,27 @@ fn read_store(r: &mut Reader<'_>) -> Option<StoreConfig> {
 }
 
 fn read_matomo(r: &mut Reader<'_>) -> Option<MatomoConfig> {
-    r.choice("minter", "autologin", &["autologin"]);
-    let minter = MinterKind::AutoLogin;
+    let minter = match r
+        .choice("minter", "autologin", &["autologin", "signed"])
+        .as_str()
+    {
+        "signed" => MinterKind::Signed,
+        _ => MinterKind::AutoLogin,
+    };
+    let shared_secret = read_secret(r, "shared_secret", "shared_secret_file");
+    {
+        use secrecy::ExposeSecret;
+        match (&minter, &shared_secret) {
+            (MinterKind::Signed, None) => r.error(
+                "shared_secret",
+                "is required with minter = \"signed\": the same value as [UnikGate] shared_secret in Matomo's config.ini.php (make one: head -c 32 /dev/urandom | base64)",
+            ),
+            (_, Some(s)) if s.expose_secret().len() < 32 => {
+                r.error("shared_secret", "is shorter than 32 bytes; make one: head -c 32 /dev/urandom | base64")
+            }
+            _ => {}
+        }
+    }
     let password_login = r.bool("password_login", false);
     let idle_timeout = r.duration("idle_timeout", Duration::from_secs(3600));
     let public_paths = r.list("public_paths", &[]);
@@ -669,6 +695,7 @@ fn read_matomo(r: &mut Reader<'_>) -> Option<MatomoConfig> {
     let deny_superusers = r.bool("deny_superusers", false);
     Some(MatomoConfig {
         minter,
+        shared_secret,
         password_login,
         idle_timeout,
         public_paths,

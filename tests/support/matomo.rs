@@ -57,6 +57,8 @@ pub struct Inner {
     failures: HashMap<IpAddr, Vec<Instant>>,
     pub log: Vec<Seen>,
     pub mints: u64,
+    /// jti values of UnikGate assertions already used.
+    jtis: std::collections::HashSet<String>,
 }
 
 pub struct StandInState {
@@ -69,6 +71,12 @@ pub struct StandInState {
     /// When set, every request waits this long first (for timeouts).
     pub delay_ms: AtomicU64,
     pub trusted_host: Mutex<Option<String>>,
+    /// The UnikGate plugin: installed when a shared secret is set (`[UnikGate] shared_secret`).
+    pub unikgate_secret: Mutex<Option<String>>,
+    /// `[UnikGate] allow_superusers`.
+    pub unikgate_allow_superusers: AtomicBool,
+    /// Seconds added to the stand-in's clock (clock skew).
+    pub clock_offset: std::sync::atomic::AtomicI64,
 }
 
 pub type Shared = Arc<StandInState>;
@@ -112,6 +120,9 @@ pub fn new_state() -> Shared {
         auto_registration: AtomicBool::new(true),
         delay_ms: AtomicU64::new(0),
         trusted_host: Mutex::new(None),
+        unikgate_secret: Mutex::new(None),
+        unikgate_allow_superusers: AtomicBool::new(true),
+        clock_offset: std::sync::atomic::AtomicI64::new(0),
     })
 }
 
@@ -501,6 +512,82 @@ async fn handle(
     let module = var("module");
     let action = var("action");
     let mut inner = st.inner.lock().unwrap();
+
+    if module == "UnikGate" {
+        let secret = st.unikgate_secret.lock().unwrap().clone();
+        let Some(secret) = secret else {
+            drop(inner);
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<p>The plugin UnikGate is not activated.</p>",
+            )
+                .into_response();
+        };
+        if action == "whoami" {
+            let login = st.session_login(&mut inner, cookie.as_deref());
+            drop(inner);
+            return json(serde_json::json!({ "login": login }));
+        }
+        if action != "login" || parts.method != Method::POST {
+            return unikgate_refuse("POST only");
+        }
+        inner.mints += 1;
+        let scheme = if https { "https" } else { "http" };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + st.clock_offset.load(Ordering::Relaxed);
+        let claims = match verify_assertion(
+            &post.get("assertion").cloned().unwrap_or_default(),
+            &secret,
+            &format!("{scheme}://{host}/"),
+            now,
+            &mut inner.jtis,
+        ) {
+            Ok(c) => c,
+            Err(why) => {
+                drop(inner);
+                record(
+                    &st,
+                    &parts.method,
+                    &parts.uri.to_string(),
+                    &h,
+                    body_len,
+                    None,
+                );
+                return unikgate_refuse(&why);
+            }
+        };
+        let (sub, rd) = claims;
+        let Some(user) = inner.users.get(&sub).cloned() else {
+            drop(inner);
+            return unikgate_refuse("unknown login");
+        };
+        if user.superuser && !st.unikgate_allow_superusers.load(Ordering::Relaxed) {
+            drop(inner);
+            return unikgate_refuse("superusers may not sign in through unikgate");
+        }
+        if let Some(old) = &cookie {
+            inner.sessions.remove(old);
+        }
+        let id = st.new_session(&mut inner, Some(sub.clone()));
+        drop(inner);
+        record(
+            &st,
+            &parts.method,
+            &parts.uri.to_string(),
+            &h,
+            body_len,
+            Some(sub),
+        );
+        let mut r = StatusCode::FOUND.into_response();
+        r.headers_mut()
+            .insert(header::SET_COOKIE, cookie_header(&id, https, false));
+        r.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_str(&rd).unwrap());
+        return r;
+    }
 
     // Dangerous AutoLogin side headers: they act on any AutoLogin request.
     if module == "AutoLogin" {
@@ -913,6 +1000,98 @@ fn apache_path(raw: &str) -> String {
         p.push('/');
     }
     p
+}
+
+fn unikgate_refuse(reason: &str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("UnikGate: {reason}\n"),
+    )
+        .into_response()
+}
+
+/// The UnikGate plugin's verification rules (matomo-plugin/UnikGate/Assertion.php), written
+/// independently of unikgate's signer: returns (sub, rd) or the one-line reason.
+fn verify_assertion(
+    token: &str,
+    secret: &str,
+    audience: &str,
+    now: i64,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<(String, String), String> {
+    use base64::Engine;
+    use hmac::Mac;
+    let dec = |p: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .map_err(|_| "malformed token".to_string())
+    };
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != 3 || parts.iter().take(2).any(|p| p.is_empty()) {
+        return Err("malformed token".into());
+    }
+    let header: serde_json::Value =
+        serde_json::from_slice(&dec(parts[0])?).map_err(|_| "malformed token")?;
+    if header != serde_json::json!({"alg": "HS256", "typ": "JWT"}) {
+        return Err("unsupported header: only {\"alg\":\"HS256\",\"typ\":\"JWT\"}".into());
+    }
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{}.{}", parts[0], parts[1]).as_bytes());
+    if mac.verify_slice(&dec(parts[2])?).is_err() {
+        return Err("bad signature".into());
+    }
+    let c: serde_json::Value =
+        serde_json::from_slice(&dec(parts[1])?).map_err(|_| "malformed claims")?;
+    let s = |k: &str| {
+        c.get(k)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .ok_or(format!("missing claim {k}"))
+    };
+    let n = |k: &str| {
+        c.get(k)
+            .and_then(|v| v.as_i64())
+            .ok_or(format!("missing claim {k}"))
+    };
+    let (iss, aud, sub, jti, rd) = (s("iss")?, s("aud")?, s("sub")?, s("jti")?, s("rd")?);
+    let (iat, exp) = (n("iat")?, n("exp")?);
+    if iss != "unikgate" {
+        return Err("wrong issuer".into());
+    }
+    if format!("{}/", aud.trim_end_matches('/')) != audience {
+        return Err("wrong audience".into());
+    }
+    if exp <= iat || exp - iat > 60 {
+        return Err("lifetime longer than 60 s".into());
+    }
+    if iat > now + 30 {
+        return Err(format!("not yet valid (server time {now})"));
+    }
+    if exp + 30 <= now {
+        return Err(format!("expired (server time {now})"));
+    }
+    if sub.len() > 100
+        || !sub
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "_.@+-ÄäÖöÜüß".contains(ch))
+    {
+        return Err("sub is not a Matomo login".into());
+    }
+    if !rd.starts_with('/')
+        || rd.starts_with("//")
+        || rd.starts_with("/\\")
+        || rd
+            .chars()
+            .any(|ch| ch == '\\' || ch.is_whitespace() || ch.is_control())
+    {
+        return Err("rd is not a relative path".into());
+    }
+    if !seen.insert(jti) {
+        return Err("replayed assertion".into());
+    }
+    Ok((sub, rd))
 }
 
 fn html_escape(s: &str) -> String {

@@ -1,0 +1,33 @@
+//! The request classifier never panics, and the properties that keep Matomo safe hold for any
+//! input: an effective `module` of AutoLogin (any case) is never classified as anything but
+//! Forbidden, and classification is deterministic.
+//! Input: method byte, then path, query and body separated by NUL bytes.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use unikgate::classify::{BodyRule, Class, Classifier};
+use unikgate::php::{Params, Request};
+
+fuzz_target!(|data: &[u8]| {
+    let s = String::from_utf8_lossy(data);
+    let mut parts = s.splitn(3, '\0');
+    let path = parts.next().unwrap_or("");
+    let query = parts.next();
+    let body = parts.next();
+    let c = Classifier::new("/_unikgate", &["/custom/".to_string()]);
+    let _ = c.body_rule(&http::Method::POST, path, query, Some("application/x-www-form-urlencoded"));
+    let body_params = body.map(Params::parse);
+    let class = c.classify(path, query, body_params.as_ref());
+    assert_eq!(class, c.classify(path, query, body_params.as_ref()));
+    let get = Params::parse(query.unwrap_or(""));
+    let req = Request { get: &get, post: body_params.as_ref() };
+    let is_index = unikgate::classify::normalize_path(path)
+        .as_deref()
+        .and_then(unikgate::classify::php_script)
+        == Some("/index.php");
+    let autologin = req.string("module").is_some_and(|m| m.eq_ignore_ascii_case("autologin"));
+    let own_or_public_path = matches!(class, Class::Own(_) | Class::UnsVerification);
+    if is_index && autologin && !own_or_public_path && !get.too_many && !body_params.as_ref().is_some_and(|b| b.too_many) {
+        assert!(matches!(class, Class::Forbidden(_)), "{path:?} {query:?} {body:?} → {class:?}");
+    }
+    let _ = BodyRule::Stream;
+});

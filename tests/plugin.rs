@@ -1,0 +1,398 @@
+//! The signed minter and the UnikGate plugin: unikgate's signer against the plugin's real PHP
+//! verifier, the journey with `minter = "signed"` against the stand-in, every refusal from the
+//! Rust side, and `doctor`.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use support::provider::FakeProvider;
+use support::{config, csrf_of, location, Browser, StandIn, TestApp};
+use unikgate::matomo::{sign_hs256, Signed};
+
+const SECRET: &str = "unikgate-and-matomo-share-this-32b+";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn php_verify(audience: &str, cases: &[(String, u64)]) -> Vec<String> {
+    use std::io::Write;
+    assert!(
+        std::process::Command::new("php")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "php is not installed: run tests/run (it installs php-cli and phpunit)"
+    );
+    let input = serde_json::json!({
+        "secret": SECRET,
+        "audience": audience,
+        "cases": cases.iter().map(|(t, n)| serde_json::json!({"token": t, "now": n})).collect::<Vec<_>>(),
+    });
+    let mut child = std::process::Command::new("php")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/verify_assertion.php"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("php said: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+#[test]
+fn unikgates_assertions_meet_the_plugins_verifier() {
+    let origin = "https://analytics.example.com";
+    let signer = Signed::new(SECRET.to_string().into(), origin);
+    let t = now();
+    let claims = |over: serde_json::Value| {
+        let mut c = serde_json::json!({
+            "iss": "unikgate", "aud": format!("{origin}/"), "sub": "alice", "iat": t, "exp": t + 30,
+            "jti": unikgate::random_token(), "rd": "/index.php",
+        });
+        for (k, v) in over.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let valid = signer.assertion("alice", t, "/index.php?module=CoreHome");
+    let replay = valid.clone();
+    let none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&claims(serde_json::json!({})).to_string())
+    );
+    let rs256 = {
+        let good = sign_hs256(&claims(serde_json::json!({})), SECRET.as_bytes());
+        let rest = good.split_once('.').unwrap().1;
+        format!("{}.{rest}", b64(r#"{"alg":"RS256","typ":"JWT"}"#))
+    };
+    let cases: Vec<(&str, String, u64, &str)> = vec![
+        ("valid", valid, t, "ok alice /index.php?module=CoreHome"),
+        ("replayed", replay, t, "refused replayed"),
+        (
+            "expired",
+            signer.assertion("alice", t - 120, "/"),
+            t,
+            "refused expired",
+        ),
+        (
+            "not yet valid",
+            signer.assertion("alice", t + 120, "/"),
+            t,
+            "refused not yet valid",
+        ),
+        (
+            "wrong aud",
+            sign_hs256(
+                &claims(serde_json::json!({"aud": "https://evil.example/"})),
+                SECRET.as_bytes(),
+            ),
+            t,
+            "refused wrong audience",
+        ),
+        (
+            "wrong iss",
+            sign_hs256(
+                &claims(serde_json::json!({"iss": "mallory"})),
+                SECRET.as_bytes(),
+            ),
+            t,
+            "refused wrong issuer",
+        ),
+        (
+            "bad signature",
+            sign_hs256(
+                &claims(serde_json::json!({})),
+                b"another-secret-that-is-32-bytes-long",
+            ),
+            t,
+            "refused bad signature",
+        ),
+        ("alg none", none, t, "refused unsupported header"),
+        ("RS256 header", rs256, t, "refused unsupported header"),
+        (
+            "truncated",
+            signer.assertion("alice", t, "/")[..40].to_string(),
+            t,
+            "refused malformed",
+        ),
+        (
+            "odd sub",
+            signer.assertion("alice\nadmin", t, "/"),
+            t,
+            "refused sub is not a Matomo login",
+        ),
+        (
+            "email login",
+            signer.assertion("jane.doe-x@example.com", t, "/"),
+            t,
+            "ok jane.doe-x@example.com /",
+        ),
+        (
+            "long lifetime",
+            sign_hs256(
+                &claims(serde_json::json!({"exp": t + 3600})),
+                SECRET.as_bytes(),
+            ),
+            t,
+            "refused lifetime",
+        ),
+    ];
+    let results = php_verify(
+        &format!("{origin}/"),
+        &cases.iter().map(|c| (c.1.clone(), c.2)).collect::<Vec<_>>(),
+    );
+    for (case, got) in cases.iter().zip(&results) {
+        assert!(got.starts_with(case.3), "{}: {got}", case.0);
+    }
+}
+
+async fn setup(extra: &str) -> (StandIn, FakeProvider, TestApp) {
+    let m = StandIn::start().await;
+    *m.state.unikgate_secret.lock().unwrap() = Some(SECRET.to_string());
+    let p = FakeProvider::start().await;
+    let app = TestApp::start(&config(
+        &m.url(),
+        &p.config(),
+        &format!("[matomo]\nminter = \"signed\"\nshared_secret = \"{SECRET}\"\n{extra}"),
+    ))
+    .await;
+    (m, p, app)
+}
+
+async fn sign_in(
+    b: &Browser,
+    app: &TestApp,
+    p: &FakeProvider,
+    sub: &str,
+    rd: &str,
+) -> reqwest::Response {
+    p.set_sub(sub);
+    let q: String = form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+    let html = b
+        .get(&app.url(&format!("/_unikgate/sign_in?rd={q}")))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let res = b
+        .post(
+            &app.url("/_unikgate/start"),
+            &[("csrf", &csrf_of(&html)), ("rd", rd)],
+        )
+        .await;
+    let res = b.get(&location(&res)).await;
+    b.get(&location(&res)).await
+}
+
+async fn link(b: &Browser, app: &TestApp, rd: &str, login: &str, pw: &str) -> reqwest::Response {
+    let html = b
+        .get(&app.url("/_unikgate/link"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    b.post(
+        &app.url("/_unikgate/link"),
+        &[
+            ("csrf", &csrf_of(&html)),
+            ("rd", rd),
+            ("mode", "password"),
+            ("login", login),
+            ("password", pw),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_journey_with_the_signed_minter() {
+    let (m, p, app) = setup("").await;
+    let b = Browser::new();
+    let deep = "/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday";
+    let res = sign_in(&b, &app, &p, "uns-alice", deep).await;
+    assert!(location(&res).contains("/_unikgate/link"));
+    let res = link(&b, &app, deep, "alice", "alice-password").await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(location(&res), app.url(deep));
+    let html = b.get(&app.url(deep)).await.text().await.unwrap();
+    assert!(html.contains("piwik.userLogin = \"alice\""));
+    // No AutoLogin request, no matomo-* header: only assertions.
+    assert!(m.state.log().iter().all(|s| !s.uri.contains("AutoLogin")
+        && s.headers.keys().all(|k| !k.as_str().starts_with("matomo"))));
+    let res = b
+        .get(&app.url("/index.php?module=Login&action=logout"))
+        .await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(m.state.sessions_of("alice"), 0);
+    let res = sign_in(&b, &app, &p, "uns-alice", deep).await;
+    assert_eq!(location(&res), app.url(deep), "straight in");
+    assert!(b
+        .get(&app.url(deep))
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("\"alice\""));
+    // Idle expiry at Matomo: the 403 is re-minted with a fresh assertion and retried.
+    m.state.idle_ms.store(200, Ordering::Relaxed);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let res = b.get(&app.url(deep)).await;
+    assert_eq!(res.status(), 200);
+    m.state.idle_ms.store(3_600_000, Ordering::Relaxed);
+}
+
+#[tokio::test]
+async fn linking_by_session_uses_the_plugins_whoami() {
+    let (m, p, app) = setup("password_login = true\n").await;
+    let b = Browser::new();
+    let sid = m.state.login_with_password("bob");
+    b.set_cookie(&app.url("/"), &format!("MATOMO_SESSID={sid}; Path=/"));
+    sign_in(&b, &app, &p, "uns-bob", "/").await;
+    m.state.clear_log();
+    let html = b
+        .get(&app.url("/_unikgate/link"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Link this account (bob)"), "{html}");
+    assert!(
+        m.state
+            .log()
+            .iter()
+            .all(|s| !s.uri.contains("module=Login")),
+        "the 150 KB page was not needed"
+    );
+}
+
+#[tokio::test]
+async fn refusals_of_the_plugin_reach_the_user_as_clear_pages() {
+    let (m, p, app) = setup("").await;
+    // Superusers refused by the plugin's own setting.
+    m.state
+        .unikgate_allow_superusers
+        .store(false, Ordering::Relaxed);
+    let b = Browser::new();
+    sign_in(&b, &app, &p, "uns-admin", "/").await;
+    let res = link(&b, &app, "/", "admin", "admin-password").await;
+    assert_eq!(res.status(), 502);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("superusers may not sign in through unikgate"));
+    // An unknown login (a link made by the CLI).
+    let l = unikgate::links::Link {
+        id: "g".into(),
+        issuer: p.issuer(),
+        subject: "uns-ghost".into(),
+        matomo_login: "ghost".into(),
+        superuser: false,
+        created_at: 0,
+        last_login_at: None,
+    };
+    app.app.links.create(&l).await.unwrap().unwrap();
+    let res = sign_in(&Browser::new(), &app, &p, "uns-ghost", "/").await;
+    assert_eq!(res.status(), 502);
+    assert!(res.text().await.unwrap().contains("unknown login"));
+    assert!(
+        !m.state.user_exists("ghost"),
+        "the plugin never creates users"
+    );
+    // A secret that differs.
+    *m.state.unikgate_secret.lock().unwrap() = Some("a-different-secret-also-32-bytes-x".into());
+    let res = sign_in(&Browser::new(), &app, &p, "uns-admin", "/").await;
+    assert!(res.status() == 502 || location(&res).contains("link"));
+    // Clients never reach the plugin's module, whatever their session.
+    let c = Browser::new();
+    for q in [
+        "module=UnikGate&action=login",
+        "module=unikgate&action=whoami",
+        "module=Login&module=UnikGate",
+    ] {
+        assert_eq!(
+            c.get(&app.url(&format!("/index.php?{q}"))).await.status(),
+            403,
+            "{q}"
+        );
+    }
+    let res = c
+        .client
+        .post(app.url("/index.php"))
+        .form(&[
+            ("module", "UnikGate"),
+            ("action", "login"),
+            ("assertion", "x.y.z"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+}
+
+#[tokio::test]
+async fn doctor_checks_the_plugin_secret_and_clock() {
+    let (m, _p, app) = setup("").await;
+    let steps = unikgate::doctor::run(&app.app).await;
+    let get = |steps: &Vec<unikgate::doctor::Step>, n: &str| {
+        steps
+            .iter()
+            .find(|s| s.name == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n}: {steps:?}"))
+    };
+    assert!(get(&steps, "UnikGate plugin").ok, "{steps:?}");
+    assert!(get(&steps, "shared secret").ok, "{steps:?}");
+    assert!(get(&steps, "clock skew").ok, "{steps:?}");
+    m.state.clock_offset.store(25, Ordering::Relaxed);
+    let steps = unikgate::doctor::run(&app.app).await;
+    let skew = get(&steps, "clock skew");
+    assert!(!skew.ok && skew.detail.contains("+25"), "{skew:?}");
+    m.state.clock_offset.store(0, Ordering::Relaxed);
+    *m.state.unikgate_secret.lock().unwrap() = Some("a-different-secret-also-32-bytes-x".into());
+    let s = get(&unikgate::doctor::run(&app.app).await, "shared secret");
+    assert!(!s.ok && s.detail.contains("signature"), "{s:?}");
+    *m.state.unikgate_secret.lock().unwrap() = None;
+    let s = get(&unikgate::doctor::run(&app.app).await, "UnikGate plugin");
+    assert!(
+        !s.ok && s.detail.contains("plugin:activate UnikGate"),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn the_signed_minter_needs_a_long_enough_secret() {
+    let env = std::collections::HashMap::<String, String>::new();
+    let base = "[upstream]\nurl = \"http://127.0.0.1:9\"\n[matomo]\nminter = \"signed\"\n";
+    let errs = unikgate::config::Config::from_toml(base, &env).unwrap_err();
+    assert_eq!(errs[0].key, "matomo.shared_secret");
+    let errs =
+        unikgate::config::Config::from_toml(&format!("{base}shared_secret = \"short\"\n"), &env)
+            .unwrap_err();
+    assert!(errs[0].message.contains("32 bytes"));
+    assert!(unikgate::config::Config::from_toml(
+        &format!("{base}shared_secret = \"{SECRET}\"\n"),
+        &env
+    )
+    .is_ok());
+}
