@@ -18,6 +18,7 @@ pub mod redirect;
 pub mod routes;
 pub mod server;
 pub mod session;
+pub mod store;
 
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use crate::classify::Classifier;
 use crate::config::Config;
 use crate::config::MinterKind;
-use crate::links::{LinkStore, SqliteLinks};
+use crate::links::LinkStore;
 use crate::matomo::{AutoLogin, Minter, Signed};
 use crate::oidc::Oidc;
 use crate::pages::PageEnv;
@@ -59,6 +60,8 @@ pub struct App {
     pub upstream: Upstream,
     pub sessions: Sessions,
     pub links: Arc<dyn LinkStore>,
+    /// Both stores, for readiness.
+    pub stores: Arc<store::Stores>,
     /// None until the provider credentials are configured: unikgate then fails closed.
     pub oidc: Option<Oidc>,
     pub minter: Arc<dyn Minter>,
@@ -68,20 +71,10 @@ pub struct App {
 /// Opens the stores and assembles the application.
 pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
     let cfg = Arc::new(cfg);
-    let path = config::sqlite_path(&cfg.store.url)
-        .ok_or_else(|| format!("store.url {:?} is not supported", cfg.store.url))?;
-    let pool = links::open_sqlite(&path).await?;
-    let session_store = tower_sessions_sqlx_store::SqliteStore::new(pool.clone());
-    session_store.migrate().await.map_err(|e| {
-        format!(
-            "cannot prepare the session table in {}: {e}",
-            path.display()
-        )
-    })?;
-    spawn_expired_deletion(session_store.clone());
+    let stores = Arc::new(store::open(&cfg.store).await?);
     let key = session::load_key(cfg.session.key.as_ref(), cfg.data_dir().as_deref())?;
     let sessions = Sessions::new(
-        Arc::new(session_store),
+        stores.sessions.clone(),
         key,
         &cfg.session.cookie_name,
         cfg.public_is_https(),
@@ -120,7 +113,8 @@ pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
         classifier: Classifier::new(&cfg.server.prefix, &cfg.matomo.public_paths),
         upstream: Upstream::new(&cfg),
         sessions,
-        links: Arc::new(SqliteLinks::new(pool)),
+        links: stores.links.clone(),
+        stores,
         oidc,
         minter,
         metrics: None,
@@ -139,17 +133,4 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .ok()?
         .install_recorder()
         .ok()
-}
-
-fn spawn_expired_deletion(store: tower_sessions_sqlx_store::SqliteStore) {
-    use tower_sessions::ExpiredDeletion;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
-        loop {
-            tick.tick().await;
-            if let Err(e) = store.delete_expired().await {
-                tracing::warn!(error = %e, "could not delete expired sessions");
-            }
-        }
-    });
 }

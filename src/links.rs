@@ -7,6 +7,7 @@
 
 use async_trait::async_trait;
 use serde::Serialize;
+use sqlx::postgres::PgPool;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -219,6 +220,151 @@ impl LinkStore for SqliteLinks {
         let mut conn = self.pool.acquire().await?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        Ok(())
+    }
+}
+
+/// Links and attempt counters in PostgreSQL, shared by every replica.
+pub struct PgLinks {
+    pool: PgPool,
+}
+
+impl PgLinks {
+    pub fn new(pool: PgPool) -> Self {
+        PgLinks { pool }
+    }
+}
+
+type PgRow = (String, String, String, String, bool, i64, Option<i64>);
+
+fn from_pg_row(r: PgRow) -> Link {
+    Link {
+        id: r.0,
+        issuer: r.1,
+        subject: r.2,
+        matomo_login: r.3,
+        superuser: r.4,
+        created_at: r.5,
+        last_login_at: r.6,
+    }
+}
+
+#[async_trait]
+impl LinkStore for PgLinks {
+    async fn get(&self, issuer: &str, subject: &str) -> Result<Option<Link>, Error> {
+        let r: Option<PgRow> = sqlx::query_as(&format!(
+            "SELECT {COLS} FROM links WHERE issuer = $1 AND subject = $2"
+        ))
+        .bind(issuer)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.map(from_pg_row))
+    }
+
+    async fn get_by_login(&self, login: &str) -> Result<Option<Link>, Error> {
+        let r: Option<PgRow> = sqlx::query_as(&format!(
+            "SELECT {COLS} FROM links WHERE lower(matomo_login) = lower($1)"
+        ))
+        .bind(login)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.map(from_pg_row))
+    }
+
+    async fn create(&self, l: &Link) -> Result<Result<(), LinkConflict>, Error> {
+        let res = sqlx::query(
+            "INSERT INTO links (id, issuer, subject, matomo_login, superuser, created_at, last_login_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&l.id)
+        .bind(&l.issuer)
+        .bind(&l.subject)
+        .bind(&l.matomo_login)
+        .bind(l.superuser)
+        .bind(l.created_at)
+        .bind(l.last_login_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(Ok(())),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                if self.get(&l.issuer, &l.subject).await?.is_some() {
+                    Ok(Err(LinkConflict::Identity))
+                } else {
+                    Ok(Err(LinkConflict::Login))
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove(&self, issuer: &str, subject: &str) -> Result<bool, Error> {
+        let r = sqlx::query("DELETE FROM links WHERE issuer = $1 AND subject = $2")
+            .bind(issuer)
+            .bind(subject)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn remove_login(&self, login: &str) -> Result<bool, Error> {
+        let r = sqlx::query("DELETE FROM links WHERE lower(matomo_login) = lower($1)")
+            .bind(login)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn list(&self) -> Result<Vec<Link>, Error> {
+        let rows: Vec<PgRow> =
+            sqlx::query_as(&format!("SELECT {COLS} FROM links ORDER BY created_at"))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(from_pg_row).collect())
+    }
+
+    async fn touch(&self, id: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE links SET last_login_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn attempt(&self, key: &str, max: u32, window: Duration) -> Result<bool, Error> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // Replicas count the same key one at a time.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM attempts WHERE key = $1 AND at < $2")
+            .bind(key)
+            .bind(now - 24 * 3600 * 1000)
+            .execute(&mut *tx)
+            .await?;
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM attempts WHERE key = $1 AND at > $2")
+                .bind(key)
+                .bind(now - window.as_millis() as i64)
+                .fetch_one(&mut *tx)
+                .await?;
+        let allowed = n < max as i64;
+        if allowed {
+            sqlx::query("INSERT INTO attempts (key, at) VALUES ($1, $2)")
+                .bind(key)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(allowed)
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 }

@@ -614,7 +614,7 @@ async fn readyz(app: &App) -> Response {
             "provider: not configured yet: set provider.client_id / client_secret".to_string(),
         );
     }
-    if let Err(e) = app.links.ping().await {
+    if let Err(e) = app.stores.ping().await {
         problems.push(format!("store: {e}"));
     }
     let probe = app

@@ -120,8 +120,35 @@ pub struct SessionConfig {
 /// `[store]`: where sessions and links live.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// `sqlite://data/unikgate.db` (default; the file and folder are created).
+    /// `sqlite://data/unikgate.db` (default; the file and folder are created),
+    /// `postgres://user:pass@host/db`, or `redis://host:6379/0` (sessions only).
     pub url: String,
+    /// Sessions elsewhere than `url` (e.g. Redis while links stay in PostgreSQL).
+    pub sessions_url: String,
+    /// Links (and rate-limit counters) elsewhere than `url`: SQLite or PostgreSQL.
+    pub links_url: String,
+    /// Connections per database pool. Default 16.
+    pub max_connections: u32,
+}
+
+/// The kind of a store URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+    Redis,
+}
+
+/// What a store URL names, if anything unikgate supports.
+pub fn store_kind(url: &str) -> Option<StoreKind> {
+    let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
+    match scheme.as_str() {
+        "sqlite" => sqlite_path(url).map(|_| StoreKind::Sqlite),
+        "postgres" | "postgresql" => Some(StoreKind::Postgres),
+        "redis" | "rediss" => Some(StoreKind::Redis),
+        _ if url.starts_with("sqlite:") => sqlite_path(url).map(|_| StoreKind::Sqlite),
+        _ => None,
+    }
 }
 
 /// `[matomo]`: how unikgate treats Matomo.
@@ -218,6 +245,14 @@ impl Config {
         let session = section(&root, "session", env, &mut errors, read_session);
         let store = section(&root, "store", env, &mut errors, read_store);
         let matomo = section(&root, "matomo", env, &mut errors, read_matomo);
+        if let (Some(sess), Some(st)) = (&session, &store) {
+            if sess.key.is_none() && store_kind(&st.sessions_url) != Some(StoreKind::Sqlite) {
+                errors.push(ConfigError {
+                    key: "session.key".into(),
+                    message: "is required when sessions are in PostgreSQL or Redis (every replica must sign cookies with the same key): set session.key or session.key_file".into(),
+                });
+            }
+        }
         match (server, upstream, provider, session, store, matomo) {
             (
                 Some(server),
@@ -271,7 +306,7 @@ impl Config {
     /// The folder holding the embedded store (and the generated session key), if the store is a
     /// SQLite file.
     pub fn data_dir(&self) -> Option<PathBuf> {
-        sqlite_path(&self.store.url).map(|p| {
+        sqlite_path(&self.store.sessions_url).map(|p| {
             p.parent()
                 .map(|d| d.to_path_buf())
                 .unwrap_or_else(|| PathBuf::from("."))
@@ -353,7 +388,10 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "key_file",
         ],
     ),
-    ("store", &["url"]),
+    (
+        "store",
+        &["url", "sessions_url", "links_url", "max_connections"],
+    ),
     (
         "matomo",
         &[
@@ -641,13 +679,34 @@ pub fn sqlite_path(url: &str) -> Option<PathBuf> {
 
 fn read_store(r: &mut Reader<'_>) -> Option<StoreConfig> {
     let url = r.string("url", "sqlite://data/unikgate.db");
-    if sqlite_path(&url).is_none() {
+    let sessions_url = r.opt_string("sessions_url").unwrap_or_else(|| url.clone());
+    let links_url = r.opt_string("links_url").unwrap_or_else(|| url.clone());
+    for (key, value) in [
+        ("url", &url),
+        ("sessions_url", &sessions_url),
+        ("links_url", &links_url),
+    ] {
+        if store_kind(value).is_none() {
+            r.error(
+                key,
+                "is not a supported store: use sqlite://path/to/file.db, postgres://user:password@host/database or redis://host:6379/0",
+            );
+        }
+    }
+    if store_kind(&links_url) == Some(StoreKind::Redis) && !r.has_error_for("url") {
+        let key = if links_url == url { "url" } else { "links_url" };
         r.error(
-            "url",
-            format!("{url:?} is not a supported store: use sqlite://path/to/file.db"),
+            key,
+            "links need a database: with Redis for sessions, set store.links_url to a postgres:// (or sqlite://) URL",
         );
     }
-    Some(StoreConfig { url })
+    let max_connections = r.u64("max_connections", 16, 1, 1000) as u32;
+    Some(StoreConfig {
+        url,
+        sessions_url,
+        links_url,
+        max_connections,
+    })
 }
 
 fn read_matomo(r: &mut Reader<'_>) -> Option<MatomoConfig> {
@@ -765,6 +824,33 @@ mod tests {
     fn missing_upstream_is_named() {
         let errs = Config::from_toml("", &env(&[])).unwrap_err();
         assert_eq!(errs[0].key, "upstream.url");
+    }
+
+    #[test]
+    fn stores() {
+        let e = env(&[]);
+        let c = Config::from_toml(
+            &format!(
+                "{MIN}[store]\nurl = \"postgres://u:p@db/unikgate\"\n[session]\nkey = \"{}\"\n",
+                "k".repeat(64)
+            ),
+            &e,
+        )
+        .unwrap();
+        assert_eq!(c.store.links_url, "postgres://u:p@db/unikgate");
+        let errs = Config::from_toml(&format!("{MIN}[store]\nurl = \"redis://cache:6379\"\n"), &e)
+            .unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(
+            keys.contains(&"store.url") && keys.contains(&"session.key"),
+            "{errs:?}"
+        );
+        assert!(errs
+            .iter()
+            .any(|e| e.message.contains("links need a database")));
+        let ok = format!("{MIN}[store]\nurl = \"redis://cache:6379\"\nlinks_url = \"postgres://db/u\"\n[session]\nkey = \"{}\"\n", "k".repeat(64));
+        assert!(Config::from_toml(&ok, &e).is_ok());
+        assert!(Config::from_toml(&format!("{MIN}[store]\nurl = \"mysql://x\"\n"), &e).is_err());
     }
 
     #[test]

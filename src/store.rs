@@ -1,0 +1,216 @@
+//! Opening the stores named by `[store]`: the session store (SQLite, PostgreSQL or Redis, through
+//! tower-sessions' stores) and the link store (SQLite or PostgreSQL, see `links.rs`). One pool per
+//! distinct URL, bounded; migrations embedded per backend.
+//!
+//! Invariant: the only module that knows which backend is behind a URL; everything else sees
+//! `Arc<dyn SessionStore>` and `Arc<dyn LinkStore>`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, Pool as RedisPool, ReconnectPolicy};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::SqlitePool;
+use tower_sessions::session_store::SessionStore;
+use tower_sessions::ExpiredDeletion;
+
+use crate::config::{sqlite_path, store_kind, StoreConfig, StoreKind};
+use crate::error::Error;
+use crate::links::{open_sqlite, LinkStore, PgLinks, SqliteLinks};
+
+/// How long a request may wait for a database connection or a Redis answer before the store
+/// counts as unavailable (503).
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Stores {
+    pub links: Arc<dyn LinkStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    probe: SessionProbe,
+}
+
+enum SessionProbe {
+    /// The sessions share a database with the links: the link store's ping covers them.
+    SameAsLinks,
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+    Redis(RedisPool),
+}
+
+#[derive(Default)]
+struct Pools {
+    sqlite: HashMap<String, SqlitePool>,
+    postgres: HashMap<String, PgPool>,
+}
+
+impl Pools {
+    async fn sqlite(&mut self, url: &str) -> Result<SqlitePool, String> {
+        if let Some(p) = self.sqlite.get(url) {
+            return Ok(p.clone());
+        }
+        let path = sqlite_path(url).ok_or_else(|| format!("{url:?} is not a SQLite file"))?;
+        let pool = open_sqlite(&path).await?;
+        self.sqlite.insert(url.to_string(), pool.clone());
+        Ok(pool)
+    }
+
+    async fn postgres(&mut self, url: &str, max: u32) -> Result<PgPool, String> {
+        if let Some(p) = self.postgres.get(url) {
+            return Ok(p.clone());
+        }
+        let opts: PgConnectOptions = url
+            .parse()
+            .map_err(|e| format!("store: {} is not a PostgreSQL URL: {e}", redact(url)))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(STORE_TIMEOUT)
+            .connect_with(opts)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| format!("cannot prepare {}: {e}", redact(url)))?;
+        self.postgres.insert(url.to_string(), pool.clone());
+        Ok(pool)
+    }
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn open_redis(url: &str, max: u32) -> Result<RedisPool, String> {
+    let config = fred::prelude::Config::from_url(url)
+        .map_err(|e| format!("store: {} is not a Redis URL: {e}", redact(url)))?;
+    let pool = fred::prelude::Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = STORE_TIMEOUT;
+            c.internal_command_timeout = STORE_TIMEOUT;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = STORE_TIMEOUT;
+        })
+        // Reconnect forever, 100 ms to 2 s apart: the store comes back by itself.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build_pool((max as usize).clamp(1, 32))
+        .map_err(|e| format!("store: {}: {e}", redact(url)))?;
+    pool.init()
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+    Ok(pool)
+}
+
+/// Opens every store the configuration names (they must be reachable at start).
+pub async fn open(cfg: &StoreConfig) -> Result<Stores, String> {
+    let mut pools = Pools::default();
+    let links: Arc<dyn LinkStore> = match store_kind(&cfg.links_url) {
+        Some(StoreKind::Sqlite) => Arc::new(SqliteLinks::new(pools.sqlite(&cfg.links_url).await?)),
+        Some(StoreKind::Postgres) => Arc::new(PgLinks::new(
+            pools.postgres(&cfg.links_url, cfg.max_connections).await?,
+        )),
+        _ => return Err("store.links_url must be a sqlite:// or postgres:// URL".into()),
+    };
+    let same = cfg.sessions_url == cfg.links_url;
+    let (sessions, probe): (Arc<dyn SessionStore>, SessionProbe) =
+        match store_kind(&cfg.sessions_url) {
+            Some(StoreKind::Sqlite) => {
+                let pool = pools.sqlite(&cfg.sessions_url).await?;
+                let store = tower_sessions_sqlx_store::SqliteStore::new(pool.clone());
+                store
+                    .migrate()
+                    .await
+                    .map_err(|e| format!("cannot prepare the session table: {e}"))?;
+                spawn_expired_deletion(store.clone());
+                (
+                    Arc::new(store),
+                    if same {
+                        SessionProbe::SameAsLinks
+                    } else {
+                        SessionProbe::Sqlite(pool)
+                    },
+                )
+            }
+            Some(StoreKind::Postgres) => {
+                let pool = pools
+                    .postgres(&cfg.sessions_url, cfg.max_connections)
+                    .await?;
+                let store = tower_sessions_sqlx_store::PostgresStore::new(pool.clone());
+                store
+                    .migrate()
+                    .await
+                    .map_err(|e| format!("cannot prepare the session table: {e}"))?;
+                spawn_expired_deletion(store.clone());
+                (
+                    Arc::new(store),
+                    if same {
+                        SessionProbe::SameAsLinks
+                    } else {
+                        SessionProbe::Postgres(pool)
+                    },
+                )
+            }
+            Some(StoreKind::Redis) => {
+                let pool = open_redis(&cfg.sessions_url, cfg.max_connections).await?;
+                // Redis expires sessions itself (EXAT on every save).
+                (
+                    Arc::new(tower_sessions_redis_store::RedisStore::new(pool.clone())),
+                    SessionProbe::Redis(pool),
+                )
+            }
+            None => return Err("store.sessions_url is not supported".into()),
+        };
+    Ok(Stores {
+        links,
+        sessions,
+        probe,
+    })
+}
+
+impl Stores {
+    /// Both stores answer (and the link database accepts writes).
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.links.ping().await?;
+        let down = |e: String| {
+            tracing::error!(error = %e, "session store unavailable");
+            Error::StoreUnavailable
+        };
+        match &self.probe {
+            SessionProbe::SameAsLinks => Ok(()),
+            SessionProbe::Sqlite(p) => sqlx::query("SELECT 1")
+                .execute(p)
+                .await
+                .map(|_| ())
+                .map_err(|e| down(e.to_string())),
+            SessionProbe::Postgres(p) => sqlx::query("SELECT 1")
+                .execute(p)
+                .await
+                .map(|_| ())
+                .map_err(|e| down(e.to_string())),
+            SessionProbe::Redis(p) => p
+                .ping::<String>(None)
+                .await
+                .map(|_| ())
+                .map_err(|e| down(e.to_string())),
+        }
+    }
+}
+
+fn spawn_expired_deletion<S: ExpiredDeletion + Clone + 'static>(store: S) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.delete_expired().await {
+                tracing::warn!(error = %e, "could not delete expired sessions");
+            }
+        }
+    });
+}
