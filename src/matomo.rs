@@ -159,10 +159,7 @@ impl Minter for Signed {
         cookie_value: &str,
         client_ip: IpAddr,
     ) -> Result<Option<String>, Error> {
-        let mut h = HeaderMap::new();
-        let v = HeaderValue::from_str(&format!("{MATOMO_COOKIE}={cookie_value}"))
-            .map_err(|_| Error::BadRequest("the Matomo cookie is not valid".into()))?;
-        h.insert(COOKIE, v);
+        let h = cookie_headers(cookie_value)?;
         let a = up
             .call(
                 Method::GET,
@@ -259,6 +256,15 @@ pub fn set_cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         }
     }
     found
+}
+
+/// Request headers carrying only the Matomo session cookie `value`.
+fn cookie_headers(value: &str) -> Result<HeaderMap, Error> {
+    let v = HeaderValue::from_str(&format!("{MATOMO_COOKIE}={value}"))
+        .map_err(|_| Error::BadRequest("the Matomo cookie is not valid".into()))?;
+    let mut h = HeaderMap::new();
+    h.insert(COOKIE, v);
+    Ok(h)
 }
 
 /// The value of cookie `name` in a request's `Cookie` headers.
@@ -361,10 +367,7 @@ pub async fn who_am_i(
     cookie_value: &str,
     client_ip: IpAddr,
 ) -> Result<Option<String>, Error> {
-    let mut h = HeaderMap::new();
-    let v = HeaderValue::from_str(&format!("{MATOMO_COOKIE}={cookie_value}"))
-        .map_err(|_| Error::BadRequest("the Matomo cookie is not valid".into()))?;
-    h.insert(COOKIE, v);
+    let h = cookie_headers(cookie_value)?;
     let a = up
         .call(
             Method::GET,
@@ -407,11 +410,9 @@ pub fn parse_user_login(html: &str) -> Option<String> {
 
 /// Ends a Matomo session (contract: "Logout").
 pub async fn logout(up: &Upstream, cookie_value: &str, client_ip: IpAddr) -> Result<(), Error> {
-    let mut h = HeaderMap::new();
-    let Ok(v) = HeaderValue::from_str(&format!("{MATOMO_COOKIE}={cookie_value}")) else {
+    let Ok(h) = cookie_headers(cookie_value) else {
         return Ok(());
     };
-    h.insert(COOKIE, v);
     up.call(
         Method::GET,
         "/index.php?module=Login&action=logout",

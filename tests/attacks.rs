@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::provider::FakeProvider;
-use support::{config, csrf_of, location, payloads, Browser, StandIn, TestApp};
+use support::{config, csrf_of, linked, location, payloads, Browser, StandIn, TestApp};
 
 fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -36,44 +36,6 @@ fn assert_local(app: &TestApp, loc: &str, payload: &str) {
         loc.starts_with(&app.url("/")),
         "payload {payload:?}: Location {loc:?} is not absolute on the public origin"
     );
-}
-
-async fn linked(app: &TestApp, p: &FakeProvider, sub: &str, login: &str, pw: &str) -> Browser {
-    let b = Browser::new();
-    p.set_sub(sub);
-    let html = b
-        .get(&app.url("/_unikgate/sign_in"))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let res = b
-        .post(
-            &app.url("/_unikgate/start"),
-            &[("csrf", &csrf_of(&html)), ("rd", "/")],
-        )
-        .await;
-    let res = b.get(&location(&res)).await;
-    b.get(&location(&res)).await;
-    let html = b
-        .get(&app.url("/_unikgate/link"))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let res = b
-        .post(
-            &app.url("/_unikgate/link"),
-            &[
-                ("csrf", &csrf_of(&html)),
-                ("mode", "password"),
-                ("login", login),
-                ("password", pw),
-            ],
-        )
-        .await;
-    assert_eq!(res.status(), 302);
-    b
 }
 
 fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {

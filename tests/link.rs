@@ -8,90 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::provider::{FakeProvider, NodeProvider, CLIENT_SECRET};
-use support::{config, csrf_of, location, Browser, StandIn, TestApp};
-
-fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-/// A whole sign-in through the fake provider as `sub`; returns the callback's answer.
-async fn sign_in(
-    b: &Browser,
-    app: &TestApp,
-    p: &FakeProvider,
-    sub: &str,
-    rd: &str,
-) -> reqwest::Response {
-    p.set_sub(sub);
-    let html = b
-        .get(&app.url(&format!("/_unikgate/sign_in?rd={}", enc(rd))))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let res = b
-        .post(
-            &app.url("/_unikgate/start"),
-            &[("csrf", &csrf_of(&html)), ("rd", rd)],
-        )
-        .await;
-    let res = b.get(&location(&res)).await;
-    b.get(&location(&res)).await
-}
-
-/// The link page's form posted with a password.
-async fn link_password(
-    b: &Browser,
-    app: &TestApp,
-    rd: &str,
-    login: &str,
-    password: &str,
-) -> reqwest::Response {
-    let html = b
-        .get(&app.url(&format!("/_unikgate/link?rd={}", enc(rd))))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let csrf = csrf_of(&html);
-    b.post(
-        &app.url("/_unikgate/link"),
-        &[
-            ("csrf", &csrf),
-            ("rd", rd),
-            ("mode", "password"),
-            ("login", login),
-            ("password", password),
-        ],
-    )
-    .await
-}
+use support::{
+    config, csrf_of, link_password, linked, location, sign_in, Browser, StandIn, TestApp,
+};
 
 async fn setup_with(extra: &str) -> (StandIn, FakeProvider, TestApp) {
     let m = StandIn::start().await;
     let p = FakeProvider::start().await;
     let app = TestApp::start(&config(&m.url(), &p.config(), extra)).await;
     (m, p, app)
-}
-
-/// A browser signed in as `sub` and linked to `login`, sitting on Matomo's UI.
-async fn linked(
-    app: &TestApp,
-    p: &FakeProvider,
-    sub: &str,
-    login: &str,
-    password: &str,
-) -> Browser {
-    let b = Browser::new();
-    let res = sign_in(&b, app, p, sub, "/").await;
-    assert!(
-        location(&res).contains("/_unikgate/link"),
-        "{}",
-        location(&res)
-    );
-    let res = link_password(&b, app, "/", login, password).await;
-    assert_eq!(res.status(), 302, "{}", res.text().await.unwrap());
-    b
 }
 
 async fn ui_as(b: &Browser, app: &TestApp, path: &str) -> (u16, String) {

@@ -7,7 +7,7 @@ mod support;
 use std::sync::atomic::Ordering;
 
 use support::provider::FakeProvider;
-use support::{config, csrf_of, location, Browser, StandIn, TestApp};
+use support::{config, link_password, location, sign_in, Browser, StandIn, TestApp};
 use unikgate::matomo::{sign_hs256, Signed};
 
 const SECRET: &str = "unikgate-and-matomo-share-this-32b+";
@@ -179,51 +179,6 @@ async fn setup(extra: &str) -> (StandIn, FakeProvider, TestApp) {
     (m, p, app)
 }
 
-async fn sign_in(
-    b: &Browser,
-    app: &TestApp,
-    p: &FakeProvider,
-    sub: &str,
-    rd: &str,
-) -> reqwest::Response {
-    p.set_sub(sub);
-    let q: String = form_urlencoded::byte_serialize(rd.as_bytes()).collect();
-    let html = b
-        .get(&app.url(&format!("/_unikgate/sign_in?rd={q}")))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let res = b
-        .post(
-            &app.url("/_unikgate/start"),
-            &[("csrf", &csrf_of(&html)), ("rd", rd)],
-        )
-        .await;
-    let res = b.get(&location(&res)).await;
-    b.get(&location(&res)).await
-}
-
-async fn link(b: &Browser, app: &TestApp, rd: &str, login: &str, pw: &str) -> reqwest::Response {
-    let html = b
-        .get(&app.url("/_unikgate/link"))
-        .await
-        .text()
-        .await
-        .unwrap();
-    b.post(
-        &app.url("/_unikgate/link"),
-        &[
-            ("csrf", &csrf_of(&html)),
-            ("rd", rd),
-            ("mode", "password"),
-            ("login", login),
-            ("password", pw),
-        ],
-    )
-    .await
-}
-
 #[tokio::test]
 async fn the_journey_with_the_signed_minter() {
     let (m, p, app) = setup("").await;
@@ -231,7 +186,7 @@ async fn the_journey_with_the_signed_minter() {
     let deep = "/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday";
     let res = sign_in(&b, &app, &p, "uns-alice", deep).await;
     assert!(location(&res).contains("/_unikgate/link"));
-    let res = link(&b, &app, deep, "alice", "alice-password").await;
+    let res = link_password(&b, &app, deep, "alice", "alice-password").await;
     assert_eq!(res.status(), 302);
     assert_eq!(location(&res), app.url(deep));
     let html = b.get(&app.url(deep)).await.text().await.unwrap();
@@ -294,7 +249,7 @@ async fn refusals_of_the_plugin_reach_the_user_as_clear_pages() {
         .store(false, Ordering::Relaxed);
     let b = Browser::new();
     sign_in(&b, &app, &p, "uns-admin", "/").await;
-    let res = link(&b, &app, "/", "admin", "admin-password").await;
+    let res = link_password(&b, &app, "/", "admin", "admin-password").await;
     assert_eq!(res.status(), 502);
     assert!(res
         .text()

@@ -226,6 +226,84 @@ pub fn location(res: &reqwest::Response) -> String {
         .unwrap_or_default()
 }
 
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A whole sign-in through the fake provider as `sub`, returning to `rd`; returns the callback's
+/// answer (a redirect to the link page, to `rd`, or an error page).
+pub async fn sign_in(
+    b: &Browser,
+    app: &TestApp,
+    p: &provider::FakeProvider,
+    sub: &str,
+    rd: &str,
+) -> reqwest::Response {
+    p.set_sub(sub);
+    let html = b
+        .get(&app.url(&format!("/_unikgate/sign_in?rd={}", enc(rd))))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let res = b
+        .post(
+            &app.url("/_unikgate/start"),
+            &[("csrf", &csrf_of(&html)), ("rd", rd)],
+        )
+        .await;
+    assert_eq!(res.status(), 303, "start redirects to the provider");
+    let res = b.get(&location(&res)).await;
+    b.get(&location(&res)).await
+}
+
+/// The link page's form, posted with a Matomo login and password.
+pub async fn link_password(
+    b: &Browser,
+    app: &TestApp,
+    rd: &str,
+    login: &str,
+    password: &str,
+) -> reqwest::Response {
+    let html = b
+        .get(&app.url(&format!("/_unikgate/link?rd={}", enc(rd))))
+        .await
+        .text()
+        .await
+        .unwrap();
+    b.post(
+        &app.url("/_unikgate/link"),
+        &[
+            ("csrf", &csrf_of(&html)),
+            ("rd", rd),
+            ("mode", "password"),
+            ("login", login),
+            ("password", password),
+        ],
+    )
+    .await
+}
+
+/// A browser signed in as `sub` and linked to `login`.
+pub async fn linked(
+    app: &TestApp,
+    p: &provider::FakeProvider,
+    sub: &str,
+    login: &str,
+    password: &str,
+) -> Browser {
+    let b = Browser::new();
+    let res = sign_in(&b, app, p, sub, "/").await;
+    assert!(
+        location(&res).contains("/_unikgate/link"),
+        "{}",
+        location(&res)
+    );
+    let res = link_password(&b, app, "/", login, password).await;
+    assert_eq!(res.status(), 302, "linking {login}");
+    b
+}
+
 /// The hidden CSRF token of a unikgate page.
 pub fn csrf_of(html: &str) -> String {
     let i = html.find("name=\"csrf\" value=\"").expect("a csrf field");
