@@ -50,7 +50,7 @@ async fn main() {
             display: None,
             signed_in: now_ms(),
             id_token: None,
-            link_id: Some(link.id.clone()),
+            link: Some((&link).into()),
             matomo: Some(MatomoSession {
                 login: "alice".into(),
                 cookie_hash: cookie_hash(MATOMO_COOKIE_VALUE),

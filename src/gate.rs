@@ -263,13 +263,6 @@ pub async fn finish(app: &App, sess: Sess, mut res: Response) -> Response {
     }
 }
 
-fn path_and_query(req: &Request) -> String {
-    req.uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into())
-}
-
 async fn ui_inner(
     app: &Arc<App>,
     ctx: &Ctx,
@@ -277,7 +270,11 @@ async fn ui_inner(
     req: Request,
     login_module: bool,
 ) -> Result<Response, Error> {
-    let rd = crate::redirect::safe_rd(&path_and_query(&req), &app.cfg.server.prefix);
+    let uri = req.uri().clone();
+    let rd = || {
+        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        crate::redirect::safe_rd(pq, &app.cfg.server.prefix)
+    };
     let signed_in = if app.sessions.has_cookie(req.headers()) {
         app.sessions.load(sess).await?.user.clone()
     } else {
@@ -292,24 +289,24 @@ async fn ui_inner(
         if app.oidc.is_none() {
             return Err(Error::NotConfigured);
         }
-        return Ok(redirect_local(app, &own_url(app, "sign_in", &rd)));
+        return Ok(redirect_local(app, &own_url(app, "sign_in", &rd())));
     };
-    let link = app.links.get(&user.issuer, &user.subject).await?;
-    let link = match (&user.link_id, link) {
-        (Some(id), Some(l)) if *id == l.id => l,
-        (Some(_), _) => {
-            // The link this session was made with is gone (unlinked here, elsewhere or by the CLI).
-            tracing::info!(target: "unikgate::audit", event = "session_ended", subject = %user.subject, reason = "link removed");
-            sess.end().await?;
-            let mut res = redirect_local(app, &own_url(app, "sign_in", &rd));
-            clear_matomo_cookie(app, res.headers_mut());
-            return Ok(res);
-        }
-        (None, None) => return Ok(redirect_local(app, &own_url(app, "link", &rd))),
-        (None, Some(l)) => {
-            user.link_id = Some(l.id.clone());
-            l
-        }
+    let link = match &user.link {
+        Some(l) => l.clone(),
+        // Not linked when this session began: linked since (another browser, the CLI)?
+        None => match app.links.get(&user.issuer, &user.subject).await? {
+            None => return Ok(redirect_local(app, &own_url(app, "link", &rd()))),
+            Some(l) => {
+                if let Some(id) = sess.id() {
+                    app.links
+                        .index_session(&user.issuer, &user.subject, &id)
+                        .await?;
+                }
+                let r = crate::session::LinkRef::from(&l);
+                user.link = Some(r.clone());
+                r
+            }
+        },
     };
     if link.superuser && app.cfg.matomo.deny_superusers {
         sess.end().await?;

@@ -68,6 +68,26 @@ pub struct App {
     pub metrics: Option<PrometheusHandle>,
 }
 
+impl App {
+    /// Removes the link of an identity and ends every session of it, on every replica (the
+    /// sessions are deleted from the shared store). The web's unlink and the CLI both use this.
+    pub async fn unlink(&self, issuer: &str, subject: &str) -> Result<bool, error::Error> {
+        let removed = self.links.remove(issuer, subject).await?;
+        for id in self.links.take_sessions(issuer, subject).await? {
+            self.sessions.delete_id(&id).await?;
+        }
+        Ok(removed)
+    }
+
+    /// [`App::unlink`] by Matomo login.
+    pub async fn unlink_login(&self, login: &str) -> Result<bool, error::Error> {
+        match self.links.get_by_login(login).await? {
+            Some(l) => self.unlink(&l.issuer, &l.subject).await,
+            None => Ok(false),
+        }
+    }
+}
+
 /// Opens the stores and assembles the application.
 pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
     let cfg = Arc::new(cfg);
@@ -100,6 +120,21 @@ pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
         &provider_host,
         Some(&Oidc::authorize_origin(&cfg)),
     ));
+    {
+        // The identity → sessions index outlives no session: prune rows older than a session can be.
+        let links = stores.links.clone();
+        let absolute = cfg.session.absolute_timeout;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let before = session::now_ms() - absolute.as_millis() as i64;
+                if let Err(e) = links.prune_sessions(before).await {
+                    tracing::warn!(error = %e, "could not prune the identity → sessions index");
+                }
+            }
+        });
+    }
     let minter: Arc<dyn Minter> = match (cfg.matomo.minter, &cfg.matomo.shared_secret) {
         (MinterKind::Signed, Some(secret)) => {
             Arc::new(Signed::new(secret.clone(), &cfg.public_origin()))

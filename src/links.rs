@@ -53,6 +53,17 @@ pub trait LinkStore: Send + Sync + 'static {
     async fn attempt(&self, key: &str, max: u32, window: Duration) -> Result<bool, Error>;
     /// Proves the store answers and accepts writes.
     async fn ping(&self) -> Result<(), Error>;
+    /// Records that `session_id` belongs to this identity.
+    async fn index_session(
+        &self,
+        issuer: &str,
+        subject: &str,
+        session_id: &str,
+    ) -> Result<(), Error>;
+    /// Forgets and returns the sessions of this identity (to end them).
+    async fn take_sessions(&self, issuer: &str, subject: &str) -> Result<Vec<String>, Error>;
+    /// Forgets index rows created before `before` (ms): their sessions have ended anyway.
+    async fn prune_sessions(&self, before: i64) -> Result<(), Error>;
 }
 
 /// Opens (creating when needed) the SQLite database of `sqlite://path`, with WAL and a busy
@@ -215,6 +226,41 @@ impl LinkStore for SqliteLinks {
         Ok(true)
     }
 
+    async fn index_session(
+        &self,
+        issuer: &str,
+        subject: &str,
+        session_id: &str,
+    ) -> Result<(), Error> {
+        sqlx::query("INSERT OR IGNORE INTO identity_sessions (issuer, subject, session_id, created_at) VALUES (?, ?, ?, ?)")
+            .bind(issuer)
+            .bind(subject)
+            .bind(session_id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_sessions(&self, issuer: &str, subject: &str) -> Result<Vec<String>, Error> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "DELETE FROM identity_sessions WHERE issuer = ? AND subject = ? RETURNING session_id",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn prune_sessions(&self, before: i64) -> Result<(), Error> {
+        sqlx::query("DELETE FROM identity_sessions WHERE created_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         // Readiness means writable: take the write lock and give it back, writing nothing.
         let mut conn = self.pool.acquire().await?;
@@ -361,6 +407,43 @@ impl LinkStore for PgLinks {
         }
         tx.commit().await?;
         Ok(allowed)
+    }
+
+    async fn index_session(
+        &self,
+        issuer: &str,
+        subject: &str,
+        session_id: &str,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO identity_sessions (issuer, subject, session_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .bind(session_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_sessions(&self, issuer: &str, subject: &str) -> Result<Vec<String>, Error> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "DELETE FROM identity_sessions WHERE issuer = $1 AND subject = $2 RETURNING session_id",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn prune_sessions(&self, before: i64) -> Result<(), Error> {
+        sqlx::query("DELETE FROM identity_sessions WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), Error> {

@@ -309,7 +309,7 @@ async fn links_cmd(
             if json {
                 println!("{{\"removed\":{removed}}}");
             } else if removed {
-                println!("removed the link of {who}; its sessions end at their next request");
+                println!("removed the link of {who} and ended its sessions");
             } else {
                 println!("no link found for {who}");
             }

@@ -20,7 +20,7 @@ use crate::links::{Link, LinkConflict};
 use crate::matomo::{self, Proof, MATOMO_COOKIE};
 use crate::pages::{AccountPage, LinkPage, SignInPage};
 use crate::redirect::safe_rd;
-use crate::session::{cookie_hash, now_ms, MatomoSession, Sess, UserSession};
+use crate::session::{cookie_hash, now_ms, LinkRef, MatomoSession, Sess, UserSession};
 use crate::App;
 
 /// Largest form accepted by unikgate's own endpoints.
@@ -244,13 +244,14 @@ async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Res
         display: id.email.clone(),
         signed_in: now,
         id_token: id.id_token.clone(),
-        link_id: None,
+        link: None,
         matomo: None,
     };
     tracing::info!(target: "unikgate::audit", event = "sign_in", subject = %id.subject, client_ip = %ctx.client_ip);
     let link = app.links.get(&id.issuer, &id.subject).await?;
     let Some(link) = link else {
         data.user = Some(user);
+        index_this_session(app, sess, &id.issuer, &id.subject).await?;
         return Ok(redirect_local(app, &own_url(app, "link", &pending.rd)));
     };
     if link.superuser && app.cfg.matomo.deny_superusers {
@@ -266,19 +267,34 @@ async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Res
             return Err(e);
         }
     };
-    user.link_id = Some(link.id.clone());
+    user.link = Some(LinkRef::from(&link));
     user.matomo = Some(MatomoSession {
         login: link.matomo_login.clone(),
         cookie_hash: cookie_hash(&v),
         seen: now,
     });
     data.user = Some(user);
+    index_this_session(app, sess, &id.issuer, &id.subject).await?;
     if let Err(e) = app.links.touch(&link.id).await {
         tracing::warn!(error = %e, "could not record the last sign-in time");
     }
     let mut res = redirect_local(app, &pending.rd);
     append_matomo_cookie(app, res.headers_mut(), &v);
     Ok(res)
+}
+
+/// Saves the session now (it needs its id) and records it under its identity, so that unlinking
+/// the identity anywhere ends it.
+async fn index_this_session(
+    app: &App,
+    sess: &mut Sess,
+    issuer: &str,
+    subject: &str,
+) -> Result<(), Error> {
+    if let Some(id) = sess.save_now().await? {
+        app.links.index_session(issuer, subject, &id).await?;
+    }
+    Ok(())
 }
 
 /// The signed-in user, or a redirect to sign in.
@@ -461,7 +477,7 @@ async fn link_post(
     }
     tracing::info!(target: "unikgate::audit", event = "link", subject = %user.subject, matomo_login = %login, client_ip = %ctx.client_ip);
     let v = mint(app, ctx, &login, &user.subject, "link").await?;
-    user.link_id = Some(link.id);
+    user.link = Some(LinkRef::from(&link));
     user.matomo = Some(MatomoSession {
         login,
         cookie_hash: cookie_hash(&v),
@@ -536,7 +552,7 @@ async fn unlink(
         Ok(u) => u,
         Err(r) => return Ok(r),
     };
-    let removed = app.links.remove(&user.issuer, &user.subject).await?;
+    let removed = app.unlink(&user.issuer, &user.subject).await?;
     tracing::info!(target: "unikgate::audit", event = "unlink", subject = %user.subject, client_ip = %ctx.client_ip, removed);
     end_everything(app, ctx, sess, headers).await?;
     let mut res = redirect_local(

@@ -83,10 +83,30 @@ pub struct UserSession {
     pub signed_in: i64,
     /// For `id_token_hint` at RP-initiated logout.
     pub id_token: Option<String>,
-    /// The link this session uses; when the link is removed or replaced, the session ends.
-    pub link_id: Option<String>,
+    /// The link this session signed in with. Removing a link ends its sessions (they are deleted
+    /// through the identity → sessions index), so a live session implies a live link.
+    #[serde(default)]
+    pub link: Option<LinkRef>,
     /// The Matomo session unikgate minted for this browser.
     pub matomo: Option<MatomoSession>,
+}
+
+/// What a session needs of its link on every request (no link-store read on the hot path).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinkRef {
+    pub id: String,
+    pub matomo_login: String,
+    pub superuser: bool,
+}
+
+impl From<&crate::links::Link> for LinkRef {
+    fn from(l: &crate::links::Link) -> Self {
+        LinkRef {
+            id: l.id.clone(),
+            matomo_login: l.matomo_login.clone(),
+            superuser: l.superuser,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -326,6 +346,11 @@ impl Sess {
 
     pub fn data(&self) -> Option<&SessionData> {
         self.data.as_ref()
+    }
+
+    /// The session id, once the session exists in the store.
+    pub fn id(&self) -> Option<String> {
+        self.inner.id().map(|i| i.to_string())
     }
 }
 

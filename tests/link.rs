@@ -343,7 +343,8 @@ async fn unlink_in_one_browser_ends_the_other_browsers_session() {
 async fn a_link_removed_by_the_cli_ends_sessions() {
     let (_m, p, app) = setup_with("").await;
     let b = linked(&app, &p, "uns-alice", "alice", "alice-password").await;
-    assert!(app.app.links.remove_login("alice").await.unwrap());
+    // What `unikgate links remove --login alice` does.
+    assert!(app.app.unlink_login("alice").await.unwrap());
     let res = b.get(&app.url("/index.php?module=CoreHome")).await;
     assert!(location(&res).contains("/_unikgate/sign_in"));
 }
