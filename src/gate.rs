@@ -39,14 +39,22 @@ pub fn router(app: Arc<App>) -> Router {
     use tower_http::request_id::{
         MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
     };
-    #[derive(Clone, Default)]
-    struct Ids;
+    /// Request ids: a random per-process prefix and a counter (no syscall per request). They only
+    /// correlate pages with log lines; nothing trusts them.
+    #[derive(Clone)]
+    struct Ids(Arc<(String, std::sync::atomic::AtomicU64)>);
     impl MakeRequestId for Ids {
         fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-            let t = crate::random_token();
-            HeaderValue::from_str(&t[..16]).ok().map(RequestId::new)
+            let n = self.0 .1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            HeaderValue::from_str(&format!("{}-{n:x}", self.0 .0))
+                .ok()
+                .map(RequestId::new)
         }
     }
+    let ids = Ids(Arc::new((
+        crate::random_token()[..8].to_string(),
+        std::sync::atomic::AtomicU64::new(1),
+    )));
     let x_request_id = http::HeaderName::from_static("x-request-id");
     Router::new()
         .fallback(entry)
@@ -65,7 +73,7 @@ pub fn router(app: Arc<App>) -> Router {
             }),
         )
         // Client-sent request ids are replaced: the id in logs and on pages is always ours.
-        .layer(SetRequestIdLayer::new(x_request_id.clone(), Ids))
+        .layer(SetRequestIdLayer::new(x_request_id.clone(), ids))
         .layer(axum::middleware::from_fn(drop_client_request_id))
 }
 

@@ -451,3 +451,25 @@ impl LinkStore for PgLinks {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_session_index_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = SqliteLinks::new(open_sqlite(&dir.path().join("t.db")).await.unwrap());
+        links.index_session("iss", "sub", "s1").await.unwrap();
+        links.index_session("iss", "sub", "s2").await.unwrap();
+        links.index_session("iss", "other", "s3").await.unwrap();
+        let mut got = links.take_sessions("iss", "sub").await.unwrap();
+        got.sort();
+        assert_eq!(got, vec!["s1", "s2"]);
+        assert!(links.take_sessions("iss", "sub").await.unwrap().is_empty());
+        assert_eq!(
+            links.take_sessions("iss", "other").await.unwrap(),
+            vec!["s3"]
+        );
+    }
+}

@@ -298,11 +298,11 @@ async fn links_cmd(
             }
         }
         LinksAction::Remove { who, login, issuer } => {
+            // Through the app: the identity's sessions end with its link.
             let removed = if login {
-                store.remove_login(&who).await
+                app.unlink_login(&who).await
             } else {
-                store
-                    .remove(issuer.as_deref().unwrap_or(default_issuer), &who)
+                app.unlink(issuer.as_deref().unwrap_or(default_issuer), &who)
                     .await
             }
             .map_err(|e| e.to_string())?;

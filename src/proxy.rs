@@ -57,19 +57,35 @@ const END_TO_END: &[&str] = &[
     "content-length",
 ];
 
-/// A header name as PHP's `getallheaders()` / `$_SERVER` may see it: lower-case, `_` read as `-`.
-fn php_name(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
+/// Compares a header name with a lower-case `-` spelling the way PHP's `getallheaders()` /
+/// `$_SERVER` may see it: ASCII case ignored, `_` read as `-`. No allocation (hot path).
+fn php_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+fn php_starts_with(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name
+            .bytes()
+            .zip(prefix.bytes())
+            .all(|(a, b)| php_byte(a) == b)
+}
+
+fn php_eq(name: &str, other: &str) -> bool {
+    name.len() == other.len() && php_starts_with(name, other)
 }
 
 /// True for every spelling of a header that Matomo's login plugin trusts.
 pub fn is_matomo_header(name: &str) -> bool {
-    php_name(name).starts_with("matomo-")
+    php_starts_with(name, "matomo-")
 }
 
 fn is_forwarding(name: &str) -> bool {
-    let n = php_name(name);
-    n.starts_with("x-forwarded-") || FORWARDING.contains(&n.as_str())
+    php_starts_with(name, "x-forwarded-") || FORWARDING.iter().any(|f| php_eq(name, f))
 }
 
 /// Where Matomo is, and what the public sees.
@@ -85,6 +101,8 @@ pub struct Upstream {
     public_proto: HeaderValue,
     timeout: Duration,
     session_cookie: String,
+    /// `<session cookie>=`, to spot it in `Cookie` headers.
+    session_cookie_eq: String,
 }
 
 /// The client's address as unikgate believes it.
@@ -139,6 +157,7 @@ impl Upstream {
             }),
             timeout: cfg.upstream.timeout,
             session_cookie: cfg.session.cookie_name.clone(),
+            session_cookie_eq: format!("{}=", cfg.session.cookie_name),
         }
     }
 
@@ -185,7 +204,7 @@ impl Upstream {
         if values.is_empty() {
             return;
         }
-        let own = format!("{}=", self.session_cookie);
+        let own = self.session_cookie_eq.as_str();
         let mut needs_rewrite = values.len() > 1;
         let mut kept: Vec<String> = Vec::new();
         for v in &values {
@@ -198,7 +217,7 @@ impl Upstream {
                 if p.is_empty() {
                     continue;
                 }
-                if p.starts_with(&own) {
+                if p.starts_with(own) {
                     needs_rewrite = true;
                 } else {
                     kept.push(p.to_string());

@@ -128,6 +128,8 @@ pub struct Sessions {
     store: Arc<DynStore>,
     key: Key,
     pub cookie_name: String,
+    /// `<cookie_name>=`.
+    cookie_eq: String,
     secure: bool,
     idle: Duration,
     absolute: Duration,
@@ -162,6 +164,7 @@ impl Sessions {
             store: Arc::new(DynStore(store)),
             key,
             cookie_name: cookie_name.to_string(),
+            cookie_eq: format!("{cookie_name}="),
             secure,
             idle,
             absolute,
@@ -190,10 +193,10 @@ impl Sessions {
 
     /// True when the request carries unikgate's cookie at all (signed or not).
     pub fn has_cookie(&self, headers: &HeaderMap) -> bool {
-        let prefix = format!("{}=", self.cookie_name);
+        let prefix = self.cookie_eq.as_str();
         headers.get_all(COOKIE).iter().any(|v| {
             v.to_str()
-                .map(|s| s.split(';').any(|p| p.trim().starts_with(&prefix)))
+                .map(|s| s.split(';').any(|p| p.trim().starts_with(prefix)))
                 .unwrap_or(false)
         })
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use fred::prelude::{ClientLike, Pool as RedisPool, ReconnectPolicy};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::SqlitePool;
+use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::SessionStore;
 use tower_sessions::ExpiredDeletion;
 
@@ -22,6 +23,92 @@ use crate::links::{open_sqlite, LinkStore, PgLinks, SqliteLinks};
 /// How long a request may wait for a database connection or a Redis answer before the store
 /// counts as unavailable (503).
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a session read from the embedded SQLite store may be served from memory. Writes and
+/// deletes of this process go through the cache, so it only bounds what another process (the
+/// `unikgate links remove` CLI) changes: that takes effect within this time.
+pub const SQLITE_CACHE_TTL: Duration = Duration::from_secs(2);
+const CACHE_MAX: usize = 20_000;
+
+/// A write-through read cache in front of a session store, for the single-process SQLite default
+/// (shared stores are not cached: replicas must see each other's sign-outs at once).
+#[derive(Debug)]
+pub struct CachedSessions {
+    inner: Arc<dyn SessionStore>,
+    entries: std::sync::Mutex<HashMap<Id, (Record, std::time::Instant)>>,
+    ttl: Duration,
+}
+
+impl CachedSessions {
+    pub fn new(inner: Arc<dyn SessionStore>, ttl: Duration) -> Self {
+        CachedSessions {
+            inner,
+            entries: std::sync::Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    fn put(&self, record: &Record) {
+        let Ok(mut m) = self.entries.lock() else {
+            return;
+        };
+        if m.len() >= CACHE_MAX {
+            let ttl = self.ttl;
+            m.retain(|_, (_, at)| at.elapsed() < ttl);
+            if m.len() >= CACHE_MAX {
+                m.clear();
+            }
+        }
+        m.insert(record.id, (record.clone(), std::time::Instant::now()));
+    }
+
+    fn forget(&self, id: &Id) {
+        if let Ok(mut m) = self.entries.lock() {
+            m.remove(id);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for CachedSessions {
+    async fn create(&self, record: &mut Record) -> tower_sessions::session_store::Result<()> {
+        self.inner.create(record).await?;
+        self.put(record);
+        Ok(())
+    }
+
+    async fn save(&self, record: &Record) -> tower_sessions::session_store::Result<()> {
+        // Forget first: if the write fails, no stale copy survives it.
+        self.forget(&record.id);
+        self.inner.save(record).await?;
+        self.put(record);
+        Ok(())
+    }
+
+    async fn load(&self, id: &Id) -> tower_sessions::session_store::Result<Option<Record>> {
+        let hit = self.entries.lock().ok().and_then(|m| {
+            m.get(id)
+                .filter(|(r, at)| {
+                    at.elapsed() < self.ttl && r.expiry_date > time::OffsetDateTime::now_utc()
+                })
+                .map(|(r, _)| r.clone())
+        });
+        if hit.is_some() {
+            return Ok(hit);
+        }
+        let loaded = self.inner.load(id).await?;
+        match &loaded {
+            Some(r) => self.put(r),
+            None => self.forget(id),
+        }
+        Ok(loaded)
+    }
+
+    async fn delete(&self, id: &Id) -> tower_sessions::session_store::Result<()> {
+        self.forget(id);
+        self.inner.delete(id).await
+    }
+}
 
 pub struct Stores {
     pub links: Arc<dyn LinkStore>,

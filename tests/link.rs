@@ -578,3 +578,43 @@ async fn doctor_reports_fpm_and_wrong_secret() {
         .unwrap();
     assert!(!c.ok && c.detail.contains("invalid_client"), "{c:?}");
 }
+
+#[tokio::test]
+async fn the_cli_process_removing_a_link_ends_live_sessions() {
+    let (_m, p, app) = setup_with("").await;
+    let b = linked(&app, &p, "uns-alice", "alice", "alice-password").await;
+    assert_eq!(
+        b.get(&app.url("/index.php?module=CoreHome")).await.status(),
+        200
+    );
+    // Another process on the same store: the admin's CLI.
+    let cfg = app.dir.path().join("cli.toml");
+    let text = config(&app.url(""), &p.config(), "")
+        .replace("{public}", &app.url(""))
+        .replace("{dir}", &app.dir.path().display().to_string());
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_unikgate"))
+        .args(["links", "remove", "--login", "alice", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server caches session reads for at most 2 s: the session ends within that.
+    let mut status = 200;
+    for _ in 0..30 {
+        status = b
+            .get(&app.url("/index.php?module=CoreHome"))
+            .await
+            .status()
+            .as_u16();
+        if status == 302 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 302, "signed out after the CLI removed the link");
+}
