@@ -34,33 +34,48 @@ pub const MAX_CLASSIFY_BODY: usize = 1024 * 1024;
 /// Largest 403 body read to recognise Matomo's sign-in page.
 const MAX_403_BODY: usize = 4 * 1024 * 1024;
 
-/// The whole HTTP surface: one entry point behind the tower layers.
-pub fn router(app: Arc<App>) -> Router {
-    use tower_http::request_id::{
-        MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-    };
-    /// Request ids: a random per-process prefix and a counter (no syscall per request). They only
-    /// correlate pages with log lines; nothing trusts them.
-    #[derive(Clone)]
-    struct Ids(Arc<(String, std::sync::atomic::AtomicU64)>);
-    impl MakeRequestId for Ids {
-        fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-            let n = self.0 .1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            HeaderValue::from_str(&format!("{}-{n:x}", self.0 .0))
-                .ok()
-                .map(RequestId::new)
+/// Request ids: a random per-process prefix and a counter (no syscall per request). They only
+/// correlate pages with log lines; nothing trusts them.
+pub struct RequestIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Middleware: replaces any client-sent `x-request-id` with ours, on the request (for the trace
+/// span and the error pages) and on the response.
+async fn request_id(
+    State(ids): State<Arc<RequestIds>>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let n = ids.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = HeaderValue::from_str(&format!("{}-{n:x}", ids.prefix)).ok();
+    let name = http::HeaderName::from_static("x-request-id");
+    match &id {
+        Some(v) => {
+            req.headers_mut().insert(name.clone(), v.clone());
+        }
+        None => {
+            req.headers_mut().remove(&name);
         }
     }
-    let ids = Ids(Arc::new((
-        crate::random_token()[..8].to_string(),
-        std::sync::atomic::AtomicU64::new(1),
-    )));
-    let x_request_id = http::HeaderName::from_static("x-request-id");
+    let mut res = next.run(req).await;
+    if let Some(v) = id {
+        res.headers_mut().insert(name, v);
+    }
+    res
+}
+
+/// The whole HTTP surface: one entry point behind the tower layers.
+pub fn router(app: Arc<App>) -> Router {
+    let ids = Arc::new(RequestIds {
+        prefix: crate::random_token()[..8].to_string(),
+        next: std::sync::atomic::AtomicU64::new(1),
+    });
     Router::new()
         .fallback(entry)
         .with_state(app.clone())
         .layer(axum::middleware::from_fn_with_state(app.pages.clone(), crate::pages::render_errors))
-        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &http::Request<Body>| {
                 let id = req
@@ -72,14 +87,7 @@ pub fn router(app: Arc<App>) -> Router {
                 tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
             }),
         )
-        // Client-sent request ids are replaced: the id in logs and on pages is always ours.
-        .layer(SetRequestIdLayer::new(x_request_id.clone(), ids))
-        .layer(axum::middleware::from_fn(drop_client_request_id))
-}
-
-async fn drop_client_request_id(mut req: Request, next: axum::middleware::Next) -> Response {
-    req.headers_mut().remove("x-request-id");
-    next.run(req).await
+        .layer(axum::middleware::from_fn_with_state(ids, request_id))
 }
 
 /// Per-request facts every phase may need.
@@ -101,9 +109,13 @@ async fn entry(
         Ok((class, res)) => (class, res),
         Err((class, e)) => (class, e.into_response()),
     };
-    metrics::counter!("unikgate_requests_total", "class" => class, "status" => res.status().as_str().to_string()).increment(1);
-    metrics::histogram!("unikgate_request_seconds", "class" => class)
-        .record(ctx.started.elapsed().as_secs_f64());
+    // Labels cost allocations: only when a metrics listener is configured.
+    if app.cfg.server.metrics_listen.is_some() {
+        metrics::counter!("unikgate_requests_total", "class" => class, "status" => res.status().as_str().to_string())
+            .increment(1);
+        metrics::histogram!("unikgate_request_seconds", "class" => class)
+            .record(ctx.started.elapsed().as_secs_f64());
+    }
     res
 }
 

@@ -216,8 +216,9 @@ pub async fn open(cfg: &StoreConfig) -> Result<Stores, String> {
                     .await
                     .map_err(|e| format!("cannot prepare the session table: {e}"))?;
                 spawn_expired_deletion(store.clone());
+                let cached = CachedSessions::new(Arc::new(store), SQLITE_CACHE_TTL);
                 (
-                    Arc::new(store),
+                    Arc::new(cached),
                     if same {
                         SessionProbe::SameAsLinks
                     } else {
@@ -300,4 +301,78 @@ fn spawn_expired_deletion<S: ExpiredDeletion + Clone + 'static>(store: S) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Debug, Default)]
+    struct Counting {
+        loads: AtomicUsize,
+        records: std::sync::Mutex<HashMap<Id, Record>>,
+    }
+
+    #[async_trait::async_trait]
+    impl SessionStore for Counting {
+        async fn create(&self, r: &mut Record) -> tower_sessions::session_store::Result<()> {
+            self.records.lock().unwrap().insert(r.id, r.clone());
+            Ok(())
+        }
+        async fn save(&self, r: &Record) -> tower_sessions::session_store::Result<()> {
+            self.records.lock().unwrap().insert(r.id, r.clone());
+            Ok(())
+        }
+        async fn load(&self, id: &Id) -> tower_sessions::session_store::Result<Option<Record>> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            Ok(self.records.lock().unwrap().get(id).cloned())
+        }
+        async fn delete(&self, id: &Id) -> tower_sessions::session_store::Result<()> {
+            self.records.lock().unwrap().remove(id);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_embedded_store_is_cached_and_shared_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::StoreConfig {
+            url: format!("sqlite://{}/s.db", dir.path().display()),
+            sessions_url: format!("sqlite://{}/s.db", dir.path().display()),
+            links_url: format!("sqlite://{}/s.db", dir.path().display()),
+            max_connections: 2,
+        };
+        let stores = open(&cfg).await.unwrap();
+        assert!(format!("{:?}", stores.sessions).starts_with("CachedSessions"));
+    }
+
+    #[tokio::test]
+    async fn reads_are_served_from_memory_and_writes_go_through() {
+        let inner = Arc::new(Counting::default());
+        let cache = CachedSessions::new(inner.clone(), Duration::from_secs(60));
+        let mut r = Record {
+            id: Id::default(),
+            data: Default::default(),
+            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        };
+        cache.create(&mut r).await.unwrap();
+        for _ in 0..5 {
+            assert!(cache.load(&r.id).await.unwrap().is_some());
+        }
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 0, "served from memory");
+        cache.delete(&r.id).await.unwrap();
+        assert!(cache.load(&r.id).await.unwrap().is_none());
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 1);
+        // A record loaded from the store is cached too.
+        let id = Id::default();
+        inner
+            .records
+            .lock()
+            .unwrap()
+            .insert(id, Record { id, ..r.clone() });
+        cache.load(&id).await.unwrap();
+        cache.load(&id).await.unwrap();
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 2);
+    }
 }
