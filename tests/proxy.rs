@@ -268,10 +268,19 @@ async fn own_pages_send_strict_security_headers() {
     assert_eq!(res.headers()["x-frame-options"], "DENY");
     assert_eq!(res.headers()["cache-control"], "no-store");
     // Request ids are unikgate's: a client-sent one is replaced (it would forge log correlation).
-    let res = Browser::new().client.get(app.url("/_unikgate/nope")).header("x-request-id", "forged-id").send().await.unwrap();
+    let res = Browser::new()
+        .client
+        .get(app.url("/_unikgate/nope"))
+        .header("x-request-id", "forged-id")
+        .send()
+        .await
+        .unwrap();
     let id = res.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_ne!(id, "forged-id");
-    assert!(res.text().await.unwrap().contains(&format!("request {id}")), "the page names the same id");
+    assert!(
+        res.text().await.unwrap().contains(&format!("request {id}")),
+        "the page names the same id"
+    );
 }
 
 #[tokio::test]
