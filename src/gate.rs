@@ -296,7 +296,9 @@ async fn ui_inner(
         crate::redirect::safe_rd(pq, &app.cfg.server.prefix)
     };
     let signed_in = if app.sessions.has_cookie(req.headers()) {
-        app.sessions.load(sess).await?.user.clone()
+        // Taken, not cloned: it goes back into the session only when the session changes
+        // (then the session is saved); otherwise the stored session stays as it was.
+        app.sessions.load(sess).await?.user.take()
     } else {
         None
     };
@@ -311,6 +313,26 @@ async fn ui_inner(
         }
         return Ok(redirect_local(app, &own_url(app, "sign_in", &rd())));
     };
+    let res = signed_in_ui(app, ctx, sess, req, &mut user, &rd).await;
+    // The user was taken out of the session above; it goes back unless the session ended. The
+    // session is saved only if something marked it changed.
+    if !sess.is_ended() {
+        if let Ok(data) = app.sessions.load(sess).await {
+            data.user = Some(user);
+        }
+    }
+    res
+}
+
+/// The signed-in part of the UI gate: the link, the Matomo session, the forward, the retry.
+async fn signed_in_ui(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    req: Request,
+    user: &mut crate::session::UserSession,
+    rd: &(dyn Fn() -> String + Sync),
+) -> Result<Response, Error> {
     let link = match &user.link {
         Some(l) => l.clone(),
         // Not linked when this session began: linked since (another browser, the CLI)?
@@ -364,19 +386,15 @@ async fn ui_inner(
         });
     }
     let method = req.method().clone();
-    let (parts, body) = req.into_parts();
-    let orig_uri = parts.uri.clone();
-    let mut headers = parts.headers.clone();
-    app.upstream.sanitize_request(&mut headers, ctx.client_ip);
-    set_matomo_cookie_header(&mut headers, &cookie);
-    let mut up_req = Request::from_parts(parts, body);
-    *up_req.headers_mut() = headers.clone();
-    let mut res = app.upstream.send(up_req).await?;
-    // Matomo answered as to an anonymous visitor: mint once more and retry once (GET/HEAD only).
-    if res.status() == StatusCode::FORBIDDEN
-        && minted.is_none()
-        && (method == Method::GET || method == Method::HEAD)
-    {
+    let (mut parts, body) = req.into_parts();
+    app.upstream
+        .sanitize_request_as(&mut parts.headers, ctx.client_ip, Some(&cookie));
+    // Kept for the one retry below (GET/HEAD whose Matomo cookie was not just minted).
+    let retry = (minted.is_none() && (method == Method::GET || method == Method::HEAD))
+        .then(|| (parts.uri.clone(), parts.headers.clone()));
+    let mut res = app.upstream.send(Request::from_parts(parts, body)).await?;
+    // Matomo answered as to an anonymous visitor: mint once more and retry once.
+    if let (StatusCode::FORBIDDEN, Some((orig_uri, mut headers))) = (res.status(), retry) {
         let (rparts, rbody) = res.into_parts();
         let bytes = Limited::new(rbody, MAX_403_BODY)
             .collect()
@@ -410,8 +428,7 @@ async fn ui_inner(
         }
     }
     if record_seen || minted.is_some() {
-        let data = app.sessions.load(sess).await?;
-        data.user = Some(user);
+        // The caller puts `user` back into the session; this saves it.
         sess.changed();
     }
     Ok(res)

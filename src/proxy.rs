@@ -165,6 +165,17 @@ impl Upstream {
     /// spelling of `matomo-*`, client-sent forwarding headers and unikgate's own cookie; then sets
     /// `Host` and `X-Forwarded-*` from the public URL and the client address.
     pub fn sanitize_request(&self, headers: &mut HeaderMap, client_ip: IpAddr) {
+        self.sanitize_request_as(headers, client_ip, None)
+    }
+
+    /// [`Upstream::sanitize_request`], forwarding `matomo_cookie` as the request's only
+    /// `MATOMO_SESSID` (the signed-in UI path).
+    pub fn sanitize_request_as(
+        &self,
+        headers: &mut HeaderMap,
+        client_ip: IpAddr,
+        matomo_cookie: Option<&str>,
+    ) {
         let mut drop: Vec<HeaderName> = Vec::new();
         for v in headers.get_all(header::CONNECTION) {
             if let Ok(s) = v.to_str() {
@@ -188,7 +199,7 @@ impl Upstream {
         for n in drop {
             headers.remove(&n);
         }
-        self.strip_own_cookie(headers);
+        self.rewrite_cookies(headers, matomo_cookie);
         headers.insert(header::HOST, self.public_host.clone());
         if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
             headers.insert("x-forwarded-for", v);
@@ -197,19 +208,18 @@ impl Upstream {
         headers.insert("x-forwarded-host", self.public_host.clone());
     }
 
-    /// Removes unikgate's session cookie from the `Cookie` header(s) (Matomo never sees it) and
-    /// merges several `Cookie` headers into one.
-    fn strip_own_cookie(&self, headers: &mut HeaderMap) {
-        let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-        if values.is_empty() {
-            return;
-        }
+    /// Rewrites the `Cookie` header(s) in one pass: unikgate's session cookie is removed (Matomo
+    /// never sees it), several headers are merged into one, and with `matomo` set, any
+    /// `MATOMO_SESSID` the browser sent is replaced by that value.
+    fn rewrite_cookies(&self, headers: &mut HeaderMap, matomo: Option<&str>) {
         let own = self.session_cookie_eq.as_str();
-        let mut needs_rewrite = values.len() > 1;
-        let mut kept: Vec<String> = Vec::new();
-        for v in &values {
+        let mut out = String::new();
+        let mut changed = matomo.is_some();
+        let mut count = 0;
+        for v in headers.get_all(header::COOKIE) {
+            count += 1;
             let Ok(s) = v.to_str() else {
-                needs_rewrite = true;
+                changed = true;
                 continue;
             };
             for part in s.split(';') {
@@ -217,19 +227,29 @@ impl Upstream {
                 if p.is_empty() {
                     continue;
                 }
-                if p.starts_with(own) {
-                    needs_rewrite = true;
-                } else {
-                    kept.push(p.to_string());
+                if p.starts_with(own) || (matomo.is_some() && p.starts_with("MATOMO_SESSID=")) {
+                    changed = true;
+                    continue;
                 }
+                if !out.is_empty() {
+                    out.push_str("; ");
+                }
+                out.push_str(p);
             }
         }
-        if !needs_rewrite {
+        if !changed && count <= 1 {
             return;
         }
+        if let Some(m) = matomo {
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str("MATOMO_SESSID=");
+            out.push_str(m);
+        }
         headers.remove(header::COOKIE);
-        if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        if !out.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&out) {
                 headers.insert(header::COOKIE, v);
             }
         }

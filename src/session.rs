@@ -368,6 +368,11 @@ impl Sess {
         self.data.as_ref()
     }
 
+    /// True once the session was ended in this request (nothing may be put back into it).
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
     /// The session id, once the session exists in the store.
     pub fn id(&self) -> Option<String> {
         self.inner.id().map(|i| i.to_string())

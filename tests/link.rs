@@ -618,3 +618,34 @@ async fn the_cli_process_removing_a_link_ends_live_sessions() {
     }
     assert_eq!(status, 302, "signed out after the CLI removed the link");
 }
+
+#[tokio::test]
+async fn a_failed_request_never_loses_the_signed_in_user() {
+    // idle 10 s: every request 500 ms after the last one records activity (the session is
+    // rewritten), and the failing request below (5 s) stays within the idle lifetime.
+    let m = StandIn::start().await;
+    let p = FakeProvider::start().await;
+    let toml = config(&m.url(), &p.config(), "")
+        .replace("[session]\n", "[session]\nidle_timeout = \"10s\"\n");
+    let app = TestApp::start(&toml).await;
+    let b = linked(&app, &p, "uns-alice", "alice", "alice-password").await;
+    assert_eq!(
+        b.get(&app.url("/index.php?module=CoreHome")).await.status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Matomo fails this request (timeout) while the session is due to be rewritten.
+    m.state.delay_ms.store(6000, Ordering::Relaxed);
+    assert_eq!(
+        b.get(&app.url("/index.php?module=CoreHome")).await.status(),
+        504
+    );
+    m.state.delay_ms.store(0, Ordering::Relaxed);
+    let res = b.get(&app.url("/_unikgate/account")).await;
+    assert_eq!(res.status(), 200, "still signed in");
+    assert!(res.text().await.unwrap().contains("alice"));
+    assert_eq!(
+        b.get(&app.url("/index.php?module=CoreHome")).await.status(),
+        200
+    );
+}
