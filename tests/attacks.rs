@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::provider::FakeProvider;
-use support::{config, csrf_of, linked, location, payloads, Browser, StandIn, TestApp};
+use support::{config, csrf_of, linked, location, payloads, sign_in, Browser, StandIn, TestApp};
 
 fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -395,21 +395,7 @@ async fn state_changing_endpoints_refuse_missing_and_wrong_csrf_tokens() {
     let (m, p, app) = setup().await;
     let b = linked(&app, &p, "uns-alice", "alice", "alice-password").await;
     let c = Browser::new();
-    p.set_sub("uns-carol");
-    let html = c
-        .get(&app.url("/_unikgate/sign_in"))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let res = c
-        .post(
-            &app.url("/_unikgate/start"),
-            &[("csrf", &csrf_of(&html)), ("rd", "/")],
-        )
-        .await;
-    let res = c.get(&location(&res)).await;
-    c.get(&location(&res)).await;
+    sign_in(&c, &app, &p, "uns-carol", "/").await;
     for token in [None, Some("wrong"), Some("")] {
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut f: Vec<(&str, &str)> = extra.to_vec();
@@ -508,21 +494,7 @@ async fn cookies_are_dead_after_sign_out_and_unlink() {
     );
     // After unlink.
     let b = Browser::new();
-    p.set_sub("uns-alice");
-    let html = b
-        .get(&app.url("/_unikgate/sign_in"))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let res = b
-        .post(
-            &app.url("/_unikgate/start"),
-            &[("csrf", &csrf_of(&html)), ("rd", "/")],
-        )
-        .await;
-    let res = b.get(&location(&res)).await;
-    b.get(&location(&res)).await;
+    sign_in(&b, &app, &p, "uns-alice", "/").await;
     let session = b.cookie(&app.url("/"), "unikgate_session").unwrap();
     let html = b
         .get(&app.url("/_unikgate/account"))
