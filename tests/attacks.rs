@@ -550,45 +550,40 @@ async fn tokens_and_unikgate_cookies_are_never_shown_to_matomo() {
 // ---------------------------------------------------------------- limits
 
 #[tokio::test]
-async fn huge_inputs_get_4xx_and_memory_stays_bounded() {
+async fn huge_inputs_get_4xx() {
     let (_m, _p, app) = setup().await;
-    let b = Browser::new();
-    let before = support::rss_kib();
-    for _ in 0..20 {
-        let big_cookie = format!("x={}", "c".repeat(40 * 1024));
-        let res = b
-            .client
-            .get(app.url("/index.php"))
+    let c = support::unpooled();
+    let big_cookie = format!("x={}", "c".repeat(40 * 1024));
+    assert_eq!(
+        c.get(app.url("/index.php"))
             .header("cookie", big_cookie)
             .send()
             .await
-            .unwrap();
-        assert_eq!(res.status(), 431);
-        let res = b
-            .get(&app.url(&format!("/index.php?q={}", "u".repeat(20 * 1024))))
-            .await;
-        assert_eq!(res.status(), 414);
-        let res = b
-            .client
-            .post(app.url("/index.php"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("module=API&x={}", "f".repeat(2 * 1024 * 1024)))
+            .unwrap()
+            .status(),
+        431
+    );
+    let long = app.url(&format!("/index.php?q={}", "u".repeat(20 * 1024)));
+    assert_eq!(c.get(long).send().await.unwrap().status(), 414);
+    let form = c
+        .post(app.url("/index.php"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("module=API&x={}", "f".repeat(2 * 1024 * 1024)));
+    assert!(matches!(support::oversized(form).await, 413 | 0));
+    let own = c
+        .post(app.url("/_unikgate/link"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("a".repeat(200 * 1024));
+    assert!(matches!(support::oversized(own).await, 413 | 0));
+    // Memory under these inputs is measured on the binary: binary::huge_inputs_leave_memory_bounded.
+    assert_eq!(
+        c.get(app.url("/_unikgate/healthz"))
             .send()
             .await
-            .unwrap();
-        assert_eq!(res.status(), 413);
-        let res = b
-            .client
-            .post(app.url("/_unikgate/link"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("a".repeat(200 * 1024))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 413);
-    }
-    let grown = support::rss_kib().saturating_sub(before) / 1024;
-    assert!(grown < 64, "resident memory grew by {grown} MiB");
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 // ---------------------------------------------------------------- faults

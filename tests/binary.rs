@@ -270,3 +270,50 @@ async fn metrics_on_their_own_listener_and_a_generated_session_key() {
         "64 bytes, hex"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_inputs_leave_memory_bounded() {
+    let m = StandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, base) = spawn(&m.url(), dir.path()).await;
+    let pid = p.0.id();
+    let c = support::unpooled();
+    let mut peak = 0;
+    for _ in 0..20 {
+        let big_cookie = format!("x={}", "c".repeat(40 * 1024));
+        assert_eq!(
+            c.get(format!("{base}/index.php"))
+                .header("cookie", big_cookie)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            431
+        );
+        let long = format!("{base}/index.php?q={}", "u".repeat(20 * 1024));
+        assert_eq!(c.get(long).send().await.unwrap().status(), 414);
+        let form = c
+            .post(format!("{base}/index.php"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("module=API&x={}", "f".repeat(2 * 1024 * 1024)));
+        assert!(matches!(support::oversized(form).await, 413 | 0));
+        let own = c
+            .post(format!("{base}/_unikgate/link"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("a".repeat(200 * 1024));
+        assert!(matches!(support::oversized(own).await, 413 | 0));
+        peak = peak.max(rss_kib(pid));
+    }
+    // And it still serves.
+    assert_eq!(
+        c.get(format!("{base}/_unikgate/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let peak_mib = peak / 1024;
+    eprintln!("unikgate peak RSS under huge inputs: {peak_mib} MiB");
+    assert!(peak_mib > 0 && peak_mib < 64, "peak RSS {peak_mib} MiB");
+}

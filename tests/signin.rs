@@ -514,27 +514,31 @@ async fn idle_and_absolute_lifetimes_are_enforced_server_side() {
     let p = FakeProvider::start().await;
     let app = TestApp::start(&config(&m.url(), &p.config(), "").replace(
         "[session]\n",
-        "[session]\nidle_timeout = \"1s\"\nabsolute_timeout = \"3s\"\n",
+        "[session]\nidle_timeout = \"2s\"\nabsolute_timeout = \"3s\"\n",
     ))
     .await;
     let b = Browser::new();
+    let signed_in = std::time::Instant::now();
     sign_in(&b, &app, "/").await;
-    // Active every 400 ms: the idle timeout never lapses, but the absolute one does.
+    // Active every 400 ms (far inside the 2 s idle lifetime) for 2 s: still signed in.
     for _ in 0..5 {
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
         assert_eq!(b.get(&app.url("/_unikgate/account")).await.status(), 200);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // Then past the absolute lifetime (3 s), with the last activity less than 2 s ago: it is the
+    // absolute lifetime that ends the session.
+    let wait = std::time::Duration::from_millis(3300).saturating_sub(signed_in.elapsed());
+    tokio::time::sleep(wait.max(std::time::Duration::from_millis(300))).await;
     assert_eq!(
         b.get(&app.url("/_unikgate/account")).await.status(),
         302,
         "absolute lifetime over"
     );
-    // Idle: signed in, then 1.5 s of silence.
+    // Idle: signed in, then 2.5 s of silence.
     let b = Browser::new();
     sign_in(&b, &app, "/").await;
     assert_eq!(b.get(&app.url("/_unikgate/account")).await.status(), 200);
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let res = b.get(&app.url("/_unikgate/account")).await;
     assert_eq!(res.status(), 302, "idle lifetime over");
     assert!(location(&res).contains("/_unikgate/sign_in"));

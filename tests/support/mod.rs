@@ -311,6 +311,26 @@ pub fn csrf_of(html: &str) -> String {
     rest[..rest.find('"').unwrap()].to_string()
 }
 
+/// Sends an oversized request on its own connection. A server that refuses an oversized body
+/// answers before reading it all and closes the connection, so a client still writing may see the
+/// reset before the answer: both are a refusal. Returns the status, or 0 for "closed".
+pub async fn oversized(req: reqwest::RequestBuilder) -> u16 {
+    match req.send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(e) if e.is_request() || e.is_connect() || e.is_body() => 0,
+        Err(e) => panic!("unexpected client error: {e}"),
+    }
+}
+
+/// A client that opens a new connection for every request (no reuse of a refused one).
+pub fn unpooled() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 /// Resident memory of this process in KiB (from /proc).
 pub fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
