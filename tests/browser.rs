@@ -56,7 +56,7 @@ async fn the_seed_journey_in_chromium() {
     let standin = example("matomo-standin");
     assert!(
         standin.exists(),
-        "{} missing: cargo test builds the examples",
+        "{} missing: run tests/run (it builds the examples first: cargo build --examples)",
         standin.display()
     );
     let mport = free_port();
