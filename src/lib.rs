@@ -23,7 +23,6 @@ pub mod store;
 use std::sync::Arc;
 
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
 use crate::classify::Classifier;
@@ -65,7 +64,6 @@ pub struct App {
     /// None until the provider credentials are configured: unikgate then fails closed.
     pub oidc: Option<Oidc>,
     pub minter: Arc<dyn Minter>,
-    pub metrics: Option<PrometheusHandle>,
 }
 
 impl App {
@@ -152,7 +150,6 @@ pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
         stores,
         oidc,
         minter,
-        metrics: None,
         pages,
         cfg,
     });
@@ -160,7 +157,7 @@ pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
 }
 
 /// Installs the Prometheus recorder (once per process) and returns its handle.
-pub fn install_metrics() -> Option<PrometheusHandle> {
+pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

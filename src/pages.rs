@@ -106,9 +106,6 @@ impl PageEnv {
                     percent_encoding::utf8_percent_encode(&rd, crate::QUERY_VALUE)
                 ),
             },
-            post: false,
-            csrf: String::new(),
-            rd: String::new(),
         });
         let page = MessagePage {
             title: spec.title,
@@ -127,9 +124,6 @@ impl PageEnv {
 pub struct Action {
     pub label: &'static str,
     pub href: String,
-    pub post: bool,
-    pub csrf: String,
-    pub rd: String,
 }
 
 #[derive(Template)]

@@ -93,7 +93,6 @@ fn is_forwarding(name: &str) -> bool {
 pub struct Upstream {
     client: Client<HttpConnector, Body>,
     /// `scheme://authority` of Matomo, e.g. `http://matomo:80`.
-    base: String,
     upstream_origin: String,
     upstream_host: String,
     public_origin: String,
@@ -144,7 +143,6 @@ impl Upstream {
         let upstream_origin = u.origin().ascii_serialization();
         Upstream {
             client,
-            base: upstream_origin.clone(),
             upstream_origin,
             upstream_host: u.host_str().unwrap_or("").to_string(),
             public_origin: cfg.public_origin(),
@@ -256,7 +254,7 @@ impl Upstream {
     }
 
     fn uri(&self, path_and_query: &str) -> Result<Uri, Error> {
-        format!("{}{}", self.base, path_and_query)
+        format!("{}{}", self.upstream_origin, path_and_query)
             .parse::<Uri>()
             .map_err(|_| Error::BadRequest("the address cannot be forwarded".into()))
     }

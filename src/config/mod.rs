@@ -26,8 +26,6 @@ pub struct Config {
     pub session: SessionConfig,
     pub store: StoreConfig,
     pub matomo: MatomoConfig,
-    /// Folder of the config file; relative paths in the config are read from the working directory.
-    pub source: Option<PathBuf>,
 }
 
 /// `[server]`: where unikgate listens and how the public sees it.
@@ -197,9 +195,7 @@ impl Config {
                 message: format!("cannot read the config file: {e}"),
             }]
         })?;
-        let mut cfg = Self::from_toml(&text, &ProcessEnv)?;
-        cfg.source = Some(path.to_path_buf());
-        Ok(cfg)
+        Self::from_toml(&text, &ProcessEnv)
     }
 
     /// Reads and checks config text with the given environment.
@@ -268,7 +264,6 @@ impl Config {
                 session,
                 store,
                 matomo,
-                source: None,
             }),
             _ => Err(errors),
         }

@@ -331,16 +331,6 @@ pub fn unpooled() -> reqwest::Client {
         .unwrap()
 }
 
-/// Resident memory of this process in KiB (from /proc).
-pub fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap()
-}
-
 /// Captured log lines of the whole test process (for "no secret in any log line").
 pub mod logs {
     use std::io::Write;
