@@ -295,7 +295,7 @@ async fn ui_inner(
         let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         crate::redirect::safe_rd(pq, &app.cfg.server.prefix)
     };
-    let signed_in = if app.sessions.has_cookie(req.headers()) {
+    let signed_in = if sess.had_cookie() {
         // Taken, not cloned: it goes back into the session only when the session changes
         // (then the session is saved); otherwise the stored session stays as it was.
         app.sessions.load(sess).await?.user.take()

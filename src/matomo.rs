@@ -159,16 +159,13 @@ impl Minter for Signed {
         cookie_value: &str,
         client_ip: IpAddr,
     ) -> Result<Option<String>, Error> {
-        let h = cookie_headers(cookie_value)?;
-        let a = up
-            .call(
-                Method::GET,
-                "/index.php?module=UnikGate&action=whoami",
-                h,
-                None,
-                client_ip,
-            )
-            .await?;
+        let a = get_with_cookie(
+            up,
+            "/index.php?module=UnikGate&action=whoami",
+            cookie_value,
+            client_ip,
+        )
+        .await?;
         let v: serde_json::Value = serde_json::from_slice(&a.body).map_err(|_| {
             Error::MatomoUnexpected(
                 "UnikGate's whoami did not answer JSON (is the plugin active?)".into(),
@@ -258,13 +255,18 @@ pub fn set_cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     found
 }
 
-/// Request headers carrying only the Matomo session cookie `value`.
-fn cookie_headers(value: &str) -> Result<HeaderMap, Error> {
+/// `GET path` on Matomo with the Matomo session cookie `value` as the only cookie.
+async fn get_with_cookie(
+    up: &Upstream,
+    path: &str,
+    value: &str,
+    client_ip: IpAddr,
+) -> Result<Answer, Error> {
     let v = HeaderValue::from_str(&format!("{MATOMO_COOKIE}={value}"))
         .map_err(|_| Error::BadRequest("the Matomo cookie is not valid".into()))?;
     let mut h = HeaderMap::new();
     h.insert(COOKIE, v);
-    Ok(h)
+    up.call(Method::GET, path, h, None, client_ip).await
 }
 
 /// The value of cookie `name` in a request's `Cookie` headers.
@@ -367,16 +369,13 @@ pub async fn who_am_i(
     cookie_value: &str,
     client_ip: IpAddr,
 ) -> Result<Option<String>, Error> {
-    let h = cookie_headers(cookie_value)?;
-    let a = up
-        .call(
-            Method::GET,
-            "/index.php?module=Login&action=login",
-            h,
-            None,
-            client_ip,
-        )
-        .await?;
+    let a = get_with_cookie(
+        up,
+        "/index.php?module=Login&action=login",
+        cookie_value,
+        client_ip,
+    )
+    .await?;
     let body = String::from_utf8_lossy(&a.body);
     let login = parse_user_login(&body).ok_or_else(|| {
         Error::MatomoUnexpected("the login page does not name its user (piwik.userLogin)".into())
@@ -410,18 +409,18 @@ pub fn parse_user_login(html: &str) -> Option<String> {
 
 /// Ends a Matomo session (contract: "Logout").
 pub async fn logout(up: &Upstream, cookie_value: &str, client_ip: IpAddr) -> Result<(), Error> {
-    let Ok(h) = cookie_headers(cookie_value) else {
-        return Ok(());
-    };
-    up.call(
-        Method::GET,
+    match get_with_cookie(
+        up,
         "/index.php?module=Login&action=logout",
-        h,
-        None,
+        cookie_value,
         client_ip,
     )
-    .await?;
-    Ok(())
+    .await
+    {
+        // A cookie that cannot even be sent has no Matomo session to end.
+        Err(Error::BadRequest(_)) => Ok(()),
+        other => other.map(|_| ()),
+    }
 }
 
 /// True when an answer is Matomo's sign-in page for an anonymous visitor (contract: 403 with the

@@ -588,7 +588,7 @@ async fn sign_out(
     if let Some(f) = form {
         check_csrf(app, sess, f).await?;
     }
-    let user = if app.sessions.has_cookie(headers) {
+    let user = if sess.had_cookie() {
         app.sessions.load(sess).await?.user.clone()
     } else {
         None

@@ -364,8 +364,10 @@ impl Sess {
         Ok(self.inner.id().map(|i| i.to_string()))
     }
 
-    pub fn data(&self) -> Option<&SessionData> {
-        self.data.as_ref()
+    /// True when the request carried unikgate's cookie (signed or not): without it there is no
+    /// session to load.
+    pub fn had_cookie(&self) -> bool {
+        self.had_cookie
     }
 
     /// True once the session was ended in this request (nothing may be put back into it).
