@@ -1,5 +1,5 @@
 //! Every failure a user can hit, as a value: its status, and the page that says what happened and
-//! what to check. Handlers return `Err(Error)`; [`crate::pages::render_errors`] turns the marker
+//! what to check. Handlers return `Err(Error)`; [`crate::pages::render_error`] turns the marker
 //! this leaves in the response into the page, so no handler formats an error by hand.
 
 use axum::response::{IntoResponse, Response};
@@ -58,7 +58,7 @@ pub enum Error {
     Internal(String),
 }
 
-/// The parts of a page, attached to an error response for `render_errors` to fill in.
+/// The parts of a page, attached to an error response for `pages::render_error` to fill in.
 #[derive(Debug, Clone)]
 pub struct PageSpec {
     pub title: &'static str,

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use tracing::Instrument;
 
 use crate::classify::{BodyRule, Class};
 use crate::error::Error;
@@ -36,58 +36,70 @@ const MAX_403_BODY: usize = 4 * 1024 * 1024;
 
 /// Request ids: a random per-process prefix and a counter (no syscall per request). They only
 /// correlate pages with log lines; nothing trusts them.
-pub struct RequestIds {
+struct RequestIds {
     prefix: String,
     next: std::sync::atomic::AtomicU64,
 }
 
-/// Middleware: replaces any client-sent `x-request-id` with ours, on the request (for the trace
-/// span and the error pages) and on the response.
-async fn request_id(
-    State(ids): State<Arc<RequestIds>>,
-    mut req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let n = ids.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let id = HeaderValue::from_str(&format!("{}-{n:x}", ids.prefix)).ok();
-    let name = http::HeaderName::from_static("x-request-id");
-    match &id {
-        Some(v) => {
-            req.headers_mut().insert(name.clone(), v.clone());
-        }
-        None => {
-            req.headers_mut().remove(&name);
-        }
+impl RequestIds {
+    fn next(&self) -> Option<HeaderValue> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix)).ok()
     }
-    let mut res = next.run(req).await;
-    if let Some(v) = id {
-        res.headers_mut().insert(name, v);
-    }
-    res
 }
 
-/// The whole HTTP surface: one entry point behind the tower layers.
-pub fn router(app: Arc<App>) -> Router {
-    let ids = Arc::new(RequestIds {
-        prefix: crate::random_token()[..8].to_string(),
-        next: std::sync::atomic::AtomicU64::new(1),
-    });
-    Router::new()
-        .fallback(entry)
-        .with_state(app.clone())
-        .layer(axum::middleware::from_fn_with_state(app.pages.clone(), crate::pages::render_errors))
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &http::Request<Body>| {
-                let id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                // The path only: a query may hold a code, a state or a token.
-                tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole HTTP surface, what `server` serves: a request id (any client-sent `x-request-id`
+/// is replaced, on the request for the log span and the error pages, and on the response), the
+/// log span, the gate, and the HTML page of an error. Plain async code instead of a tower stack:
+/// nothing here is per-route, and the layers cost more than the gate (docs/PERFORMANCE.md).
+#[derive(Clone)]
+pub struct Gate {
+    inner: Arc<GateInner>,
+}
+
+struct GateInner {
+    app: Arc<App>,
+    ids: RequestIds,
+}
+
+impl Gate {
+    pub fn new(app: Arc<App>) -> Gate {
+        Gate {
+            inner: Arc::new(GateInner {
+                app,
+                ids: RequestIds {
+                    prefix: crate::random_token()[..8].to_string(),
+                    next: std::sync::atomic::AtomicU64::new(1),
+                },
             }),
-        )
-        .layer(axum::middleware::from_fn_with_state(ids, request_id))
+        }
+    }
+
+    /// One request from `peer`, answered.
+    pub async fn serve(&self, peer: SocketAddr, mut req: Request) -> Response {
+        let app = &self.inner.app;
+        let id = self.inner.ids.next();
+        match &id {
+            Some(v) => {
+                req.headers_mut().insert(REQUEST_ID.clone(), v.clone());
+            }
+            None => {
+                req.headers_mut().remove(&REQUEST_ID);
+            }
+        }
+        let id_str = id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+        // The path only: a query may hold a code, a state or a token.
+        let span = tracing::info_span!("request", id = %id_str, method = %req.method(), path = %req.uri().path());
+        let res = entry(app, peer, req).instrument(span.clone()).await;
+        let mut res = crate::pages::render_error(&app.pages, res, id_str);
+        span.in_scope(|| tracing::debug!(status = res.status().as_u16(), "answered"));
+        if let Some(v) = id {
+            res.headers_mut().insert(REQUEST_ID.clone(), v);
+        }
+        res
+    }
 }
 
 /// Per-request facts every phase may need.
@@ -96,16 +108,12 @@ pub struct Ctx {
     pub started: Instant,
 }
 
-async fn entry(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
+async fn entry(app: &Arc<App>, peer: SocketAddr, req: Request) -> Response {
     let ctx = Ctx {
         client_ip: crate::proxy::client_ip(peer.ip(), req.headers(), &app.cfg),
         started: Instant::now(),
     };
-    let (class, res) = match handle(&app, &ctx, req).await {
+    let (class, res) = match handle(app, &ctx, req).await {
         Ok((class, res)) => (class, res),
         Err((class, e)) => (class, e.into_response()),
     };

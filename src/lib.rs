@@ -13,6 +13,7 @@ pub mod matomo;
 pub mod oidc;
 pub mod pages;
 pub mod php;
+pub mod pool;
 pub mod proxy;
 pub mod redirect;
 pub mod routes;
@@ -22,7 +23,6 @@ pub mod store;
 
 use std::sync::Arc;
 
-use axum::Router;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
 use crate::classify::Classifier;
@@ -87,7 +87,7 @@ impl App {
 }
 
 /// Opens the stores and assembles the application.
-pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
+pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
     let cfg = Arc::new(cfg);
     let stores = Arc::new(store::open(&cfg.store).await?);
     let key = session::load_key(cfg.session.key.as_ref(), cfg.data_dir().as_deref())?;
@@ -153,7 +153,7 @@ pub async fn build_app(cfg: Config) -> Result<(Router, Arc<App>), String> {
         pages,
         cfg,
     });
-    Ok((gate::router(app.clone()), app))
+    Ok((gate::Gate::new(app.clone()), app))
 }
 
 /// Installs the Prometheus recorder (once per process) and returns its handle.

@@ -107,9 +107,8 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("UNIKGATE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,tower_http=warn,sqlx=warn,hyper=warn")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UNIKGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -162,7 +161,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let listen = cfg.server.listen;
             let metrics_listen = cfg.server.metrics_listen;
             let handle = metrics_listen.and_then(|_| unikgate::install_metrics());
-            let (router, _app) = unikgate::build_app(cfg).await?;
+            let (gate, _app) = unikgate::build_app(cfg).await?;
             if let (Some(addr), Some(handle)) = (metrics_listen, handle) {
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
@@ -183,7 +182,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .await
                 .map_err(|e| format!("cannot listen on server.listen {listen}: {e}"))?;
             tracing::info!(%listen, version = env!("CARGO_PKG_VERSION"), "unikgate listening");
-            unikgate::server::serve(listener, router, unikgate::server::shutdown_signal())
+            unikgate::server::serve(listener, gate, unikgate::server::shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)

@@ -271,15 +271,10 @@ async fn get_with_cookie(
 
 /// The value of cookie `name` in a request's `Cookie` headers.
 pub fn request_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    for v in headers.get_all(COOKIE) {
-        let Ok(s) = v.to_str() else { continue };
-        for c in cookie::Cookie::split_parse(s).flatten() {
-            if c.name() == name {
-                return Some(c.value().to_string());
-            }
-        }
-    }
-    None
+    // The first one, as PHP's `$_COOKIE` keeps it.
+    crate::session::cookie_values(headers, name)
+        .next()
+        .map(str::to_string)
 }
 
 /// What a password proof said.

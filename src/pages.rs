@@ -3,12 +3,8 @@
 //!
 //! Invariant: the only place that turns data into HTML; askama escapes every value.
 
-use std::sync::Arc;
-
 use askama::Template;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 
@@ -175,17 +171,10 @@ pub struct AccountPage<'a> {
     pub csrf: &'a str,
 }
 
-/// Middleware: turns the [`ErrorPage`] marker of an error response into its HTML page.
-pub async fn render_errors(State(env): State<Arc<PageEnv>>, req: Request, next: Next) -> Response {
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let mut res = next.run(req).await;
+/// Turns the [`ErrorPage`] marker of an error response into its HTML page; other responses pass.
+pub fn render_error(env: &PageEnv, mut res: Response, request_id: &str) -> Response {
     if let Some(ErrorPage(err)) = res.extensions_mut().remove::<ErrorPage>() {
-        let mut page = env.error_page(&err, &request_id);
+        let mut page = env.error_page(&err, request_id);
         // Keep what the handler set besides the body (e.g. Set-Cookie clearing a session).
         for (name, value) in res.headers() {
             if name == header::SET_COOKIE || name == header::RETRY_AFTER {

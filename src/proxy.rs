@@ -6,17 +6,15 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::config::Config;
+use crate::error::Error;
+use crate::pool::Pool;
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
-use crate::config::Config;
-use crate::error::Error;
 
 /// Largest Matomo answer unikgate reads whole (its own calls: AutoLogin, API, who-am-i page).
 pub const MAX_BUFFERED_ANSWER: usize = 8 * 1024 * 1024;
@@ -79,6 +77,16 @@ fn php_eq(name: &str, other: &str) -> bool {
     name.len() == other.len() && php_starts_with(name, other)
 }
 
+/// True when PHP reads the cookie `name` as `$_COOKIE[php_name]`: it turns spaces and dots of a
+/// cookie name into underscores.
+fn php_cookie_name_is(name: &str, php_name: &str) -> bool {
+    name.len() == php_name.len()
+        && name.bytes().zip(php_name.bytes()).all(|(a, b)| {
+            let a = if a == b' ' || a == b'.' { b'_' } else { a };
+            a == b
+        })
+}
+
 /// True for every spelling of a header that Matomo's login plugin trusts.
 pub fn is_matomo_header(name: &str) -> bool {
     php_starts_with(name, "matomo-")
@@ -91,7 +99,7 @@ fn is_forwarding(name: &str) -> bool {
 /// Where Matomo is, and what the public sees.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    pool: Pool,
     /// `scheme://authority` of Matomo, e.g. `http://matomo:80`.
     upstream_origin: String,
     upstream_host: String,
@@ -99,9 +107,9 @@ pub struct Upstream {
     public_host: HeaderValue,
     public_proto: HeaderValue,
     timeout: Duration,
+    /// Upstream latency histogram only when a metrics listener is configured.
+    metrics: bool,
     session_cookie: String,
-    /// `<session cookie>=`, to spot it in `Cookie` headers.
-    session_cookie_eq: String,
 }
 
 /// The client's address as unikgate believes it.
@@ -131,18 +139,23 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, cfg: &Config) -> IpAddr {
 
 impl Upstream {
     pub fn new(cfg: &Config) -> Upstream {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(cfg.upstream.connect_timeout));
-        conn.set_nodelay(true);
-        conn.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(conn);
         let u = &cfg.upstream.url;
         let upstream_origin = u.origin().ascii_serialization();
+        // The address to connect to: IPv6 literals without their URL brackets.
+        let connect_host = match u.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(h) => h.to_string(),
+            None => String::new(),
+        };
+        let pool = Pool::new(
+            &connect_host,
+            u.port_or_known_default().unwrap_or(80),
+            cfg.upstream.connect_timeout,
+            Duration::from_secs(60),
+            256,
+        );
         Upstream {
-            client,
+            pool,
             upstream_origin,
             upstream_host: u.host_str().unwrap_or("").to_string(),
             public_origin: cfg.public_origin(),
@@ -154,8 +167,8 @@ impl Upstream {
                 "http"
             }),
             timeout: cfg.upstream.timeout,
+            metrics: cfg.server.metrics_listen.is_some(),
             session_cookie: cfg.session.cookie_name.clone(),
-            session_cookie_eq: format!("{}=", cfg.session.cookie_name),
         }
     }
 
@@ -207,13 +220,17 @@ impl Upstream {
     }
 
     /// Rewrites the `Cookie` header(s) in one pass: unikgate's session cookie is removed (Matomo
-    /// never sees it), several headers are merged into one, and with `matomo` set, any
-    /// `MATOMO_SESSID` the browser sent is replaced by that value.
+    /// never sees it), several headers are merged into one, and with `matomo` set, every cookie
+    /// PHP would read as `MATOMO_SESSID` is dropped and that value is sent first (PHP keeps the
+    /// first cookie of a name).
     fn rewrite_cookies(&self, headers: &mut HeaderMap, matomo: Option<&str>) {
-        let own = self.session_cookie_eq.as_str();
         let mut out = String::new();
         let mut changed = matomo.is_some();
         let mut count = 0;
+        if let Some(m) = matomo {
+            out.push_str("MATOMO_SESSID=");
+            out.push_str(m);
+        }
         for v in headers.get_all(header::COOKIE) {
             count += 1;
             let Ok(s) = v.to_str() else {
@@ -225,7 +242,10 @@ impl Upstream {
                 if p.is_empty() {
                     continue;
                 }
-                if p.starts_with(own) || (matomo.is_some() && p.starts_with("MATOMO_SESSID=")) {
+                let name = p.split_once('=').map_or(p, |(n, _)| n).trim();
+                if name == self.session_cookie
+                    || (matomo.is_some() && php_cookie_name_is(name, "MATOMO_SESSID"))
+                {
                     changed = true;
                     continue;
                 }
@@ -238,13 +258,6 @@ impl Upstream {
         if !changed && count <= 1 {
             return;
         }
-        if let Some(m) = matomo {
-            if !out.is_empty() {
-                out.push_str("; ");
-            }
-            out.push_str("MATOMO_SESSID=");
-            out.push_str(m);
-        }
         headers.remove(header::COOKIE);
         if !out.is_empty() {
             if let Ok(v) = HeaderValue::from_str(&out) {
@@ -253,23 +266,20 @@ impl Upstream {
         }
     }
 
-    fn uri(&self, path_and_query: &str) -> Result<Uri, Error> {
-        format!("{}{}", self.upstream_origin, path_and_query)
-            .parse::<Uri>()
-            .map_err(|_| Error::BadRequest("the address cannot be forwarded".into()))
-    }
-
     /// Sends a request to Matomo; the response body streams. `headers` must already be sanitized.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, Error> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        *req.uri_mut() = self.uri(&pq)?;
+        // Origin-form (`/path?query`), whatever form the client used.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(pq);
+        }
         *req.version_mut() = http::Version::HTTP_11;
-        let start = Instant::now();
-        let res = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let start = self.metrics.then(Instant::now);
+        let res = match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
             Err(_) => {
                 tracing::warn!(timeout = ?self.timeout, "Matomo did not answer in time");
                 return Err(Error::UpstreamTimeout);
@@ -280,33 +290,40 @@ impl Upstream {
             }
             Ok(Ok(res)) => res,
         };
-        metrics::histogram!("unikgate_upstream_seconds").record(start.elapsed().as_secs_f64());
+        if let Some(start) = start {
+            metrics::histogram!("unikgate_upstream_seconds").record(start.elapsed().as_secs_f64());
+        }
         let (mut parts, body) = res.into_parts();
         self.fix_response_headers(&mut parts.headers);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        Ok(Response::from_parts(parts, body))
     }
 
     /// The response header policy: hop-by-hop headers go, `Location` and cookie domains that
     /// name the internal Matomo address are moved to the public origin, and Matomo may not set
     /// unikgate's own cookie.
     pub fn fix_response_headers(&self, headers: &mut HeaderMap) {
-        let mut drop: Vec<HeaderName> = Vec::new();
-        for v in headers.get_all(header::CONNECTION) {
-            if let Ok(s) = v.to_str() {
-                for name in s.split(',') {
-                    if let Ok(n) =
-                        HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
-                    {
-                        drop.push(n);
+        if headers.contains_key(header::CONNECTION) {
+            let mut named: Vec<HeaderName> = Vec::new();
+            for v in headers.get_all(header::CONNECTION) {
+                if let Ok(s) = v.to_str() {
+                    for name in s.split(',') {
+                        if let Ok(n) =
+                            HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+                        {
+                            named.push(n);
+                        }
                     }
                 }
             }
+            for n in named {
+                headers.remove(&n);
+            }
         }
-        for h in HOP_BY_HOP {
-            drop.push(HeaderName::from_static(h));
-        }
-        for n in drop {
-            headers.remove(&n);
+        // One pass over the (few) response headers instead of a lookup per hop-by-hop name.
+        if headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+            for h in HOP_BY_HOP {
+                headers.remove(*h);
+            }
         }
         if let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
             if let Some(rest) = loc.strip_prefix(&self.upstream_origin) {
@@ -494,6 +511,31 @@ mod tests {
         );
         up.fix_response_headers(&mut h);
         assert_eq!(h[header::LOCATION], "index.php?module=CoreHome&action=");
+    }
+
+    #[test]
+    fn the_browser_cannot_choose_the_forwarded_matomo_session() {
+        let up = upstream();
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("MATOMO.SESSID=evil; a=1; unikgate_session =x"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("MATOMO SESSID=evil2; MATOMO_SESSID=old; b=2"),
+        );
+        up.rewrite_cookies(&mut h, Some("minted"));
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "MATOMO_SESSID=minted; a=1; b=2");
+        // Public traffic keeps the browser's Matomo cookie; unikgate's never goes.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("MATOMO_SESSID=own; unikgate_session=x"),
+        );
+        up.rewrite_cookies(&mut h, None);
+        assert_eq!(h[header::COOKIE], "MATOMO_SESSID=own");
     }
 
     #[test]

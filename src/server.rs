@@ -2,18 +2,15 @@
 //! address handed to the app, and a graceful shutdown that lets requests in flight finish.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
+
+use crate::gate::Gate;
 
 /// Largest request head (request line + headers) accepted; larger ones get 431.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -22,10 +19,10 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time given to requests in flight at shutdown.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains.
+/// Serves `gate` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    gate: Gate,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
@@ -44,18 +41,17 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = app
-            .clone()
-            .map_request(move |mut req: http::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req.map(Body::new)
-            });
+        let gate = gate.clone();
+        let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let gate = gate.clone();
+            async move { Ok::<_, std::convert::Infallible>(gate.serve(peer, req.map(Body::new)).await) }
+        });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .max_buf_size(MAX_HEAD)
             .header_read_timeout(HEAD_TIMEOUT)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+            .serve_connection(TokioIo::new(stream), svc);
         let fut = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = fut.await {

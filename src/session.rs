@@ -17,6 +17,10 @@ use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 use tower_sessions::{Expiry, Session};
 
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 use crate::error::Error;
 
 /// Milliseconds since the epoch.
@@ -139,14 +143,35 @@ fn decode(v: Option<serde_json::Value>) -> Option<SessionData> {
 const MAX_PENDING: usize = 5;
 pub const PENDING_TTL: Duration = Duration::from_secs(600);
 
+/// The values of the cookies called `name` in a request, in order (`name=value` pairs of every
+/// `Cookie` header; whitespace around names and values ignored). No allocation (hot path).
+pub fn cookie_values<'a>(
+    headers: &'a HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(';'))
+        .filter_map(move |pair| {
+            let (n, v) = pair.split_once('=')?;
+            (n.trim() == name).then(|| v.trim())
+        })
+}
+
+/// Length of the base64 HMAC-SHA256 that starts a value signed by the `cookie` crate.
+const SIGNATURE_LEN: usize = 44;
+
 /// The session manager: store, key and lifetimes.
 #[derive(Clone)]
 pub struct Sessions {
     store: Arc<DynStore>,
     key: Key,
+    /// HMAC-SHA256 keyed with `key.signing()`, ready to be cloned per verification (the same
+    /// MAC the `cookie` crate's signed jar writes: base64 MAC, then the value).
+    mac: Hmac<Sha256>,
     pub cookie_name: String,
-    /// `<cookie_name>=`.
-    cookie_eq: String,
     secure: bool,
     idle: Duration,
     absolute: Duration,
@@ -177,11 +202,14 @@ impl Sessions {
         let touch_every = (idle / 20)
             .min(matomo_idle / 20)
             .min(Duration::from_secs(30));
+        // HMAC accepts keys of any length: this cannot fail.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key.signing())
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         Sessions {
             store: Arc::new(DynStore(store)),
             key,
+            mac,
             cookie_name: cookie_name.to_string(),
-            cookie_eq: format!("{cookie_name}="),
             secure,
             idle,
             absolute,
@@ -193,36 +221,34 @@ impl Sessions {
         self.touch_every
     }
 
-    /// The verified session id from the request's cookies, if any.
-    fn session_id(&self, headers: &HeaderMap) -> Option<Id> {
-        let mut jar = CookieJar::new();
-        for v in headers.get_all(COOKIE) {
-            let Ok(s) = v.to_str() else { continue };
-            for c in Cookie::split_parse(s).flatten() {
-                if c.name() == self.cookie_name {
-                    jar.add_original(c.into_owned());
-                }
-            }
+    /// The session id in a signed cookie value, if its signature is ours (constant-time check).
+    fn verify(&self, signed: &str) -> Option<Id> {
+        if !signed.is_char_boundary(SIGNATURE_LEN) {
+            return None;
         }
-        let c = jar.signed(&self.key).get(&self.cookie_name)?;
-        c.value().parse::<Id>().ok()
+        let (signature, value) = signed.split_at(SIGNATURE_LEN);
+        let mut tag = [0u8; 33];
+        let n = base64::engine::general_purpose::STANDARD
+            .decode_slice(signature, &mut tag)
+            .ok()?;
+        let mut mac = self.mac.clone();
+        mac.update(value.as_bytes());
+        mac.verify_slice(&tag[..n]).ok()?;
+        value.parse::<Id>().ok()
     }
 
     /// True when the request carries unikgate's cookie at all (signed or not).
     pub fn has_cookie(&self, headers: &HeaderMap) -> bool {
-        let prefix = self.cookie_eq.as_str();
-        headers.get_all(COOKIE).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.split(';').any(|p| p.trim().starts_with(prefix)))
-                .unwrap_or(false)
-        })
+        cookie_values(headers, &self.cookie_name).next().is_some()
     }
 
-    /// Starts reading the request's session (no store access yet).
+    /// Starts reading the request's session (no store access yet). With several cookies of
+    /// unikgate's name, the last one counts.
     pub fn open(&self, headers: &HeaderMap) -> Sess {
-        let id = self.session_id(headers);
+        let last = cookie_values(headers, &self.cookie_name).last();
+        let id = last.and_then(|v| self.verify(v));
         Sess {
-            had_cookie: self.has_cookie(headers),
+            had_cookie: last.is_some(),
             inner: Session::new(
                 id,
                 self.store.clone(),
@@ -471,5 +497,85 @@ impl SessionData {
     pub fn csrf_ok(&self, token: &str) -> bool {
         use subtle::ConstantTimeEq;
         !self.csrf.is_empty() && bool::from(self.csrf.as_bytes().ct_eq(token.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cookie checks never reach the store.
+    #[derive(Debug)]
+    struct NoStore;
+
+    #[async_trait]
+    impl SessionStore for NoStore {
+        async fn save(&self, _: &Record) -> session_store::Result<()> {
+            Ok(())
+        }
+        async fn load(&self, _: &Id) -> session_store::Result<Option<Record>> {
+            Ok(None)
+        }
+        async fn delete(&self, _: &Id) -> session_store::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn sessions(key: &Key) -> Sessions {
+        Sessions::new(
+            Arc::new(NoStore),
+            key.clone(),
+            "unikgate_session",
+            false,
+            Duration::from_secs(3600),
+            Duration::from_secs(86400),
+            Duration::from_secs(3600),
+        )
+    }
+
+    /// What `finish` writes (the `cookie` crate's signed jar) is what `open` accepts, and
+    /// nothing else is.
+    #[test]
+    fn only_cookies_signed_with_our_key_name_a_session() {
+        let key = Key::generate();
+        let s = sessions(&key);
+        let id = Id::default();
+        let mut jar = CookieJar::new();
+        jar.signed_mut(&key)
+            .add(Cookie::new("unikgate_session", id.to_string()));
+        let signed = jar.get("unikgate_session").unwrap().value().to_string();
+        let headers = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert_eq!(s.verify(&signed), Some(id));
+        let sess = s.open(&headers(&format!("a=1; unikgate_session={signed}; b=2")));
+        assert!(sess.had_cookie());
+        assert_eq!(sess.id(), Some(id.to_string()));
+        // The last of several counts.
+        let sess = s.open(&headers(&format!(
+            "unikgate_session=junk; unikgate_session={signed}"
+        )));
+        assert_eq!(sess.id(), Some(id.to_string()));
+        // Tampered value, tampered signature, another key, too short, not base64.
+        let other = sessions(&Key::generate());
+        let mut bad_value = signed.clone();
+        bad_value.pop();
+        bad_value.push(if signed.ends_with('A') { 'B' } else { 'A' });
+        let bad_sig = format!("B{}", &signed[1..]);
+        for v in [
+            bad_value.as_str(),
+            bad_sig.as_str(),
+            "short",
+            "é".repeat(40).as_str(),
+        ] {
+            assert_eq!(s.verify(v), None, "{v}");
+        }
+        assert_eq!(other.verify(&signed), None);
+        let sess = s.open(&headers("unikgate_session=forged"));
+        assert!(sess.had_cookie());
+        assert_eq!(sess.id(), None);
+        assert!(!s.open(&headers("other=1")).had_cookie());
     }
 }

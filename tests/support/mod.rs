@@ -82,10 +82,10 @@ impl TestApp {
             .replace("{dir}", &dir.path().display().to_string());
         let cfg = unikgate::config::Config::from_toml(&text, &HashMap::<String, String>::new())
             .unwrap_or_else(|e| panic!("test config: {e:?}\n{text}"));
-        let (router, app) = unikgate::build_app(cfg).await.expect("build_app");
+        let (gate, app) = unikgate::build_app(cfg).await.expect("build_app");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = unikgate::server::serve(listener, router, async {
+            let _ = unikgate::server::serve(listener, gate, async {
                 let _ = rx.await;
             })
             .await;
