@@ -32,40 +32,72 @@ const CACHE_MAX: usize = 20_000;
 
 /// A write-through read cache in front of a session store, for the single-process SQLite default
 /// (shared stores are not cached: replicas must see each other's sign-outs at once).
+///
+/// Refresh ahead: past half its lifetime, an entry is reloaded by one request while the others
+/// keep reading it, so a busy session (one browser, many parallel requests) never expires into a
+/// burst of identical store reads. A load that raced with a write of this process is not cached
+/// (the write's copy wins).
 #[derive(Debug)]
 pub struct CachedSessions {
     inner: Arc<dyn SessionStore>,
-    entries: std::sync::Mutex<HashMap<Id, (Record, std::time::Instant)>>,
+    cache: std::sync::Mutex<Cache>,
     ttl: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    entries: HashMap<Id, Entry>,
+    /// Bumped by every write and delete: a load started before one does not cache its result.
+    epoch: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: Record,
+    at: std::time::Instant,
+    /// One request is reloading this entry now.
+    refreshing: bool,
 }
 
 impl CachedSessions {
     pub fn new(inner: Arc<dyn SessionStore>, ttl: Duration) -> Self {
         CachedSessions {
             inner,
-            entries: std::sync::Mutex::new(HashMap::new()),
+            cache: std::sync::Mutex::new(Cache::default()),
             ttl,
         }
     }
 
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // A panic while holding the lock leaves a plain map behind: still usable.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Caches what this process just wrote.
     fn put(&self, record: &Record) {
-        let Ok(mut m) = self.entries.lock() else {
-            return;
-        };
-        if m.len() >= CACHE_MAX {
+        let mut c = self.cache();
+        c.epoch += 1;
+        if c.entries.len() >= CACHE_MAX {
             let ttl = self.ttl;
-            m.retain(|_, (_, at)| at.elapsed() < ttl);
-            if m.len() >= CACHE_MAX {
-                m.clear();
+            c.entries.retain(|_, e| e.at.elapsed() < ttl);
+            if c.entries.len() >= CACHE_MAX {
+                c.entries.clear();
             }
         }
-        m.insert(record.id, (record.clone(), std::time::Instant::now()));
+        c.entries.insert(
+            record.id,
+            Entry {
+                record: record.clone(),
+                at: std::time::Instant::now(),
+                refreshing: false,
+            },
+        );
     }
 
     fn forget(&self, id: &Id) {
-        if let Ok(mut m) = self.entries.lock() {
-            m.remove(id);
-        }
+        let mut c = self.cache();
+        c.epoch += 1;
+        c.entries.remove(id);
     }
 }
 
@@ -86,22 +118,45 @@ impl SessionStore for CachedSessions {
     }
 
     async fn load(&self, id: &Id) -> tower_sessions::session_store::Result<Option<Record>> {
-        let hit = self.entries.lock().ok().and_then(|m| {
-            m.get(id)
-                .filter(|(r, at)| {
-                    at.elapsed() < self.ttl && r.expiry_date > time::OffsetDateTime::now_utc()
-                })
-                .map(|(r, _)| r.clone())
-        });
-        if hit.is_some() {
-            return Ok(hit);
-        }
-        let loaded = self.inner.load(id).await?;
+        let epoch = {
+            let mut c = self.cache();
+            let epoch = c.epoch;
+            if let Some(e) = c.entries.get_mut(id) {
+                let age = e.at.elapsed();
+                if age < self.ttl && e.record.expiry_date > time::OffsetDateTime::now_utc() {
+                    if age < self.ttl / 2 || e.refreshing {
+                        return Ok(Some(e.record.clone()));
+                    }
+                    // This request refreshes it; the others keep the cached copy meanwhile.
+                    e.refreshing = true;
+                }
+            }
+            epoch
+        };
+        let loaded = self.inner.load(id).await;
+        let mut c = self.cache();
         match &loaded {
-            Some(r) => self.put(r),
-            None => self.forget(id),
+            Err(_) => {
+                if let Some(e) = c.entries.get_mut(id) {
+                    e.refreshing = false;
+                }
+            }
+            Ok(_) if c.epoch != epoch => {}
+            Ok(Some(r)) => {
+                c.entries.insert(
+                    *id,
+                    Entry {
+                        record: r.clone(),
+                        at: std::time::Instant::now(),
+                        refreshing: false,
+                    },
+                );
+            }
+            Ok(None) => {
+                c.entries.remove(id);
+            }
         }
-        Ok(loaded)
+        loaded
     }
 
     async fn delete(&self, id: &Id) -> tower_sessions::session_store::Result<()> {
@@ -326,6 +381,8 @@ mod tests {
         }
         async fn load(&self, id: &Id) -> tower_sessions::session_store::Result<Option<Record>> {
             self.loads.fetch_add(1, Ordering::SeqCst);
+            // A real store answers later: reads issued meanwhile see the load in flight.
+            tokio::task::yield_now().await;
             Ok(self.records.lock().unwrap().get(id).cloned())
         }
         async fn delete(&self, id: &Id) -> tower_sessions::session_store::Result<()> {
@@ -374,5 +431,96 @@ mod tests {
         cache.load(&id).await.unwrap();
         cache.load(&id).await.unwrap();
         assert_eq!(inner.loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_busy_entry_is_refreshed_by_one_read_and_never_expires() {
+        let inner = Arc::new(Counting::default());
+        let ttl = Duration::from_millis(400);
+        let cache = CachedSessions::new(inner.clone(), ttl);
+        let id = Id::default();
+        let r = Record {
+            id,
+            data: Default::default(),
+            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        };
+        inner.records.lock().unwrap().insert(id, r.clone());
+        cache.load(&id).await.unwrap();
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 1);
+        // Past half the lifetime: the first read reloads, the reads during that reload do not.
+        tokio::time::sleep(ttl / 2 + Duration::from_millis(50)).await;
+        let n = 20;
+        let reads = (0..n).map(|_| cache.load(&id));
+        let all = futures_util::future::join_all(reads).await;
+        assert!(all.iter().all(|r| matches!(r, Ok(Some(_)))));
+        assert_eq!(
+            inner.loads.load(Ordering::SeqCst),
+            2,
+            "one refresh for {n} reads"
+        );
+        // The refreshed entry is young again: served from memory.
+        cache.load(&id).await.unwrap();
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 2);
+        // Another process deleted it: the next refresh sees that, within the lifetime.
+        inner.records.lock().unwrap().remove(&id);
+        tokio::time::sleep(ttl / 2 + Duration::from_millis(50)).await;
+        assert!(cache.load(&id).await.unwrap().is_none());
+        assert!(cache.load(&id).await.unwrap().is_none());
+    }
+
+    /// A store whose loads read the record at once and answer only when released.
+    #[derive(Debug, Default)]
+    struct Paused {
+        records: std::sync::Mutex<HashMap<Id, Record>>,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl SessionStore for Paused {
+        async fn save(&self, r: &Record) -> tower_sessions::session_store::Result<()> {
+            self.records.lock().unwrap().insert(r.id, r.clone());
+            Ok(())
+        }
+        async fn load(&self, id: &Id) -> tower_sessions::session_store::Result<Option<Record>> {
+            let snapshot = self.records.lock().unwrap().get(id).cloned();
+            self.release.notified().await;
+            Ok(snapshot)
+        }
+        async fn delete(&self, id: &Id) -> tower_sessions::session_store::Result<()> {
+            self.records.lock().unwrap().remove(id);
+            Ok(())
+        }
+    }
+
+    /// A read that started before a write of this process must not put the old copy back.
+    #[tokio::test]
+    async fn a_load_racing_a_write_does_not_cache_the_old_copy() {
+        let inner = Arc::new(Paused::default());
+        let cache = CachedSessions::new(inner.clone(), Duration::from_secs(60));
+        let id = Id::default();
+        let old = Record {
+            id,
+            data: Default::default(),
+            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        };
+        inner.records.lock().unwrap().insert(id, old.clone());
+        let mut new = old.clone();
+        new.data.insert("k".into(), serde_json::json!("new"));
+        let (raced, ()) = tokio::join!(cache.load(&id), async {
+            // The load above has read the old record and waits; the write lands meanwhile.
+            cache.save(&new).await.unwrap();
+            inner.release.notify_one();
+        });
+        assert_eq!(
+            raced.unwrap().unwrap().data.get("k"),
+            None,
+            "it read the old copy"
+        );
+        let now = cache.load(&id).await;
+        assert_eq!(
+            now.unwrap().unwrap().data.get("k"),
+            Some(&serde_json::json!("new")),
+            "the cache kept the write, not the raced read"
+        );
     }
 }
