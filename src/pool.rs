@@ -194,8 +194,9 @@ impl Pool {
         Response::from_parts(parts, Body::new(body))
     }
 
-    /// Idle connections held now (tests).
-    pub fn idle_count(&self) -> usize {
+    /// Idle connections held now.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
         self.inner.idle().len()
     }
 }
