@@ -1,34 +1,71 @@
 #!/usr/bin/env bash
-# Run inside the Matomo container once Matomo is installed (its web installer done):
-#   docker compose -f deploy/docker-compose.yml exec matomo bash /unikgate/matomo-setup.sh
-# 1. Matomo behind unikgate: trusted host, real client IP (https comes from unikgate's headers).
+# Prepares an installed Matomo (its web installer done) for unikgate. Run it as the web server's
+# user (files Matomo's console creates as root under tmp/ break the web UI); in the compose setup:
+#   docker compose -f deploy/docker-compose.yml exec -u www-data matomo bash /unikgate/matomo-setup.sh
+# 1. Matomo behind unikgate: the public host trusted, the real client IP read from X-Forwarded-For,
+#    no X-Forwarded-Host honoured (unikgate keeps Host as the public host).
 # 2. The minter's plugin: UnikGate (signed assertions, the default) or AutoLogin.
+# Idempotent: a second run changes nothing. It never prints the shared secret.
+#
+# Variables (the container's paths are the defaults):
+#   PUBLIC_HOST         the host people type (required)
+#   MINTER              signed (default) or autologin
+#   MATOMO_DIR          Matomo's folder                 (/var/www/html)
+#   SHARED_SECRET_FILE  the secret shared with unikgate (/run/secrets/shared_secret)
 set -euo pipefail
-cd /var/www/html
 : "${PUBLIC_HOST:?PUBLIC_HOST is not set}"
-./console config:set "General.trusted_hosts[]=\"${PUBLIC_HOST}\""
+MATOMO_DIR=${MATOMO_DIR:-/var/www/html}
+SHARED_SECRET_FILE=${SHARED_SECRET_FILE:-/run/secrets/shared_secret}
+cd "$MATOMO_DIR"
+if [ "$(id -u)" = 0 ]; then
+  echo "matomo-setup.sh: run it as the web server's user (e.g. docker compose exec -u www-data …), not as root" >&2
+  exit 1
+fi
+
+console() { php ./console --no-ansi "$@"; }
+
+# Appends VALUE to the [General] array KEY unless it is there already.
+add_general() {
+  local key=$1 value=$2
+  if console config:get "General.$key" --format=json 2>/dev/null | grep -qF "\"$value\""; then
+    echo "[General] $key already holds $value"
+  else
+    console config:set "General.$key[]=\"$value\"" >/dev/null
+    echo "[General] $key[] = $value"
+  fi
+}
+
+add_general trusted_hosts "$PUBLIC_HOST"
 # unikgate sends the client address as X-Forwarded-For (Matomo reads its last address).
-./console config:set 'General.proxy_client_headers[]="HTTP_X_FORWARDED_FOR"'
+add_general proxy_client_headers HTTP_X_FORWARDED_FOR
+# Matomo's installer writes this on its own when it sees X-Forwarded-Host; Matomo does not check
+# that header against trusted_hosts, so it must not be honoured.
+if console config:get General.proxy_host_headers --format=json 2>/dev/null | grep -q HTTP_; then
+  console config:delete General.proxy_host_headers >/dev/null
+  echo "[General] proxy_host_headers removed"
+fi
+
 case "${MINTER:-signed}" in
   signed)
-    secret=$(tr -d '\r\n' < /run/secrets/shared_secret)
+    if [ ! -r "$SHARED_SECRET_FILE" ]; then echo "cannot read the shared secret file $SHARED_SECRET_FILE" >&2; exit 1; fi
+    secret=$(tr -d '\r\n' < "$SHARED_SECRET_FILE")
     if [ "${#secret}" -lt 32 ]; then echo "the shared secret must be at least 32 bytes" >&2; exit 1; fi
-    ./console config:set "UnikGate.shared_secret=\"${secret}\""
+    case $secret in *'"'*|*'\'*) echo "the shared secret must not contain \" or \\" >&2; exit 1 ;; esac
+    console config:set "UnikGate.shared_secret=\"${secret}\"" >/dev/null
+    echo "[UnikGate] shared_secret set (${#secret} bytes, from $SHARED_SECRET_FILE)"
     # Superusers may sign in through unikgate unless this is 0 (unikgate's
     # matomo.deny_superusers refuses them earlier, with a clearer page).
-    ./console config:set 'UnikGate.allow_superusers=1'
-    ./console plugin:activate UnikGate
+    console config:set 'UnikGate.allow_superusers=1' >/dev/null
+    echo "[UnikGate] allow_superusers = 1"
+    console plugin:activate UnikGate | grep -v '^$' || true
     ;;
   autologin)
     if [ ! -d plugins/AutoLogin ]; then
-      echo "Installing AutoLogin from the Matomo Marketplace"
-      curl -fsSL -o /tmp/AutoLogin.zip "https://plugins.matomo.org/api/2.0/plugins/AutoLogin/download/latest"
-      apt-get update -qq >/dev/null && apt-get install -y -qq unzip >/dev/null
-      unzip -q /tmp/AutoLogin.zip -d plugins/
-      chown -R www-data:www-data plugins/AutoLogin
+      echo "AutoLogin is not in plugins/: install it from the Matomo Marketplace (Administration → Marketplace) first" >&2
+      exit 1
     fi
-    ./console plugin:activate AutoLogin
+    console plugin:activate AutoLogin | grep -v '^$' || true
     ;;
   *) echo "MINTER must be signed or autologin" >&2; exit 1 ;;
 esac
-echo "Done. Check it from the unikgate container: unikgate doctor -c /etc/unikgate/unikgate.toml"
+echo "Done. Check it from the unikgate container: unikgate doctor -c /etc/unikgate/unikgate.toml --as <a Matomo login>"

@@ -2,6 +2,8 @@
 //!
 //! Invariant: creates nothing anywhere (the AutoLogin probe sends a made-up name without an
 //! email, which Matomo refuses before creating a user; the token probe sends a made-up code).
+//! With `--as LOGIN` it opens one real Matomo session for that login, checks who owns it, and
+//! logs it out again: the only step that proves minting works inside Matomo.
 
 use std::net::IpAddr;
 
@@ -16,6 +18,8 @@ use crate::App;
 pub struct Step {
     pub name: &'static str,
     pub ok: bool,
+    /// Not run (it would have side effects the command was not asked for); never a failure.
+    pub skipped: bool,
     pub detail: String,
 }
 
@@ -23,13 +27,15 @@ fn step(name: &'static str, ok: bool, detail: impl Into<String>) -> Step {
     Step {
         name,
         ok,
+        skipped: false,
         detail: detail.into(),
     }
 }
 
 const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-pub async fn run(app: &App) -> Vec<Step> {
+/// Every check; `as_login` also mints a real Matomo session for that login (then ends it).
+pub async fn run(app: &App, as_login: Option<&str>) -> Vec<Step> {
     let mut out = Vec::new();
     match &app.oidc {
         None => out.push(step(
@@ -119,8 +125,80 @@ pub async fn run(app: &App) -> Vec<Step> {
             }
             _ => out.push(autologin_step(app).await),
         }
+        out.push(match as_login {
+            Some(login) => mint_step(app, login).await,
+            None => Step {
+                skipped: true,
+                ..step(
+                    "mint",
+                    true,
+                    "not exercised: `unikgate doctor --as <a Matomo login>` opens (and closes) a real Matomo session",
+                )
+            },
+        });
     }
     out
+}
+
+/// The minter's hints for a failure, by kind.
+fn mint_advice(app: &App) -> &'static str {
+    match app.cfg.matomo.minter {
+        crate::config::MinterKind::Signed => "check that the UnikGate plugin of this unikgate version is in Matomo's plugins/ and activated, [UnikGate] shared_secret, the clocks, and Matomo's error log",
+        crate::config::MinterKind::AutoLogin => "check that AutoLogin is activated and that Matomo runs under Apache with mod_php",
+    }
+}
+
+/// A real mint for `login`: the session must belong to `login`, and must end on logout.
+async fn mint_step(app: &App, login: &str) -> Step {
+    let cookie = match app.minter.mint(&app.upstream, login, LOCAL).await {
+        Ok(c) => c,
+        Err(e) => {
+            return step(
+                "mint",
+                false,
+                format!(
+                    "opening a Matomo session for {login:?} failed: {e} — {}",
+                    mint_advice(app)
+                ),
+            )
+        }
+    };
+    let fail = |detail: String| step("mint", false, detail);
+    let owner = app.minter.who_am_i(&app.upstream, &cookie, LOCAL).await;
+    // Logged out whatever the owner turned out to be: doctor leaves no session behind.
+    let ended = matomo::logout(&app.upstream, &cookie, LOCAL).await;
+    match owner {
+        Ok(Some(o)) if o == login => {}
+        Ok(Some(o)) => {
+            return fail(format!(
+                "the session opened for {login:?} belongs to {o:?}: {}",
+                mint_advice(app)
+            ))
+        }
+        Ok(None) => {
+            return fail(format!(
+                "Matomo gave a session cookie, but the session is anonymous: {}",
+                mint_advice(app)
+            ))
+        }
+        Err(e) => return fail(format!("who owns the new session: {e}")),
+    }
+    if let Err(e) = ended {
+        return fail(format!("logging the new session out: {e}"));
+    }
+    match app.minter.who_am_i(&app.upstream, &cookie, LOCAL).await {
+        Ok(None) => step(
+            "mint",
+            true,
+            format!(
+                "opened a Matomo session for {login}, Matomo named its owner, and logged it out"
+            ),
+        ),
+        Ok(Some(o)) => fail(format!(
+            "the session still belongs to {o} after Matomo's logout"
+        )),
+        Err(e) => fail(format!("who owns the session after logout: {e}")),
+    }
 }
 
 /// The UnikGate plugin: present (whoami answers JSON), secret agreed (an assertion that expired
@@ -208,7 +286,7 @@ async fn signed_steps(app: &App, secret: &secrecy::SecretString) -> Vec<Step> {
                 out.push(step(
                     "shared secret",
                     false,
-                    "refused for its audience: Matomo does not see server.public_url as its own URL (trusted_hosts[], X-Forwarded-Proto)",
+                    format!("refused for its audience: Matomo does not see server.public_url as its own URL: add the public host to trusted_hosts[] and let nothing rewrite Host or X-Forwarded-Proto on the way ({reason})"),
                 ));
             } else {
                 out.push(step(
@@ -268,7 +346,13 @@ pub fn print(steps: &[Step]) -> bool {
     for s in steps {
         println!(
             "{} {:<20} {}",
-            if s.ok { "ok  " } else { "FAIL" },
+            if s.skipped {
+                "skip"
+            } else if s.ok {
+                "ok  "
+            } else {
+                "FAIL"
+            },
             s.name,
             s.detail
         );

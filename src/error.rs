@@ -40,8 +40,12 @@ pub enum Error {
     SignInRejected(&'static str),
     #[error("the session store is unavailable")]
     StoreUnavailable,
+    /// AutoLogin did not open a session.
     #[error("Matomo refused to open a session: {0}")]
     MintFailed(String),
+    /// The UnikGate plugin did not open a session.
+    #[error("Matomo refused to open a session: {0}")]
+    PluginMintFailed(String),
     #[error("Matomo answered unexpectedly: {0}")]
     MatomoUnexpected(String),
     #[error("the form expired")]
@@ -87,6 +91,7 @@ impl Error {
             | ProviderError(_)
             | ProviderBadAnswer(_)
             | MintFailed(_)
+            | PluginMintFailed(_)
             | MatomoUnexpected(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Forbidden(_) | AccessDenied(_) | Csrf | SuperuserDenied | SignInRejected(_) => {
@@ -178,7 +183,12 @@ impl Error {
             MintFailed(e) => p(
                 "Matomo refused the session",
                 format!("Matomo did not open a session for your account: {e}"),
-                Some("administrators: that the AutoLogin plugin is installed and active and that Matomo runs under Apache (mod_php); `unikgate doctor` checks both.".into()),
+                Some("administrators: that the AutoLogin plugin is installed and active and that Matomo runs under Apache (mod_php); `unikgate doctor --as <login>` checks both.".into()),
+            ),
+            PluginMintFailed(e) => p(
+                "Matomo refused the session",
+                format!("Matomo did not open a session for your account: {e}"),
+                Some("administrators: that the UnikGate plugin of this unikgate version is in Matomo's plugins/ and activated, that [UnikGate] shared_secret in Matomo equals matomo.shared_secret, that both clocks are right, and Matomo's error log; `unikgate doctor --as <login>` opens a test session and says which check fails.".into()),
             ),
             MatomoUnexpected(e) => p(
                 "Matomo answered unexpectedly",

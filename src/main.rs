@@ -52,6 +52,10 @@ enum Command {
             default_value = "config/unikgate.toml"
         )]
         config: PathBuf,
+        /// Also open a real Matomo session for this Matomo login, check who owns it, and log it
+        /// out again (the check that minting works inside Matomo).
+        #[arg(long = "as", value_name = "LOGIN")]
+        as_login: Option<String>,
     },
     /// Manage the links between @uniknames and Matomo accounts.
     Links {
@@ -187,14 +191,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Doctor { config } => {
+        Command::Doctor { config, as_login } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
             println!("ok   {:<20} {}", "configuration", config.display());
             let (_, app) = unikgate::build_app(cfg).await?;
-            let steps = unikgate::doctor::run(&app).await;
+            let steps = unikgate::doctor::run(&app, as_login.as_deref()).await;
             Ok(if unikgate::doctor::print(&steps) {
                 ExitCode::SUCCESS
             } else {

@@ -138,11 +138,11 @@ impl Minter for Signed {
             .await?;
         match a.status {
             StatusCode::FOUND | StatusCode::SEE_OTHER => set_cookie_value(&a.headers, MATOMO_COOKIE)
-                .ok_or_else(|| Error::MintFailed("the UnikGate plugin redirected without a session cookie".into())),
+                .ok_or_else(|| Error::PluginMintFailed("the UnikGate plugin redirected without a session cookie".into())),
             StatusCode::FORBIDDEN if a.body.starts_with(b"UnikGate: ") => {
-                Err(Error::MintFailed(format!("the UnikGate plugin refused: {}", unikgate_reason(&a.body))))
+                Err(Error::PluginMintFailed(format!("the UnikGate plugin refused: {}", unikgate_reason(&a.body))))
             }
-            s => Err(Error::MintFailed(format!(
+            s => Err(Error::PluginMintFailed(format!(
                 "Matomo answered {} to the UnikGate plugin's login (is the plugin installed and activated?)",
                 s.as_u16()
             ))),

@@ -545,13 +545,13 @@ async fn links_cli_round_trip() {
 #[tokio::test]
 async fn doctor_reports_fpm_and_wrong_secret() {
     let (m, p, app) = setup_with("").await;
-    let steps = unikgate::doctor::run(&app.app).await;
+    let steps = unikgate::doctor::run(&app.app, None).await;
     let by = |n: &str| steps.iter().find(|s| s.name == n).cloned().unwrap();
     assert!(by("client credentials").ok, "{steps:?}");
     assert!(by("Matomo").ok, "{steps:?}");
     assert!(by("AutoLogin").ok, "{steps:?}");
     m.state.fpm.store(true, Ordering::Relaxed);
-    let steps = unikgate::doctor::run(&app.app).await;
+    let steps = unikgate::doctor::run(&app.app, None).await;
     let a = steps.iter().find(|s| s.name == "AutoLogin").unwrap();
     assert!(!a.ok);
     assert!(
@@ -571,7 +571,7 @@ async fn doctor_reports_fpm_and_wrong_secret() {
         "",
     ))
     .await;
-    let steps = unikgate::doctor::run(&app2.app).await;
+    let steps = unikgate::doctor::run(&app2.app, None).await;
     let c = steps
         .iter()
         .find(|s| s.name == "client credentials")

@@ -308,7 +308,7 @@ async fn refusals_of_the_plugin_reach_the_user_as_clear_pages() {
 #[tokio::test]
 async fn doctor_checks_the_plugin_secret_and_clock() {
     let (m, _p, app) = setup("").await;
-    let steps = unikgate::doctor::run(&app.app).await;
+    let steps = unikgate::doctor::run(&app.app, None).await;
     let get = |steps: &Vec<unikgate::doctor::Step>, n: &str| {
         steps
             .iter()
@@ -320,15 +320,21 @@ async fn doctor_checks_the_plugin_secret_and_clock() {
     assert!(get(&steps, "shared secret").ok, "{steps:?}");
     assert!(get(&steps, "clock skew").ok, "{steps:?}");
     m.state.clock_offset.store(25, Ordering::Relaxed);
-    let steps = unikgate::doctor::run(&app.app).await;
+    let steps = unikgate::doctor::run(&app.app, None).await;
     let skew = get(&steps, "clock skew");
     assert!(!skew.ok && skew.detail.contains("+25"), "{skew:?}");
     m.state.clock_offset.store(0, Ordering::Relaxed);
     *m.state.unikgate_secret.lock().unwrap() = Some("a-different-secret-also-32-bytes-x".into());
-    let s = get(&unikgate::doctor::run(&app.app).await, "shared secret");
+    let s = get(
+        &unikgate::doctor::run(&app.app, None).await,
+        "shared secret",
+    );
     assert!(!s.ok && s.detail.contains("signature"), "{s:?}");
     *m.state.unikgate_secret.lock().unwrap() = None;
-    let s = get(&unikgate::doctor::run(&app.app).await, "UnikGate plugin");
+    let s = get(
+        &unikgate::doctor::run(&app.app, None).await,
+        "UnikGate plugin",
+    );
     assert!(
         !s.ok && s.detail.contains("plugin:activate UnikGate"),
         "{s:?}"

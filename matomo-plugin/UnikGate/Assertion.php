@@ -97,7 +97,8 @@ final class Assertion
             throw new AssertionException('wrong issuer');
         }
         if (rtrim($c['aud'], '/') . '/' !== $this->audience) {
-            throw new AssertionException('wrong audience');
+            // The audience is no secret; naming it tells an operator what Matomo believes its URL is.
+            throw new AssertionException('wrong audience: Matomo sees its own URL as ' . $this->audience);
         }
         if ($c['exp'] <= $c['iat'] || $c['exp'] - $c['iat'] > self::MAX_LIFETIME) {
             throw new AssertionException('lifetime longer than 60 s');

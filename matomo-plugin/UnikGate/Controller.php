@@ -10,8 +10,8 @@ use Piwik\Common;
 use Piwik\Config;
 use Piwik\Db;
 use Piwik\Piwik;
-use Piwik\Plugins\Login\SessionInitializer;
 use Piwik\Plugins\UsersManager\Model;
+use Piwik\Session\SessionInitializer;
 use Piwik\Url;
 
 class Controller extends \Piwik\Plugin\Controller

@@ -1,7 +1,10 @@
 // The seed's journey in a real browser (Debian chromium driven by playwright-core), clicked as a
-// person would, with a screenshot of every page at desktop width and at 390 px.
+// person would, in front of the real Matomo 5 (tests/real_matomo.rs starts it), with a screenshot
+// of every page at desktop width and at 390 px. Every request the pages make to unikgate/Matomo
+// is watched: none may fail (4xx/5xx) while Matomo's pages load.
 //
-// Env: BASE (unikgate's public URL), SHOTS (folder for the screenshots).
+// Env: BASE (unikgate's public URL), SHOTS (folder for the screenshots), ALICE_PASSWORD (alice's
+// Matomo password).
 // Exits non-zero on the first failed expectation; prints "N passed, M failed" at the end.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
@@ -9,11 +12,15 @@ import { mkdirSync } from 'node:fs';
 const BASE = process.env.BASE;
 const SHOTS = process.env.SHOTS || 'docs/screenshots';
 const DEEP = '/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday';
+const ALICE_PASSWORD = process.env.ALICE_PASSWORD;
 mkdirSync(SHOTS, { recursive: true });
 
 let passed = 0;
 let failed = 0;
 const cspViolations = [];
+// Requests to unikgate (and so Matomo) that failed while Matomo's pages loaded.
+const failedRequests = [];
+let watching = false;
 
 async function check(name, fn) {
   try {
@@ -45,7 +52,23 @@ async function newPage(browser) {
   page.on('console', (m) => {
     if (/Content Security Policy|Refused to/i.test(m.text())) cspViolations.push(m.text());
   });
+  page.on('response', (r) => {
+    if (watching && r.url().startsWith(BASE) && r.status() >= 400) failedRequests.push(`${r.status()} ${r.request().method()} ${r.url()}`);
+  });
+  page.on('requestfailed', (r) => {
+    if (watching && r.url().startsWith(BASE)) failedRequests.push(`failed ${r.request().method()} ${r.url()}: ${r.failure()?.errorText}`);
+  });
   return { ctx, page };
+}
+
+// The Matomo user a page was rendered for (Matomo's own piwik.userLogin).
+async function matomoUser(page) {
+  return page.evaluate(() => (window.piwik && window.piwik.userLogin) || null);
+}
+
+// Waits until Matomo's page and its AJAX calls are done.
+async function settle(page) {
+  await page.waitForLoadState('networkidle', { timeout: 30000 }).catch(() => {});
 }
 
 async function providerLogin(page, login, approve = true) {
@@ -94,20 +117,29 @@ try {
     await shot(page, '04-link-wrong-password');
   });
 
-  await check('linking lands in Matomo as alice, on the deep link', async () => {
-    await page.getByLabel('Matomo password').fill('alice-password');
+  await check('linking lands in Matomo as alice, on the deep link, with no failed request', async () => {
+    await page.getByLabel('Matomo password').fill(ALICE_PASSWORD);
+    watching = true;
     await page.getByRole('button', { name: 'Link this account' }).click();
-    await page.waitForSelector('#who');
-    expect((await page.textContent('#who')).includes('alice'), 'Matomo shows alice');
-    expect((await page.textContent('#where')).includes('idSite=1 period=day date=yesterday'), 'the deep link survived');
-    expect(page.url() === BASE + DEEP, `at ${page.url()}`);
+    await page.waitForURL((u) => u.pathname === '/index.php' && u.search.includes('module=CoreHome'), { timeout: 30000 });
+    await settle(page);
+    expect(await matomoUser(page) === 'alice', `Matomo shows ${await matomoUser(page)}`);
+    const u = new URL(page.url());
+    expect(BASE + u.pathname + u.search === BASE + DEEP, `the deep link survived: at ${page.url()}`);
+    await page.waitForSelector('#dashboardWidgetsArea .widget', { timeout: 30000 });
+    await settle(page);
+    watching = false;
+    expect(failedRequests.length === 0, `failed requests while Matomo loaded:\n${failedRequests.join('\n')}`);
     await shot(page, '05-matomo-as-alice');
   });
 
   await check("sign out through Matomo's own logout link", async () => {
-    await page.click('#logout');
+    const logout = page.locator('a[href*="module=Login&action=logout"]').first();
+    expect(await logout.count() === 1, "Matomo's page has its logout link");
+    await logout.click({ force: true });
     // RP-initiated logout at the provider: confirm there.
     const yes = page.getByRole('button', { name: /yes|sign me out/i });
+    await page.waitForLoadState('load');
     if (await yes.count()) await yes.first().click();
     await page.waitForURL(/\/_unikgate\/sign_in\?signed_out=1/);
     expect((await page.textContent('.notice')).includes('signed out'), 'notice');
@@ -119,8 +151,9 @@ try {
     if (await page.locator('input[name=login]').count() || page.url().includes('/oidc/')) {
       await providerLogin(page, 'alice');
     }
-    await page.waitForSelector('#who');
-    expect((await page.textContent('#who')).includes('alice'), 'Matomo shows alice');
+    await page.waitForURL((u) => u.pathname === '/index.php', { timeout: 30000 });
+    await settle(page);
+    expect(await matomoUser(page) === 'alice', `Matomo shows ${await matomoUser(page)}`);
   });
 
   const declined = await newPage(browser);
@@ -135,8 +168,9 @@ try {
     await p.getByRole('link', { name: 'Try again' }).click();
     await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
     await providerLogin(p, 'alice');
-    await p.waitForSelector('#who');
-    expect((await p.textContent('#where')).includes('idSite=1'), 'the retry kept the deep link');
+    await p.waitForURL((u) => u.pathname === '/index.php', { timeout: 30000 });
+    expect(p.url().includes('idSite=1') && p.url().includes('date=yesterday'), `the retry kept the deep link: ${p.url()}`);
+    expect(await matomoUser(p) === 'alice', `Matomo shows ${await matomoUser(p)}`);
   });
 
   const mallory = await newPage(browser);
@@ -147,7 +181,7 @@ try {
     await providerLogin(p, 'mallory');
     await p.waitForURL(/\/_unikgate\/link/);
     await p.getByLabel('Matomo username').fill('alice');
-    await p.getByLabel('Matomo password').fill('alice-password');
+    await p.getByLabel('Matomo password').fill(ALICE_PASSWORD);
     await p.getByRole('button', { name: 'Link this account' }).click();
     await p.waitForSelector('h1');
     expect((await p.textContent('h1')).includes('Already linked to another account'), await p.textContent('h1'));

@@ -1061,7 +1061,9 @@ fn verify_assertion(
         return Err("wrong issuer".into());
     }
     if format!("{}/", aud.trim_end_matches('/')) != audience {
-        return Err("wrong audience".into());
+        return Err(format!(
+            "wrong audience: Matomo sees its own URL as {audience}"
+        ));
     }
     if exp <= iat || exp - iat > 60 {
         return Err("lifetime longer than 60 s".into());

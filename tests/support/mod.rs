@@ -6,6 +6,7 @@
 pub mod matomo;
 pub mod payloads;
 pub mod provider;
+pub mod real;
 pub mod servers;
 
 use std::collections::HashMap;

@@ -1,0 +1,1165 @@
+//! unikgate in front of a real Matomo 5.1.2 (tests/support/real.rs): Apache + mod_php and
+//! nginx + PHP-FPM over one installed tree and MariaDB, both minters. Every claim of
+//! `matomo-contract.md` the stand-in implements is proved here (tests/CONTRACT.md maps them).
+//!
+//! A harness of its own (`harness = false`): Matomo is installed once, the tests run one after
+//! the other (they share Matomo's state), and everything started is stopped at the end, also when
+//! a test fails.
+
+mod support;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use support::provider::FakeProvider;
+use support::real::{RealMatomo, ADMIN, ALICE, BOB, SHARED_SECRET};
+use support::{config, link_password, location, sign_in, Browser, TestApp};
+
+type Fut<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
+type TestFn = for<'a> fn(&'a RealMatomo) -> Fut<'a>;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Web {
+    Apache,
+    Fpm,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Minter {
+    Signed,
+    AutoLogin,
+}
+
+fn upstream(m: &RealMatomo, web: Web) -> &str {
+    match web {
+        Web::Apache => &m.apache,
+        Web::Fpm => &m.fpm,
+    }
+}
+
+fn matomo_section(minter: Minter, extra: &str) -> String {
+    match minter {
+        Minter::Signed => {
+            format!("[matomo]\nminter = \"signed\"\nshared_secret = \"{SHARED_SECRET}\"\n{extra}")
+        }
+        Minter::AutoLogin => format!("[matomo]\nminter = \"autologin\"\n{extra}"),
+    }
+}
+
+/// unikgate in front of the real Matomo, with the fake provider.
+async fn gate(m: &RealMatomo, web: Web, minter: Minter, p: &FakeProvider, extra: &str) -> TestApp {
+    gate_with(m, web, &p.config(), &matomo_section(minter, extra)).await
+}
+
+/// unikgate on one of the ports Matomo trusts, with `provider` and `extra` sections.
+async fn gate_with(m: &RealMatomo, web: Web, provider: &str, extra: &str) -> TestApp {
+    let l = m.gate_listener();
+    l.set_nonblocking(true).expect("nonblocking");
+    let addr = l.local_addr().expect("addr");
+    let l = tokio::net::TcpListener::from_std(l).expect("tokio listener");
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    TestApp::start_on(&config(upstream(m, web), provider, extra), dir, l, addr).await
+}
+
+/// The Matomo user a page was rendered for (`piwik.userLogin`), after following redirects.
+async fn page_user(b: &Browser, url: &str) -> (u16, Option<String>, String) {
+    let res = b.get(url).await;
+    let (res, at) = b.follow(res, 6).await;
+    let status = res.status().as_u16();
+    let body = res.text().await.unwrap_or_default();
+    (
+        status,
+        unikgate::matomo::parse_user_login(&body),
+        format!("{at}\n{}", support::real::clip(&body)),
+    )
+}
+
+/// Signs in as `sub` and links `login` by password; the browser then holds both sessions.
+async fn sign_in_and_link(
+    app: &TestApp,
+    p: &FakeProvider,
+    sub: &str,
+    who: (&str, &str),
+) -> Result<Browser, String> {
+    let b = Browser::new();
+    let res = sign_in(&b, app, p, sub, "/").await;
+    let loc = location(&res);
+    ensure!(
+        loc.contains("/_unikgate/link"),
+        "first sign-in should ask to link, went to {loc:?} ({})",
+        res.status()
+    );
+    let res = link_password(&b, app, "/", who.0, who.1).await;
+    let status = res.status();
+    let loc = location(&res);
+    let body = res.text().await.unwrap_or_default();
+    ensure!(
+        status == 302,
+        "linking {} answered {status} {loc}:\n{}",
+        who.0,
+        support::real::clip(&body)
+    );
+    Ok(b)
+}
+
+/// The journey: sign in, link by password, land in Matomo as alice; a second browser signing in
+/// again goes straight to Matomo.
+async fn journey(m: &RealMatomo, web: Web, minter: Minter, sub: &str) -> Result<(), String> {
+    let p = FakeProvider::start().await;
+    let app = gate(m, web, minter, &p, "").await;
+    let b = sign_in_and_link(&app, &p, sub, ALICE).await?;
+    let (status, user, body) = page_user(
+        &b,
+        &app.url("/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday"),
+    )
+    .await;
+    ensure!(
+        status == 200 && user.as_deref() == Some("alice"),
+        "dashboard through unikgate: {status} {user:?}\n{body}\n{}",
+        m.php_errors()
+    );
+    let b2 = Browser::new();
+    let res = sign_in(
+        &b2,
+        &app,
+        &p,
+        sub,
+        "/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday",
+    )
+    .await;
+    let loc = location(&res);
+    ensure!(
+        !loc.contains("/_unikgate/link") && loc.contains("module=CoreHome"),
+        "second sign-in went to {loc:?}"
+    );
+    let (status, user, body) = page_user(&b2, &app.url(&loc_path(&loc))).await;
+    ensure!(
+        status == 200 && user.as_deref() == Some("alice"),
+        "second browser: {status} {user:?}\n{body}"
+    );
+    Ok(())
+}
+
+fn loc_path(loc: &str) -> String {
+    match loc.find("://") {
+        Some(i) => {
+            let rest = &loc[i + 3..];
+            rest.find('/')
+                .map(|j| rest[j..].to_string())
+                .unwrap_or("/".into())
+        }
+        None => loc.to_string(),
+    }
+}
+
+fn signed_apache_journey(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(journey(
+        m,
+        Web::Apache,
+        Minter::Signed,
+        "uns-journey-signed-apache",
+    ))
+}
+
+fn signed_fpm_journey(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(journey(
+        m,
+        Web::Fpm,
+        Minter::Signed,
+        "uns-journey-signed-fpm",
+    ))
+}
+
+fn autologin_apache_journey(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(journey(
+        m,
+        Web::Apache,
+        Minter::AutoLogin,
+        "uns-journey-autologin",
+    ))
+}
+
+fn setup_script_configured_the_tree(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let ini = m.config_ini();
+        ensure!(
+            ini.matches("trusted_hosts[] = \"127.0.0.1\"").count() == 1,
+            "trusted_hosts:\n{ini}"
+        );
+        ensure!(
+            ini.matches("proxy_client_headers[] = \"HTTP_X_FORWARDED_FOR\"")
+                .count()
+                == 1,
+            "proxy_client_headers:\n{ini}"
+        );
+        ensure!(
+            !ini.contains("proxy_host_headers"),
+            "proxy_host_headers must not be set:\n{ini}"
+        );
+        ensure!(
+            ini.contains("[UnikGate]") && ini.contains(SHARED_SECRET),
+            "UnikGate section:\n{ini}"
+        );
+        ensure!(
+            ini.contains("Plugins[] = \"UnikGate\"") && ini.contains("Plugins[] = \"AutoLogin\""),
+            "plugins activated:\n{ini}"
+        );
+        ensure!(
+            !m.setup_output.contains(SHARED_SECRET),
+            "matomo-setup.sh printed the secret:\n{}",
+            m.setup_output
+        );
+        Ok(())
+    })
+}
+
+/// The browser's `MATOMO_SESSID` for unikgate's origin.
+fn matomo_cookie(b: &Browser, app: &TestApp) -> Option<String> {
+    b.cookie(&app.url("/"), "MATOMO_SESSID")
+}
+
+/// Who Matomo says owns a session, asked directly (the UnikGate plugin's whoami).
+async fn whoami_direct(base: &str, cookie: &str) -> Result<Option<String>, String> {
+    let res = reqwest::Client::new()
+        .get(format!("{base}/index.php?module=UnikGate&action=whoami"))
+        .header("cookie", format!("MATOMO_SESSID={cookie}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = res.json().await.map_err(|e| e.to_string())?;
+    Ok(v.get("login").and_then(|l| l.as_str()).map(str::to_string))
+}
+
+const DASHBOARD: &str =
+    "/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday";
+
+/// Matomo's own login form, filled in through `base` (a Matomo URL or a unikgate in front).
+async fn matomo_password_login(b: &Browser, base: &str, who: (&str, &str)) -> Result<(), String> {
+    let html = b
+        .get(&format!("{base}/index.php?module=Login"))
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    let i = html
+        .find("id=\"login_form\"")
+        .ok_or_else(|| format!("no login form:\n{}", support::real::clip(&html)))?;
+    let (_, mut f) = support::real::form_fields(&html[i.saturating_sub(200)..]);
+    f.retain(|(k, _)| k.starts_with("form_"));
+    for (k, v) in f.iter_mut() {
+        match k.as_str() {
+            "form_login" => *v = who.0.to_string(),
+            "form_password" => *v = who.1.to_string(),
+            _ => {}
+        }
+    }
+    let pairs: Vec<(&str, &str)> = f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let res = b
+        .post(&format!("{base}/index.php?module=Login"), &pairs)
+        .await;
+    ensure!(
+        res.status().is_redirection(),
+        "Matomo's login form answered {}",
+        res.status()
+    );
+    Ok(())
+}
+
+/// Dashboard, widgets and the API calls Matomo's UI makes (POSTs with `token_auth` and
+/// `force_api_session=1`), all through unikgate: none may fail.
+async fn dashboard_calls(m: &RealMatomo, web: Web) -> Result<(), String> {
+    let p = FakeProvider::start().await;
+    let app = gate(m, web, Minter::Signed, &p, "").await;
+    let b = sign_in_and_link(&app, &p, &format!("uns-ajax-{web:?}"), ALICE).await?;
+    let res = b.get(&app.url(DASHBOARD)).await;
+    ensure!(res.status() == 200, "dashboard: {}", res.status());
+    let html = res.text().await.unwrap_or_default();
+    let token = html
+        .split("piwik.token_auth = \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .ok_or("the dashboard names no piwik.token_auth")?
+        .to_string();
+    let q = "idSite=1&period=day&date=yesterday";
+    for get in [
+        format!("/index.php?module=Dashboard&action=embeddedIndex&{q}"),
+        format!("/index.php?module=Widgetize&action=iframe&moduleToWidgetize=VisitsSummary&actionToWidgetize=getEvolutionGraph&{q}&disableLink=1&widget=1"),
+        format!("/index.php?module=VisitsSummary&action=getEvolutionGraph&{q}&forceView=1&viewDataTable=graphEvolution&widget=1"),
+        format!("/index.php?module=Live&action=widget&{q}&widget=1"),
+        format!("/index.php?module=UsersManager&action=userSettings&{q}"),
+    ] {
+        let res = b.get(&app.url(&get)).await;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        ensure!(status == 200 && unikgate::matomo::parse_user_login(&body).as_deref() != Some("anonymous"), "GET {get}: {status}\n{}\n{}", support::real::clip(&body), m.php_errors());
+    }
+    for method in [
+        "API.getWidgetMetadata&deep=1",
+        "API.getReportPagesMetadata",
+        "SitesManager.getSiteFromId",
+        "VisitsSummary.get",
+        "UsersManager.getUserPreference&userLogin=alice&preferenceName=defaultReport",
+        "Dashboard.getDashboards",
+        "Live.getLastVisitsDetails&filter_limit=5",
+    ] {
+        let url = app.url(&format!(
+            "/index.php?module=API&method={method}&{q}&format=json"
+        ));
+        let res = b
+            .post(&url, &[("token_auth", &token), ("force_api_session", "1")])
+            .await;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        ensure!(
+            status == 200 && !body.contains("\"result\":\"error\""),
+            "POST {method}: {status}\n{}",
+            support::real::clip(&body)
+        );
+    }
+    Ok(())
+}
+
+fn dashboard_and_ui_api_calls_pass_apache(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(dashboard_calls(m, Web::Apache))
+}
+
+fn dashboard_and_ui_api_calls_pass_fpm(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(dashboard_calls(m, Web::Fpm))
+}
+
+fn remints_when_matomo_deleted_the_session(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let p = FakeProvider::start().await;
+        let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
+        let b = sign_in_and_link(&app, &p, "uns-remint-deleted", ALICE).await?;
+        let (_, user, _) = page_user(&b, &app.url(DASHBOARD)).await;
+        ensure!(user.as_deref() == Some("alice"), "before: {user:?}");
+        let before = matomo_cookie(&b, &app).ok_or("no Matomo cookie")?;
+        m.sql("DELETE FROM matomo.matomo_session")?;
+        ensure!(
+            whoami_direct(&m.apache, &before).await?.is_none(),
+            "the deleted session still works"
+        );
+        let (status, user, body) = page_user(&b, &app.url(DASHBOARD)).await;
+        ensure!(
+            status == 200 && user.as_deref() == Some("alice"),
+            "after the delete: {status} {user:?}\n{body}"
+        );
+        let after = matomo_cookie(&b, &app).ok_or("no Matomo cookie")?;
+        ensure!(after != before, "the Matomo session was not minted again");
+        Ok(())
+    })
+}
+
+fn remints_when_matomo_idled_the_session_out(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        // Matomo idles sessions out after 4 s (unikgate still believes the default hour). Matomo
+        // stamps the expiry on a session when it is used, so the setting comes first.
+        m.console("config:set 'General.login_session_not_remembered_idle_timeout=4'")?;
+        let result = async {
+            let p = FakeProvider::start().await;
+            let app = gate(m, Web::Fpm, Minter::Signed, &p, "").await;
+            let b = sign_in_and_link(&app, &p, "uns-remint-idle", ALICE).await?;
+            let (_, user, _) = page_user(&b, &app.url(DASHBOARD)).await;
+            ensure!(user.as_deref() == Some("alice"), "before: {user:?}");
+            let before = matomo_cookie(&b, &app).ok_or("no Matomo cookie")?;
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            ensure!(
+                whoami_direct(&m.fpm, &before).await?.is_none(),
+                "Matomo did not idle the session out"
+            );
+            let (status, user, body) = page_user(&b, &app.url(DASHBOARD)).await;
+            ensure!(
+                status == 200 && user.as_deref() == Some("alice"),
+                "after idling out: {status} {user:?}\n{body}"
+            );
+            ensure!(
+                matomo_cookie(&b, &app).as_deref() != Some(before.as_str()),
+                "not minted again"
+            );
+            Ok(())
+        }
+        .await;
+        m.console("config:delete General.login_session_not_remembered_idle_timeout")?;
+        result
+    })
+}
+
+fn another_users_matomo_cookie_never_works_under_alice(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        // bob signs in to Matomo directly and gets his own session.
+        let bob = Browser::new();
+        matomo_password_login(&bob, &m.apache, BOB).await?;
+        let bobs = bob
+            .cookie(&format!("{}/", m.apache), "MATOMO_SESSID")
+            .ok_or("bob has no Matomo cookie")?;
+        ensure!(
+            whoami_direct(&m.apache, &bobs).await?.as_deref() == Some("bob"),
+            "bob's cookie is not bob's"
+        );
+        let p = FakeProvider::start().await;
+        let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
+        let b = sign_in_and_link(&app, &p, "uns-cookie-swap", ALICE).await?;
+        b.set_cookie(&app.url("/"), &format!("MATOMO_SESSID={bobs}; Path=/"));
+        let (status, user, body) = page_user(&b, &app.url(DASHBOARD)).await;
+        ensure!(
+            status == 200 && user.as_deref() == Some("alice"),
+            "with bob's cookie: {status} {user:?}\n{body}"
+        );
+        ensure!(
+            matomo_cookie(&b, &app).as_deref() != Some(bobs.as_str()),
+            "bob's cookie stayed"
+        );
+        // PHP reads MATOMO.SESSID and MATOMO SESSID as MATOMO_SESSID: also never forwarded.
+        let res = b
+            .client
+            .get(app.url(DASHBOARD))
+            .header("cookie", format!("MATOMO.SESSID={bobs}"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = res.text().await.unwrap_or_default();
+        ensure!(
+            unikgate::matomo::parse_user_login(&body).as_deref() != Some("bob"),
+            "MATOMO.SESSID reached Matomo as bob"
+        );
+        Ok(())
+    })
+}
+
+fn tracking_hit_is_a_visit_with_the_client_ip_and_token_api_passes(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let p = FakeProvider::start().await;
+        let l = m.gate_listener();
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let addr = l.local_addr().map_err(|e| e.to_string())?;
+        let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+        // The test client plays a TLS terminator in front: its X-Forwarded-For is believed.
+        let toml = config(&m.apache, &p.config(), &matomo_section(Minter::Signed, "")).replace(
+            "[server]\n",
+            "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        );
+        let app = TestApp::start_on(
+            &toml,
+            Arc::new(tempfile::tempdir().map_err(|e| e.to_string())?),
+            l,
+            addr,
+        )
+        .await;
+        let visitor = "7e1a6b2c3d4e5f60";
+        let res = reqwest::Client::new()
+            .get(app.url(&format!("/matomo.php?idsite=1&rec=1&apiv=1&_id={visitor}&url=https%3A%2F%2Fwww.example.com%2Fpricing&action_name=Pricing&rand=42&send_image=0")))
+            .header("x-forwarded-for", "198.51.100.23")
+            .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        ensure!(res.status().is_success(), "tracking hit: {}", res.status());
+        // Read it back through unikgate with a token (API traffic passes untouched).
+        let url = app.url(&format!(
+            "/index.php?module=API&method=Live.getLastVisitsDetails&idSite=1&period=day&date=today&format=json&filter_limit=20&token_auth={}",
+            m.admin_token
+        ));
+        let v: serde_json::Value = reqwest::get(&url)
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let visits = v
+            .as_array()
+            .ok_or_else(|| format!("not a list of visits: {v}"))?;
+        let visit = visits
+            .iter()
+            .find(|x| x.get("visitorId").and_then(|i| i.as_str()) == Some(visitor))
+            .ok_or_else(|| format!("the hit is not a visit: {v}"))?;
+        let ip = visit.get("visitIp").and_then(|i| i.as_str()).unwrap_or("");
+        ensure!(
+            ip.starts_with("198.51."),
+            "visit IP {ip:?}, want the client's 198.51.100.23 (Matomo may mask its end)"
+        );
+        // The same API as POST, and a wrong token gets Matomo's own answer, not unikgate's page.
+        let res = reqwest::Client::new()
+            .post(app.url("/index.php?module=API&method=UsersManager.getUsersLogin&format=json"))
+            .form(&[("token_auth", m.admin_token.as_str())])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let logins = res.text().await.unwrap_or_default();
+        ensure!(
+            logins.contains("\"alice\"") && logins.contains("\"bob\""),
+            "getUsersLogin: {logins}"
+        );
+        let res = reqwest::get(app.url("/index.php?module=API&method=UsersManager.getUsersLogin&format=json&token_auth=0123456789abcdef0123456789abcdef")).await.map_err(|e| e.to_string())?;
+        let body = res.text().await.unwrap_or_default();
+        ensure!(
+            body.contains("\"result\":\"error\""),
+            "a wrong token: {body}"
+        );
+        Ok(())
+    })
+}
+
+fn matomo_logout_link_ends_both_sessions(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let p = FakeProvider::start().await;
+        let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
+        let b = sign_in_and_link(&app, &p, "uns-logout", ALICE).await?;
+        let (_, user, _) = page_user(&b, &app.url(DASHBOARD)).await;
+        ensure!(user.as_deref() == Some("alice"), "before: {user:?}");
+        let cookie = matomo_cookie(&b, &app).ok_or("no Matomo cookie")?;
+        // The logout link of Matomo's menu.
+        let res = b
+            .get(&app.url("/index.php?module=Login&action=logout"))
+            .await;
+        let (res, at) = b.follow(res, 6).await;
+        ensure!(
+            res.status() == 200 && at.contains("/_unikgate/"),
+            "logout ended on {at} ({})",
+            res.status()
+        );
+        ensure!(
+            whoami_direct(&m.apache, &cookie).await?.is_none(),
+            "the Matomo session survived the logout"
+        );
+        let res = b.get(&app.url(DASHBOARD)).await;
+        ensure!(
+            location(&res).contains("/_unikgate/sign_in"),
+            "unikgate's session survived: {}",
+            location(&res)
+        );
+        Ok(())
+    })
+}
+
+fn unlink_ends_the_matomo_session(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let p = FakeProvider::start().await;
+        let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
+        let b = sign_in_and_link(&app, &p, "uns-unlink", ALICE).await?;
+        let (_, user, _) = page_user(&b, &app.url(DASHBOARD)).await;
+        ensure!(user.as_deref() == Some("alice"), "before: {user:?}");
+        let cookie = matomo_cookie(&b, &app).ok_or("no Matomo cookie")?;
+        let html = b
+            .get(&app.url("/_unikgate/account"))
+            .await
+            .text()
+            .await
+            .unwrap_or_default();
+        let res = b
+            .post(
+                &app.url("/_unikgate/unlink"),
+                &[("csrf", &support::csrf_of(&html))],
+            )
+            .await;
+        ensure!(res.status() == 302, "unlink: {}", res.status());
+        ensure!(
+            whoami_direct(&m.apache, &cookie).await?.is_none(),
+            "the Matomo session survived the unlink"
+        );
+        let res = sign_in(&b, &app, &p, "uns-unlink", "/").await;
+        ensure!(
+            location(&res).contains("/_unikgate/link"),
+            "after unlink the sign-in should ask to link again: {}",
+            location(&res)
+        );
+        Ok(())
+    })
+}
+
+fn superusers_link_and_deny_superusers_refuses_them(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let p = FakeProvider::start().await;
+        let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
+        let b = sign_in_and_link(&app, &p, "uns-admin", ADMIN).await?;
+        let (_, user, _) = page_user(&b, &app.url(DASHBOARD)).await;
+        ensure!(
+            user.as_deref() == Some("admin"),
+            "the superuser lands as {user:?}"
+        );
+        let app = gate(
+            m,
+            Web::Apache,
+            Minter::Signed,
+            &p,
+            "deny_superusers = true\n",
+        )
+        .await;
+        let b = Browser::new();
+        let res = sign_in(&b, &app, &p, "uns-admin-denied", "/").await;
+        ensure!(
+            location(&res).contains("/_unikgate/link"),
+            "{}",
+            location(&res)
+        );
+        let res = link_password(&b, &app, "/", ADMIN.0, ADMIN.1).await;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        ensure!(
+            status == 403 && body.contains("superuser"),
+            "deny_superusers: {status}\n{}",
+            support::real::clip(&body)
+        );
+        Ok(())
+    })
+}
+
+/// The plugin's own refusals, straight to Matomo: replay, forged, expired, unknown login, wrong
+/// audience; a good assertion opens a session of that login.
+async fn plugin_refusals(base: &str) -> Result<(), String> {
+    use secrecy::SecretString;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let signer = unikgate::matomo::Signed::new(SecretString::from(SHARED_SECRET), base);
+    let post = |a: String| async move {
+        let res = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?
+            .post(format!("{base}/index.php?module=UnikGate&action=login"))
+            .form(&[("assertion", a)])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = res.status().as_u16();
+        let cookie = unikgate::matomo::set_cookie_value(res.headers(), "MATOMO_SESSID");
+        let body = res.text().await.unwrap_or_default();
+        Ok::<_, String>((status, cookie, body))
+    };
+    let good = signer.assertion("alice", now, "/index.php");
+    let (status, cookie, body) = post(good.clone()).await?;
+    ensure!(
+        status == 302,
+        "a good assertion: {status}\n{}",
+        support::real::clip(&body)
+    );
+    let cookie = cookie.ok_or("no session cookie")?;
+    ensure!(
+        whoami_direct(base, &cookie).await?.as_deref() == Some("alice"),
+        "the session is not alice's"
+    );
+    let cases = [
+        (good, "replayed assertion"),
+        (
+            unikgate::matomo::Signed::new(
+                SecretString::from("another-secret-of-at-least-32-bytes!!"),
+                base,
+            )
+            .assertion("alice", now, "/"),
+            "bad signature",
+        ),
+        (signer.assertion("alice", now - 200, "/"), "expired"),
+        (signer.assertion("nobody-here", now, "/"), "unknown login"),
+        (
+            unikgate::matomo::Signed::new(SecretString::from(SHARED_SECRET), "http://evil.example")
+                .assertion("alice", now, "/"),
+            "wrong audience",
+        ),
+        (
+            signer.assertion("alice", now, "//evil.example/"),
+            "rd is not a relative path",
+        ),
+    ];
+    for (a, why) in cases {
+        let (status, cookie, body) = post(a).await?;
+        ensure!(
+            status == 403 && body.contains(why),
+            "want 403 {why:?}, got {status}: {}",
+            support::real::clip(&body)
+        );
+        if let Some(c) = cookie {
+            ensure!(
+                whoami_direct(base, &c).await?.is_none(),
+                "a refused assertion left a session ({why})"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn plugin_refusals_apache(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(plugin_refusals(&m.apache))
+}
+
+fn plugin_refusals_fpm(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(plugin_refusals(&m.fpm))
+}
+
+fn plugin_refusals_are_pages_that_say_what_to_check(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let p = FakeProvider::start().await;
+        // A secret that is not Matomo's.
+        let extra = "[matomo]\nminter = \"signed\"\nshared_secret = \"not-the-secret-matomo-holds-0123456789\"\n";
+        let app = gate_with(m, Web::Apache, &p.config(), extra).await;
+        let b = Browser::new();
+        let res = sign_in(&b, &app, &p, "uns-wrong-secret", "/").await;
+        ensure!(
+            location(&res).contains("/_unikgate/link"),
+            "{}",
+            location(&res)
+        );
+        let res = link_password(&b, &app, "/", ALICE.0, ALICE.1).await;
+        let (res, _) = b.follow(res, 4).await;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        ensure!(
+            status == 502 && body.contains("bad signature"),
+            "wrong secret: {status}\n{}",
+            support::real::clip(&body)
+        );
+        // A link to a login Matomo does not have.
+        let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
+        let issuer = p.issuer();
+        let _created = app
+            .app
+            .links
+            .create(&unikgate::links::Link {
+                id: unikgate::random_token(),
+                issuer,
+                subject: "uns-ghost".into(),
+                matomo_login: "ghost".into(),
+                superuser: false,
+                created_at: 0,
+                last_login_at: None,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let b = Browser::new();
+        let res = sign_in(&b, &app, &p, "uns-ghost", "/").await;
+        let (res, _) = b.follow(res, 4).await;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        ensure!(
+            status == 502 && body.contains("unknown login"),
+            "unknown login: {status}\n{}",
+            support::real::clip(&body)
+        );
+        Ok(())
+    })
+}
+
+/// `unikgate doctor` (the binary) against the real Matomo.
+async fn doctor(
+    m: &RealMatomo,
+    web: Web,
+    minter: Minter,
+    args: &[&str],
+) -> Result<(bool, String), String> {
+    let p = FakeProvider::start().await;
+    let l = m.gate_listener();
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    drop(l);
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let toml = config(upstream(m, web), &p.config(), &matomo_section(minter, ""))
+        .replace("{public}", &format!("http://{addr}"))
+        .replace("{dir}", &dir.path().display().to_string());
+    let cfg = dir.path().join("unikgate.toml");
+    std::fs::write(&cfg, toml).map_err(|e| e.to_string())?;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_unikgate"))
+        .arg("doctor")
+        .arg("-c")
+        .arg(&cfg)
+        .args(args)
+        .env("UNIKGATE_LOG", "error")
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+fn doctor_as_alice_mints_and_logs_out(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        for web in [Web::Apache, Web::Fpm] {
+            let (ok, out) = doctor(m, web, Minter::Signed, &["--as", "alice"]).await?;
+            ensure!(
+                ok && out.contains("ok   mint") && out.contains("for alice"),
+                "doctor --as alice ({web:?}):\n{out}"
+            );
+            let (ok, out) = doctor(m, web, Minter::Signed, &[]).await?;
+            ensure!(
+                ok && out.contains("skip mint") && out.contains("not exercised"),
+                "doctor without --as ({web:?}):\n{out}"
+            );
+        }
+        let (ok, out) = doctor(m, Web::Apache, Minter::AutoLogin, &["--as", "alice"]).await?;
+        ensure!(
+            ok && out.contains("ok   mint"),
+            "doctor --as alice (AutoLogin):\n{out}"
+        );
+        let (ok, out) = doctor(m, Web::Apache, Minter::Signed, &["--as", "nobody-at-all"]).await?;
+        ensure!(
+            !ok && out.contains("FAIL mint") && out.contains("unknown login"),
+            "doctor --as an unknown login:\n{out}"
+        );
+        Ok(())
+    })
+}
+
+fn doctor_as_fails_with_the_old_plugin(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        // The plugin as it was: the Login plugin's two-argument SessionInitializer.
+        let controller = m.tree.join("plugins/UnikGate/Controller.php");
+        let fixed = std::fs::read_to_string(&controller).map_err(|e| e.to_string())?;
+        let old = fixed.replace(
+            "use Piwik\\Session\\SessionInitializer;",
+            "use Piwik\\Plugins\\Login\\SessionInitializer;",
+        );
+        ensure!(
+            old != fixed,
+            "the fixed plugin no longer imports core's SessionInitializer"
+        );
+        std::fs::write(&controller, &old).map_err(|e| e.to_string())?;
+        let with_old = doctor(m, Web::Apache, Minter::Signed, &["--as", "alice"]).await;
+        let without_as = doctor(m, Web::Apache, Minter::Signed, &[]).await;
+        std::fs::write(&controller, &fixed).map_err(|e| e.to_string())?;
+        let (ok, out) = with_old?;
+        ensure!(
+            !ok && out.contains("FAIL mint") && out.contains("500"),
+            "doctor --as alice with the old plugin:\n{out}"
+        );
+        let (ok, out) = without_as?;
+        ensure!(ok, "without --as the old plugin passes every other check (that is why --as exists):\n{out}");
+        let (ok, out) = doctor(m, Web::Apache, Minter::Signed, &["--as", "alice"]).await?;
+        ensure!(ok, "doctor --as alice with the fixed plugin:\n{out}");
+        Ok(())
+    })
+}
+
+fn doctor_explains_autologin_under_php_fpm(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let (ok, out) = doctor(m, Web::Fpm, Minter::AutoLogin, &[]).await?;
+        ensure!(
+            !ok && out.contains("FAIL AutoLogin")
+                && out.contains("PHP-FPM")
+                && out.contains("mod_php"),
+            "AutoLogin under PHP-FPM:\n{out}"
+        );
+        let (ok, out) = doctor(m, Web::Apache, Minter::AutoLogin, &[]).await?;
+        ensure!(
+            ok && out.contains("ok   AutoLogin"),
+            "AutoLogin under mod_php:\n{out}"
+        );
+        Ok(())
+    })
+}
+
+fn link_by_an_existing_matomo_session(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let p = FakeProvider::start().await;
+        let app = gate(
+            m,
+            Web::Apache,
+            Minter::Signed,
+            &p,
+            "password_login = true\n",
+        )
+        .await;
+        let b = Browser::new();
+        // Matomo's own password login, through unikgate (password_login lets it pass).
+        matomo_password_login(&b, &app.url(""), ALICE).await?;
+        let (_, user, _) = page_user(&b, &app.url(DASHBOARD)).await;
+        ensure!(
+            user.as_deref() == Some("alice"),
+            "password login through unikgate: {user:?}"
+        );
+        let res = sign_in(&b, &app, &p, "uns-link-by-session", "/").await;
+        ensure!(
+            location(&res).contains("/_unikgate/link"),
+            "{}",
+            location(&res)
+        );
+        let html = b
+            .get(&app.url("/_unikgate/link"))
+            .await
+            .text()
+            .await
+            .unwrap_or_default();
+        ensure!(
+            html.contains("alice"),
+            "the link page does not offer alice's session:\n{}",
+            support::real::clip(&html)
+        );
+        let res = b
+            .post(
+                &app.url("/_unikgate/link"),
+                &[
+                    ("csrf", &support::csrf_of(&html)),
+                    ("rd", "/"),
+                    ("mode", "session"),
+                ],
+            )
+            .await;
+        ensure!(res.status() == 302, "link by session: {}", res.status());
+        let (status, user, body) = page_user(&b, &app.url(DASHBOARD)).await;
+        ensure!(
+            status == 200 && user.as_deref() == Some("alice"),
+            "after linking by session: {status} {user:?}\n{body}"
+        );
+        Ok(())
+    })
+}
+
+fn matomo_setup_script_is_idempotent_and_quiet(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let before = m.config_ini();
+        let out = m.as_web_user(&format!(
+            "MATOMO_DIR='{}' SHARED_SECRET_FILE='{}' PUBLIC_HOST=127.0.0.1 MINTER=signed bash '{}'",
+            m.tree.display(),
+            m.secret_file.display(),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/matomo-setup.sh")
+                .display()
+        ))?;
+        let after = m.config_ini();
+        ensure!(
+            before == after,
+            "a second run changed config.ini.php:\n--- before\n{before}\n--- after\n{after}"
+        );
+        ensure!(
+            !out.contains(SHARED_SECRET),
+            "the script printed the secret:\n{out}"
+        );
+        Ok(())
+    })
+}
+
+/// The seed's journey in Chromium (tests/e2e/journey.mjs) with real processes: the unikgate
+/// binary (signed minter) in front of the real Matomo under mod_php, and the real
+/// `oidc-provider`. Its screenshots are the README's pictures.
+fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        use support::provider::{node_dir, NodeProvider};
+        ensure!(
+            std::path::Path::new("/usr/bin/chromium").exists(),
+            "Debian's chromium is not installed: run tests/run (it installs it)"
+        );
+        let l = m.gate_listener();
+        let port = l.local_addr().map_err(|e| e.to_string())?.port();
+        drop(l);
+        let base = format!("http://127.0.0.1:{port}");
+        let provider = NodeProvider::start(
+            &[format!("{base}/_unikgate/callback")],
+            &[format!("{base}/_unikgate/sign_in?signed_out=1")],
+        )
+        .await;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let cfg = dir.path().join("unikgate.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n[upstream]\nurl = \"{}\"\n[provider]\n{}[store]\nurl = \"sqlite://{}/data/unikgate.db\"\n{}",
+                m.apache,
+                provider.config_discovery(),
+                dir.path().display(),
+                matomo_section(Minter::Signed, "")
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut unikgate = tokio::process::Command::new(env!("CARGO_BIN_EXE_unikgate"))
+            .args(["serve", "-c"])
+            .arg(&cfg)
+            .env("UNIKGATE_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut up = false;
+        for _ in 0..200 {
+            if reqwest::get(format!("{base}/_unikgate/healthz"))
+                .await
+                .is_ok()
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ensure!(up, "unikgate did not come up");
+        let shots = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+        let out = tokio::process::Command::new("node")
+            .arg(node_dir().join("journey.mjs"))
+            .env("BASE", &base)
+            .env("SHOTS", &shots)
+            .env("ALICE_PASSWORD", ALICE.1)
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = unikgate.kill().await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success() && stdout.contains(" passed, 0 failed"),
+            "the browser journey failed:\n{stdout}\n{}",
+            m.php_errors()
+        );
+        Ok(())
+    })
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let tests: Vec<(&str, TestFn)> = vec![
+        (
+            "setup_script_configured_the_tree",
+            setup_script_configured_the_tree,
+        ),
+        ("signed_apache_journey", signed_apache_journey),
+        ("signed_fpm_journey", signed_fpm_journey),
+        ("autologin_apache_journey", autologin_apache_journey),
+        (
+            "dashboard_and_ui_api_calls_pass_apache",
+            dashboard_and_ui_api_calls_pass_apache,
+        ),
+        (
+            "dashboard_and_ui_api_calls_pass_fpm",
+            dashboard_and_ui_api_calls_pass_fpm,
+        ),
+        (
+            "remints_when_matomo_deleted_the_session",
+            remints_when_matomo_deleted_the_session,
+        ),
+        (
+            "remints_when_matomo_idled_the_session_out",
+            remints_when_matomo_idled_the_session_out,
+        ),
+        (
+            "another_users_matomo_cookie_never_works_under_alice",
+            another_users_matomo_cookie_never_works_under_alice,
+        ),
+        (
+            "tracking_hit_is_a_visit_with_the_client_ip_and_token_api_passes",
+            tracking_hit_is_a_visit_with_the_client_ip_and_token_api_passes,
+        ),
+        (
+            "matomo_logout_link_ends_both_sessions",
+            matomo_logout_link_ends_both_sessions,
+        ),
+        (
+            "unlink_ends_the_matomo_session",
+            unlink_ends_the_matomo_session,
+        ),
+        (
+            "superusers_link_and_deny_superusers_refuses_them",
+            superusers_link_and_deny_superusers_refuses_them,
+        ),
+        ("plugin_refusals_apache", plugin_refusals_apache),
+        ("plugin_refusals_fpm", plugin_refusals_fpm),
+        (
+            "plugin_refusals_are_pages_that_say_what_to_check",
+            plugin_refusals_are_pages_that_say_what_to_check,
+        ),
+        (
+            "doctor_as_alice_mints_and_logs_out",
+            doctor_as_alice_mints_and_logs_out,
+        ),
+        (
+            "doctor_as_fails_with_the_old_plugin",
+            doctor_as_fails_with_the_old_plugin,
+        ),
+        (
+            "doctor_explains_autologin_under_php_fpm",
+            doctor_explains_autologin_under_php_fpm,
+        ),
+        (
+            "link_by_an_existing_matomo_session",
+            link_by_an_existing_matomo_session,
+        ),
+        (
+            "matomo_setup_script_is_idempotent_and_quiet",
+            matomo_setup_script_is_idempotent_and_quiet,
+        ),
+        ("browser_journey_in_chromium", browser_journey_in_chromium),
+    ];
+    if args.list {
+        let trials = tests
+            .into_iter()
+            .map(|(n, _)| Trial::test(n, || Ok(())))
+            .collect();
+        libtest_mimic::run(&args, trials).exit();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Arc::new(rt),
+        Err(e) => {
+            eprintln!("tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let started = std::time::Instant::now();
+    let matomo = rt.block_on(RealMatomo::start()).map(Arc::new);
+    match &matomo {
+        Ok(m) => eprintln!(
+            "real Matomo 5.1.2 ready in {:.1} s: Apache + mod_php {} | nginx + PHP-FPM {} | MariaDB 127.0.0.1:{} | {}",
+            started.elapsed().as_secs_f64(),
+            m.apache,
+            m.fpm,
+            m.db_port,
+            m.root.display()
+        ),
+        Err(e) => eprintln!("real Matomo harness: {e}"),
+    }
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let m = matomo.clone();
+            let rt = rt.clone();
+            Trial::test(name, move || {
+                let m =
+                    m.map_err(|e| Failed::from(format!("the real Matomo did not start: {e}")))?;
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    rt.block_on(async {
+                        tokio::time::timeout(Duration::from_secs(180), f(&m))
+                            .await
+                            .unwrap_or_else(|_| Err("timed out after 180 s".into()))
+                    })
+                }));
+                match out {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(p) => Err(Failed::from(
+                        p.downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "panicked".into()),
+                    )),
+                }
+            })
+        })
+        .collect();
+    let mut args = args;
+    args.test_threads = Some(1);
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Ok(m) = &matomo {
+        let left = m.stop();
+        if !left.is_empty() {
+            eprintln!(
+                "still running after the harness stopped:\n{}",
+                left.join("\n")
+            );
+            std::process::exit(101);
+        }
+    }
+    conclusion.exit();
+}
