@@ -5,7 +5,9 @@
 //! The path is normalised like Apache does it (percent-decoding, dot segments, merged slashes) and
 //! parameters are read like PHP ([`crate::php`]), never with a pattern over the raw URL.
 
-use crate::php::{Params, Request};
+use std::borrow::Cow;
+
+use crate::php::{matomo_decode, Params, Request};
 
 /// What a request is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,123 @@ pub enum Class {
 pub struct Classifier {
     prefix: String,
     public_paths: Vec<String>,
+    /// `matomo.password_login`: when off, a request that is not signed in never carries a Matomo
+    /// password to Matomo.
+    password_login: bool,
+}
+
+/// The login plugins: only unikgate itself talks to them (their controllers and their API).
+const LOGIN_PLUGINS: &[&str] = &["AutoLogin", "UnikGate"];
+/// Modules whose actions run another controller or API method named by a parameter, or read
+/// their target from the body: a form body is read before classifying a post to them.
+const DISPATCHERS: &[&str] = &["API", "Widgetize", "CoreHome", "PagePerformance"];
+/// How many controllers one request may chain (Widgetize → showInContext → …) before unikgate
+/// stops following and refuses.
+const MAX_CHAIN: usize = 4;
+
+fn is_one_of(name: &str, list: &[&str]) -> bool {
+    list.iter().any(|m| name.trim().eq_ignore_ascii_case(m))
+}
+
+/// A parameter that carries a Matomo password (`password`, `passwordConfirmation`,
+/// `form_password`, `passwordBis`, `confirmPassword`, `mtmpasswordconfirm`, …).
+fn is_password_param(name: &str) -> bool {
+    name.to_ascii_lowercase().contains("password")
+}
+
+/// The module part of an API method name (`UsersManager.getUsers` → `UsersManager`).
+fn api_module(method: &str) -> &str {
+    method.trim().split('.').next().unwrap_or("")
+}
+
+/// What a request makes Matomo run, followed through Matomo's dispatchers.
+struct Dispatch<'a> {
+    /// The controllers, outermost first: (module, action), as Matomo reads them.
+    controllers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// The API methods named anywhere (`method`, `urls[]` of `API.getBulkRequest`, `apiMethod`).
+    methods: Vec<String>,
+    /// Parameter names of the nested API requests (`urls[]` entries).
+    nested_names: Vec<String>,
+    /// The chain was longer than [`MAX_CHAIN`].
+    too_deep: bool,
+}
+
+/// Follows `Widgetize.iframe` (`moduleToWidgetize` / `actionToWidgetize`) and
+/// `CoreHome.showInContext` (`moduleToLoad` / `actionToLoad`), and collects the API methods a
+/// request names (Matomo 5.1.2: plugins/Widgetize/Controller.php, plugins/CoreHome/Controller.php,
+/// plugins/API/API.php getBulkRequest, plugins/PagePerformance/Controller.php; docs/SECURITY.md).
+/// Actions are compared without case (a superset of what Matomo dispatches).
+fn dispatch<'a>(req: &'a Request<'a>) -> Dispatch<'a> {
+    let module = req.matomo("module").unwrap_or(Cow::Borrowed("CoreHome"));
+    let action = req.matomo("action").unwrap_or(Cow::Borrowed(""));
+    let mut d = Dispatch {
+        controllers: vec![(module, action)],
+        methods: Vec::new(),
+        nested_names: Vec::new(),
+        too_deep: false,
+    };
+    loop {
+        let (m, a) = d.controllers[d.controllers.len() - 1].clone();
+        let next = if m.eq_ignore_ascii_case("Widgetize") && a.eq_ignore_ascii_case("iframe") {
+            req.matomo("moduleToWidgetize")
+                .map(|m| (m, req.matomo("actionToWidgetize").unwrap_or_default()))
+        } else if m.eq_ignore_ascii_case("CoreHome") && a.eq_ignore_ascii_case("showInContext") {
+            req.matomo("moduleToLoad").map(|m| {
+                (
+                    m,
+                    req.matomo("actionToLoad").unwrap_or(Cow::Borrowed("index")),
+                )
+            })
+        } else {
+            None
+        };
+        let Some(next) = next else { break };
+        if d.controllers.len() >= MAX_CHAIN {
+            d.too_deep = true;
+            break;
+        }
+        d.controllers.push(next);
+    }
+    let names_api = d
+        .controllers
+        .iter()
+        .any(|(m, _)| m.eq_ignore_ascii_case("API"));
+    if names_api {
+        if let Some(method) = req.matomo("method") {
+            d.methods.push(method.into_owned());
+        }
+        // API.getBulkRequest runs every entry of urls[] as an API request of its own.
+        let bulk: Vec<&str> = req
+            .get
+            .all("urls")
+            .into_iter()
+            .chain(req.post.into_iter().flat_map(|p| {
+                if req.get.get("urls").is_some() {
+                    Vec::new()
+                } else {
+                    p.all("urls")
+                }
+            }))
+            .collect();
+        for entry in bulk {
+            let decoded = matomo_decode(entry);
+            for nested in [Params::parse(&decoded), Params::from_query_string(&decoded)] {
+                if let Some(m) = nested.get("method").and_then(|v| v.as_str()) {
+                    d.methods.push(matomo_decode(m).into_owned());
+                }
+                d.nested_names.extend(nested.names().map(str::to_string));
+            }
+        }
+    }
+    if d.controllers
+        .iter()
+        .any(|(m, _)| m.eq_ignore_ascii_case("PagePerformance"))
+    {
+        if let Some(m) = req.matomo("apiMethod") {
+            d.methods.push(m.into_owned());
+        }
+    }
+    d
 }
 
 const ASSET_DIRS: &[&str] = &["/plugins/", "/libs/", "/node_modules/", "/misc/"];
@@ -129,10 +248,11 @@ fn is_form(content_type: Option<&str>) -> bool {
 }
 
 impl Classifier {
-    pub fn new(prefix: &str, public_paths: &[String]) -> Self {
+    pub fn new(prefix: &str, public_paths: &[String], password_login: bool) -> Self {
         Classifier {
             prefix: prefix.to_string(),
             public_paths: public_paths.to_vec(),
+            password_login,
         }
     }
 
@@ -157,14 +277,21 @@ impl Classifier {
             return BodyRule::Stream;
         }
         let q = Params::parse(query.unwrap_or(""));
+        let req = Request {
+            get: &q,
+            post: None,
+        };
+        // The body can only change what Matomo runs when the query names no module, or names a
+        // module that reads its target, its method or its token from the request (or Login, whose
+        // logout action is unikgate's sign-out).
+        let decided_by_query = req.matomo("module").is_some_and(|m| {
+            !is_one_of(&m, DISPATCHERS) && !m.trim().eq_ignore_ascii_case("Login")
+        });
         if is_form(content_type) {
-            if ["module", "action", "token_auth"]
-                .iter()
-                .any(|k| q.get(k).is_none())
-            {
+            if !decided_by_query {
                 return BodyRule::ReadForm;
             }
-        } else if is_multipart(content_type) && q.get("module").is_none() {
+        } else if is_multipart(content_type) && !decided_by_query {
             return BodyRule::RefuseMultipart;
         }
         BodyRule::Stream
@@ -210,21 +337,48 @@ impl Classifier {
             get: &get,
             post: body,
         };
-        let module = req.string("module").unwrap_or("");
-        let action = req.string("action").unwrap_or("");
-        if module.eq_ignore_ascii_case("autologin") {
-            return Class::Forbidden("the AutoLogin module is only for unikgate itself");
+        let d = dispatch(&req);
+        if d.too_deep {
+            return Class::Forbidden("the request chains more controllers than unikgate follows");
         }
-        if module.eq_ignore_ascii_case("unikgate") {
-            return Class::Forbidden("the UnikGate module is only for unikgate itself");
+        if d.controllers
+            .iter()
+            .any(|(m, _)| is_one_of(m, LOGIN_PLUGINS))
+            || d.methods
+                .iter()
+                .any(|m| is_one_of(api_module(m), LOGIN_PLUGINS))
+        {
+            return Class::Forbidden("the login plugins are only for unikgate itself");
         }
-        match module {
+        let (module, action) = (&d.controllers[0].0, &d.controllers[0].1);
+        let reaches_login = d
+            .controllers
+            .iter()
+            .any(|(m, _)| m.trim().eq_ignore_ascii_case("Login"));
+        match module.as_ref() {
             "CoreAdminHome" if action == "optOut" || action == "optOutJS" => Class::Public,
             "API" | "Widgetize" if req.string("token_auth").is_some_and(|t| !t.is_empty()) => {
+                if reaches_login {
+                    // Matomo's Login module is never public, in any spelling or chain.
+                    return Class::Ui { login_module: true };
+                }
+                if !self.password_login
+                    && (req.names().any(is_password_param)
+                        || d.nested_names.iter().any(|n| is_password_param(n))
+                        || d.methods.iter().any(|m| {
+                            m.trim().rsplit('.').next().is_some_and(|f| {
+                                f.eq_ignore_ascii_case("createAppSpecificTokenAuth")
+                            })
+                        }))
+                {
+                    return Class::Forbidden(
+                        "a Matomo password is accepted only after an @unikname sign-in here",
+                    );
+                }
                 Class::Public
             }
             "Login" if action == "logout" => Class::Logout,
-            "Login" => Class::Ui { login_module: true },
+            _ if reaches_login => Class::Ui { login_module: true },
             _ => Class::Ui {
                 login_module: false,
             },
@@ -260,7 +414,7 @@ mod tests {
     use super::*;
 
     fn c() -> Classifier {
-        Classifier::new("/_unikgate", &["/custom/".to_string()])
+        Classifier::new("/_unikgate", &["/custom/".to_string()], false)
     }
 
     fn ui() -> Class {
@@ -413,6 +567,126 @@ mod tests {
     }
 
     #[test]
+    fn the_controller_matomo_runs_decides() {
+        let f = |q: &str| c().classify("/index.php", Some(q), None);
+        let fb = |q: &str, b: &str| c().classify("/index.php", Some(q), Some(&Params::parse(b)));
+        let forbidden = |class: Class| matches!(class, Class::Forbidden(_));
+        let w = "idSite=1&period=day&date=today&token_auth=anonymous";
+        for q in [
+            format!("module=Widgetize&action=iframe&moduleToWidgetize=AutoLogin&actionToWidgetize=index&{w}"),
+            format!("module=Widgetize&action=iframe&moduleToWidgetize=unikgate&actionToWidgetize=whoami&{w}"),
+            format!("module=Widgetize&action=IFRAME&moduleToWidgetize=AutoLogin&{w}"),
+            format!("module=Widgetize&action=iframe&moduleToWidgetize=Auto%26%2376%3Bogin&{w}"),
+            format!("module=Widgetize&action=iframe&moduleToWidgetize=AutoLogin%00&{w}"),
+            format!("module=Widgetize&action=iframe&moduleToWidgetize=Login&moduleToWidgetize=AutoLogin&{w}"),
+            format!("module=Widgetize&action=iframe&moduleToWidgetize=CoreHome&actionToWidgetize=showInContext&moduleToLoad=AutoLogin&{w}"),
+            "module=CoreHome&action=showInContext&moduleToLoad=UnikGate&actionToLoad=whoami".into(),
+            "module=Auto%26%2376%3Bogin".into(),
+            "module=Auto%26%23x4C%3Bogin".into(),
+            "module=UnikGate%00".into(),
+            format!("module=API&method=AutoLogin.setSuperUserAccess&{w}"),
+            format!("module=API&method=%20autologin.getUsers&{w}"),
+            format!("module=API&method=API.getBulkRequest&urls[0]=method%3DAutoLogin.setSuperUserAccess&{w}"),
+            format!("module=API&method=API.getBulkRequest&urls[0]=method%253DAutoLogin.setSuperUserAccess&{w}"),
+            format!("module=API&method=API.getBulkRequest&urls[]=method%3DAuto%2526%252376%253Bogin.x&{w}"),
+            "module=PagePerformance&action=indexPagePerformance&apiMethod=AutoLogin.getUsers".into(),
+        ] {
+            assert!(forbidden(f(&q)), "{q} → {:?}", f(&q));
+        }
+        // From the body too (GET first: the query's own values win).
+        assert!(forbidden(fb(
+            &format!("module=Widgetize&action=iframe&{w}"),
+            "moduleToWidgetize=AutoLogin&actionToWidgetize=index"
+        )));
+        assert_eq!(
+            fb(
+                &format!("module=Widgetize&action=iframe&moduleToWidgetize=VisitsSummary&{w}"),
+                "moduleToWidgetize=AutoLogin"
+            ),
+            Class::Public
+        );
+        // Matomo's Login module is never public, through Widgetize or showInContext.
+        assert_eq!(
+            f(&format!("module=Widgetize&action=iframe&moduleToWidgetize=Login&actionToWidgetize=login&{w}")),
+            Class::Ui { login_module: true }
+        );
+        assert_eq!(
+            f("module=CoreHome&action=showInContext&moduleToLoad=Login"),
+            Class::Ui { login_module: true }
+        );
+        // Public widgets and ordinary chains stay as they were.
+        assert_eq!(
+            f(&format!("module=Widgetize&action=iframe&moduleToWidgetize=VisitsSummary&actionToWidgetize=getEvolutionGraph&{w}")),
+            Class::Public
+        );
+        assert_eq!(
+            f("module=CoreHome&action=showInContext&moduleToLoad=Actions"),
+            ui()
+        );
+        // Chains longer than unikgate follows are refused.
+        assert!(forbidden(f(&format!(
+            "module=Widgetize&action=iframe&moduleToWidgetize=CoreHome&actionToWidgetize=showInContext&moduleToLoad=Widgetize&actionToLoad=iframe&{w}"
+        ))));
+    }
+
+    #[test]
+    fn no_password_on_the_public_path_without_password_login() {
+        let strict = c();
+        let open = Classifier::new("/_unikgate", &[], true);
+        let w = "format=json&token_auth=anonymous";
+        let cases = [
+            (
+                format!("module=API&method=UsersManager.createAppSpecificTokenAuth&{w}"),
+                "userLogin=alice&passwordConfirmation=x",
+            ),
+            (
+                format!("module=API&method=UsersManager.createAppSpecificTokenAuth&{w}"),
+                "userLogin=alice",
+            ),
+            (
+                format!("module=API&method=API.getBulkRequest&{w}"),
+                "urls[0]=method%3DUsersManager.createAppSpecificTokenAuth%26userLogin%3Dalice",
+            ),
+            (
+                format!("module=API&method=API.getBulkRequest&{w}"),
+                "urls[0]=method%253DX.y%2526passwordConfirmation%253Dx",
+            ),
+            (
+                format!("module=API&method=UsersManager.updateUser&{w}"),
+                "pass%77ordConfirmation=x",
+            ),
+            (
+                format!("module=Widgetize&action=iframe&moduleToWidgetize=UsersManager&{w}"),
+                "form_login=alice&form_password=x",
+            ),
+        ];
+        for (q, body) in &cases {
+            let b = Params::parse(body);
+            assert!(
+                matches!(
+                    strict.classify("/index.php", Some(q), Some(&b)),
+                    Class::Forbidden(_)
+                ),
+                "{q} {body}"
+            );
+            assert_eq!(
+                open.classify("/index.php", Some(q), Some(&b)),
+                Class::Public,
+                "{q} {body}"
+            );
+        }
+        // A real token with an ordinary method passes untouched.
+        assert_eq!(
+            strict.classify(
+                "/index.php",
+                Some("module=API&method=UsersManager.getUsers&token_auth=abc"),
+                None
+            ),
+            Class::Public
+        );
+    }
+
+    #[test]
     fn body_rule_only_for_index_forms() {
         let m = http::Method::POST;
         let form = Some("application/x-www-form-urlencoded; charset=UTF-8");
@@ -421,9 +695,30 @@ mod tests {
             r("/index.php", Some("module=API"), form),
             BodyRule::ReadForm
         );
+        // API and the dispatchers may take their method, target or password from the body.
         assert_eq!(
             r("/index.php", Some("module=API&action=a&token_auth=x"), form),
+            BodyRule::ReadForm
+        );
+        assert_eq!(
+            r("/index.php", Some("module=Widgetize&action=iframe"), form),
+            BodyRule::ReadForm
+        );
+        assert_eq!(
+            r("/index.php", Some("module=UsersManager&action=x"), form),
             BodyRule::Stream
+        );
+        assert_eq!(
+            r("/index.php", Some("module=Login&action=x"), form),
+            BodyRule::ReadForm
+        );
+        assert_eq!(
+            r(
+                "/index.php",
+                Some("module=CoreHome&action=showInContext"),
+                Some("multipart/form-data; boundary=x")
+            ),
+            BodyRule::RefuseMultipart
         );
         assert_eq!(r("/matomo.php", None, form), BodyRule::Stream);
         assert_eq!(

@@ -143,7 +143,11 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
         (MinterKind::AutoLogin, _) => Arc::new(AutoLogin),
     };
     let app = Arc::new(App {
-        classifier: Classifier::new(&cfg.server.prefix, &cfg.matomo.public_paths),
+        classifier: Classifier::new(
+            &cfg.server.prefix,
+            &cfg.matomo.public_paths,
+            cfg.matomo.password_login,
+        ),
         upstream: Upstream::new(&cfg),
         sessions,
         links: stores.links.clone(),

@@ -120,6 +120,97 @@ impl Params {
     pub fn get(&self, name: &str) -> Option<&PhpValue> {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
+
+    /// Every top-level name PHP would see.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// `name` as a list: every element of an array, or the one string.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        match self.get(name) {
+            Some(PhpValue::Str(s)) => vec![s.as_str()],
+            Some(PhpValue::Array(items)) => items.iter().map(String::as_str).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// What Matomo's `Request::fromQueryString` reads from a string (e.g. an entry of
+    /// `API.getBulkRequest`'s `urls[]`): `parse_str`, or, when that yields one name with an empty
+    /// value (the string was URL-encoded whole), `parse_str(urldecode(…))`.
+    pub fn from_query_string(s: &str) -> Params {
+        let once = Params::parse(s);
+        let encoded_whole = once.entries.len() == 1
+            && matches!(&once.entries[0].1, PhpValue::Str(v) if v.is_empty());
+        if encoded_whole {
+            let decoded: Vec<u8> = percent_encoding::percent_decode_str(s).collect();
+            return Params::parse(&String::from_utf8_lossy(&decoded));
+        }
+        once
+    }
+}
+
+/// The value Matomo works with after `Common::getRequestVar` sanitised it: HTML entities decoded
+/// (`html_entity_decode(…, ENT_QUOTES)`: `&#76;`, `&#x4C;` and the named `&amp;` `&lt;` `&gt;`
+/// `&quot;` `&#039;`, a semicolon required, one pass) and NUL bytes removed. So `Auto&#76;ogin`
+/// and `Auto%00Login` are Matomo's `AutoLogin`.
+pub fn matomo_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['&', '\0']) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        match entity(rest) {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &rest[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out.retain(|c| c != '\0');
+    Cow::Owned(out)
+}
+
+/// One entity at the start of `s` (which starts with `&`): the character and the bytes it spans.
+fn entity(s: &str) -> Option<(char, usize)> {
+    let end = s[1..].find(';')? + 1;
+    let body = &s[1..end];
+    let c = if let Some(num) = body.strip_prefix('#') {
+        let code = match num.strip_prefix(['x', 'X']) {
+            Some(hex) if !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()) => {
+                u32::from_str_radix(hex.trim_start_matches('0'), 16)
+                    .ok()
+                    .or(Some(0))?
+            }
+            None if !num.is_empty() && num.chars().all(|c| c.is_ascii_digit()) => num
+                .trim_start_matches('0')
+                .parse::<u32>()
+                .ok()
+                .or(Some(0))?,
+            _ => return None,
+        };
+        if code == 0 {
+            return None;
+        }
+        char::from_u32(code)?
+    } else {
+        match body {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            _ => return None,
+        }
+    };
+    Some((c, end + 1))
 }
 
 /// `$_GET + $_POST`: a name of the query hides the same name of the body.
@@ -138,6 +229,21 @@ impl Request<'_> {
     /// `Common::getRequestVar($name, '', 'string')`: arrays read as absent.
     pub fn string(&self, name: &str) -> Option<&str> {
         self.var(name).and_then(PhpValue::as_str)
+    }
+
+    /// The string Matomo works with for `name` ([`matomo_decode`]); None when absent, empty or an
+    /// array (Matomo then uses its default).
+    pub fn matomo(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.string(name)
+            .map(matomo_decode)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Every name of `$_GET + $_POST`.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.get
+            .names()
+            .chain(self.post.into_iter().flat_map(Params::names))
     }
 }
 
@@ -186,6 +292,39 @@ mod tests {
         };
         assert_eq!(r.string("module"), Some("CoreHome"));
         assert_eq!(r.string("token_auth"), Some("t"));
+    }
+
+    #[test]
+    fn matomo_decodes_entities_and_nul_like_php() {
+        // Each checked against PHP 8.2: html_entity_decode($s, ENT_QUOTES, 'UTF-8') minus NULs.
+        for (raw, want) in [
+            ("Auto&#76;ogin", "AutoLogin"),
+            ("Auto&#x4c;ogin", "AutoLogin"),
+            ("Auto&#X4C;ogin", "AutoLogin"),
+            ("Auto&#0000076;ogin", "AutoLogin"),
+            ("Auto&#x0004c;ogin", "AutoLogin"),
+            ("Auto&#76;&#111;gin", "AutoLogin"),
+            ("Auto\0Login", "AutoLogin"),
+            ("Auto&#76ogin", "Auto&#76ogin"),
+            ("Auto&amp;#76;ogin", "Auto&#76;ogin"),
+            ("&amp;&lt;&gt;&quot;", "&<>\""),
+            ("a&#0;b", "a&#0;b"),
+            ("a&#;b&#x;c&", "a&#;b&#x;c&"),
+            ("&#1114112;", "&#1114112;"),
+        ] {
+            assert_eq!(matomo_decode(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn bulk_entries_read_like_matomo() {
+        let p = Params::from_query_string("method=A.b&idSite=1");
+        assert_eq!(p.get("method").and_then(PhpValue::as_str), Some("A.b"));
+        let p = Params::from_query_string("method%3DUsersManager.getUsers%26x%3D1");
+        assert_eq!(
+            p.get("method").and_then(PhpValue::as_str),
+            Some("UsersManager.getUsers")
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ use support::{config, link_password, location, sign_in, Browser, TestApp};
 
 type Fut<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
 type TestFn = for<'a> fn(&'a RealMatomo) -> Fut<'a>;
+/// A request to try: method, path and query, form fields.
+type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
 
 macro_rules! ensure {
     ($cond:expr, $($msg:tt)+) => {
@@ -636,11 +638,27 @@ async fn plugin_refusals(base: &str) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let status = res.status().as_u16();
         let cookie = unikgate::matomo::set_cookie_value(res.headers(), "MATOMO_SESSID");
-        let body = res.text().await.unwrap_or_default();
+        let raw: Vec<String> = res
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter(|v| v.starts_with("MATOMO_SESSID=") && !v.starts_with("MATOMO_SESSID=;"))
+            .map(|v| v.to_ascii_lowercase())
+            .collect();
+        let body = format!(
+            "{}\n{}",
+            res.text().await.unwrap_or_default(),
+            raw.join("\n")
+        );
         Ok::<_, String>((status, cookie, body))
     };
     let good = signer.assertion("alice", now, "/index.php");
     let (status, cookie, body) = post(good.clone()).await?;
+    ensure!(
+        body.contains("httponly") && body.contains("samesite=lax") && body.contains("path=/"),
+        "the session cookie's attributes: {body}"
+    );
     ensure!(
         status == 302,
         "a good assertion: {status}\n{}",
@@ -1015,6 +1033,215 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
     })
 }
 
+/// The link page's answers to Matomo's proof answers: wrong password, short password, an email
+/// instead of the login, then the right one.
+fn password_proof_answers(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let p = FakeProvider::start().await;
+        let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
+        let b = Browser::new();
+        let res = sign_in(&b, &app, &p, "uns-proof", "/").await;
+        ensure!(
+            location(&res).contains("/_unikgate/link"),
+            "{}",
+            location(&res)
+        );
+        for (login, password, want) in [
+            (ALICE.0, "not-alices-password", "do not match"),
+            (ALICE.0, "abc", "do not match"),
+            ("alice@example.com", ALICE.1, "not your email"),
+        ] {
+            let res = link_password(&b, &app, "/", login, password).await;
+            let status = res.status();
+            let body = res.text().await.unwrap_or_default();
+            ensure!(
+                status.is_client_error() && body.contains(want),
+                "{login}/{password}: want {want:?}, got {status}\n{}",
+                support::real::clip(&body)
+            );
+        }
+        let res = link_password(&b, &app, "/", ALICE.0, ALICE.1).await;
+        ensure!(res.status() == 302, "the right password: {}", res.status());
+        Ok(())
+    })
+}
+
+/// Gives the anonymous user view access to site 1 (a public dashboard) while `f` runs.
+async fn with_anonymous_view<'a, F>(m: &'a RealMatomo, f: F) -> Result<(), String>
+where
+    F: Future<Output = Result<(), String>> + 'a,
+{
+    let v = m
+        .api(
+            "UsersManager.setUserAccess",
+            &[
+                ("userLogin", "anonymous"),
+                ("access", "view"),
+                ("idSites", "1"),
+            ],
+        )
+        .await?;
+    ensure!(
+        v.get("result").and_then(|r| r.as_str()) == Some("success"),
+        "anonymous view access: {v}"
+    );
+    let out = f.await;
+    m.api(
+        "UsersManager.setUserAccess",
+        &[
+            ("userLogin", "anonymous"),
+            ("access", "noaccess"),
+            ("idSites", "1"),
+        ],
+    )
+    .await?;
+    out
+}
+
+/// What unikgate answered, and whether the answer came from the login plugins' controllers.
+async fn send(
+    b: &Browser,
+    method: &str,
+    url: &str,
+    form: &[(&str, &str)],
+) -> Result<(u16, String, String), String> {
+    let req = if method == "POST" {
+        b.client.post(url).form(form)
+    } else {
+        b.client.get(url)
+    };
+    let res = req.send().await.map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let loc = location(&res);
+    let body = res.text().await.unwrap_or_default();
+    Ok((status, loc, body))
+}
+
+fn ran_a_login_plugin(body: &str) -> bool {
+    body.contains("No username defined")
+        || body.contains("Autologin error")
+        || body.contains("{\"login\":")
+}
+
+fn the_login_plugins_are_unreachable_in_every_spelling(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(with_anonymous_view(m, async move {
+        let p = FakeProvider::start().await;
+        let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
+        let anon = Browser::new();
+        let alice = sign_in_and_link(&app, &p, "uns-spellings", ALICE).await?;
+        let w = "idSite=1&period=day&date=today";
+        let cases: Vec<Case> = vec![
+            ("GET", format!("/index.php?module=Widgetize&action=iframe&moduleToWidgetize=AutoLogin&actionToWidgetize=index&{w}&token_auth=anonymous"), vec![]),
+            ("GET", format!("/index.php?module=Widgetize&action=iframe&moduleToWidgetize=UnikGate&actionToWidgetize=whoami&{w}&token_auth=anonymous"), vec![]),
+            ("GET", format!("/index.php?module=Widgetize&action=iframe&moduleToWidgetize=Auto%26%2376%3Bogin&actionToWidgetize=index&{w}&token_auth=anonymous"), vec![]),
+            ("GET", format!("/index.php?module=Widgetize&action=iframe&moduleToWidgetize=Auto%26%23x4c%3Bogin&actionToWidgetize=index&{w}&token_auth=anonymous"), vec![]),
+            ("GET", format!("/index.php?module=Widgetize&action=iframe&moduleToWidgetize=AutoLogin%00&actionToWidgetize=index&{w}&token_auth=anonymous"), vec![]),
+            ("GET", format!("/index.php?module=Wid%67etize&action=ifr%61me&moduleToWidgetize=Login&moduleToWidgetize=AutoLogin&actionToWidgetize=index&{w}&token_auth=anonymous"), vec![]),
+            ("POST", format!("/index.php?module=Widgetize&action=iframe&{w}&token_auth=anonymous"), vec![("moduleToWidgetize", "AutoLogin"), ("actionToWidgetize", "index")]),
+            ("POST", format!("/index.php?{w}"), vec![("module", "Widgetize"), ("action", "iframe"), ("moduleToWidgetize", "UnikGate"), ("actionToWidgetize", "whoami"), ("token_auth", "anonymous")]),
+            ("GET", format!("/index.php?module=Widgetize&action=iframe&moduleToWidgetize=CoreHome&actionToWidgetize=showInContext&moduleToLoad=AutoLogin&actionToLoad=index&{w}&token_auth=anonymous"), vec![]),
+            ("GET", format!("/index.php?module=CoreHome&action=showInContext&moduleToLoad=AutoLogin&actionToLoad=index&{w}"), vec![]),
+            ("GET", format!("/index.php?module=CoreHome&action=showInContext&moduleToLoad=UnikGate&actionToLoad=whoami&{w}"), vec![]),
+            ("GET", "/index.php?module=Auto%26%2376%3Bogin&action=index".to_string(), vec![]),
+            ("GET", "/index.php?module=UnikGate%00&action=whoami".to_string(), vec![]),
+            ("GET", "/index.php?module=API&method=AutoLogin.getUsersLogin&format=json&token_auth=anonymous".to_string(), vec![]),
+            ("GET", "/index.php?module=API&method=Auto%26%2376%3Bogin.getUsersLogin&format=json&token_auth=anonymous".to_string(), vec![]),
+            ("POST", "/index.php?module=API&method=API.getBulkRequest&format=json".to_string(), vec![("token_auth", "anonymous"), ("urls[0]", "method=AutoLogin.setSuperUserAccess&userLogin=bob&hasSuperUserAccess=1")]),
+            ("POST", "/index.php?module=API&method=API.getBulkRequest&format=json".to_string(), vec![("token_auth", "anonymous"), ("urls[0]", "method%3DAutoLogin.setSuperUserAccess%26userLogin%3Dbob%26hasSuperUserAccess%3D1")]),
+            ("GET", format!("/index.php?module=PagePerformance&action=indexPagePerformance&apiMethod=AutoLogin.getUsersLogin&{w}"), vec![]),
+        ];
+        for (who, b) in [("not signed in", &anon), ("signed in as alice", &alice)] {
+            for (method, path, form) in &cases {
+                let (status, loc, body) = send(b, method, &app.url(path), form).await?;
+                ensure!(
+                    !ran_a_login_plugin(&body),
+                    "{who}: {method} {path} {form:?} ran a login plugin ({status}):\n{}",
+                    support::real::clip(&body)
+                );
+                let refused =
+                    status == 403 || (loc.contains("/_unikgate/sign_in") && who == "not signed in");
+                ensure!(
+                    refused,
+                    "{who}: {method} {path} {form:?} was not refused: {status} {loc}\n{}",
+                    support::real::clip(&body)
+                );
+            }
+        }
+        let v = m
+            .api("UsersManager.getUser", &[("userLogin", "bob")])
+            .await?;
+        ensure!(
+            v.get("superuser_access").map(|s| s.to_string()).as_deref() != Some("1")
+                && v.get("superuser_access") != Some(&serde_json::json!(true)),
+            "bob became a superuser: {v}"
+        );
+        // Matomo's Login module through Widgetize is never public.
+        let (status, loc, body) = send(&anon, "GET", &app.url(&format!("/index.php?module=Widgetize&action=iframe&moduleToWidgetize=Login&actionToWidgetize=login&{w}&token_auth=anonymous")), &[]).await?;
+        ensure!(
+            status == 302 && loc.contains("/_unikgate/sign_in"),
+            "Login through Widgetize: {status} {loc}\n{}",
+            support::real::clip(&body)
+        );
+        // A public widget still works for everyone (the public dashboard).
+        let (status, _, body) = send(&anon, "GET", &app.url(&format!("/index.php?module=Widgetize&action=iframe&moduleToWidgetize=VisitsSummary&actionToWidgetize=getEvolutionGraph&{w}&token_auth=anonymous&disableLink=1&widget=1")), &[]).await?;
+        ensure!(
+            status == 200 && body.contains("piwik.userLogin = \"anonymous\""),
+            "a public widget: {status}\n{}",
+            support::real::clip(&body)
+        );
+        Ok(())
+    }))
+}
+
+fn no_matomo_password_opens_a_door_without_an_unikname(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(with_anonymous_view(m, async move {
+        let p = FakeProvider::start().await;
+        let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
+        let anon = Browser::new();
+        let token_for =
+            "/index.php?module=API&method=UsersManager.createAppSpecificTokenAuth&format=json";
+        let w = "idSite=1&period=day&date=today";
+        let bulk_entry = format!("method=UsersManager.createAppSpecificTokenAuth&userLogin=alice&passwordConfirmation={}&description=x", ALICE.1);
+        let bulk_encoded: String = form_urlencoded::byte_serialize(bulk_entry.as_bytes()).collect();
+        let cases: Vec<(String, Vec<(&str, &str)>)> = vec![
+            (token_for.to_string(), vec![("token_auth", "anonymous"), ("userLogin", "alice"), ("passwordConfirmation", ALICE.1), ("description", "x")]),
+            (token_for.replace("UsersManager", "Users%26%2377%3Banager"), vec![("token_auth", "anonymous"), ("userLogin", "alice"), ("passwordConfirmation", ALICE.1), ("description", "x")]),
+            ("/index.php?module=API&method=API.getBulkRequest&format=json".to_string(), vec![("token_auth", "anonymous"), ("urls[0]", &bulk_entry)]),
+            ("/index.php?module=API&method=API.getBulkRequest&format=json".to_string(), vec![("token_auth", "anonymous"), ("urls[0]", &bulk_encoded)]),
+            ("/index.php?module=API&method=API.getBulkRequest&format=json".to_string(), vec![("token_auth", "anonymous"), ("urls[0]", "method=UsersManager.createAppSpecificTokenAuth&userLogin=alice&description=x"), ("passwordConfirmation", ALICE.1)]),
+            // Any page the anonymous user may not see renders Matomo's login, which takes a posted password.
+            (format!("/index.php?module=Widgetize&action=iframe&moduleToWidgetize=UsersManager&actionToWidgetize=index&{w}&token_auth=anonymous"), vec![("form_login", "alice"), ("form_password", ALICE.1), ("form_nonce", "x")]),
+        ];
+        for (path, form) in &cases {
+            let (status, _, body) = send(&anon, "POST", &app.url(path), form).await?;
+            ensure!(
+                !body.contains("\"value\""),
+                "{path} {form:?} gave a token:\n{body}"
+            );
+            ensure!(
+                status == 403,
+                "{path} {form:?}: {status}\n{}",
+                support::real::clip(&body)
+            );
+        }
+        // With password_login on, Matomo's own password features are the operator's choice.
+        let open = gate(
+            m,
+            Web::Apache,
+            Minter::Signed,
+            &p,
+            "password_login = true\n",
+        )
+        .await;
+        let (status, _, body) = send(&anon, "POST", &open.url(token_for), &cases[0].1).await?;
+        ensure!(
+            status == 200 && body.contains("\"value\""),
+            "password_login = true: {status}\n{body}"
+        );
+        Ok(())
+    }))
+}
+
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<(&str, TestFn)> = vec![
@@ -1086,6 +1313,15 @@ fn main() {
         (
             "matomo_setup_script_is_idempotent_and_quiet",
             matomo_setup_script_is_idempotent_and_quiet,
+        ),
+        ("password_proof_answers", password_proof_answers),
+        (
+            "the_login_plugins_are_unreachable_in_every_spelling",
+            the_login_plugins_are_unreachable_in_every_spelling,
+        ),
+        (
+            "no_matomo_password_opens_a_door_without_an_unikname",
+            no_matomo_password_opens_a_door_without_an_unikname,
         ),
         ("browser_journey_in_chromium", browser_journey_in_chromium),
     ];

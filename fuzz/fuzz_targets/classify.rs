@@ -1,6 +1,8 @@
 //! The request classifier never panics, and the properties that keep Matomo safe hold for any
-//! input: an effective `module` of AutoLogin (any case) is never classified as anything but
-//! Forbidden, and classification is deterministic.
+//! input: an effective `module` of AutoLogin or UnikGate (any case, HTML entities and NUL bytes
+//! read as Matomo reads them), directly or as Widgetize's `moduleToWidgetize` or CoreHome's
+//! `moduleToLoad`, is never classified as anything but Forbidden; a public request never carries a
+//! password parameter (password_login off); classification is deterministic.
 //! Input: method byte, then path, query and body separated by NUL bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -13,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let path = parts.next().unwrap_or("");
     let query = parts.next();
     let body = parts.next();
-    let c = Classifier::new("/_unikgate", &["/custom/".to_string()]);
+    let c = Classifier::new("/_unikgate", &["/custom/".to_string()], false);
     let _ = c.body_rule(&http::Method::POST, path, query, Some("application/x-www-form-urlencoded"));
     let body_params = body.map(Params::parse);
     let class = c.classify(path, query, body_params.as_ref());
@@ -24,7 +26,22 @@ fuzz_target!(|data: &[u8]| {
         .as_deref()
         .and_then(unikgate::classify::php_script)
         == Some("/index.php");
-    let autologin = req.string("module").is_some_and(|m| m.eq_ignore_ascii_case("autologin"));
+    let plugin = |name: &str| {
+        req.matomo(name).is_some_and(|m| {
+            let m = m.trim();
+            m.eq_ignore_ascii_case("autologin") || m.eq_ignore_ascii_case("unikgate")
+        })
+    };
+    let is = |name: &str, want: &str| req.matomo(name).is_some_and(|v| v.eq_ignore_ascii_case(want));
+    let autologin = plugin("module")
+        || (is("module", "Widgetize") && is("action", "iframe") && plugin("moduleToWidgetize"))
+        || (is("module", "CoreHome") && is("action", "showInContext") && plugin("moduleToLoad"));
+    if class == Class::Public && is_index {
+        assert!(
+            !req.names().any(|n| n.to_ascii_lowercase().contains("password")),
+            "{path:?} {query:?} {body:?} is public with a password"
+        );
+    }
     let own_or_public_path = matches!(class, Class::Own(_) | Class::UnsVerification);
     if is_index && autologin && !own_or_public_path && !get.too_many && !body_params.as_ref().is_some_and(|b| b.too_many) {
         assert!(matches!(class, Class::Forbidden(_)), "{path:?} {query:?} {body:?} → {class:?}");
