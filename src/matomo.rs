@@ -16,7 +16,7 @@ use http::{Method, StatusCode};
 use crate::error::Error;
 use crate::proxy::{Answer, Upstream};
 
-pub const MATOMO_COOKIE: &str = "MATOMO_SESSID";
+pub use crate::config::MATOMO_COOKIE;
 
 /// Mints a genuine Matomo session for a login, and tells who owns one.
 #[async_trait]

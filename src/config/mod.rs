@@ -177,6 +177,9 @@ pub enum MinterKind {
     Signed,
 }
 
+/// Matomo's session cookie: no setting may reuse its name (and `matomo.rs` reads it from here, so
+/// the configuration depends on nothing else of the crate).
+pub const MATOMO_COOKIE: &str = "MATOMO_SESSID";
 pub const UNIKNAME_ISSUER: &str = "https://connect.unikname.com/oidc";
 pub const UNIKNAME_AUTHORIZE: &str = "https://connect.unikname.com/oidc/authorize";
 pub const UNIKNAME_TOKEN: &str = "https://connect.unikname.com/oidc/accessToken";
@@ -625,7 +628,7 @@ fn read_session(r: &mut Reader<'_>) -> Option<SessionConfig> {
         || !cookie_name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
-        || cookie_name == crate::matomo::MATOMO_COOKIE
+        || cookie_name == MATOMO_COOKIE
     {
         r.error(
             "cookie_name",
