@@ -38,8 +38,6 @@ pub struct Classifier {
     password_login: bool,
 }
 
-/// The login plugins: only unikgate itself talks to them (their controllers and their API).
-const LOGIN_PLUGINS: &[&str] = &["AutoLogin", "UnikGate"];
 /// Modules whose actions run another controller or API method named by a parameter, or read
 /// their target from the body: a form body is read before classifying a post to them.
 const DISPATCHERS: &[&str] = &["API", "Widgetize", "CoreHome", "PagePerformance"];
@@ -341,14 +339,18 @@ impl Classifier {
         if d.too_deep {
             return Class::Forbidden("the request chains more controllers than unikgate follows");
         }
-        if d.controllers
+        let named = d
+            .controllers
             .iter()
-            .any(|(m, _)| is_one_of(m, LOGIN_PLUGINS))
-            || d.methods
-                .iter()
-                .any(|m| is_one_of(api_module(m), LOGIN_PLUGINS))
-        {
-            return Class::Forbidden("the login plugins are only for unikgate itself");
+            .map(|(m, _)| m.as_ref())
+            .chain(d.methods.iter().map(|m| api_module(m)));
+        for name in named {
+            if is_one_of(name, &["AutoLogin"]) {
+                return Class::Forbidden("the AutoLogin plugin is only for unikgate itself");
+            }
+            if is_one_of(name, &["UnikGate"]) {
+                return Class::Forbidden("the UnikGate plugin is only for unikgate itself");
+            }
         }
         let (module, action) = (&d.controllers[0].0, &d.controllers[0].1);
         let reaches_login = d

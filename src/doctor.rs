@@ -41,7 +41,10 @@ pub async fn run(app: &App, as_login: Option<&str>) -> Vec<Step> {
         None => out.push(step(
             "provider credentials",
             false,
-            "not configured yet: set provider.client_id / client_secret",
+            format!(
+                "not configured yet: set {}",
+                app.cfg.missing_provider_credentials().join(" and ")
+            ),
         )),
         Some(o) => {
             let ep = o.endpoints().await;

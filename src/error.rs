@@ -46,6 +46,9 @@ pub enum Error {
     /// The UnikGate plugin did not open a session.
     #[error("Matomo refused to open a session: {0}")]
     PluginMintFailed(String),
+    /// The link was saved, then the first Matomo session could not be opened (`.1`: why).
+    #[error("linked to {0}, but {1}")]
+    LinkedButMintFailed(String, Box<Error>),
     #[error("Matomo answered unexpectedly: {0}")]
     MatomoUnexpected(String),
     #[error("the form expired")]
@@ -92,6 +95,7 @@ impl Error {
             | ProviderBadAnswer(_)
             | MintFailed(_)
             | PluginMintFailed(_)
+            | LinkedButMintFailed(..)
             | MatomoUnexpected(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Forbidden(_) | AccessDenied(_) | Csrf | SuperuserDenied | SignInRejected(_) => {
@@ -190,6 +194,14 @@ impl Error {
                 format!("Matomo did not open a session for your account: {e}"),
                 Some("administrators: that the UnikGate plugin of this unikgate version is in Matomo's plugins/ and activated, that [UnikGate] shared_secret in Matomo equals matomo.shared_secret, that both clocks are right, and Matomo's error log; `unikgate doctor --as <login>` opens a test session and says which check fails.".into()),
             ),
+            LinkedButMintFailed(login, cause) => {
+                let inner = cause.spec(provider);
+                p(
+                    "Linked, but Matomo refused the session",
+                    format!("Your @unikname is now linked to the Matomo account {login}: that is saved, and you will not be asked again. Matomo did not open a session for it, though. {}", inner.message),
+                    Some(format!("{} Once that is fixed, signing in again opens Matomo directly.", inner.hint.unwrap_or_default())),
+                )
+            }
             MatomoUnexpected(e) => p(
                 "Matomo answered unexpectedly",
                 format!("Matomo's answer could not be used: {e}"),

@@ -103,7 +103,8 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
     let oidc = Oidc::new(&cfg)?;
     if oidc.is_none() {
         tracing::warn!(
-            "provider.client_id / client_secret are not set: unikgate fails closed until they are"
+            missing = %cfg.missing_provider_credentials().join(", "),
+            "provider credentials are not set: unikgate fails closed until they are"
         );
     }
     // Pages name the provider by its host ("connect.unikname.com"): the button label is a sentence.

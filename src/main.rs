@@ -113,8 +113,10 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("UNIKGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn"));
+    // Colours only on a terminal: a file or `docker compose logs` gets plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().flatten_event(true).init(),
@@ -151,8 +153,17 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 Err(code) => return Ok(code),
             };
             println!("{}: OK", config.display());
-            if !cfg.provider_configured() {
-                println!("note: provider.client_id / client_secret are not set; unikgate will fail closed until they are");
+            let missing = cfg.missing_provider_credentials();
+            if !missing.is_empty() {
+                println!(
+                    "note: {} not set; unikgate will fail closed until {}",
+                    missing.join(" and "),
+                    if missing.len() == 1 {
+                        "it is"
+                    } else {
+                        "they are"
+                    }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -216,7 +216,8 @@ impl Upstream {
             headers.insert("x-forwarded-for", v);
         }
         headers.insert("x-forwarded-proto", self.public_proto.clone());
-        headers.insert("x-forwarded-host", self.public_host.clone());
+        // No X-Forwarded-Host: Host already is the public host, and Matomo's installer, seeing
+        // one, writes `proxy_host_headers[]`, a header Matomo never checks against trusted_hosts.
     }
 
     /// Rewrites the `Cookie` header(s) in one pass: unikgate's session cookie is removed (Matomo

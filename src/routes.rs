@@ -476,7 +476,13 @@ async fn link_post(
         }
     }
     tracing::info!(target: "unikgate::audit", event = "link", subject = %user.subject, matomo_login = %login, client_ip = %ctx.client_ip);
-    let v = mint(app, ctx, &login, &user.subject, "link").await?;
+    let v = match mint(app, ctx, &login, &user.subject, "link").await {
+        Ok(v) => v,
+        Err(e @ (Error::MintFailed(_) | Error::PluginMintFailed(_))) => {
+            return Err(Error::LinkedButMintFailed(login, Box::new(e)))
+        }
+        Err(e) => return Err(e),
+    };
     user.link = Some(LinkRef::from(&link));
     user.matomo = Some(MatomoSession {
         login,

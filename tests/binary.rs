@@ -182,6 +182,175 @@ fn environment_overrides_and_typos_are_checked() {
 }
 
 #[test]
+fn check_names_exactly_the_missing_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, "[upstream]\nurl = \"http://127.0.0.1:8081\"\n").unwrap();
+    let note = |env: &[(&str, &str)]| {
+        let out = Command::new(bin())
+            .args(["check", "-c"])
+            .arg(&f)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let only_secret = note(&[("UNIKGATE_PROVIDER__CLIENT_ID", "0123")]);
+    assert!(
+        only_secret.contains("note: provider.client_secret (or client_secret_file) not set")
+            && !only_secret.contains("provider.client_id"),
+        "{only_secret}"
+    );
+    let both = note(&[]);
+    assert!(
+        both.contains("provider.client_id and provider.client_secret"),
+        "{both}"
+    );
+    let none = note(&[
+        ("UNIKGATE_PROVIDER__CLIENT_ID", "0123"),
+        ("UNIKGATE_PROVIDER__CLIENT_SECRET", "s"),
+    ]);
+    assert!(!none.contains("note:"), "{none}");
+}
+
+/// The compose files of `deploy/`: every `UNIKGATE_*` variable they set is a real key (the binary's
+/// `check` accepts them all, with `.env.example`'s values), every file they mount exists in the
+/// repository, and `.env.example` names every variable they require.
+#[test]
+fn the_compose_files_set_real_keys_mount_real_files_and_document_their_variables() {
+    use support::compose;
+    let deploy = compose::deploy_dir();
+    let example = compose::read_env_file(&deploy.join(".env.example"));
+    let mut files = 0;
+    for entry in std::fs::read_dir(&deploy).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !(name.starts_with("docker-compose") && name.ends_with(".yml")) {
+            continue;
+        }
+        files += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        // docker-compose.fpm.yml is used on top of docker-compose.yml (`-f … -f …`).
+        let base = (name == "docker-compose.fpm.yml")
+            .then(|| std::fs::read_to_string(deploy.join("docker-compose.yml")).unwrap());
+        for (var, required) in compose::variables(&text) {
+            if required {
+                assert!(
+                    example.contains_key(&var),
+                    "{name} requires {var}, which deploy/.env.example does not name"
+                );
+            }
+        }
+        let mut env = example.clone();
+        env.insert("UNIKNAME_CLIENT_ID".into(), "client-id".into());
+        let secrets = tempfile::tempdir().unwrap();
+        for (file, content) in [
+            ("client_secret", "a client secret".to_string()),
+            ("shared_secret", "s".repeat(40)),
+            ("session_key", "k".repeat(80)),
+        ] {
+            std::fs::write(secrets.path().join(file), content).unwrap();
+        }
+        for service in compose::services(&text) {
+            for p in compose::mounted_paths(&text, &service) {
+                assert!(
+                    p.exists(),
+                    "{name}: {service} mounts {}, which is not in the repository",
+                    p.display()
+                );
+            }
+            let mut merged = base
+                .as_deref()
+                .map(|b| compose::environment(b, &service))
+                .unwrap_or_default();
+            for (k, v) in compose::environment(&text, &service) {
+                merged.retain(|(mk, _)| *mk != k);
+                merged.push((k, v));
+            }
+            let vars: Vec<(String, String)> = merged
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("UNIKGATE_"))
+                .map(|(k, v)| {
+                    let v = compose::substitute(&v, &env)
+                        .unwrap_or_else(|e| panic!("{name}: {k}: {e}"))
+                        .replace("/run/secrets", &secrets.path().display().to_string());
+                    (k, v)
+                })
+                .collect();
+            if vars.is_empty() {
+                continue;
+            }
+            let out = Command::new(bin())
+                .args([
+                    "check",
+                    "-c",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/config/unikgate.toml"),
+                ])
+                .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {service}'s environment is not a valid configuration:\n{}\n{vars:?}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    assert!(
+        files >= 3,
+        "the compose files were not found in {}",
+        deploy.display()
+    );
+}
+
+/// Logs written to a file (not a terminal) carry no escape codes.
+#[tokio::test]
+async fn logs_to_a_file_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("unikgate.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n[store]\nurl = \"sqlite://{}/data/unikgate.db\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("unikgate.log");
+    let mut child = Proc(
+        Command::new(bin())
+            .args(["serve", "-c"])
+            .arg(&cfg)
+            .env("UNIKGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        // Unconfigured provider: a warning at start; then the listening line.
+        if text.contains("fails closed") && text.contains("listening") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.0.kill();
+    assert!(text.contains("fails closed"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in a log file:\n{text}"
+    );
+}
+
+#[test]
 fn help_names_every_command() {
     let out = Command::new(bin()).arg("--help").output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);

@@ -738,6 +738,14 @@ fn plugin_refusals_are_pages_that_say_what_to_check(m: &RealMatomo) -> Fut<'_> {
             "wrong secret: {status}\n{}",
             support::real::clip(&body)
         );
+        // Right after linking, the page says the link is saved, and what to check for this minter.
+        ensure!(
+            body.contains("now linked to the Matomo account alice")
+                && body.contains("shared_secret")
+                && !body.contains("mod_php"),
+            "the page after linking: {}",
+            support::real::clip(&body)
+        );
         // A link to a login Matomo does not have.
         let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
         let issuer = p.issuer();
@@ -1242,12 +1250,267 @@ fn no_matomo_password_opens_a_door_without_an_unikname(m: &RealMatomo) -> Fut<'_
     }))
 }
 
+/// Everything the harness started listens on 127.0.0.1 only (and PHP-FPM on a unix socket).
+fn nothing_the_harness_starts_listens_beyond_loopback(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let l = support::real::listeners_under(&m.root);
+        let ports: Vec<&str> = l.iter().map(|(_, a)| a.as_str()).collect();
+        for want in [
+            format!("127.0.0.1:{}", m.db_port),
+            m.apache.trim_start_matches("http://").to_string(),
+            m.fpm.trim_start_matches("http://").to_string(),
+        ] {
+            ensure!(
+                ports.contains(&want.as_str()),
+                "{want} is not among the listeners: {l:?}"
+            );
+        }
+        for (who, addr) in &l {
+            ensure!(addr.starts_with("127.0.0.1:"), "{who} listens on {addr}");
+        }
+        Ok(())
+    })
+}
+
+/// unikgate started as the compose file starts it: the image's config file and environment
+/// (Dockerfile), then `deploy/docker-compose.yml`'s `environment:` for the service, substituted
+/// from `dotenv`. What differs on loopback: no TLS terminator (the public URL is http), the
+/// service names become loopback addresses, `/run/secrets` is a folder of the test, and the
+/// provider is the test's (compose uses Unikname Connect's defaults).
+struct ComposeGate {
+    env: Vec<(String, String)>,
+    base: String,
+    child: Option<tokio::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl ComposeGate {
+    fn new(
+        m: &RealMatomo,
+        dotenv: &std::collections::BTreeMap<String, String>,
+        matomo_url: &str,
+        p: &FakeProvider,
+    ) -> Result<ComposeGate, String> {
+        use support::compose;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir_all(&secrets).map_err(|e| e.to_string())?;
+        std::fs::write(
+            secrets.join("client_secret"),
+            support::provider::CLIENT_SECRET,
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::copy(&m.secret_file, secrets.join("shared_secret")).map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(compose::deploy_dir().join("docker-compose.yml"))
+            .map_err(|e| e.to_string())?;
+        let base = format!("http://{}", dotenv["PUBLIC_HOST"]);
+        let mut env = vec![
+            // The image (Dockerfile).
+            (
+                "UNIKGATE_SERVER__LISTEN".to_string(),
+                dotenv["PUBLIC_HOST"].clone(),
+            ),
+            (
+                "UNIKGATE_STORE__URL".to_string(),
+                format!("sqlite://{}/unikgate.db", dir.path().display()),
+            ),
+        ];
+        for (k, v) in compose::environment(&text, "unikgate") {
+            let v = compose::substitute(&v, dotenv)?
+                .replace("https://", "http://")
+                .replace("http://matomo:80", matomo_url)
+                .replace("/run/secrets", &secrets.display().to_string());
+            env.push((k, v));
+        }
+        let b = p.issuer();
+        for (k, v) in [
+            ("UNIKGATE_PROVIDER__ISSUER", b.clone()),
+            ("UNIKGATE_PROVIDER__AUTHORIZE_URL", format!("{b}/authorize")),
+            ("UNIKGATE_PROVIDER__TOKEN_URL", format!("{b}/accessToken")),
+            ("UNIKGATE_PROVIDER__USERINFO_URL", format!("{b}/profile")),
+            ("UNIKGATE_PROVIDER__JWKS_URL", format!("{b}/jwks-unused")),
+            ("UNIKGATE_PROVIDER__ID_TOKEN_ALGS", "HS256".into()),
+            ("UNIKGATE_LOG", "warn".into()),
+        ] {
+            env.push((k.to_string(), v));
+        }
+        Ok(ComposeGate {
+            env,
+            base,
+            child: None,
+            _dir: dir,
+        })
+    }
+
+    fn set(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_unikgate"));
+        c.args(args)
+            .arg("-c")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/unikgate.toml"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .kill_on_drop(true);
+        c
+    }
+
+    /// `docker compose up -d`: (re)starts the service with the current environment.
+    async fn up(&mut self) -> Result<(), String> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+        self.child = Some(
+            self.command(&["serve"])
+                .spawn()
+                .map_err(|e| e.to_string())?,
+        );
+        for _ in 0..200 {
+            if reqwest::get(format!("{}/_unikgate/healthz", self.base))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("unikgate did not come up with the compose environment".into())
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<(bool, String), String> {
+        let out = self
+            .command(args)
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+}
+
+/// The README's compose section, step by step, on a fresh Matomo.
+fn compose_rehearsal_as_the_readme_says(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        use support::compose;
+        let site = m.fresh_site("rehearsal").await?;
+        let p = FakeProvider::start().await;
+        let l = m.gate_listener();
+        let public_host = l.local_addr().map_err(|e| e.to_string())?.to_string();
+        drop(l);
+        // 1. cp deploy/.env.example deploy/.env, then edit it; 2. the secret files.
+        let mut dotenv = compose::read_env_file(&compose::deploy_dir().join(".env.example"));
+        dotenv.insert("PUBLIC_HOST".into(), public_host.clone());
+        dotenv.insert(
+            "UNIKNAME_CLIENT_ID".into(),
+            support::provider::CLIENT_ID.into(),
+        );
+        ensure!(
+            dotenv.get("PASSWORD_LOGIN").map(String::as_str) == Some("true"),
+            ".env.example should start with PASSWORD_LOGIN=true (the installer must pass)"
+        );
+        // 3. docker compose up -d.
+        let mut gate = ComposeGate::new(m, &dotenv, &site.url, &p)?;
+        gate.up().await?;
+        // 4. Matomo's web installer, through unikgate.
+        m.web_installer(&gate.base, &site.db, &site.tree).await?;
+        let ini = site.config_ini();
+        ensure!(
+            ini.contains("proxy_client_headers[] = \"HTTP_X_FORWARDED_FOR\""),
+            "the installer did not take X-Forwarded-For:\n{ini}"
+        );
+        ensure!(
+            !ini.contains("proxy_host_headers"),
+            "the installer wrote proxy_host_headers:\n{ini}"
+        );
+        ensure!(
+            ini.contains(&format!("trusted_hosts[] = \"{public_host}\"")),
+            "the installer did not trust the public host:\n{ini}"
+        );
+        // 5. matomo-setup.sh, as www-data, with the container's environment (PUBLIC_HOST, MINTER).
+        let script = format!(
+            "MATOMO_DIR='{}' SHARED_SECRET_FILE='{}' PUBLIC_HOST='{public_host}' MINTER='{}' bash '{}'",
+            site.tree.display(),
+            m.secret_file.display(),
+            dotenv["MINTER"],
+            compose::deploy_dir().join("matomo-setup.sh").display()
+        );
+        let out = support::real::as_web_user_in(&site.tree, &script)?;
+        ensure!(
+            !out.contains(SHARED_SECRET),
+            "matomo-setup.sh printed the secret:\n{out}"
+        );
+        let once = site.config_ini();
+        support::real::as_web_user_in(&site.tree, &script)?;
+        ensure!(
+            site.config_ini() == once,
+            "a second matomo-setup.sh run changed config.ini.php"
+        );
+        ensure!(
+            once.matches(&format!("trusted_hosts[] = \"{public_host}\""))
+                .count()
+                == 1,
+            "trusted_hosts twice:\n{once}"
+        );
+        ensure!(
+            once.matches("proxy_client_headers[]").count() == 1,
+            "proxy_client_headers twice:\n{once}"
+        );
+        // 6. PASSWORD_LOGIN=false, docker compose up -d.
+        gate.set("UNIKGATE_MATOMO__PASSWORD_LOGIN", "false");
+        gate.up().await?;
+        // 7. unikgate doctor --as admin.
+        let (ok, out) = gate.run(&["doctor", "--as", ADMIN.0]).await?;
+        ensure!(ok && out.contains("ok   mint"), "doctor --as admin:\n{out}");
+        // 8. The first @unikname sign-in and link, as the installer's superuser.
+        let b = Browser::new();
+        let res = support::sign_in_at(&b, &gate.base, &p, "uns-rehearsal-admin", "/").await;
+        ensure!(
+            location(&res).contains("/_unikgate/link"),
+            "first sign-in: {}",
+            location(&res)
+        );
+        let res = support::link_password_at(&b, &gate.base, "/", ADMIN.0, ADMIN.1).await;
+        ensure!(res.status() == 302, "linking admin: {}", res.status());
+        let (status, user, body) = page_user(&b, &format!("{}{DASHBOARD}", gate.base)).await;
+        ensure!(
+            status == 200 && user.as_deref() == Some(ADMIN.0),
+            "Matomo as admin: {status} {user:?}\n{body}"
+        );
+        // 9. Matomo's own "Sign out" ends on unikgate's page.
+        let res = b
+            .get(&format!(
+                "{}/index.php?module=Login&action=logout",
+                gate.base
+            ))
+            .await;
+        let (res, at) = b.follow(res, 6).await;
+        ensure!(
+            res.status() == 200 && at.contains("/_unikgate/"),
+            "Matomo's sign-out ended on {at} ({})",
+            res.status()
+        );
+        Ok(())
+    })
+}
+
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<(&str, TestFn)> = vec![
         (
             "setup_script_configured_the_tree",
             setup_script_configured_the_tree,
+        ),
+        (
+            "nothing_the_harness_starts_listens_beyond_loopback",
+            nothing_the_harness_starts_listens_beyond_loopback,
         ),
         ("signed_apache_journey", signed_apache_journey),
         ("signed_fpm_journey", signed_fpm_journey),
@@ -1322,6 +1585,10 @@ fn main() {
         (
             "no_matomo_password_opens_a_door_without_an_unikname",
             no_matomo_password_opens_a_door_without_an_unikname,
+        ),
+        (
+            "compose_rehearsal_as_the_readme_says",
+            compose_rehearsal_as_the_readme_says,
         ),
         ("browser_journey_in_chromium", browser_journey_in_chromium),
     ];

@@ -277,6 +277,18 @@ impl Config {
         self.provider.client_id.is_some() && self.provider.client_secret.is_some()
     }
 
+    /// The provider credentials that are missing, by key (empty when both are set).
+    pub fn missing_provider_credentials(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.provider.client_id.is_none() {
+            out.push("provider.client_id");
+        }
+        if self.provider.client_secret.is_none() {
+            out.push("provider.client_secret (or client_secret_file)");
+        }
+        out
+    }
+
     /// `<public_url><prefix>/callback`.
     pub fn redirect_uri(&self) -> String {
         format!("{}{}/callback", self.public_origin(), self.server.prefix)

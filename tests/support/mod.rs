@@ -3,6 +3,7 @@
 //! cookie-jar browser that follows redirects by hand.
 #![allow(dead_code)]
 
+pub mod compose;
 pub mod matomo;
 pub mod payloads;
 pub mod provider;
@@ -240,16 +241,27 @@ pub async fn sign_in(
     sub: &str,
     rd: &str,
 ) -> reqwest::Response {
+    sign_in_at(b, &app.url(""), p, sub, rd).await
+}
+
+/// [`sign_in`] through the unikgate at `base` (e.g. a separate process).
+pub async fn sign_in_at(
+    b: &Browser,
+    base: &str,
+    p: &provider::FakeProvider,
+    sub: &str,
+    rd: &str,
+) -> reqwest::Response {
     p.set_sub(sub);
     let html = b
-        .get(&app.url(&format!("/_unikgate/sign_in?rd={}", enc(rd))))
+        .get(&format!("{base}/_unikgate/sign_in?rd={}", enc(rd)))
         .await
         .text()
         .await
         .unwrap();
     let res = b
         .post(
-            &app.url("/_unikgate/start"),
+            &format!("{base}/_unikgate/start"),
             &[("csrf", &csrf_of(&html)), ("rd", rd)],
         )
         .await;
@@ -266,14 +278,25 @@ pub async fn link_password(
     login: &str,
     password: &str,
 ) -> reqwest::Response {
+    link_password_at(b, &app.url(""), rd, login, password).await
+}
+
+/// [`link_password`] through the unikgate at `base`.
+pub async fn link_password_at(
+    b: &Browser,
+    base: &str,
+    rd: &str,
+    login: &str,
+    password: &str,
+) -> reqwest::Response {
     let html = b
-        .get(&app.url(&format!("/_unikgate/link?rd={}", enc(rd))))
+        .get(&format!("{base}/_unikgate/link?rd={}", enc(rd)))
         .await
         .text()
         .await
         .unwrap();
     b.post(
-        &app.url("/_unikgate/link"),
+        &format!("{base}/_unikgate/link"),
         &[
             ("csrf", &csrf_of(&html)),
             ("rd", rd),

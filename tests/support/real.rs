@@ -470,17 +470,16 @@ impl RealMatomo {
         )
     }
 
-    fn web_user(&self) -> &'static str {
-        if is_root() {
-            "www-data"
-        } else {
-            ""
-        }
+    async fn start_apache(&mut self) -> R<()> {
+        let tree = self.tree.clone();
+        self.apache = self.apache_for(&tree, "apache").await?;
+        Ok(())
     }
 
-    async fn start_apache(&mut self) -> R<()> {
+    /// An Apache + mod_php serving `tree` on a free loopback port, its files in `<root>/<name>`.
+    async fn apache_for(&self, tree: &Path, name: &str) -> R<String> {
         let port = free_port()?;
-        let d = self.root.join("apache");
+        let d = self.root.join(name);
         std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
         let m = "/usr/lib/apache2/modules";
         let user = if is_root() {
@@ -534,13 +533,13 @@ php_admin_value opcache.revalidate_freq 0
 php_admin_value error_log "{d}/php.log"
 "#,
             d = d.display(),
-            tree = self.tree.display(),
+            tree = tree.display(),
         );
         let conf_path = d.join("apache.conf");
         std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
         let log = d.join("stdout.log");
         self.spawn(
-            "apache",
+            name,
             Command::new("/usr/sbin/apache2")
                 .arg("-f")
                 .arg(&conf_path)
@@ -548,9 +547,35 @@ php_admin_value error_log "{d}/php.log"
                 .env_remove("APACHE_CONFDIR"),
             &log,
         )?;
-        self.wait_tcp(port, "apache", &d.join("error.log")).await?;
-        self.apache = format!("http://127.0.0.1:{port}");
-        Ok(())
+        self.wait_tcp(port, name, &d.join("error.log")).await?;
+        Ok(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// A second Matomo, unpacked but not installed, with its own empty database and its own
+    /// Apache + mod_php (for the compose rehearsal, which installs it through unikgate).
+    pub async fn fresh_site(&self, name: &str) -> R<FreshSite> {
+        let dir = self.root.join(format!("{name}-tree"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let tree = unpack(&archive()?, &dir)?;
+        copy_dir(
+            &repo().join("matomo-plugin/UnikGate"),
+            &tree.join("plugins/UnikGate"),
+        )?;
+        if is_root() {
+            run(
+                Command::new("chown")
+                    .args(["-R", "www-data:www-data"])
+                    .arg(&tree),
+                "chown the fresh tree",
+            )?;
+        }
+        let db = format!("matomo_{name}");
+        self.sql(&format!(
+            "CREATE DATABASE {db} CHARACTER SET utf8mb4; GRANT ALL PRIVILEGES ON {db}.* TO '{u}'@'127.0.0.1';",
+            u = DB.1
+        ))?;
+        let url = self.apache_for(&tree, name).await?;
+        Ok(FreshSite { tree, url, db })
     }
 
     async fn start_fpm(&mut self) -> R<()> {
@@ -679,17 +704,7 @@ http {{
 
     /// Runs a command in Matomo's folder as the web server's user.
     pub fn as_web_user(&self, script: &str) -> R<String> {
-        let mut cmd = if is_root() {
-            let mut c = Command::new("su");
-            c.args(["-s", "/bin/sh", self.web_user(), "-c"])
-                .arg(format!("cd '{}' && {script}", self.tree.display()));
-            c
-        } else {
-            let mut c = Command::new("sh");
-            c.arg("-c").arg(script).current_dir(&self.tree);
-            c
-        };
-        run(&mut cmd, script)
+        as_web_user_in(&self.tree, script)
     }
 
     /// `./console ARGS` as the web server's user.
@@ -697,7 +712,6 @@ http {{
         self.as_web_user(&format!("php ./console --no-ansi {args}"))
     }
 
-    /// Matomo's web installer, page after page, as a person would fill it.
     async fn install(&mut self) -> R<()> {
         if is_root() {
             run(
@@ -707,8 +721,17 @@ http {{
                 "chown the Matomo tree",
             )?;
         }
-        let b = Browser::new();
         let base = self.apache.clone();
+        let tree = self.tree.clone();
+        self.salt = self.web_installer(&base, DB.0, &tree).await?;
+        Ok(())
+    }
+
+    /// Matomo's web installer at `base` (Matomo itself, or a unikgate in front of it), page after
+    /// page, as a person would fill it: database `dbname`, the superuser [`ADMIN`], site 1.
+    /// Returns `[General] salt`.
+    pub async fn web_installer(&self, base: &str, dbname: &str, tree: &Path) -> R<String> {
+        let b = Browser::new();
         let page = |path: &str| format!("{base}/{path}");
         // Welcome, then the system check.
         let res = b.get(&page("index.php")).await;
@@ -733,10 +756,10 @@ http {{
         set(&mut f, "host", &format!("127.0.0.1:{}", self.db_port));
         set(&mut f, "username", DB.1);
         set(&mut f, "password", DB.2);
-        set(&mut f, "dbname", DB.0);
+        set(&mut f, "dbname", dbname);
         set(&mut f, "tables_prefix", "matomo_");
         set(&mut f, "adapter", "PDO\\MYSQL");
-        self.installer_post(&b, &base, &action, "databaseSetup", &f)
+        self.installer_post(&b, base, &action, "databaseSetup", &f)
             .await?;
         // Tables, then the superuser.
         self.installer_get(&b, &page("index.php?action=tablesCreation"))
@@ -752,7 +775,7 @@ http {{
         f.retain(|(k, _)| {
             k != "subscribe_newsletter_piwikorg" && k != "subscribe_newsletter_professionalservices"
         });
-        self.installer_post(&b, &base, &action, "setupSuperUser", &f)
+        self.installer_post(&b, base, &action, "setupSuperUser", &f)
             .await?;
         let html = self
             .installer_get(&b, &page("index.php?action=firstWebsiteSetup"))
@@ -762,7 +785,7 @@ http {{
         set(&mut f, "url", "https://www.example.com");
         set(&mut f, "timezone", "UTC");
         set(&mut f, "ecommerce", "0");
-        self.installer_post(&b, &base, &action, "firstWebsiteSetup", &f)
+        self.installer_post(&b, base, &action, "firstWebsiteSetup", &f)
             .await?;
         self.installer_get(
             &b,
@@ -776,22 +799,21 @@ http {{
             )
             .await?;
         let (action, f) = form_fields(&html);
-        self.installer_post(&b, &base, &action, "finished", &f)
+        self.installer_post(&b, base, &action, "finished", &f)
             .await?;
-        let config = std::fs::read_to_string(self.tree.join("config/config.ini.php"))
+        let config = std::fs::read_to_string(tree.join("config/config.ini.php"))
             .map_err(|e| format!("the installer wrote no config.ini.php: {e}"))?;
         if !config.contains("installation_in_progress") && !config.contains("[database]") {
             return Err("config.ini.php has no [database] section".into());
         }
-        self.salt = config
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("salt = "))
-            .map(|s| s.trim_matches('"').to_string())
-            .unwrap_or_default();
         if config.contains("installation_in_progress") {
             return Err(format!("the installer did not finish:\n{config}"));
         }
-        Ok(())
+        Ok(config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("salt = "))
+            .map(|s| s.trim_matches('"').to_string())
+            .unwrap_or_default())
     }
 
     async fn installer_get(&self, b: &Browser, url: &str) -> R<String> {
@@ -1008,6 +1030,100 @@ http {{
             }
         }
         left
+    }
+}
+
+/// The TCP sockets listened on by processes whose command line names `dir`: (pid: command,
+/// local address).
+pub fn listeners_under(dir: &Path) -> Vec<(String, String)> {
+    use std::collections::HashMap;
+    // inode → local address, for LISTEN sockets (state 0A).
+    let mut listening: HashMap<String, String> = HashMap::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(t) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in t.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let Some((ip, port)) = f[1].split_once(':') else {
+                continue;
+            };
+            let port = u16::from_str_radix(port, 16).unwrap_or(0);
+            let addr = if v6 {
+                format!("[{ip}]:{port}")
+            } else {
+                let n = u32::from_str_radix(ip, 16).unwrap_or(0);
+                format!("{}:{port}", std::net::Ipv4Addr::from(n.swap_bytes()))
+            };
+            listening.insert(f[9].to_string(), addr);
+        }
+    }
+    let needle = dir.to_string_lossy().to_string();
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        if !cmd.contains(&needle) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let t = target.to_string_lossy();
+            if let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                if let Some(addr) = listening.get(inode) {
+                    out.push((format!("{pid}: {}", cmd.trim()), addr.clone()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Runs `script` in `dir` as the web server's user (`www-data` when running as root).
+pub fn as_web_user_in(dir: &Path, script: &str) -> R<String> {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("su");
+        c.args(["-s", "/bin/sh", "www-data", "-c"])
+            .arg(format!("cd '{}' && {script}", dir.display()));
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script).current_dir(dir);
+        c
+    };
+    run(&mut cmd, script)
+}
+
+/// A Matomo the harness unpacked and serves but did not install.
+pub struct FreshSite {
+    pub tree: PathBuf,
+    /// Apache + mod_php serving it.
+    pub url: String,
+    /// Its empty database (the harness's MariaDB, same user).
+    pub db: String,
+}
+
+impl FreshSite {
+    pub fn config_ini(&self) -> String {
+        std::fs::read_to_string(self.tree.join("config/config.ini.php")).unwrap_or_default()
     }
 }
 
