@@ -286,6 +286,41 @@ pub enum Proof {
     WrongPassword,
     /// The password is right for what was typed, but it is not the login (an email).
     NotTheLogin,
+    /// The account uses two-factor authentication and no code was sent (the password was right:
+    /// Matomo asks for the code only then).
+    CodeRequired,
+    /// The two-factor code was wrong, or already used.
+    WrongCode,
+    /// Matomo requires two-factor authentication for every account, and this one has none yet.
+    TwoFactorSetupRequired,
+    /// Matomo's brute-force protection blocks logins from this client address for now.
+    Blocked,
+}
+
+/// Matomo's own words (English and French) for the proof's refusals that are not a wrong password.
+fn classify_refusal(status: StatusCode, message: &str, sent_code: bool) -> Option<Proof> {
+    let m = message.to_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+    if any(&["too many failed logins", "trop de connexions"]) {
+        return Some(Proof::Blocked);
+    }
+    if any(&[
+        "must set up two-factor",
+        "devez configurer l'authentification",
+    ]) {
+        return Some(Proof::TwoFactorSetupRequired);
+    }
+    // TwoFactorAuth answers 401 only once the password is right: a code is missing or wrong.
+    if status == StatusCode::UNAUTHORIZED
+        || any(&["two-factor authentication code", "code d'authentification"])
+    {
+        return Some(if sent_code {
+            Proof::WrongCode
+        } else {
+            Proof::CodeRequired
+        });
+    }
+    None
 }
 
 fn form(pairs: &[(&str, &str)]) -> Bytes {
@@ -305,32 +340,40 @@ fn json(a: &Answer) -> Result<serde_json::Value, Error> {
     })
 }
 
-/// Proves a Matomo account by its password through Matomo's own API (contract: "Proving a Matomo
-/// account by password"). The app token Matomo returns is used once and dropped.
+/// Proves a Matomo account by its password (and, for an account with two-factor authentication,
+/// the current code, sent as Matomo's `authCode`) through Matomo's own API (contract: "Proving a
+/// Matomo account by password"). The app token Matomo returns is used once and dropped.
 pub async fn prove_password(
     up: &Upstream,
     login: &str,
     password: &str,
+    auth_code: Option<&str>,
     client_ip: IpAddr,
 ) -> Result<Proof, Error> {
+    let mut fields = vec![
+        ("userLogin", login),
+        ("passwordConfirmation", password),
+        ("description", "unikgate account check"),
+        ("expireHours", "1"),
+    ];
+    if let Some(code) = auth_code {
+        fields.push(("authCode", code));
+    }
     let a = up
         .call(
             Method::POST,
             "/index.php?module=API&method=UsersManager.createAppSpecificTokenAuth&format=json",
             HeaderMap::new(),
-            Some(form(&[
-                ("userLogin", login),
-                ("passwordConfirmation", password),
-                ("description", "unikgate account check"),
-                ("expireHours", "1"),
-            ])),
+            Some(form(&fields)),
             client_ip,
         )
         .await?;
     let v = json(&a)?;
     let Some(token) = v.get("value").and_then(|t| t.as_str()) else {
         if v.get("result").and_then(|r| r.as_str()) == Some("error") {
-            return Ok(Proof::WrongPassword);
+            let message = v.get("message").and_then(|m| m.as_str()).unwrap_or("");
+            return Ok(classify_refusal(a.status, message, auth_code.is_some())
+                .unwrap_or(Proof::WrongPassword));
         }
         return Err(Error::MatomoUnexpected(
             "createAppSpecificTokenAuth gave neither a token nor an error".into(),
@@ -448,6 +491,65 @@ mod tests {
             Some("a\"b")
         );
         assert_eq!(parse_user_login("nothing"), None);
+    }
+
+    #[test]
+    fn proof_refusals_in_matomos_words() {
+        let c = |s: u16, m: &str, code: bool| {
+            classify_refusal(StatusCode::from_u16(s).unwrap_or(StatusCode::OK), m, code)
+        };
+        assert_eq!(
+            c(
+                200,
+                "The current password you entered is not correct.",
+                false
+            ),
+            None
+        );
+        assert_eq!(
+            c(
+                401,
+                "Please specify a two-factor authentication code.",
+                false
+            ),
+            Some(Proof::CodeRequired)
+        );
+        assert_eq!(
+            c(401, "Incorrect two-factor authentication code.", true),
+            Some(Proof::WrongCode)
+        );
+        assert_eq!(
+            c(
+                401,
+                "Le code d'authentification à deux facteurs est incorrect.",
+                true
+            ),
+            Some(Proof::WrongCode)
+        );
+        assert_eq!(
+            c(
+                200,
+                "You must set up two-factor authentication. Please log in to do so.",
+                false
+            ),
+            Some(Proof::TwoFactorSetupRequired)
+        );
+        assert_eq!(
+            c(
+                200,
+                "Too many failed logins. Please wait and try logging in again later.",
+                false
+            ),
+            Some(Proof::Blocked)
+        );
+        assert_eq!(
+            c(
+                200,
+                "Trop de connexions échouées, veuillez réessayer ultérieurement.",
+                true
+            ),
+            Some(Proof::Blocked)
+        );
     }
 
     #[test]

@@ -158,6 +158,8 @@ pub struct LinkPage<'a> {
     pub login: &'a str,
     pub error: Option<&'a str>,
     pub session_login: Option<&'a str>,
+    /// Matomo asked for the two-factor code: the field is required and focused.
+    pub code_needed: bool,
 }
 
 #[derive(Template)]

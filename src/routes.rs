@@ -76,6 +76,7 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
                 &parts.headers,
                 &query,
                 None,
+                false,
                 StatusCode::OK,
             )
             .await
@@ -318,6 +319,7 @@ async fn link_page(
     headers: &HeaderMap,
     q: &Form,
     error: Option<&str>,
+    code_needed: bool,
     status: StatusCode,
 ) -> Result<Response, Error> {
     let rd = rd_of(app, q);
@@ -354,6 +356,7 @@ async fn link_page(
             login: &login,
             error,
             session_login: session_login.as_deref(),
+            code_needed,
         },
     ))
 }
@@ -434,8 +437,36 @@ async fn link_post(
                 )
                 .await;
             }
-            match matomo::prove_password(&app.upstream, login, password, ctx.client_ip).await? {
+            // The two-factor code, when the account has one: digits only (spaces people type
+            // between groups are dropped); anything else is not sent.
+            let code: String = f
+                .get("code")
+                .map(|c| c.chars().filter(|c| !c.is_whitespace()).collect())
+                .unwrap_or_default();
+            if !code.is_empty() && (code.len() > 10 || !code.bytes().all(|b| b.is_ascii_digit())) {
+                return again_with(app, ctx, sess, headers, f, "A two-factor code is the six digits your authenticator app shows. Enter your password again with the current code.", true).await;
+            }
+            let code = (!code.is_empty()).then_some(code.as_str());
+            match matomo::prove_password(&app.upstream, login, password, code, ctx.client_ip)
+                .await?
+            {
                 Proof::Valid { login, superuser } => (login, superuser),
+                Proof::CodeRequired => {
+                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "two-factor code required");
+                    return again_with(app, ctx, sess, headers, f, "This Matomo account uses two-factor authentication. Enter your password again, with the six-digit code from your authenticator app.", true).await;
+                }
+                Proof::WrongCode => {
+                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong two-factor code");
+                    return again_with(app, ctx, sess, headers, f, "That two-factor code is not right, or was already used. Enter your password again with the code your authenticator app shows now.", true).await;
+                }
+                Proof::TwoFactorSetupRequired => {
+                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "two-factor setup required by Matomo");
+                    return again(app, ctx, sess, headers, f, "This Matomo requires two-factor authentication for every account, and yours has none yet. Set it up in Matomo first (Personal → Security, or ask a Matomo administrator), then link again.").await;
+                }
+                Proof::Blocked => {
+                    tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "blocked by Matomo's brute-force protection");
+                    return again(app, ctx, sess, headers, f, "Matomo is refusing sign-ins from your address after too many failed attempts (its own brute-force protection). Wait a while, or ask a Matomo administrator to unblock it, then try again.").await;
+                }
                 Proof::WrongPassword => {
                     tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong Matomo password or unknown user");
                     return again(
@@ -506,8 +537,24 @@ async fn again(
     f: &Form,
     msg: &str,
 ) -> Result<Response, Error> {
+    again_with(app, ctx, sess, headers, f, msg, false).await
+}
+
+/// The link page again, with a message; `code_needed` asks for the two-factor code. Neither the
+/// password nor the code is written back into the page: unikgate keeps no password between
+/// requests, so a two-factor account types it again with its code.
+async fn again_with(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    headers: &HeaderMap,
+    f: &Form,
+    msg: &str,
+    code_needed: bool,
+) -> Result<Response, Error> {
     let mut q = f.clone();
     q.remove("password");
+    q.remove("code");
     link_page(
         app,
         ctx,
@@ -515,6 +562,7 @@ async fn again(
         headers,
         &q,
         Some(msg),
+        code_needed,
         StatusCode::UNAUTHORIZED,
     )
     .await

@@ -1501,6 +1501,313 @@ fn compose_rehearsal_as_the_readme_says(m: &RealMatomo) -> Fut<'_> {
     })
 }
 
+/// RFC 6238 TOTP (HMAC-SHA1, 30 s, 6 digits), as Matomo's TwoFactorAuthenticator computes it,
+/// for the time slice `now / 30 + offset`.
+fn totp(base32_secret: &str, offset: i64) -> String {
+    use hmac::Mac;
+    let mut bits: u64 = 0;
+    let mut n = 0;
+    let mut key = Vec::new();
+    for c in base32_secret.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => continue,
+        };
+        bits = (bits << 5) | u64::from(v);
+        n += 5;
+        if n >= 8 {
+            key.push((bits >> (n - 8)) as u8);
+            n -= 8;
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let slice = (now / 30 + offset) as u64;
+    let Ok(mut mac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(&key) else {
+        return String::new();
+    };
+    mac.update(&slice.to_be_bytes());
+    let h = mac.finalize().into_bytes();
+    let o = (h[h.len() - 1] & 0x0f) as usize;
+    let v = u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]) & 0x7fff_ffff;
+    format!("{:06}", v % 1_000_000)
+}
+
+const CAROL: (&str, &str) = ("carol", "carol-Passw0rd-real");
+const CAROL_TOTP: &str = "JBSWY3DPEHPK3PXP";
+
+/// The link form with a password and a two-factor code.
+async fn link_with_code(
+    b: &Browser,
+    app: &TestApp,
+    who: (&str, &str),
+    code: &str,
+) -> Result<(u16, String), String> {
+    let html = b
+        .get(&app.url("/_unikgate/link"))
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    let res = b
+        .post(
+            &app.url("/_unikgate/link"),
+            &[
+                ("csrf", &support::csrf_of(&html)),
+                ("rd", "/"),
+                ("mode", "password"),
+                ("login", who.0),
+                ("password", who.1),
+                ("code", code),
+            ],
+        )
+        .await;
+    let status = res.status().as_u16();
+    Ok((status, res.text().await.unwrap_or_default()))
+}
+
+fn two_factor_accounts_link_with_their_code_and_keep_it(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let v = m
+            .api(
+                "UsersManager.addUser",
+                &[
+                    ("userLogin", CAROL.0),
+                    ("password", CAROL.1),
+                    ("email", "carol@example.com"),
+                    ("initialIdSite", "1"),
+                ],
+            )
+            .await?;
+        ensure!(
+            v.get("result").and_then(|r| r.as_str()) != Some("error"),
+            "addUser carol: {v}"
+        );
+        // Two-factor authentication on, as Matomo's own setup would store it.
+        m.sql(&format!(
+            "UPDATE matomo.matomo_user SET twofactor_secret = '{CAROL_TOTP}' WHERE login = 'carol'"
+        ))?;
+        let p = FakeProvider::start().await;
+        let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
+        let b = Browser::new();
+        let res = sign_in(&b, &app, &p, "uns-carol", "/").await;
+        ensure!(
+            location(&res).contains("/_unikgate/link"),
+            "{}",
+            location(&res)
+        );
+        // The password alone: the page asks for the code, and nothing is linked.
+        let res = link_password(&b, &app, "/", CAROL.0, CAROL.1).await;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        ensure!(
+            status == 401
+                && body.contains("uses two-factor authentication")
+                && body.contains("name=\"code\"")
+                && body.contains("required")
+                && !body.contains(CAROL.1),
+            "password alone: {status}\n{}",
+            support::real::clip(&body)
+        );
+        // A wrong code says so, and nothing is linked.
+        let valid: Vec<String> = (-2..=2).map(|o| totp(CAROL_TOTP, o)).collect();
+        let wrong = (0..1_000_000)
+            .map(|n| format!("{n:06}"))
+            .find(|c| !valid.contains(c))
+            .unwrap_or_default();
+        let (status, body) = link_with_code(&b, &app, CAROL, &wrong).await?;
+        ensure!(
+            status == 401 && body.contains("two-factor code is not right"),
+            "wrong code: {status}\n{}",
+            support::real::clip(&body)
+        );
+        let res = link_password(&b, &app, "/", CAROL.0, CAROL.1).await;
+        ensure!(
+            res.status() == 401,
+            "the password alone never links: {}",
+            res.status()
+        );
+        ensure!(
+            app.app
+                .links
+                .get_by_login(CAROL.0)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none(),
+            "linked without the code"
+        );
+        // Password + the current code: linked, and Matomo opens as carol without asking its code.
+        let (status, body) = link_with_code(&b, &app, CAROL, &totp(CAROL_TOTP, 0)).await?;
+        ensure!(
+            status == 302,
+            "password + code: {status}\n{}",
+            support::real::clip(&body)
+        );
+        let (status, user, body) = page_user(&b, &app.url(DASHBOARD)).await;
+        ensure!(
+            status == 200
+                && user.as_deref() == Some(CAROL.0)
+                && !body.contains("TwoFactorAuth.LoginTwoFactorAuth"),
+            "Matomo after linking: {status} {user:?}\n{body}"
+        );
+        // Later sign-ins: straight to Matomo, no code asked.
+        let b2 = Browser::new();
+        let res = sign_in(&b2, &app, &p, "uns-carol", DASHBOARD).await;
+        ensure!(
+            !location(&res).contains("/_unikgate/link"),
+            "second sign-in: {}",
+            location(&res)
+        );
+        let (status, user, body) = page_user(&b2, &app.url(DASHBOARD)).await;
+        ensure!(
+            status == 200
+                && user.as_deref() == Some(CAROL.0)
+                && !body.contains("TwoFactorAuth.LoginTwoFactorAuth"),
+            "second sign-in in Matomo: {status} {user:?}\n{body}"
+        );
+        Ok(())
+    })
+}
+
+fn two_factor_required_for_everyone_says_set_it_up_first(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        // TwoFactorAuth's system setting "require two-factor for all users", as Matomo stores it.
+        m.sql("INSERT INTO matomo.matomo_plugin_setting (plugin_name, setting_name, setting_value, json_encoded, user_login) VALUES ('TwoFactorAuth', 'twoFactorAuthRequired', '1', 0, '')")?;
+        let result = async {
+            let p = FakeProvider::start().await;
+            let app = gate(m, Web::Apache, Minter::Signed, &p, "").await;
+            let b = Browser::new();
+            let res = sign_in(&b, &app, &p, "uns-2fa-required", "/").await;
+            ensure!(
+                location(&res).contains("/_unikgate/link"),
+                "{}",
+                location(&res)
+            );
+            let res = link_password(&b, &app, "/", BOB.0, BOB.1).await;
+            let status = res.status();
+            let body = res.text().await.unwrap_or_default();
+            ensure!(
+                status == 401
+                    && body.contains("requires two-factor authentication for every account"),
+                "2FA required, none set up: {status}\n{}",
+                support::real::clip(&body)
+            );
+            Ok(())
+        }
+        .await;
+        m.sql("DELETE FROM matomo.matomo_plugin_setting WHERE plugin_name = 'TwoFactorAuth' AND setting_name = 'twoFactorAuthRequired'")?;
+        result
+    })
+}
+
+fn matomo_brute_force_block_and_matomo_down_have_their_own_messages(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        // 20 failures from one client address make Matomo block it (its brute-force protection).
+        let ip = "203.0.113.77";
+        let client = reqwest::Client::new();
+        for i in 0..21 {
+            client
+                .post(format!("{}/index.php?module=API&method=UsersManager.createAppSpecificTokenAuth&format=json", m.apache))
+                .header("x-forwarded-for", ip)
+                .form(&[("userLogin", "bob"), ("passwordConfirmation", &format!("wrong-password-{i}")), ("description", "x")])
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let result = async {
+            let p = FakeProvider::start().await;
+            let l = m.gate_listener();
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let addr = l.local_addr().map_err(|e| e.to_string())?;
+            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+            let toml = config(&m.apache, &p.config(), &matomo_section(Minter::Signed, "")).replace(
+                "[server]\n",
+                "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+            );
+            let app = TestApp::start_on(
+                &toml,
+                Arc::new(tempfile::tempdir().map_err(|e| e.to_string())?),
+                l,
+                addr,
+            )
+            .await;
+            let b = Browser::new();
+            let res = sign_in(&b, &app, &p, "uns-blocked", "/").await;
+            ensure!(
+                location(&res).contains("/_unikgate/link"),
+                "{}",
+                location(&res)
+            );
+            let html = b
+                .get(&app.url("/_unikgate/link"))
+                .await
+                .text()
+                .await
+                .unwrap_or_default();
+            let res = b
+                .client
+                .post(app.url("/_unikgate/link"))
+                .header("x-forwarded-for", ip)
+                .form(&[
+                    ("csrf", support::csrf_of(&html).as_str()),
+                    ("rd", "/"),
+                    ("mode", "password"),
+                    ("login", BOB.0),
+                    ("password", BOB.1),
+                ])
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = res.status();
+            let body = res.text().await.unwrap_or_default();
+            ensure!(
+                status == 401 && body.contains("too many failed attempts"),
+                "blocked: {status}\n{}",
+                support::real::clip(&body)
+            );
+            Ok(())
+        }
+        .await;
+        let v = m.api("Login.unblockBruteForceIPs", &[]).await?;
+        ensure!(
+            v.get("result").and_then(|r| r.as_str()) != Some("error"),
+            "unblock: {v}"
+        );
+        result?;
+        // Matomo down: its own page, nothing linked.
+        let p = FakeProvider::start().await;
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            l.local_addr().map_err(|e| e.to_string())?.port()
+        };
+        let app = TestApp::start(&config(
+            &format!("http://127.0.0.1:{closed}"),
+            &p.config(),
+            &matomo_section(Minter::Signed, ""),
+        ))
+        .await;
+        let b = Browser::new();
+        let res = sign_in(&b, &app, &p, "uns-matomo-down", "/").await;
+        ensure!(
+            location(&res).contains("/_unikgate/link"),
+            "{}",
+            location(&res)
+        );
+        let res = link_password(&b, &app, "/", BOB.0, BOB.1).await;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        ensure!(
+            status == 502 && body.contains("Matomo is unreachable"),
+            "Matomo down: {status}\n{}",
+            support::real::clip(&body)
+        );
+        Ok(())
+    })
+}
+
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<(&str, TestFn)> = vec![
@@ -1589,6 +1896,18 @@ fn main() {
         (
             "compose_rehearsal_as_the_readme_says",
             compose_rehearsal_as_the_readme_says,
+        ),
+        (
+            "two_factor_accounts_link_with_their_code_and_keep_it",
+            two_factor_accounts_link_with_their_code_and_keep_it,
+        ),
+        (
+            "two_factor_required_for_everyone_says_set_it_up_first",
+            two_factor_required_for_everyone_says_set_it_up_first,
+        ),
+        (
+            "matomo_brute_force_block_and_matomo_down_have_their_own_messages",
+            matomo_brute_force_block_and_matomo_down_have_their_own_messages,
         ),
         ("browser_journey_in_chromium", browser_journey_in_chromium),
     ];

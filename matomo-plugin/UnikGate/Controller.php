@@ -11,6 +11,7 @@ use Piwik\Config;
 use Piwik\Db;
 use Piwik\Piwik;
 use Piwik\Plugins\UsersManager\Model;
+use Piwik\Session\SessionFingerprint;
 use Piwik\Session\SessionInitializer;
 use Piwik\Url;
 
@@ -79,6 +80,10 @@ class Controller extends \Piwik\Plugin\Controller
         $auth->setVouched(true);
         $initializer = new SessionInitializer();
         $initializer->initSession($auth);
+        // The person proved this account once with its password (and its two-factor code, when it
+        // has one) and signed in now with their @unikname, approved on their phone: that is the
+        // second factor, so Matomo does not ask for its own code on this session (as LoginOIDC).
+        (new SessionFingerprint())->setTwoFactorAuthenticationVerified();
         header('Cache-Control: no-store');
         header('Location: ' . $claims['rd'], true, 302);
     }
