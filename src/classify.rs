@@ -130,8 +130,14 @@ fn dispatch<'a>(req: &'a Request<'a>) -> Dispatch<'a> {
             }))
             .collect();
         for entry in bulk {
+            // Matomo parses the entry as it came (`@unsanitized`); reading it with its HTML
+            // entities decoded too only adds names to check.
             let decoded = matomo_decode(entry);
-            for nested in [Params::parse(&decoded), Params::from_query_string(&decoded)] {
+            for nested in [
+                Params::from_query_string(entry),
+                Params::parse(&decoded),
+                Params::from_query_string(&decoded),
+            ] {
                 if let Some(m) = nested.get("method").and_then(|v| v.as_str()) {
                     d.methods.push(matomo_decode(m).into_owned());
                 }

@@ -36,7 +36,16 @@ const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// Every check; `as_login` also mints a real Matomo session for that login (then ends it).
 pub async fn run(app: &App, as_login: Option<&str>) -> Vec<Step> {
-    let mut out = Vec::new();
+    let mut out = vec![step(
+        "URIs to register",
+        true,
+        format!(
+            "at the provider, for client {}: redirect URI {} and post-logout redirect URI {}",
+            app.cfg.provider.client_id.as_deref().unwrap_or("(not set)"),
+            app.cfg.redirect_uri(),
+            app.cfg.post_logout_redirect_uri()
+        ),
+    )];
     match &app.oidc {
         None => out.push(step(
             "provider credentials",

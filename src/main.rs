@@ -153,6 +153,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 Err(code) => return Ok(code),
             };
             println!("{}: OK", config.display());
+            println!(
+                "register at the provider: redirect URI {}  post-logout redirect URI {}",
+                cfg.redirect_uri(),
+                cfg.post_logout_redirect_uri()
+            );
             let missing = cfg.missing_provider_credentials();
             if !missing.is_empty() {
                 println!(

@@ -46,7 +46,7 @@ impl PageEnv {
             }
         }
         let csp = format!(
-            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
         );
         HeaderValue::from_str(&csp).unwrap_or_else(|_| {
             HeaderValue::from_static(
@@ -135,6 +135,14 @@ pub struct MessagePage<'a> {
     pub request_id: &'a str,
 }
 
+/// Where sign-out ends (the provider's post-logout redirect URI): no session, no form.
+#[derive(Template)]
+#[template(path = "signed_out.html")]
+pub struct SignedOutPage<'a> {
+    pub title: &'a str,
+    pub prefix: &'a str,
+}
+
 #[derive(Template)]
 #[template(path = "sign_in.html")]
 pub struct SignInPage<'a> {
@@ -190,12 +198,20 @@ pub fn render_error(env: &PageEnv, mut res: Response, request_id: &str) -> Respo
 
 /// `GET <prefix>/static/unikgate.css`.
 pub fn stylesheet() -> Response {
-    let mut res = Response::new(Body::from(STYLESHEET));
+    static_file(STYLESHEET, "text/css; charset=utf-8")
+}
+
+/// The sign-in page's one script: keeps a link's `#fragment` through sign-in.
+pub fn fragment_script() -> Response {
+    static_file(FRAGMENT_SCRIPT, "text/javascript; charset=utf-8")
+}
+
+const FRAGMENT_SCRIPT: &str = include_str!("../templates/fragment.js");
+
+fn static_file(body: &'static str, content_type: &'static str) -> Response {
+    let mut res = Response::new(Body::from(body));
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/css; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=3600"),

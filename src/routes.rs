@@ -54,6 +54,16 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
         (&Method::GET, "healthz") => return (StatusCode::OK, "ok\n").into_response(),
         (&Method::GET, "readyz") => return readyz(app).await,
         (&Method::GET, "static/unikgate.css") => return crate::pages::stylesheet(),
+        (&Method::GET, "static/fragment.js") => return crate::pages::fragment_script(),
+        (&Method::GET, "signed_out") => {
+            return app.pages.render(
+                StatusCode::OK,
+                &crate::pages::SignedOutPage {
+                    title: "Signed out",
+                    prefix: &app.cfg.server.prefix,
+                },
+            )
+        }
         (&Method::GET, "metrics") => return Error::NotFound.into_response(),
         _ => {}
     }
@@ -98,7 +108,7 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
         (
             _,
             "sign_in" | "start" | "callback" | "link" | "account" | "unlink" | "sign_out"
-            | "healthz" | "readyz",
+            | "signed_out" | "healthz" | "readyz",
         ) => {
             let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
             r.headers_mut()
@@ -609,10 +619,7 @@ async fn unlink(
     let removed = app.unlink(&user.issuer, &user.subject).await?;
     tracing::info!(target: "unikgate::audit", event = "unlink", subject = %user.subject, client_ip = %ctx.client_ip, removed);
     end_everything(app, ctx, sess, headers).await?;
-    let mut res = redirect_local(
-        app,
-        &format!("{}/sign_in?signed_out=1", app.cfg.server.prefix),
-    );
+    let mut res = redirect_local(app, &format!("{}/signed_out", app.cfg.server.prefix));
     clear_matomo_cookie(app, res.headers_mut());
     Ok(res)
 }
@@ -651,11 +658,8 @@ async fn sign_out(
         tracing::info!(target: "unikgate::audit", event = "sign_out", subject = %u.subject, client_ip = %ctx.client_ip);
     }
     end_everything(app, ctx, sess, headers).await?;
-    let back = format!(
-        "{}{}/sign_in?signed_out=1",
-        app.upstream.public_origin(),
-        app.cfg.server.prefix
-    );
+    // The post-logout redirect URI to register at the provider: exactly this, no query.
+    let back = app.cfg.post_logout_redirect_uri();
     let provider_logout = match (&app.oidc, &user) {
         (Some(o), Some(u)) => o.end_session_url(u.id_token.as_deref(), &back).await,
         _ => None,
@@ -668,10 +672,7 @@ async fn sign_out(
             }
             r
         }
-        None => redirect_local(
-            app,
-            &format!("{}/sign_in?signed_out=1", app.cfg.server.prefix),
-        ),
+        None => redirect_local(app, &format!("{}/signed_out", app.cfg.server.prefix)),
     };
     clear_matomo_cookie(app, res.headers_mut());
     Ok(res)

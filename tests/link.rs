@@ -32,7 +32,7 @@ async fn the_journey_with_the_real_provider() {
     let addr = listener.local_addr().unwrap();
     let p = NodeProvider::start(
         &[format!("http://{addr}/_unikgate/callback")],
-        &[format!("http://{addr}/_unikgate/sign_in?signed_out=1")],
+        &[format!("http://{addr}/_unikgate/signed_out")],
     )
     .await;
     let app = TestApp::start_on(

@@ -268,8 +268,22 @@ async fn own_pages_send_strict_security_headers() {
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert!(csp.contains("default-src 'none'"));
+    // The one script is a same-origin file (it keeps a link's #fragment through sign-in).
+    assert!(csp.contains("script-src 'self'"), "{csp}");
     assert_eq!(res.headers()["x-frame-options"], "DENY");
     assert_eq!(res.headers()["cache-control"], "no-store");
+    let html = res.text().await.unwrap();
+    assert!(html.contains("<script src=\"/_unikgate/static/fragment.js\" defer></script>"));
+    assert_eq!(html.matches("<script").count(), 1, "no inline script");
+    let js = Browser::new()
+        .get(&app.url("/_unikgate/static/fragment.js"))
+        .await;
+    assert_eq!(js.status(), 200);
+    assert!(js.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(js.text().await.unwrap().contains("location.hash"));
     // Request ids are unikgate's: a client-sent one is replaced (it would forge log correlation).
     let res = Browser::new()
         .client
@@ -382,7 +396,7 @@ async fn matomo_redirects_and_cookies_keep_working_under_the_public_url() {
         .await;
     assert_eq!(res.status(), 302);
     assert!(
-        location(&res).starts_with(&app.url("/_unikgate/sign_in")),
+        location(&res).starts_with(&app.url("/_unikgate/signed_out")),
         "{}",
         location(&res)
     );

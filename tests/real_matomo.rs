@@ -985,7 +985,7 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
         let base = format!("http://127.0.0.1:{port}");
         let provider = NodeProvider::start(
             &[format!("{base}/_unikgate/callback")],
-            &[format!("{base}/_unikgate/sign_in?signed_out=1")],
+            &[format!("{base}/_unikgate/signed_out")],
         )
         .await;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -1026,6 +1026,7 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
             .env("BASE", &base)
             .env("SHOTS", &shots)
             .env("ALICE_PASSWORD", ALICE.1)
+            .env("BOB_PASSWORD", BOB.1)
             .output()
             .await
             .map_err(|e| e.to_string())?;
@@ -1808,6 +1809,92 @@ fn matomo_brute_force_block_and_matomo_down_have_their_own_messages(m: &RealMato
     })
 }
 
+/// Matomo's own login page (password_login on) offers the @unikname sign-in below its form, and
+/// the button keeps the page that was asked for through sign-in and link.
+fn matomos_login_page_offers_the_unikname_sign_in(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let p = FakeProvider::start().await;
+        let app = gate(
+            m,
+            Web::Apache,
+            Minter::Signed,
+            &p,
+            "password_login = true\n",
+        )
+        .await;
+        let b = Browser::new();
+        let html = b
+            .get(&app.url(DASHBOARD))
+            .await
+            .text()
+            .await
+            .unwrap_or_default();
+        ensure!(
+            html.contains("login_form"),
+            "Matomo's login page was expected:\n{}",
+            support::real::clip(&html)
+        );
+        let i = html.find("id=\"unikgate_login\"").ok_or_else(|| {
+            format!(
+                "no @unikname button on Matomo's login page:\n{}",
+                support::real::clip(&html)
+            )
+        })?;
+        let button = &html[i..html[i..]
+            .find("</span>")
+            .map(|e| i + e)
+            .unwrap_or(html.len())];
+        ensure!(
+            button.contains("Connect with your private @unikname"),
+            "the button's label: {button}"
+        );
+        let href = button
+            .split("href=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .ok_or("the button has no link")?
+            .replace("&amp;", "&");
+        let want_rd: String = form_urlencoded::byte_serialize(DASHBOARD.as_bytes()).collect();
+        ensure!(
+            href == format!("/_unikgate/sign_in?rd={}", want_rd.replace('+', "%20")),
+            "the button's link: {href}"
+        );
+        let page = b
+            .get(&app.url(&href))
+            .await
+            .text()
+            .await
+            .unwrap_or_default();
+        ensure!(
+            page.contains(&format!(
+                "name=\"rd\" value=\"{}\"",
+                DASHBOARD.replace('&', "&#38;")
+            )),
+            "unikgate's sign-in page lost the page asked for:\n{}",
+            support::real::clip(&page)
+        );
+        let res = sign_in(&b, &app, &p, "uns-login-page-button", DASHBOARD).await;
+        ensure!(
+            location(&res).contains("/_unikgate/link"),
+            "{}",
+            location(&res)
+        );
+        let res = link_password(&b, &app, DASHBOARD, ALICE.0, ALICE.1).await;
+        ensure!(
+            res.status() == 302 && location(&res).ends_with(DASHBOARD),
+            "after linking: {} {}",
+            res.status(),
+            location(&res)
+        );
+        let (status, user, body) = page_user(&b, &app.url(DASHBOARD)).await;
+        ensure!(
+            status == 200 && user.as_deref() == Some("alice"),
+            "Matomo as alice: {status} {user:?}\n{body}"
+        );
+        Ok(())
+    })
+}
+
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<(&str, TestFn)> = vec![
@@ -1908,6 +1995,10 @@ fn main() {
         (
             "matomo_brute_force_block_and_matomo_down_have_their_own_messages",
             matomo_brute_force_block_and_matomo_down_have_their_own_messages,
+        ),
+        (
+            "matomos_login_page_offers_the_unikname_sign_in",
+            matomos_login_page_offers_the_unikname_sign_in,
         ),
         ("browser_journey_in_chromium", browser_journey_in_chromium),
     ];

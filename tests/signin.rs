@@ -411,7 +411,7 @@ async fn node_setup(discovery: bool) -> (StandIn, NodeProvider, TestApp) {
     let addr = listener.local_addr().unwrap();
     let p = NodeProvider::start(
         &[format!("http://{addr}/_unikgate/callback")],
-        &[format!("http://{addr}/_unikgate/sign_in?signed_out=1")],
+        &[format!("http://{addr}/_unikgate/signed_out")],
     )
     .await;
     let section = if discovery {

@@ -7,7 +7,6 @@
 namespace Piwik\Plugins\UnikGate;
 
 use Piwik\Common;
-use Piwik\Config;
 use Piwik\Db;
 use Piwik\Piwik;
 use Piwik\Plugins\UsersManager\Model;
@@ -23,12 +22,6 @@ class Controller extends \Piwik\Plugin\Controller
         header('Content-Type: text/plain; charset=utf-8');
         header('Cache-Control: no-store');
         echo 'UnikGate: ' . str_replace(["\r", "\n"], ' ', $reason) . "\n";
-    }
-
-    private function settings(): array
-    {
-        $section = Config::getInstance()->UnikGate;
-        return is_array($section) ? $section : [];
     }
 
     /** Records a jti until it expires; false when it was seen already (atomic: a unique key). */
@@ -53,7 +46,7 @@ class Controller extends \Piwik\Plugin\Controller
             $this->refuse('POST only');
             return;
         }
-        $settings = $this->settings();
+        $settings = UnikGate::settings();
         $token = isset($_POST['assertion']) && is_string($_POST['assertion']) ? $_POST['assertion'] : '';
         try {
             $verifier = new Assertion((string) ($settings['shared_secret'] ?? ''), Url::getCurrentUrlWithoutFileName());

@@ -294,6 +294,11 @@ impl Config {
         format!("{}{}/callback", self.public_origin(), self.server.prefix)
     }
 
+    /// `<public_url><prefix>/signed_out`: where the provider sends people back after sign-out.
+    pub fn post_logout_redirect_uri(&self) -> String {
+        format!("{}{}/signed_out", self.public_origin(), self.server.prefix)
+    }
+
     /// `scheme://host[:port]` of the public URL, without a trailing slash.
     pub fn public_origin(&self) -> String {
         self.server.public_url.origin().ascii_serialization()

@@ -13,6 +13,9 @@ const BASE = process.env.BASE;
 const SHOTS = process.env.SHOTS || 'docs/screenshots';
 const DEEP = '/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday';
 const ALICE_PASSWORD = process.env.ALICE_PASSWORD;
+const BOB_PASSWORD = process.env.BOB_PASSWORD;
+// Matomo keeps the report of a link in the fragment (shared links, e-mailed reports, bookmarks).
+const FRAGMENT = '#?idSite=1&period=day&date=yesterday&category=General_Visitors&subcategory=General_Overview';
 mkdirSync(SHOTS, { recursive: true });
 
 let passed = 0;
@@ -141,12 +144,13 @@ try {
     const yes = page.getByRole('button', { name: /yes|sign me out/i });
     await page.waitForLoadState('load');
     if (await yes.count()) await yes.first().click();
-    await page.waitForURL(/\/_unikgate\/sign_in\?signed_out=1/);
-    expect((await page.textContent('.notice')).includes('signed out'), 'notice');
+    await page.waitForURL(/\/_unikgate\/signed_out$/);
+    expect((await page.textContent('h1')).includes('You are signed out'), 'heading');
     await shot(page, '06-signed-out');
   });
 
   await check('sign in again: straight into Matomo', async () => {
+    await page.getByRole('link', { name: 'Sign in again' }).click();
     await page.getByRole('button', { name: 'Connect with your private @unikname' }).click();
     if (await page.locator('input[name=login]').count() || page.url().includes('/oidc/')) {
       await providerLogin(page, 'alice');
@@ -171,6 +175,31 @@ try {
     await p.waitForURL((u) => u.pathname === '/index.php', { timeout: 30000 });
     expect(p.url().includes('idSite=1') && p.url().includes('date=yesterday'), `the retry kept the deep link: ${p.url()}`);
     expect(await matomoUser(p) === 'alice', `Matomo shows ${await matomoUser(p)}`);
+  });
+
+  await check('a report link opened signed out: after sign-in, that report (the fragment kept)', async () => {
+    const { page: p } = await newPage(browser);
+    await p.goto(BASE + DEEP + FRAGMENT);
+    expect(p.url().includes('/_unikgate/sign_in'), `at ${p.url()}`);
+    await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
+    await providerLogin(p, 'alice');
+    await p.waitForURL((u) => u.pathname === '/index.php', { timeout: 30000 });
+    expect(p.url() === BASE + DEEP + FRAGMENT, `at ${p.url()}`);
+    expect(await matomoUser(p) === 'alice', `Matomo shows ${await matomoUser(p)}`);
+  });
+
+  await check('the same through the link step (a new @unikname linking bob)', async () => {
+    const { page: p } = await newPage(browser);
+    await p.goto(BASE + DEEP + FRAGMENT);
+    await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
+    await providerLogin(p, 'bob');
+    await p.waitForURL(/\/_unikgate\/link/);
+    await p.getByLabel('Matomo username').fill('bob');
+    await p.getByLabel('Matomo password').fill(BOB_PASSWORD);
+    await p.getByRole('button', { name: 'Link this account' }).click();
+    await p.waitForURL((u) => u.pathname === '/index.php', { timeout: 30000 });
+    expect(p.url() === BASE + DEEP + FRAGMENT, `at ${p.url()}`);
+    expect(await matomoUser(p) === 'bob', `Matomo shows ${await matomoUser(p)}`);
   });
 
   const mallory = await newPage(browser);
