@@ -66,12 +66,27 @@ async fn gate(m: &RealMatomo, web: Web, minter: Minter, p: &FakeProvider, extra:
 
 /// unikgate on one of the ports Matomo trusts, with `provider` and `extra` sections.
 async fn gate_with(m: &RealMatomo, web: Web, provider: &str, extra: &str) -> TestApp {
+    gate_toml(m, &config(upstream(m, web), provider, extra)).await
+}
+
+/// unikgate from a whole test config (`support::config`'s placeholders) on a port Matomo trusts.
+async fn gate_toml(m: &RealMatomo, toml: &str) -> TestApp {
     let l = m.gate_listener();
     l.set_nonblocking(true).expect("nonblocking");
     let addr = l.local_addr().expect("addr");
     let l = tokio::net::TcpListener::from_std(l).expect("tokio listener");
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    TestApp::start_on(&config(upstream(m, web), provider, extra), dir, l, addr).await
+    TestApp::start_on(toml, dir, l, addr).await
+}
+
+/// unikgate (signed, mod_php) behind a TLS terminator played by the test client: its
+/// X-Forwarded-For is believed.
+async fn gate_behind_a_proxy(m: &RealMatomo, p: &FakeProvider) -> TestApp {
+    let toml = config(&m.apache, &p.config(), &matomo_section(Minter::Signed, "")).replace(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    );
+    gate_toml(m, &toml).await
 }
 
 /// The Matomo user a page was rendered for (`piwik.userLogin`), after following redirects.
@@ -443,22 +458,7 @@ fn another_users_matomo_cookie_never_works_under_alice(m: &RealMatomo) -> Fut<'_
 fn tracking_hit_is_a_visit_with_the_client_ip_and_token_api_passes(m: &RealMatomo) -> Fut<'_> {
     Box::pin(async move {
         let p = FakeProvider::start().await;
-        let l = m.gate_listener();
-        l.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let addr = l.local_addr().map_err(|e| e.to_string())?;
-        let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-        // The test client plays a TLS terminator in front: its X-Forwarded-For is believed.
-        let toml = config(&m.apache, &p.config(), &matomo_section(Minter::Signed, "")).replace(
-            "[server]\n",
-            "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-        );
-        let app = TestApp::start_on(
-            &toml,
-            Arc::new(tempfile::tempdir().map_err(|e| e.to_string())?),
-            l,
-            addr,
-        )
-        .await;
+        let app = gate_behind_a_proxy(m, &p).await;
         let visitor = "7e1a6b2c3d4e5f60";
         let res = reqwest::Client::new()
             .get(app.url(&format!("/matomo.php?idsite=1&rec=1&apiv=1&_id={visitor}&url=https%3A%2F%2Fwww.example.com%2Fpricing&action_name=Pricing&rand=42&send_image=0")))
@@ -1720,21 +1720,7 @@ fn matomo_brute_force_block_and_matomo_down_have_their_own_messages(m: &RealMato
         }
         let result = async {
             let p = FakeProvider::start().await;
-            let l = m.gate_listener();
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let addr = l.local_addr().map_err(|e| e.to_string())?;
-            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-            let toml = config(&m.apache, &p.config(), &matomo_section(Minter::Signed, "")).replace(
-                "[server]\n",
-                "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-            );
-            let app = TestApp::start_on(
-                &toml,
-                Arc::new(tempfile::tempdir().map_err(|e| e.to_string())?),
-                l,
-                addr,
-            )
-            .await;
+            let app = gate_behind_a_proxy(m, &p).await;
             let b = Browser::new();
             let res = sign_in(&b, &app, &p, "uns-blocked", "/").await;
             ensure!(
