@@ -19,7 +19,7 @@ pub const BOB: (&str, &str) = ("bob", "bob-Passw0rd-real");
 /// The secret shared with the UnikGate plugin (written to a file matomo-setup.sh reads).
 pub const SHARED_SECRET: &str = "real-matomo-shared-secret-0123456789abcdef";
 /// How many unikgates the suite may start in front of Matomo.
-const GATE_PORTS: usize = 48;
+const GATE_PORTS: usize = 64;
 const DB: (&str, &str, &str) = ("matomo", "matomo", "matomo-db-pw");
 
 type R<T> = Result<T, String>;
