@@ -56,6 +56,8 @@ pub struct RealMatomo {
     pub secret_file: PathBuf,
     /// What `deploy/matomo-setup.sh` printed on its runs.
     pub setup_output: String,
+    /// The archive holds the AutoLogin plugin (activated then), for the `autologin` tests.
+    pub has_autologin: bool,
     procs: std::sync::Mutex<Vec<(String, Child)>>,
     /// Loopback listeners for the unikgates in front, held from the start: Matomo trusts a host
     /// with its port only when `trusted_hosts[]` names it, so each port is registered once.
@@ -331,6 +333,7 @@ impl RealMatomo {
             salt: String::new(),
             secret_file: root.join("shared_secret"),
             setup_output: String::new(),
+            has_autologin: false,
             procs: Default::default(),
             listeners: Default::default(),
             reaper: Default::default(),
@@ -926,7 +929,14 @@ http {{
             )?;
         }
         let script = repo().join("deploy/matomo-setup.sh");
-        for minter in ["signed", "autologin"] {
+        // ../shared/matomo's tree carries AutoLogin 0.2.0; the official zip does not.
+        self.has_autologin = self.tree.join("plugins/AutoLogin").is_dir();
+        let minters: &[&str] = if self.has_autologin {
+            &["signed", "autologin"]
+        } else {
+            &["signed"]
+        };
+        for minter in minters {
             let out = self.as_web_user(&format!(
                 "MATOMO_DIR='{}' SHARED_SECRET_FILE='{}' PUBLIC_HOST=127.0.0.1 MINTER={minter} bash '{}'",
                 self.tree.display(),
@@ -989,6 +999,17 @@ http {{
             }
         }
         s
+    }
+
+    /// Fails with what to do when the archive had no AutoLogin plugin.
+    pub fn need_autologin(&self) -> R<()> {
+        if self.has_autologin {
+            return Ok(());
+        }
+        Err("this Matomo archive has no plugins/AutoLogin: the autologin tests need AutoLogin 0.2.0 \
+             (Matomo Marketplace) unpacked into the archive's plugins/AutoLogin, as \
+             ../shared/matomo's archive has it"
+            .into())
     }
 
     /// Stops everything the harness started (by PID), then removes the folder. Returns what is
