@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use http::HeaderMap;
-use unikgate::session::{cookie_hash, now_ms, MatomoSession, UserSession};
+use unikgate::now_ms;
+use unikgate::session::{cookie_hash, MatomoSession, UserSession};
 
 pub const MATOMO_COOKIE_VALUE: &str = "bench0matomo0session0cookie00000";
 
@@ -50,7 +51,7 @@ async fn main() {
             display: None,
             signed_in: now_ms(),
             id_token: None,
-            link: Some((&link).into()),
+            link: Some(unikgate::web::link_ref(&link)),
             matomo: Some(MatomoSession {
                 login: "alice".into(),
                 cookie_hash: cookie_hash(MATOMO_COOKIE_VALUE),

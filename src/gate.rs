@@ -5,7 +5,7 @@
 //! Matomo only with a Matomo cookie unikgate minted for the signed-in user (or, with
 //! `password_login`, untouched for browsers that are not signed in to unikgate).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,8 +21,12 @@ use tracing::Instrument;
 use crate::classify::{BodyRule, Class};
 use crate::error::Error;
 use crate::matomo::{self, MATOMO_COOKIE};
+use crate::now_ms;
 use crate::php::Params;
-use crate::session::{cookie_hash, now_ms, MatomoSession, Sess};
+use crate::session::{cookie_hash, MatomoSession, Sess};
+use crate::web::{
+    append_matomo_cookie, finish, mint, own_url, redirect_local, set_matomo_cookie_header, Ctx,
+};
 use crate::App;
 
 /// Longest path + query accepted.
@@ -92,19 +96,16 @@ impl Gate {
         let id_str = id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
         // The path only: a query may hold a code, a state or a token.
         let span = tracing::info_span!("request", id = %id_str, method = %req.method(), path = %req.uri().path());
+        // Kept for the language of an error page (a reference count, not a copy).
+        let accept = req.headers().get(header::ACCEPT_LANGUAGE).cloned();
         let res = entry(app, peer, req).instrument(span.clone()).await;
-        let mut res = crate::pages::render_error(&app.pages, res, id_str);
+        let mut res = crate::pages::render_error(&app.pages, res, id_str, accept.as_ref());
         span.in_scope(|| tracing::debug!(status = res.status().as_u16(), "answered"));
         if let Some(v) = id {
             res.headers_mut().insert(REQUEST_ID.clone(), v);
         }
         res
     }
-}
-
-/// Per-request facts every phase may need.
-pub struct Ctx {
-    pub client_ip: IpAddr,
 }
 
 async fn entry(app: &Arc<App>, peer: SocketAddr, req: Request) -> Response {
@@ -216,30 +217,6 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, req: Request) -> Outcome {
     }
 }
 
-/// A 302 to a path on the public origin (never anywhere else).
-pub fn redirect_local(app: &App, path: &str) -> Response {
-    let location = format!("{}{}", app.upstream.public_origin(), path);
-    let mut res = StatusCode::FOUND.into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
-}
-
-/// `<prefix>/<page>?rd=<rd>`.
-pub fn own_url(app: &App, page: &str, rd: &str) -> String {
-    if rd == "/" || rd.is_empty() {
-        return format!("{}/{page}", app.cfg.server.prefix);
-    }
-    format!(
-        "{}/{page}?rd={}",
-        app.cfg.server.prefix,
-        percent_encoding::utf8_percent_encode(rd, crate::QUERY_VALUE)
-    )
-}
-
 /// Public traffic: forwarded as it is (after the header policy). When it carries the Matomo cookie
 /// unikgate minted, it counts as activity of that Matomo session.
 async fn forward_public(app: &Arc<App>, ctx: &Ctx, req: Request) -> Result<Response, Error> {
@@ -281,14 +258,6 @@ async fn ui(app: &Arc<App>, ctx: &Ctx, req: Request, login_module: bool) -> Resp
         Err(e) => e.into_response(),
     };
     finish(app, sess, res).await
-}
-
-/// Saves the session after a response and adds its cookie.
-pub async fn finish(app: &App, sess: Sess, mut res: Response) -> Response {
-    match app.sessions.finish(sess, res.headers_mut()).await {
-        Ok(()) => res,
-        Err(e) => e.into_response(),
-    }
 }
 
 async fn ui_inner(
@@ -352,7 +321,7 @@ async fn signed_in_ui(
                         .index_session(&user.issuer, &user.subject, &id)
                         .await?;
                 }
-                let r = crate::session::LinkRef::from(&l);
+                let r = crate::web::link_ref(&l);
                 user.link = Some(r.clone());
                 r
             }
@@ -448,72 +417,4 @@ async fn forward_plain(app: &Arc<App>, ctx: &Ctx, req: Request) -> Result<Respon
     app.upstream
         .sanitize_request(&mut parts.headers, ctx.client_ip);
     app.upstream.send(Request::from_parts(parts, body)).await
-}
-
-/// Mints a Matomo session, with an audit event.
-pub async fn mint(
-    app: &App,
-    ctx: &Ctx,
-    login: &str,
-    subject: &str,
-    why: &'static str,
-) -> Result<String, Error> {
-    match app.minter.mint(&app.upstream, login, ctx.client_ip).await {
-        Ok(v) => {
-            metrics::counter!("unikgate_mints_total", "result" => "ok").increment(1);
-            tracing::info!(target: "unikgate::audit", event = "mint", subject = %subject, matomo_login = %login, client_ip = %ctx.client_ip, reason = why, minter = app.minter.name());
-            Ok(v)
-        }
-        Err(e) => {
-            metrics::counter!("unikgate_mints_total", "result" => "error").increment(1);
-            tracing::warn!(target: "unikgate::audit", event = "refused", subject = %subject, matomo_login = %login, client_ip = %ctx.client_ip, reason = %e);
-            Err(e)
-        }
-    }
-}
-
-/// Replaces (or adds) `MATOMO_SESSID` in the request's `Cookie` header, keeping other cookies.
-pub fn set_matomo_cookie_header(headers: &mut HeaderMap, value: &str) {
-    let mut parts: Vec<String> = Vec::new();
-    for v in headers.get_all(header::COOKIE) {
-        if let Ok(s) = v.to_str() {
-            for p in s.split(';') {
-                let p = p.trim();
-                if !p.is_empty() && !p.starts_with("MATOMO_SESSID=") {
-                    parts.push(p.to_string());
-                }
-            }
-        }
-    }
-    parts.push(format!("{MATOMO_COOKIE}={value}"));
-    if let Ok(v) = HeaderValue::from_str(&parts.join("; ")) {
-        headers.insert(header::COOKIE, v);
-    }
-}
-
-/// `Set-Cookie: MATOMO_SESSID=…` with the attributes Matomo itself uses, for the public origin.
-pub fn append_matomo_cookie(app: &App, headers: &mut HeaderMap, value: &str) {
-    let secure = if app.cfg.public_is_https() {
-        "; Secure"
-    } else {
-        ""
-    };
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{MATOMO_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax{secure}"
-    )) {
-        headers.append(header::SET_COOKIE, v);
-    }
-}
-
-pub fn clear_matomo_cookie(app: &App, headers: &mut HeaderMap) {
-    let secure = if app.cfg.public_is_https() {
-        "; Secure"
-    } else {
-        ""
-    };
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{MATOMO_COOKIE}=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax{secure}"
-    )) {
-        headers.append(header::SET_COOKIE, v);
-    }
 }

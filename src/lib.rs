@@ -8,6 +8,7 @@ pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod gate;
+pub mod i18n;
 pub mod links;
 pub mod matomo;
 pub mod oidc;
@@ -20,6 +21,7 @@ pub mod routes;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -49,6 +51,15 @@ pub fn random_token() -> String {
     let mut b = [0u8; 32];
     rand::Rng::fill(&mut rand::rngs::OsRng, &mut b[..]);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Everything a request may need, built once.
@@ -127,7 +138,7 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
             loop {
                 tick.tick().await;
-                let before = session::now_ms() - absolute.as_millis() as i64;
+                let before = now_ms() - absolute.as_millis() as i64;
                 if let Err(e) = links.prune_sessions(before).await {
                     tracing::warn!(error = %e, "could not prune the identity → sessions index");
                 }

@@ -290,7 +290,7 @@ async fn links_cmd(
                 subject,
                 matomo_login,
                 superuser: false,
-                created_at: unikgate::session::now_ms(),
+                created_at: unikgate::now_ms(),
                 last_login_at: None,
             };
             match store.create(&link).await.map_err(|e| e.to_string())? {

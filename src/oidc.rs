@@ -22,7 +22,8 @@ use url::Url;
 
 use crate::config::{Config, ProviderConfig, TokenAuthMethod};
 use crate::error::Error;
-use crate::session::{now_ms, PendingAuth};
+use crate::now_ms;
+use crate::session::PendingAuth;
 
 /// The provider's endpoints as resolved (discovery, else configuration).
 #[derive(Debug, Clone)]

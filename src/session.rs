@@ -7,7 +7,7 @@
 //! cookie; a store failure is [`Error::StoreUnavailable`], never a panic or an empty 500.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cookie::{Cookie, CookieJar, Key, SameSite};
@@ -22,14 +22,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::error::Error;
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 /// The session store behind a trait object, so one type serves every backend.
 #[derive(Debug, Clone)]
@@ -101,16 +94,6 @@ pub struct LinkRef {
     pub id: String,
     pub matomo_login: String,
     pub superuser: bool,
-}
-
-impl From<&crate::links::Link> for LinkRef {
-    fn from(l: &crate::links::Link) -> Self {
-        LinkRef {
-            id: l.id.clone(),
-            matomo_login: l.matomo_login.clone(),
-            superuser: l.superuser,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,0 +1,129 @@
+//! What the gate and unikgate's own endpoints both need to answer a request: the per-request
+//! context, local redirects, saving the session into a response, minting, and the Matomo cookie
+//! headers. Nothing here calls back into `gate` or `routes` (arrows: gate → routes → web).
+
+use std::net::IpAddr;
+
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::StatusCode;
+
+use crate::error::Error;
+use crate::links::Link;
+use crate::matomo::MATOMO_COOKIE;
+use crate::session::{LinkRef, Sess};
+use crate::App;
+
+/// Per-request facts every phase may need.
+pub struct Ctx {
+    pub client_ip: IpAddr,
+}
+
+/// A 302 to a path on the public origin (never anywhere else).
+pub fn redirect_local(app: &App, path: &str) -> Response {
+    let location = format!("{}{}", app.upstream.public_origin(), path);
+    let mut res = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// `<prefix>/<page>?rd=<rd>`.
+pub fn own_url(app: &App, page: &str, rd: &str) -> String {
+    if rd == "/" || rd.is_empty() {
+        return format!("{}/{page}", app.cfg.server.prefix);
+    }
+    format!(
+        "{}/{page}?rd={}",
+        app.cfg.server.prefix,
+        percent_encoding::utf8_percent_encode(rd, crate::QUERY_VALUE)
+    )
+}
+
+/// Saves the session after a response and adds its cookie.
+pub async fn finish(app: &App, sess: Sess, mut res: Response) -> Response {
+    match app.sessions.finish(sess, res.headers_mut()).await {
+        Ok(()) => res,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Mints a Matomo session, with an audit event.
+pub async fn mint(
+    app: &App,
+    ctx: &Ctx,
+    login: &str,
+    subject: &str,
+    why: &'static str,
+) -> Result<String, Error> {
+    match app.minter.mint(&app.upstream, login, ctx.client_ip).await {
+        Ok(v) => {
+            metrics::counter!("unikgate_mints_total", "result" => "ok").increment(1);
+            tracing::info!(target: "unikgate::audit", event = "mint", subject = %subject, matomo_login = %login, client_ip = %ctx.client_ip, reason = why, minter = app.minter.name());
+            Ok(v)
+        }
+        Err(e) => {
+            metrics::counter!("unikgate_mints_total", "result" => "error").increment(1);
+            tracing::warn!(target: "unikgate::audit", event = "refused", subject = %subject, matomo_login = %login, client_ip = %ctx.client_ip, reason = %e);
+            Err(e)
+        }
+    }
+}
+
+/// Replaces (or adds) `MATOMO_SESSID` in the request's `Cookie` header, keeping other cookies.
+pub fn set_matomo_cookie_header(headers: &mut HeaderMap, value: &str) {
+    let mut parts: Vec<String> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if let Ok(s) = v.to_str() {
+            for p in s.split(';') {
+                let p = p.trim();
+                if !p.is_empty() && !p.starts_with("MATOMO_SESSID=") {
+                    parts.push(p.to_string());
+                }
+            }
+        }
+    }
+    parts.push(format!("{MATOMO_COOKIE}={value}"));
+    if let Ok(v) = HeaderValue::from_str(&parts.join("; ")) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// `Set-Cookie: MATOMO_SESSID=…` with the attributes Matomo itself uses, for the public origin.
+pub fn append_matomo_cookie(app: &App, headers: &mut HeaderMap, value: &str) {
+    let secure = if app.cfg.public_is_https() {
+        "; Secure"
+    } else {
+        ""
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{MATOMO_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax{secure}"
+    )) {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+pub fn clear_matomo_cookie(app: &App, headers: &mut HeaderMap) {
+    let secure = if app.cfg.public_is_https() {
+        "; Secure"
+    } else {
+        ""
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{MATOMO_COOKIE}=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax{secure}"
+    )) {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+/// What a session keeps of its link (no link-store read on the hot path).
+pub fn link_ref(l: &Link) -> LinkRef {
+    LinkRef {
+        id: l.id.clone(),
+        matomo_login: l.matomo_login.clone(),
+        superuser: l.superuser,
+    }
+}
