@@ -5,6 +5,8 @@
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
+use crate::i18n::Texts;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("unikgate is not configured yet")]
@@ -68,11 +70,11 @@ pub enum Error {
 /// The parts of a page, attached to an error response for `pages::render_error` to fill in.
 #[derive(Debug, Clone)]
 pub struct PageSpec {
-    pub title: &'static str,
+    pub title: String,
     pub message: String,
     pub hint: Option<String>,
     /// (label, target): a retry link or button.
-    pub action: Option<(&'static str, ActionTarget)>,
+    pub action: Option<(String, ActionTarget)>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,128 +114,87 @@ impl Error {
         }
     }
 
-    pub fn spec(&self, provider: &str) -> PageSpec {
+    /// The catalogue section of this error's page (`locales/*.toml`, `[error.<key>]`).
+    pub fn page_key(&self) -> &'static str {
         use Error::*;
-        let p = |title, message: String, hint: Option<String>| PageSpec {
-            title,
-            message,
-            hint,
-            action: None,
-        };
         match self {
-            NotConfigured => p(
-                "Not configured yet",
-                "unikgate is running but cannot sign anybody in yet.".into(),
-                Some("not configured yet: set provider.client_id / client_secret (or UNIKGATE_PROVIDER__CLIENT_ID and UNIKGATE_PROVIDER__CLIENT_SECRET), then restart unikgate.".into()),
-            ),
-            UpstreamUnavailable => p(
-                "Matomo is unreachable",
-                "unikgate could not reach Matomo.".into(),
-                Some("that Matomo is running and that upstream.url points at it; unikgate's log names the address it tried.".into()),
-            ),
-            UpstreamTimeout => p(
-                "Matomo is too slow",
-                "Matomo did not answer in time.".into(),
-                Some("Matomo's load and logs, or raise upstream.timeout.".into()),
-            ),
-            Forbidden(why) => p("Not allowed", format!("This request is refused: {why}."), None),
-            BadRequest(why) => p("Bad request", format!("This request cannot be handled: {why}."), None),
-            PayloadTooLarge => p("Too large", "The request is larger than unikgate accepts here.".into(), None),
-            UriTooLong => p("Address too long", "The address of this request is too long.".into(), None),
-            HeadersTooLarge => p(
-                "Request too large",
-                "This request carries more headers or cookies than unikgate accepts.".into(),
-                Some("clear this site's cookies in your browser, then try again.".into()),
-            ),
-            NotFound => p("Not found", "There is no such unikgate page.".into(), None),
-            ProviderUnreachable => PageSpec {
-                title: "Sign-in service unreachable",
-                message: format!("unikgate could not reach {provider}."),
-                hint: Some("your connection, then try again; administrators: the provider URLs in [provider] and outgoing network access from unikgate.".into()),
-                action: Some(("Try again", ActionTarget::Own("sign_in"))),
-            },
-            ProviderClientRejected => p(
-                "Sign-in is misconfigured",
-                format!("{provider} did not accept unikgate's client credentials (invalid_client)."),
-                Some("provider.client_id and the client secret (provider.client_secret or client_secret_file) match the application registered at the provider, and provider.token_auth_method.".into()),
-            ),
-            ProviderError(e) => p(
-                "Sign-in failed",
-                format!("{provider} answered with an error: {e}."),
-                Some("try again; if it persists, administrators should check the provider settings and its logs.".into()),
-            ),
-            ProviderBadAnswer(e) => p(
-                "Sign-in failed",
-                format!("{provider} answered in a way unikgate cannot use: {e}."),
-                Some("administrators: the provider URLs in [provider] (token_url, userinfo_url) and provider.userinfo_id.".into()),
-            ),
-            AccessDenied(rd) => PageSpec {
-                title: "Sign-in declined",
-                message: format!("You declined the sign-in at {provider}, so you are not signed in."),
-                hint: None,
-                action: Some(("Try again", ActionTarget::SignIn(rd.clone()))),
-            },
-            SignInRejected(why) => PageSpec {
-                title: "Sign-in refused",
-                message: format!("The answer of the sign-in service was refused: {why}."),
-                hint: Some("try again; if it persists, administrators should check the clocks and the provider settings.".into()),
-                action: Some(("Try again", ActionTarget::Own("sign_in"))),
-            },
-            StoreUnavailable => p(
-                "Temporarily unavailable",
-                "unikgate's session store is unavailable, so nobody can be signed in right now.".into(),
-                Some("administrators: store.url, that the store is running and writable, and disk space. unikgate recovers by itself when the store is back.".into()),
-            ),
-            MintFailed(e) => p(
-                "Matomo refused the session",
-                format!("Matomo did not open a session for your account: {e}"),
-                Some("administrators: that the AutoLogin plugin is installed and active and that Matomo runs under Apache (mod_php); `unikgate doctor --as <login>` checks both.".into()),
-            ),
-            PluginMintFailed(e) => p(
-                "Matomo refused the session",
-                format!("Matomo did not open a session for your account: {e}"),
-                Some("administrators: that the UnikGate plugin of this unikgate version is in Matomo's plugins/ and activated, that [UnikGate] shared_secret in Matomo equals matomo.shared_secret, that both clocks are right, and Matomo's error log; `unikgate doctor --as <login>` opens a test session and says which check fails.".into()),
-            ),
-            LinkedButMintFailed(login, cause) => {
-                let inner = cause.spec(provider);
-                p(
-                    "Linked, but Matomo refused the session",
-                    format!("Your @unikname is now linked to the Matomo account {login}: that is saved, and you will not be asked again. Matomo did not open a session for it, though. {}", inner.message),
-                    Some(format!("{} Once that is fixed, signing in again opens Matomo directly.", inner.hint.unwrap_or_default())),
-                )
-            }
-            MatomoUnexpected(e) => p(
-                "Matomo answered unexpectedly",
-                format!("Matomo's answer could not be used: {e}"),
-                Some("administrators: that upstream.url is Matomo 5 and Matomo's logs.".into()),
-            ),
-            Csrf => PageSpec {
-                title: "Form expired",
-                message: "This form expired or was not sent from unikgate's page.".into(),
-                hint: None,
-                action: Some(("Start again", ActionTarget::Own("sign_in"))),
-            },
-            RateLimited => p(
-                "Too many attempts",
-                "Too many link attempts in a short time. Wait ten minutes, then try again.".into(),
-                None,
-            ),
-            IdentityAlreadyLinked => p(
-                "Already linked to another account",
-                "This @unikname is already linked to a Matomo account.".into(),
-                Some("your account page shows the link; unlink it there first to link another Matomo account.".into()),
-            ),
-            LoginAlreadyLinked => p(
-                "Already linked to another account",
-                "This Matomo account is already linked to another @unikname.".into(),
-                Some("sign in with that @unikname, or ask a Matomo administrator to remove the link (unikgate links remove).".into()),
-            ),
-            SuperuserDenied => p(
-                "Not allowed for superusers",
-                "This Matomo account is a superuser, and this Matomo does not allow superusers to sign in with an @unikname.".into(),
-                Some("sign in with the Matomo password instead, or ask an administrator about matomo.deny_superusers.".into()),
-            ),
-            Internal(_) => p("Something went wrong", "unikgate hit an internal error.".into(), Some("unikgate's log, by the request id below.".into())),
+            NotConfigured => "not_configured",
+            UpstreamUnavailable => "upstream_unavailable",
+            UpstreamTimeout => "upstream_timeout",
+            Forbidden(_) => "forbidden",
+            BadRequest(_) => "bad_request",
+            PayloadTooLarge => "payload_too_large",
+            UriTooLong => "uri_too_long",
+            HeadersTooLarge => "headers_too_large",
+            NotFound => "not_found",
+            ProviderUnreachable => "provider_unreachable",
+            ProviderClientRejected => "provider_client_rejected",
+            ProviderError(_) => "provider_error",
+            ProviderBadAnswer(_) => "provider_bad_answer",
+            AccessDenied(_) => "access_denied",
+            SignInRejected(_) => "sign_in_rejected",
+            StoreUnavailable => "store_unavailable",
+            MintFailed(_) => "mint_failed",
+            PluginMintFailed(_) => "plugin_mint_failed",
+            LinkedButMintFailed(..) => "linked_but_mint_failed",
+            MatomoUnexpected(_) => "matomo_unexpected",
+            Csrf => "csrf",
+            RateLimited => "rate_limited",
+            IdentityAlreadyLinked => "identity_already_linked",
+            LoginAlreadyLinked => "login_already_linked",
+            SuperuserDenied => "superuser_denied",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// The page of this error in the language of `t`. Details that come from elsewhere (the
+    /// provider's error code, Matomo's refusal) are shown as they came.
+    pub fn spec(&self, provider: &str, t: &Texts) -> PageSpec {
+        use Error::*;
+        let key = self.page_key();
+        let detail: String = match self {
+            Forbidden(why) | SignInRejected(why) => (*why).to_string(),
+            BadRequest(d) | ProviderError(d) | ProviderBadAnswer(d) | MintFailed(d)
+            | PluginMintFailed(d) | MatomoUnexpected(d) => d.clone(),
+            _ => String::new(),
+        };
+        let text = |part: &str, detail: &str, login: &str| -> Option<String> {
+            let k = format!("error.{key}.{part}");
+            let s = t.fmt(
+                &k,
+                &[("provider", provider), ("detail", detail), ("login", login)],
+            );
+            (s != k).then_some(s)
+        };
+        if let LinkedButMintFailed(login, cause) = self {
+            let inner = cause.spec(provider, t);
+            return PageSpec {
+                title: text("title", "", login).unwrap_or_default(),
+                message: text("message", &inner.message, login).unwrap_or_default(),
+                hint: text("hint", &inner.hint.unwrap_or_default(), login),
+                action: None,
+            };
+        }
+        let action = match self {
+            ProviderUnreachable | SignInRejected(_) => Some((
+                t.get("action.try_again").to_string(),
+                ActionTarget::Own("sign_in"),
+            )),
+            AccessDenied(rd) => Some((
+                t.get("action.try_again").to_string(),
+                ActionTarget::SignIn(rd.clone()),
+            )),
+            Csrf => Some((
+                t.get("action.start_again").to_string(),
+                ActionTarget::Own("sign_in"),
+            )),
+            _ => None,
+        };
+        PageSpec {
+            title: text("title", &detail, "").unwrap_or_default(),
+            message: text("message", &detail, "").unwrap_or_default(),
+            hint: text("hint", &detail, ""),
+            action,
         }
     }
 }

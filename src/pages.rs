@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 
 use crate::error::{ActionTarget, Error, ErrorPage};
+use crate::i18n::Texts;
 
 pub const STYLESHEET: &str = include_str!("../templates/unikgate.css");
 
@@ -90,8 +91,8 @@ impl PageEnv {
         }
     }
 
-    pub fn error_page(&self, err: &Error, request_id: &str) -> Response {
-        let spec = err.spec(&self.provider_name);
+    pub fn error_page(&self, err: &Error, request_id: &str, t: &Texts) -> Response {
+        let spec = err.spec(&self.provider_name, t);
         let action = spec.action.map(|(label, target)| Action {
             label,
             href: match target {
@@ -104,9 +105,10 @@ impl PageEnv {
             },
         });
         let page = MessagePage {
-            title: spec.title,
+            t,
+            title: &spec.title,
             prefix: &self.prefix,
-            heading: spec.title,
+            heading: &spec.title,
             message: spec.message,
             hint: spec.hint,
             action,
@@ -118,13 +120,14 @@ impl PageEnv {
 }
 
 pub struct Action {
-    pub label: &'static str,
+    pub label: String,
     pub href: String,
 }
 
 #[derive(Template)]
 #[template(path = "message.html")]
 pub struct MessagePage<'a> {
+    pub t: &'a Texts,
     pub title: &'a str,
     pub prefix: &'a str,
     pub heading: &'a str,
@@ -139,6 +142,7 @@ pub struct MessagePage<'a> {
 #[derive(Template)]
 #[template(path = "signed_out.html")]
 pub struct SignedOutPage<'a> {
+    pub t: &'a Texts,
     pub title: &'a str,
     pub prefix: &'a str,
 }
@@ -146,6 +150,7 @@ pub struct SignedOutPage<'a> {
 #[derive(Template)]
 #[template(path = "sign_in.html")]
 pub struct SignInPage<'a> {
+    pub t: &'a Texts,
     pub title: &'a str,
     pub prefix: &'a str,
     pub button: &'a str,
@@ -158,6 +163,7 @@ pub struct SignInPage<'a> {
 #[derive(Template)]
 #[template(path = "link.html")]
 pub struct LinkPage<'a> {
+    pub t: &'a Texts,
     pub title: &'a str,
     pub prefix: &'a str,
     pub identity: &'a str,
@@ -170,9 +176,18 @@ pub struct LinkPage<'a> {
     pub code_needed: bool,
 }
 
+impl LinkPage<'_> {
+    /// "Link this account (<login>)", when the browser holds a Matomo session.
+    pub fn session_button(&self) -> Option<String> {
+        self.session_login
+            .map(|l| self.t.fmt("link.this_session", &[("login", l)]))
+    }
+}
+
 #[derive(Template)]
 #[template(path = "account.html")]
 pub struct AccountPage<'a> {
+    pub t: &'a Texts,
     pub title: &'a str,
     pub prefix: &'a str,
     pub identity: &'a str,
@@ -182,9 +197,16 @@ pub struct AccountPage<'a> {
 }
 
 /// Turns the [`ErrorPage`] marker of an error response into its HTML page; other responses pass.
-pub fn render_error(env: &PageEnv, mut res: Response, request_id: &str) -> Response {
+/// `accept_language`: the request's, for the page's language.
+pub fn render_error(
+    env: &PageEnv,
+    mut res: Response,
+    request_id: &str,
+    accept_language: Option<&HeaderValue>,
+) -> Response {
     if let Some(ErrorPage(err)) = res.extensions_mut().remove::<ErrorPage>() {
-        let mut page = env.error_page(&err, request_id);
+        let t = crate::i18n::negotiate(accept_language.and_then(|v| v.to_str().ok()));
+        let mut page = env.error_page(&err, request_id, t);
         // Keep what the handler set besides the body (e.g. Set-Cookie clearing a session).
         for (name, value) in res.headers() {
             if name == header::SET_COOKIE || name == header::RETRY_AFTER {

@@ -15,12 +15,14 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use crate::error::Error;
-use crate::gate::{append_matomo_cookie, clear_matomo_cookie, mint, own_url, redirect_local, Ctx};
+use crate::i18n::Texts;
 use crate::links::{Link, LinkConflict};
 use crate::matomo::{self, Proof, MATOMO_COOKIE};
+use crate::now_ms;
 use crate::pages::{AccountPage, LinkPage, SignInPage};
 use crate::redirect::safe_rd;
-use crate::session::{cookie_hash, now_ms, LinkRef, MatomoSession, Sess, UserSession};
+use crate::session::{cookie_hash, MatomoSession, Sess, UserSession};
+use crate::web::{append_matomo_cookie, clear_matomo_cookie, mint, own_url, redirect_local, Ctx};
 use crate::App;
 
 /// Largest form accepted by unikgate's own endpoints.
@@ -49,6 +51,7 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
     let (parts, body) = req.into_parts();
     let query = parse_pairs(parts.uri.query().unwrap_or(""));
     let m = &parts.method;
+    let t = crate::i18n::for_request(&parts.headers);
     // Endpoints without a session.
     match (m, ep) {
         (&Method::GET, "healthz") => return (StatusCode::OK, "ok\n").into_response(),
@@ -59,7 +62,8 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
             return app.pages.render(
                 StatusCode::OK,
                 &crate::pages::SignedOutPage {
-                    title: "Signed out",
+                    t,
+                    title: t.get("signed_out.title"),
                     prefix: &app.cfg.server.prefix,
                 },
             )
@@ -69,7 +73,7 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
     }
     let mut sess = app.sessions.open(&parts.headers);
     let res = match (m, ep) {
-        (&Method::GET, "sign_in") | (&Method::GET, "") => sign_in(app, &mut sess, &query).await,
+        (&Method::GET, "sign_in") | (&Method::GET, "") => sign_in(app, &mut sess, &query, t).await,
         (&Method::POST, "start") => match read_form(body).await {
             Ok(f) => start(app, &mut sess, &f, true).await,
             Err(e) => Err(e),
@@ -88,14 +92,16 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
                 None,
                 false,
                 StatusCode::OK,
+                t,
             )
             .await
         }
         (&Method::POST, "link") => match read_form(body).await {
-            Ok(f) => link_post(app, ctx, &mut sess, &parts.headers, &f).await,
+            Ok(f) => link_post(app, ctx, &mut sess, &parts.headers, &f, t).await,
             Err(e) => Err(e),
         },
-        (&Method::GET, "account") => account(app, &mut sess).await,
+        (&Method::GET, "account") => account(app, &mut sess, t).await,
+        (&Method::GET, "status") => status(app, &mut sess, &parts.headers).await,
         (&Method::POST, "unlink") => match read_form(body).await {
             Ok(f) => unlink(app, ctx, &mut sess, &parts.headers, &f).await,
             Err(e) => Err(e),
@@ -107,8 +113,8 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
         (&Method::GET, "sign_out") => sign_out(app, ctx, &mut sess, &parts.headers, None).await,
         (
             _,
-            "sign_in" | "start" | "callback" | "link" | "account" | "unlink" | "sign_out"
-            | "signed_out" | "healthz" | "readyz",
+            "sign_in" | "start" | "callback" | "link" | "account" | "status" | "unlink"
+            | "sign_out" | "signed_out" | "healthz" | "readyz",
         ) => {
             let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
             r.headers_mut()
@@ -133,7 +139,7 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
             );
         }
     }
-    crate::gate::finish(app, sess, res).await
+    crate::web::finish(app, sess, res).await
 }
 
 fn oidc(app: &App) -> Result<&crate::oidc::Oidc, Error> {
@@ -157,7 +163,7 @@ async fn check_csrf(app: &App, sess: &mut Sess, f: &Form) -> Result<(), Error> {
     }
 }
 
-async fn sign_in(app: &App, sess: &mut Sess, q: &Form) -> Result<Response, Error> {
+async fn sign_in(app: &App, sess: &mut Sess, q: &Form, t: &Texts) -> Result<Response, Error> {
     oidc(app)?;
     let rd = rd_of(app, q);
     let data = app.sessions.load(sess).await?;
@@ -174,13 +180,20 @@ async fn sign_in(app: &App, sess: &mut Sess, q: &Form) -> Result<Response, Error
         .then(|| "/index.php?module=Login&action=login".to_string());
     let notice = q
         .contains_key("signed_out")
-        .then_some("You are signed out.");
+        .then(|| t.get("sign_in.signed_out_notice"));
+    // The default label is the seed's, in the page's language; a configured one is shown as set.
+    let button = if app.cfg.provider.name == crate::config::DEFAULT_BUTTON {
+        t.get("sign_in.button")
+    } else {
+        app.cfg.provider.name.as_str()
+    };
     Ok(app.pages.render(
         StatusCode::OK,
         &SignInPage {
-            title: "Sign in",
+            t,
+            title: t.get("sign_in.title"),
             prefix: &app.cfg.server.prefix,
-            button: &app.cfg.provider.name,
+            button,
             csrf: &csrf,
             rd: &rd,
             password_url: password_url.as_deref(),
@@ -278,7 +291,7 @@ async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Res
             return Err(e);
         }
     };
-    user.link = Some(LinkRef::from(&link));
+    user.link = Some(crate::web::link_ref(&link));
     user.matomo = Some(MatomoSession {
         login: link.matomo_login.clone(),
         cookie_hash: cookie_hash(&v),
@@ -331,6 +344,7 @@ async fn link_page(
     error: Option<&str>,
     code_needed: bool,
     status: StatusCode,
+    t: &Texts,
 ) -> Result<Response, Error> {
     let rd = rd_of(app, q);
     let user = match require_user(app, sess, &rd).await? {
@@ -358,13 +372,14 @@ async fn link_page(
     Ok(app.pages.render(
         status,
         &LinkPage {
-            title: "Link this account",
+            t,
+            title: t.get("link.title"),
             prefix: &app.cfg.server.prefix,
             identity: user.display.as_deref().unwrap_or(&user.subject),
             csrf: &csrf,
             rd: &rd,
             login: &login,
-            error,
+            error: error.map(|key| t.get(key)),
             session_login: session_login.as_deref(),
             code_needed,
         },
@@ -377,6 +392,7 @@ async fn link_post(
     sess: &mut Sess,
     headers: &HeaderMap,
     f: &Form,
+    t: &Texts,
 ) -> Result<Response, Error> {
     check_csrf(app, sess, f).await?;
     let rd = rd_of(app, f);
@@ -412,7 +428,7 @@ async fn link_post(
                 ));
             }
             let Some(c) = matomo::request_cookie(headers, MATOMO_COOKIE) else {
-                return again(app, ctx, sess, headers, f, "Your browser holds no Matomo session any more. Prove the account with its password.").await;
+                return again(app, ctx, sess, headers, f, t, "link.err_no_session").await;
             };
             match app
                 .minter
@@ -421,15 +437,7 @@ async fn link_post(
             {
                 Some(l) => (l, false),
                 None => {
-                    return again(
-                        app,
-                        ctx,
-                        sess,
-                        headers,
-                        f,
-                        "That Matomo session has ended. Prove the account with its password.",
-                    )
-                    .await
+                    return again(app, ctx, sess, headers, f, t, "link.err_session_ended").await
                 }
             }
         }
@@ -437,15 +445,7 @@ async fn link_post(
             let login = f.get("login").map(|s| s.trim()).unwrap_or("");
             let password = f.get("password").map(String::as_str).unwrap_or("");
             if login.is_empty() || password.is_empty() {
-                return again(
-                    app,
-                    ctx,
-                    sess,
-                    headers,
-                    f,
-                    "Enter your Matomo username and password.",
-                )
-                .await;
+                return again(app, ctx, sess, headers, f, t, "link.err_empty").await;
             }
             // The two-factor code, when the account has one: digits only (spaces people type
             // between groups are dropped); anything else is not sent.
@@ -454,7 +454,8 @@ async fn link_post(
                 .map(|c| c.chars().filter(|c| !c.is_whitespace()).collect())
                 .unwrap_or_default();
             if !code.is_empty() && (code.len() > 10 || !code.bytes().all(|b| b.is_ascii_digit())) {
-                return again_with(app, ctx, sess, headers, f, "A two-factor code is the six digits your authenticator app shows. Enter your password again with the current code.", true).await;
+                return again_with(app, ctx, sess, headers, f, t, "link.err_code_format", true)
+                    .await;
             }
             let code = (!code.is_empty()).then_some(code.as_str());
             match matomo::prove_password(&app.upstream, login, password, code, ctx.client_ip)
@@ -463,34 +464,37 @@ async fn link_post(
                 Proof::Valid { login, superuser } => (login, superuser),
                 Proof::CodeRequired => {
                     tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "two-factor code required");
-                    return again_with(app, ctx, sess, headers, f, "This Matomo account uses two-factor authentication. Enter your password again, with the six-digit code from your authenticator app.", true).await;
-                }
-                Proof::WrongCode => {
-                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong two-factor code");
-                    return again_with(app, ctx, sess, headers, f, "That two-factor code is not right, or was already used. Enter your password again with the code your authenticator app shows now.", true).await;
-                }
-                Proof::TwoFactorSetupRequired => {
-                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "two-factor setup required by Matomo");
-                    return again(app, ctx, sess, headers, f, "This Matomo requires two-factor authentication for every account, and yours has none yet. Set it up in Matomo first (Personal → Security, or ask a Matomo administrator), then link again.").await;
-                }
-                Proof::Blocked => {
-                    tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "blocked by Matomo's brute-force protection");
-                    return again(app, ctx, sess, headers, f, "Matomo is refusing sign-ins from your address after too many failed attempts (its own brute-force protection). Wait a while, or ask a Matomo administrator to unblock it, then try again.").await;
-                }
-                Proof::WrongPassword => {
-                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong Matomo password or unknown user");
-                    return again(
+                    return again_with(
                         app,
                         ctx,
                         sess,
                         headers,
                         f,
-                        "That Matomo username and password do not match. Check them and try again.",
+                        t,
+                        "link.err_code_required",
+                        true,
                     )
                     .await;
                 }
+                Proof::WrongCode => {
+                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong two-factor code");
+                    return again_with(app, ctx, sess, headers, f, t, "link.err_code_wrong", true)
+                        .await;
+                }
+                Proof::TwoFactorSetupRequired => {
+                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "two-factor setup required by Matomo");
+                    return again(app, ctx, sess, headers, f, t, "link.err_setup_2fa").await;
+                }
+                Proof::Blocked => {
+                    tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "blocked by Matomo's brute-force protection");
+                    return again(app, ctx, sess, headers, f, t, "link.err_blocked").await;
+                }
+                Proof::WrongPassword => {
+                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong Matomo password or unknown user");
+                    return again(app, ctx, sess, headers, f, t, "link.err_wrong_password").await;
+                }
                 Proof::NotTheLogin => {
-                    return again(app, ctx, sess, headers, f, "The password is right, but enter your Matomo username, not your email address.").await;
+                    return again(app, ctx, sess, headers, f, t, "link.err_email").await;
                 }
             }
         }
@@ -524,7 +528,7 @@ async fn link_post(
         }
         Err(e) => return Err(e),
     };
-    user.link = Some(LinkRef::from(&link));
+    user.link = Some(crate::web::link_ref(&link));
     user.matomo = Some(MatomoSession {
         login,
         cookie_hash: cookie_hash(&v),
@@ -538,27 +542,30 @@ async fn link_post(
     Ok(res)
 }
 
-/// The link page again, with a message.
+/// The link page again, with a message (`msg`: a `link.err_*` catalogue key).
 async fn again(
     app: &App,
     ctx: &Ctx,
     sess: &mut Sess,
     headers: &HeaderMap,
     f: &Form,
+    t: &Texts,
     msg: &str,
 ) -> Result<Response, Error> {
-    again_with(app, ctx, sess, headers, f, msg, false).await
+    again_with(app, ctx, sess, headers, f, t, msg, false).await
 }
 
 /// The link page again, with a message; `code_needed` asks for the two-factor code. Neither the
 /// password nor the code is written back into the page: unikgate keeps no password between
 /// requests, so a two-factor account types it again with its code.
+#[allow(clippy::too_many_arguments)]
 async fn again_with(
     app: &App,
     ctx: &Ctx,
     sess: &mut Sess,
     headers: &HeaderMap,
     f: &Form,
+    t: &Texts,
     msg: &str,
     code_needed: bool,
 ) -> Result<Response, Error> {
@@ -574,11 +581,12 @@ async fn again_with(
         Some(msg),
         code_needed,
         StatusCode::UNAUTHORIZED,
+        t,
     )
     .await
 }
 
-async fn account(app: &App, sess: &mut Sess) -> Result<Response, Error> {
+async fn account(app: &App, sess: &mut Sess, t: &Texts) -> Result<Response, Error> {
     let user = match require_user(app, sess, &format!("{}/account", app.cfg.server.prefix)).await? {
         Ok(u) => u,
         Err(r) => return Ok(r),
@@ -594,7 +602,8 @@ async fn account(app: &App, sess: &mut Sess) -> Result<Response, Error> {
     Ok(app.pages.render(
         StatusCode::OK,
         &AccountPage {
-            title: "Your account",
+            t,
+            title: t.get("account.title"),
             prefix: &app.cfg.server.prefix,
             identity: user.display.as_deref().unwrap_or(&user.subject),
             matomo_login: link.as_ref().map(|l| l.matomo_login.as_str()),
@@ -604,6 +613,10 @@ async fn account(app: &App, sess: &mut Sess) -> Result<Response, Error> {
     ))
 }
 
+/// Removes this @unikname's link. Every other session of it ends (on every replica), and so
+/// does this browser's Matomo session; this browser stays signed in with its @unikname, under a
+/// new session id and unlinked, and goes to `rd` (default: the account page), where the next
+/// Matomo page asks to link again.
 async fn unlink(
     app: &App,
     ctx: &Ctx,
@@ -612,16 +625,101 @@ async fn unlink(
     f: &Form,
 ) -> Result<Response, Error> {
     check_csrf(app, sess, f).await?;
-    let user = match require_user(app, sess, "/").await? {
+    let account = format!("{}/account", app.cfg.server.prefix);
+    let user = match require_user(app, sess, &account).await? {
         Ok(u) => u,
         Err(r) => return Ok(r),
     };
+    let rd = match f.get("rd") {
+        Some(_) => rd_of(app, f),
+        None => account,
+    };
     let removed = app.unlink(&user.issuer, &user.subject).await?;
     tracing::info!(target: "unikgate::audit", event = "unlink", subject = %user.subject, client_ip = %ctx.client_ip, removed);
-    end_everything(app, ctx, sess, headers).await?;
-    let mut res = redirect_local(app, &format!("{}/signed_out", app.cfg.server.prefix));
+    if let Some(c) = matomo::request_cookie(headers, MATOMO_COOKIE) {
+        if let Err(e) = matomo::logout(&app.upstream, &c, ctx.client_ip).await {
+            tracing::warn!(error = %e, "could not log the Matomo session out");
+        }
+    }
+    // The old id was deleted with the identity's sessions: a new one, for what remains.
+    sess.cycle().await?;
+    let data = app.sessions.load(sess).await?;
+    data.csrf = crate::random_token();
+    if let Some(u) = data.user.as_mut() {
+        u.link = None;
+        u.matomo = None;
+    }
+    sess.changed();
+    index_this_session(app, sess, &user.issuer, &user.subject).await?;
+    let mut res = redirect_local(app, &rd);
     clear_matomo_cookie(app, res.headers_mut());
     Ok(res)
+}
+
+/// `GET <prefix>/status`: this browser's own sign-in and link, as JSON, for the UnikGate plugin's
+/// section in Matomo's Personal → Security page. Same-origin only: no CORS header, refused when
+/// the browser says the request comes from another site (`Sec-Fetch-Site`), never cached, and
+/// nothing in it names anybody but the session's own @unikname.
+async fn status(app: &App, sess: &mut Sess, headers: &HeaderMap) -> Result<Response, Error> {
+    let site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("same-origin");
+    if site != "same-origin" && site != "none" {
+        tracing::warn!(target: "unikgate::audit", event = "refused", reason = "status read from another site", sec_fetch_site = %site.chars().take(32).collect::<String>());
+        return Ok(json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({ "error": "same-origin requests only" }),
+        ));
+    }
+    let user = if sess.had_cookie() {
+        app.sessions.load(sess).await?.user.clone()
+    } else {
+        None
+    };
+    let Some(user) = user else {
+        return Ok(json(
+            StatusCode::OK,
+            serde_json::json!({ "signed_in": false }),
+        ));
+    };
+    let link = app.links.get(&user.issuer, &user.subject).await?;
+    let csrf = app.sessions.load(sess).await?.csrf.clone();
+    let since = link.as_ref().and_then(|l| {
+        time::OffsetDateTime::from_unix_timestamp(l.created_at / 1000)
+            .ok()
+            .map(|t| t.date().to_string())
+    });
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({
+            "signed_in": true,
+            "unikname": user.display.as_deref().unwrap_or(&user.subject),
+            "linked": link.is_some(),
+            "matomo_login": link.as_ref().map(|l| l.matomo_login.as_str()),
+            "linked_since": since,
+            "csrf": csrf,
+        }),
+    ))
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response {
+    let mut res = (status, v.to_string()).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    res
 }
 
 /// Logs the browser's Matomo session out and ends unikgate's session.

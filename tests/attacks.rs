@@ -521,6 +521,92 @@ async fn cookies_are_dead_after_sign_out_and_unlink() {
 }
 
 #[tokio::test]
+async fn no_browser_reads_another_browsers_link_status() {
+    let (_m, p, app) = setup().await;
+    let status = app.url("/_unikgate/status");
+    let alice = linked(&app, &p, "uns-alice", "alice", "alice-password").await;
+    let bob = linked(&app, &p, "uns-bob", "bob", "bob-password").await;
+    let json = |body: &str| -> serde_json::Value {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    // Each browser reads its own, whatever the query says.
+    let res = alice.get(&status).await;
+    assert_eq!(res.status(), 200);
+    let h = res.headers().clone();
+    assert_eq!(h.get("cache-control").unwrap(), "no-store");
+    assert_eq!(h.get("content-type").unwrap(), "application/json");
+    assert_eq!(
+        h.get("cross-origin-resource-policy").unwrap(),
+        "same-origin"
+    );
+    assert!(h.get("access-control-allow-origin").is_none());
+    let a = json(&res.text().await.unwrap());
+    assert_eq!(a["signed_in"], true);
+    assert_eq!(a["linked"], true);
+    assert_eq!(a["matomo_login"], "alice");
+    let b = json(
+        &bob.get(&format!(
+            "{status}?login=alice&sub=uns-alice&subject=uns-alice"
+        ))
+        .await
+        .text()
+        .await
+        .unwrap(),
+    );
+    assert_eq!(b["matomo_login"], "bob", "the query names nobody");
+    assert_ne!(a["csrf"], b["csrf"]);
+    // No session, a forged one, or alice's id without its signature: nobody.
+    let nobody = Browser::new();
+    let res = nobody.get(&status).await;
+    assert!(
+        res.headers().get("set-cookie").is_none(),
+        "no session is made for a status read"
+    );
+    assert_eq!(
+        json(&res.text().await.unwrap()),
+        serde_json::json!({ "signed_in": false })
+    );
+    let id = alice.cookie(&app.url("/"), "unikgate_session").unwrap();
+    assert!(id.len() > 50, "{id}");
+    for forged in [
+        format!("{}x", &id[..id.len() - 1]),
+        // The session id without its signature (the cookie is MAC (44 characters) + id).
+        id.get(44..).unwrap_or("x").to_string(),
+        "uns-alice".to_string(),
+    ] {
+        let c = Browser::new();
+        c.set_cookie(&app.url("/"), &format!("unikgate_session={forged}; Path=/"));
+        let body = c.get(&status).await.text().await.unwrap();
+        assert!(
+            !body.contains("alice"),
+            "forged cookie {forged:?} read {body}"
+        );
+    }
+    // Another site, with alice's cookie (browsers send Lax cookies to same-site pages): refused,
+    // and no CORS header would let its script read an answer anyway.
+    for site in ["cross-site", "same-site"] {
+        let res = alice
+            .get_with(
+                &status,
+                &[("sec-fetch-site", site), ("origin", "http://evil.example")],
+            )
+            .await;
+        assert_eq!(res.status(), 403, "Sec-Fetch-Site: {site}");
+        assert!(res.headers().get("access-control-allow-origin").is_none());
+        let body = res.text().await.unwrap();
+        assert!(!body.contains("alice") && !body.contains("csrf"), "{body}");
+    }
+    let res = alice
+        .get_with(&status, &[("origin", "http://evil.example")])
+        .await;
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    assert!(res
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
+}
+
+#[tokio::test]
 async fn tokens_and_unikgate_cookies_are_never_shown_to_matomo() {
     let (m, p, app) = setup().await;
     let b = linked(&app, &p, "uns-alice", "alice", "alice-password").await;

@@ -340,6 +340,240 @@ async fn unlink_in_one_browser_ends_the_other_browsers_session() {
 }
 
 #[tokio::test]
+async fn unlink_keeps_the_browser_signed_in_and_the_next_page_asks_to_link_again() {
+    let (m, p, app) = setup_with("").await;
+    let b = linked(&app, &p, "uns-alice", "alice", "alice-password").await;
+    let before = b.cookie(&app.url("/"), "unikgate_session").unwrap();
+    let html = b
+        .get(&app.url("/_unikgate/account"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let security = "/index.php?module=UsersManager&action=userSecurity";
+    let res = b
+        .post(
+            &app.url("/_unikgate/unlink"),
+            &[("csrf", &csrf_of(&html)), ("rd", security)],
+        )
+        .await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(
+        location(&res),
+        app.url(security),
+        "back to the page it came from"
+    );
+    assert!(
+        res.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("MATOMO_SESSID=;")),
+        "the Matomo cookie is cleared"
+    );
+    assert_eq!(m.state.sessions_of("alice"), 0, "the Matomo session ended");
+    let after = b.cookie(&app.url("/"), "unikgate_session").unwrap();
+    assert_ne!(before, after, "a new session id");
+    // The next Matomo page asks to link again (still signed in with the @unikname).
+    let res = b.get(&app.url(security)).await;
+    assert_eq!(res.status(), 302);
+    assert!(
+        location(&res).starts_with(&app.url("/_unikgate/link?rd=")),
+        "{}",
+        location(&res)
+    );
+    let status: serde_json::Value = serde_json::from_str(
+        &b.get(&app.url("/_unikgate/status"))
+            .await
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["signed_in"], true);
+    assert_eq!(status["linked"], false);
+    // The old CSRF token died with the old session; an off-site rd is not followed.
+    let html = b
+        .get(&app.url("/_unikgate/link"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_ne!(csrf_of(&html), "");
+    let _ = support::link_password(&b, &app, "/", "alice", "alice-password").await;
+    let html = b
+        .get(&app.url("/_unikgate/account"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let res = b
+        .post(
+            &app.url("/_unikgate/unlink"),
+            &[("csrf", &csrf_of(&html)), ("rd", "https://evil.example/")],
+        )
+        .await;
+    assert!(
+        location(&res).starts_with(&app.url("/")),
+        "{}",
+        location(&res)
+    );
+    // Without rd: the account page, which offers to link.
+    let _ = support::link_password(&b, &app, "/", "alice", "alice-password").await;
+    let html = b
+        .get(&app.url("/_unikgate/account"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let res = b
+        .post(&app.url("/_unikgate/unlink"), &[("csrf", &csrf_of(&html))])
+        .await;
+    assert_eq!(location(&res), app.url("/_unikgate/account"));
+}
+
+/// Every page a person can reach, in French with `Accept-Language: fr`, in English otherwise; no
+/// catalogue key ever shows instead of a text.
+#[tokio::test]
+async fn pages_speak_the_browsers_language() {
+    let (_m, p, app) = setup_with("").await;
+    let keys: Vec<String> = unikgate::i18n::english()
+        .keys()
+        .map(str::to_string)
+        .collect();
+    let no_keys = |body: &str, what: &str| {
+        for k in &keys {
+            assert!(!body.contains(k.as_str()), "{what} shows the key {k}");
+        }
+    };
+    for (lang, heading, link, wrong, declined_csrf, out) in [
+        (
+            "fr-FR,fr;q=0.9,en;q=0.5",
+            "Se connecter à Matomo",
+            "Associer ce compte",
+            "ne correspondent pas",
+            "Formulaire expiré",
+            "Vous êtes déconnecté",
+        ),
+        (
+            "en-GB,en;q=0.9",
+            "Sign in to Matomo",
+            "Link this account",
+            "do not match",
+            "Form expired",
+            "You are signed out",
+        ),
+    ] {
+        let b = Browser::speaking(lang);
+        let html = b
+            .get(&app.url("/_unikgate/sign_in"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains(heading), "{lang}: {html}");
+        let short = &lang[..2];
+        assert!(html.contains(&format!("<html lang=\"{short}\">")), "{lang}");
+        no_keys(&html, "sign-in page");
+        let res = sign_in(&b, &app, &p, &format!("uns-lang-{short}"), "/").await;
+        let html = b.get(&location(&res)).await.text().await.unwrap();
+        assert!(html.contains(link), "{lang}: {html}");
+        no_keys(&html, "link page");
+        let html = support::link_password(&b, &app, "/", "alice", "nope")
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains(wrong), "{lang}: {html}");
+        no_keys(&html, "link page with an error");
+        let res = b
+            .post(
+                &app.url("/_unikgate/link"),
+                &[("csrf", "forged"), ("login", "alice")],
+            )
+            .await;
+        assert_eq!(res.status(), 403);
+        let html = res.text().await.unwrap();
+        assert!(html.contains(declined_csrf), "{lang}: {html}");
+        no_keys(&html, "error page");
+        let html = b
+            .get(&app.url("/_unikgate/account"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        no_keys(&html, "account page");
+        let html = b
+            .get(&app.url("/_unikgate/signed_out"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains(out), "{lang}: {html}");
+        no_keys(&html, "signed-out page");
+        let html = b
+            .get(&app.url("/_unikgate/nowhere"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        no_keys(&html, "not-found page");
+    }
+    // Every error page renders in every language without a key showing.
+    for t in unikgate::i18n::Texts::all() {
+        for e in every_error() {
+            let s = e.spec("connect.example", t);
+            for part in [
+                Some(s.title.clone()),
+                Some(s.message.clone()),
+                s.hint.clone(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let key = format!("error.{}.", e.page_key());
+                assert!(
+                    !part.is_empty() && !part.contains(&key),
+                    "{}: {e:?}: {part:?}",
+                    t.lang
+                );
+            }
+        }
+    }
+}
+
+fn every_error() -> Vec<unikgate::error::Error> {
+    use unikgate::error::Error::*;
+    vec![
+        NotConfigured,
+        UpstreamUnavailable,
+        UpstreamTimeout,
+        Forbidden("x"),
+        BadRequest("x".into()),
+        PayloadTooLarge,
+        UriTooLong,
+        HeadersTooLarge,
+        NotFound,
+        ProviderUnreachable,
+        ProviderClientRejected,
+        ProviderError("x".into()),
+        ProviderBadAnswer("x".into()),
+        AccessDenied("/".into()),
+        SignInRejected("x"),
+        StoreUnavailable,
+        MintFailed("x".into()),
+        PluginMintFailed("x".into()),
+        LinkedButMintFailed("alice".into(), Box::new(PluginMintFailed("x".into()))),
+        MatomoUnexpected("x".into()),
+        Csrf,
+        RateLimited,
+        IdentityAlreadyLinked,
+        LoginAlreadyLinked,
+        SuperuserDenied,
+        Internal("x".into()),
+    ]
+}
+
+#[tokio::test]
 async fn a_link_removed_by_the_cli_ends_sessions() {
     let (_m, p, app) = setup_with("").await;
     let b = linked(&app, &p, "uns-alice", "alice", "alice-password").await;

@@ -574,10 +574,11 @@ fn unlink_ends_the_matomo_session(m: &RealMatomo) -> Fut<'_> {
             whoami_direct(&m.apache, &cookie).await?.is_none(),
             "the Matomo session survived the unlink"
         );
-        let res = sign_in(&b, &app, &p, "uns-unlink", "/").await;
+        // Still signed in with the @unikname: the next Matomo page asks to link again.
+        let res = b.get(&app.url(DASHBOARD)).await;
         ensure!(
             location(&res).contains("/_unikgate/link"),
-            "after unlink the sign-in should ask to link again: {}",
+            "after unlink the next page should ask to link again: {}",
             location(&res)
         );
         Ok(())
@@ -985,58 +986,96 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
             std::path::Path::new("/usr/bin/chromium").exists(),
             "Debian's chromium is not installed: run tests/run (it installs it)"
         );
-        let l = m.gate_listener();
-        let port = l.local_addr().map_err(|e| e.to_string())?.port();
-        drop(l);
-        let base = format!("http://127.0.0.1:{port}");
+        // Two unikgates: BASE as the README's quick start (unikgate's pages only), BASE2 with
+        // `password_login` (Matomo's own login page, with the plugin's button).
+        let mut ports = Vec::new();
+        for _ in 0..2 {
+            let l = m.gate_listener();
+            ports.push(l.local_addr().map_err(|e| e.to_string())?.port());
+            drop(l);
+        }
+        let bases: Vec<String> = ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
         let provider = NodeProvider::start(
-            &[format!("{base}/_unikgate/callback")],
-            &[format!("{base}/_unikgate/signed_out")],
+            &bases
+                .iter()
+                .map(|b| format!("{b}/_unikgate/callback"))
+                .collect::<Vec<_>>(),
+            &bases
+                .iter()
+                .map(|b| format!("{b}/_unikgate/signed_out"))
+                .collect::<Vec<_>>(),
         )
         .await;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let cfg = dir.path().join("unikgate.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n[upstream]\nurl = \"{}\"\n[provider]\n{}[store]\nurl = \"sqlite://{}/data/unikgate.db\"\n{}",
-                m.apache,
-                provider.config_discovery(),
-                dir.path().display(),
-                matomo_section(Minter::Signed, "")
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut unikgate = tokio::process::Command::new(env!("CARGO_BIN_EXE_unikgate"))
-            .args(["serve", "-c"])
-            .arg(&cfg)
-            .env("UNIKGATE_LOG", "warn")
-            .kill_on_drop(true)
-            .spawn()
+        let mut gates = Vec::new();
+        for (i, (port, base)) in ports.iter().zip(&bases).enumerate() {
+            let cfg = dir.path().join(format!("unikgate{i}.toml"));
+            let extra = if i == 1 {
+                "password_login = true\n"
+            } else {
+                ""
+            };
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n[upstream]\nurl = \"{}\"\n[provider]\n{}[store]\nurl = \"sqlite://{}/data{i}/unikgate.db\"\n{}",
+                    m.apache,
+                    provider.config_discovery(),
+                    dir.path().display(),
+                    matomo_section(Minter::Signed, extra)
+                ),
+            )
             .map_err(|e| e.to_string())?;
-        let mut up = false;
-        for _ in 0..200 {
-            if reqwest::get(format!("{base}/_unikgate/healthz"))
-                .await
-                .is_ok()
-            {
-                up = true;
-                break;
+            gates.push(
+                tokio::process::Command::new(env!("CARGO_BIN_EXE_unikgate"))
+                    .args(["serve", "-c"])
+                    .arg(&cfg)
+                    .env("UNIKGATE_LOG", "warn")
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| e.to_string())?,
+            );
+            let mut up = false;
+            for _ in 0..200 {
+                if reqwest::get(format!("{base}/_unikgate/healthz"))
+                    .await
+                    .is_ok()
+                {
+                    up = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            ensure!(up, "unikgate {base} did not come up");
         }
-        ensure!(up, "unikgate did not come up");
+        let base = &bases[0];
+        // The dashboard shows its widgets once the site has a visit (else Matomo's "choose your
+        // tracking method" page): one hit, whichever test runs first.
+        let hit = reqwest::get(format!(
+            "{}/matomo.php?idsite=1&rec=1&apiv=1&_id=0123456789abcdef&url=https%3A%2F%2Fwww.example.com%2F&action_name=Home&send_image=0",
+            m.apache
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        ensure!(hit.status().is_success(), "tracking hit: {}", hit.status());
         let shots = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
         let out = tokio::process::Command::new("node")
             .arg(node_dir().join("journey.mjs"))
-            .env("BASE", &base)
+            .env("BASE", base)
+            .env("BASE2", &bases[1])
+            .env("PROVIDER", provider.issuer())
             .env("SHOTS", &shots)
             .env("ALICE_PASSWORD", ALICE.1)
             .env("BOB_PASSWORD", BOB.1)
             .output()
             .await
             .map_err(|e| e.to_string())?;
-        let _ = unikgate.kill().await;
+        for mut g in gates {
+            let _ = g.kill().await;
+        }
         let stdout = String::from_utf8_lossy(&out.stdout);
         eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         ensure!(

@@ -7,12 +7,15 @@
  *   shared_secret = "…at least 32 bytes, the same as unikgate's matomo.shared_secret…"
  *   allow_superusers = 1
  *   prefix = "/_unikgate"                                  ; unikgate's server.prefix
- *   login_button = "Connect with your private @unikname"   ; the button on Matomo's login page
+ *   login_button = "…"     ; the button on Matomo's login page (default: the translated
+ *                          ; "Connect with your private @unikname")
+ * Texts: lang/<language>.json, in the language Matomo uses for the person.
  */
 
 namespace Piwik\Plugins\UnikGate;
 
 use Piwik\Config;
+use Piwik\Piwik;
 
 class UnikGate extends \Piwik\Plugin
 {
@@ -21,7 +24,11 @@ class UnikGate extends \Piwik\Plugin
 
     public function registerEvents()
     {
-        return ['Template.loginNav' => 'loginButton'];
+        return [
+            'Template.loginNav' => 'loginButton',
+            'Template.userSecurity.afterPassword' => 'securitySection',
+            'AssetManager.getJavaScriptFiles' => 'javaScriptFiles',
+        ];
     }
 
     /** @return array<string, mixed> */
@@ -59,13 +66,55 @@ class UnikGate extends \Piwik\Plugin
         if ($position !== 'bottom') {
             return;
         }
-        $label = (string) (self::settings()['login_button'] ?? self::DEFAULT_BUTTON);
-        if (trim($label) === '') {
-            $label = self::DEFAULT_BUTTON;
+        $label = trim((string) (self::settings()['login_button'] ?? ''));
+        if ($label === '') {
+            $label = Piwik::translate('UnikGate_LoginButton');
         }
         $href = self::prefix() . '/sign_in?rd=' . rawurlencode(self::requestedPage());
         $out .= '<span id="unikgate_login" style="display:block;margin-top:1.5em">'
             . '<a class="btn" href="' . htmlspecialchars($href, ENT_QUOTES, 'UTF-8') . '">'
             . htmlspecialchars($label, ENT_QUOTES, 'UTF-8') . '</a></span>';
+    }
+
+    /** The section's script (it does nothing on other pages). */
+    public function javaScriptFiles(&$files)
+    {
+        $files[] = 'plugins/UnikGate/javascripts/unikgate.js';
+    }
+
+    /**
+     * Personal → Security: the "Unikname" section. Matomo 5 compiles what this event returns as a
+     * Vue template (no script runs, `{{ }}` is Vue's), so this is a static placeholder holding
+     * the texts; javascripts/unikgate.js fills it from unikgate's `<prefix>/status`, the
+     * browser's own session read same-origin. The plugin itself holds no sign-in code.
+     */
+    public function securitySection(&$out)
+    {
+        $login = Piwik::getCurrentUserLogin();
+        if ($login === '' || $login === 'anonymous') {
+            return;
+        }
+        $attr = static function (string $s): string {
+            // Also no Vue interpolation: "{{" never reaches the template compiler.
+            return str_replace('{{', '{ {', htmlspecialchars($s, ENT_QUOTES, 'UTF-8'));
+        };
+        $data = [
+            'prefix' => self::prefix(),
+            'login' => $login,
+            'rd' => self::requestedPage(),
+        ];
+        foreach (['Loading', 'LinkedTo', 'LinkedElsewhere', 'NotLinked', 'Unlink', 'Link', 'Unavailable'] as $key) {
+            $data['t-' . strtolower($key)] = Piwik::translate('UnikGate_' . $key);
+        }
+        $attrs = '';
+        foreach ($data as $name => $value) {
+            $attrs .= ' data-' . $name . '="' . $attr($value) . '"';
+        }
+        $out .= '<div class="card" id="unikgate-section"><div class="card-content">'
+            . '<h2 class="card-title">' . $attr(Piwik::translate('UnikGate_SectionTitle')) . '</h2>'
+            . '<p>' . $attr(Piwik::translate('UnikGate_Intro')) . '</p>'
+            . '<div id="unikgate-security" data-state="loading"' . $attrs . '>'
+            . '<p>' . $attr(Piwik::translate('UnikGate_Loading')) . '</p></div>'
+            . '</div></div>';
     }
 }

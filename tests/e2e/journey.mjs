@@ -3,13 +3,18 @@
 // of every page at desktop width and at 390 px. Every request the pages make to unikgate/Matomo
 // is watched: none may fail (4xx/5xx) while Matomo's pages load.
 //
-// Env: BASE (unikgate's public URL), SHOTS (folder for the screenshots), ALICE_PASSWORD (alice's
-// Matomo password).
+// Env: BASE (unikgate's public URL), BASE2 (a second unikgate with matomo.password_login on),
+// PROVIDER (the provider's issuer URL), SHOTS (folder for the screenshots), ALICE_PASSWORD and
+// BOB_PASSWORD (their Matomo passwords).
 // Exits non-zero on the first failed expectation; prints "N passed, M failed" at the end.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 
 const BASE = process.env.BASE;
+// A second unikgate with matomo.password_login on (Matomo's own login page shows), and the provider.
+const BASE2 = process.env.BASE2;
+const PROVIDER = process.env.PROVIDER;
+const SECURITY = '/index.php?module=UsersManager&action=userSecurity&idSite=1&period=day&date=yesterday';
 const SHOTS = process.env.SHOTS || 'docs/screenshots';
 const DEEP = '/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday';
 const ALICE_PASSWORD = process.env.ALICE_PASSWORD;
@@ -21,6 +26,8 @@ mkdirSync(SHOTS, { recursive: true });
 let passed = 0;
 let failed = 0;
 const cspViolations = [];
+// Uncaught JavaScript errors on any page (Matomo's merged scripts include the plugin's).
+const pageErrors = [];
 // Requests to unikgate (and so Matomo) that failed while Matomo's pages loaded.
 const failedRequests = [];
 let watching = false;
@@ -55,6 +62,7 @@ async function newPage(browser) {
   page.on('console', (m) => {
     if (/Content Security Policy|Refused to/i.test(m.text())) cspViolations.push(m.text());
   });
+  page.on('pageerror', (e) => pageErrors.push(`${page.url()}: ${e.message}`));
   page.on('response', (r) => {
     if (watching && r.url().startsWith(BASE) && r.status() >= 400) failedRequests.push(`${r.status()} ${r.request().method()} ${r.url()}`);
   });
@@ -230,6 +238,98 @@ try {
     }
     expect(limited, 'the limit was reached');
     await shot(p, '09-rate-limited');
+  });
+
+  // Inside Matomo's own pages (the UnikGate plugin), through the unikgate with password_login on.
+  const m2 = await newPage(browser);
+  await check("Matomo's login page: the @unikname button → Unikname → link → Matomo as alice", async () => {
+    const p = m2.page;
+    await p.goto(BASE2 + DEEP);
+    const button = p.locator('#unikgate_login a');
+    await button.waitFor();
+    expect((await button.textContent()).includes('Connect with your private @unikname'), await button.textContent());
+    expect(await p.locator('#login_form_login').isVisible(), "Matomo's own form is there too");
+    await shot(p, '10-matomo-login');
+    await button.click();
+    await p.waitForURL(/\/_unikgate\/sign_in/);
+    await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
+    await providerLogin(p, 'alice');
+    await p.waitForURL(/\/_unikgate\/link/);
+    await p.getByLabel('Matomo username').fill('alice');
+    await p.getByLabel('Matomo password').fill(ALICE_PASSWORD);
+    await p.getByRole('button', { name: 'Link this account' }).click();
+    await p.waitForURL((u) => u.pathname === '/index.php' && u.search.includes('module=CoreHome'), { timeout: 30000 });
+    await settle(p);
+    expect(await matomoUser(p) === 'alice', `Matomo shows ${await matomoUser(p)}`);
+    const u = new URL(p.url());
+    expect(u.pathname + u.search === DEEP, `the page asked for: at ${p.url()}`);
+  });
+
+  await check('Personal → Security shows the link', async () => {
+    const p = m2.page;
+    await p.goto(BASE2 + SECURITY);
+    const box = p.locator('#unikgate-security[data-state=linked]');
+    await box.waitFor({ timeout: 30000 });
+    const text = await box.textContent();
+    expect(text.includes('linked to the @unikname') && /since \d{4}-\d{2}-\d{2}/.test(text), text);
+    await settle(p);
+    await shot(p, '11-security-linked');
+  });
+
+  await check("another origin's script cannot read the link status; the page's own can", async () => {
+    const p = m2.page;
+    const read = (u) => fetch(u, { credentials: 'include' }).then((r) => r.text()).then((t) => 'read ' + t, () => 'blocked');
+    const own = await p.evaluate(read, BASE2 + '/_unikgate/status');
+    expect(own.includes('"matomo_login":"alice"'), `same origin: ${own}`);
+    await p.goto(PROVIDER + '/.well-known/openid-configuration');
+    const other = await p.evaluate(read, BASE2 + '/_unikgate/status');
+    expect(other === 'blocked', `from ${PROVIDER}: ${other}`);
+  });
+
+  await check('"Unlink" there: the next Matomo page asks to link again', async () => {
+    const p = m2.page;
+    await p.goto(BASE2 + SECURITY);
+    await p.locator('#unikgate-unlink').click();
+    await p.waitForURL(/\/_unikgate\/link/, { timeout: 30000 });
+    expect(new URL(p.url()).searchParams.get('rd').includes('action=userSecurity'), p.url());
+    expect(await p.getByLabel('Matomo username').isVisible(), 'the link form');
+  });
+
+  await check('Personal → Security for a Matomo password session: not linked, "Link your @unikname"', async () => {
+    const { page: p } = await newPage(browser);
+    await p.goto(BASE2 + '/index.php?module=Login');
+    await p.fill('#login_form_login', 'bob');
+    await p.fill('#login_form_password', BOB_PASSWORD);
+    await p.click('#login_form_submit');
+    await p.waitForLoadState('load');
+    await settle(p);
+    await p.goto(BASE2 + SECURITY);
+    await p.locator('#unikgate-security[data-state=not-linked]').waitFor({ timeout: 30000 });
+    expect(await p.locator('#unikgate-link').isVisible(), 'the link button');
+    expect(await matomoUser(p) === 'bob', `Matomo shows ${await matomoUser(p)}`);
+    await settle(p);
+    await shot(p, '12-security-not-linked');
+  });
+
+  await check('with Accept-Language: fr, the sign-in and link pages are in French', async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: 'fr-FR' });
+    const p = await ctx.newPage();
+    p.setDefaultTimeout(10000);
+    await p.goto(BASE + DEEP);
+    expect(await p.getAttribute('html', 'lang') === 'fr', 'html lang');
+    expect((await p.textContent('h1')).includes('Se connecter à Matomo'), await p.textContent('h1'));
+    await shot(p, '01-sign-in-fr');
+    await p.getByRole('button', { name: 'Se connecter avec votre @unikname privé' }).click();
+    await providerLogin(p, 'dave');
+    await p.waitForURL(/\/_unikgate\/link/);
+    expect((await p.textContent('h1')).includes('Associer ce compte'), await p.textContent('h1'));
+    expect(await p.getByLabel("Nom d'utilisateur Matomo").isVisible(), 'French labels');
+    await shot(p, '03-link-fr');
+    await ctx.close();
+  });
+
+  await check('no uncaught JavaScript error on any page', async () => {
+    expect(pageErrors.length === 0, pageErrors.join('\n'));
   });
 
   await check('no Content-Security-Policy violation on any page', async () => {

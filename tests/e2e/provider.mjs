@@ -3,15 +3,24 @@
 // discovery under /oidc, client_secret_basic, RS256 ID tokens, opaque per-application subjects.
 // Its login page asks for an @unikname and offers Approve / Decline (Unikname approves on a phone).
 //
-// Env: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URIS, POST_LOGOUT_REDIRECT_URIS (space-separated).
+// Env: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URIS, POST_LOGOUT_REDIRECT_URIS (space-separated),
+// BACKCHANNEL_LOGOUT_URI (optional, one URL): turns on OpenID Connect Back-Channel Logout 1.0 for the
+// client (ID tokens and logout tokens then carry `sid`; RP-initiated logout sends a logout token).
+//
+// Test-only endpoint: POST /oidc/test/end_sessions (form: login, optional sid) ends every provider
+// session of that @unikname, as an administrator's revocation would, and sends the client a
+// back-channel logout token for the subject (sub only, no sid), plus one with `sid` when given.
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider from 'oidc-provider';
+// The provider's own in-memory storage, extended below to find the sessions of an account.
+import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
 
 const port = Number(process.env.PORT || 9090);
 const issuer = `http://127.0.0.1:${port}/oidc`;
 const prefix = '/oidc';
 const split = (s) => (s || '').split(' ').filter(Boolean);
+const backchannelLogoutUri = process.env.BACKCHANNEL_LOGOUT_URI || '';
 
 // Unikname Connect's subjects are opaque and stable per application.
 export const subjectOf = (login) => 'uns-' + crypto.createHash('sha256').update(`unikgate-tests:${login}`).digest('hex').slice(0, 24);
@@ -24,7 +33,20 @@ const pageStyle = 'body{font:16px system-ui,sans-serif;background:#0c2340;color:
   + 'button{font:inherit;margin-top:1rem;width:100%;padding:.75rem;border-radius:8px;border:2px solid #0c2340;cursor:pointer}'
   + '.approve{background:#0c2340;color:#fff;font-weight:700}.decline{background:#fff;color:#0c2340}';
 
+// Session ids by account id, so that an administrator can end a person's sessions.
+const sessionsByAccount = new Map();
+class TestAdapter extends MemoryAdapter {
+  async upsert(id, payload, expiresIn) {
+    await super.upsert(id, payload, expiresIn);
+    if (this.model === 'Session' && payload.accountId) {
+      if (!sessionsByAccount.has(payload.accountId)) sessionsByAccount.set(payload.accountId, new Set());
+      sessionsByAccount.get(payload.accountId).add(id);
+    }
+  }
+}
+
 const provider = new Provider(issuer, {
+  adapter: TestAdapter,
   clients: [{
     client_id: process.env.CLIENT_ID,
     client_secret: process.env.CLIENT_SECRET,
@@ -33,6 +55,10 @@ const provider = new Provider(issuer, {
     token_endpoint_auth_method: 'client_secret_basic',
     grant_types: ['authorization_code'],
     response_types: ['code'],
+    ...(backchannelLogoutUri ? {
+      backchannel_logout_uri: backchannelLogoutUri,
+      backchannel_logout_session_required: true,
+    } : {}),
   }],
   routes: {
     authorization: '/authorize',
@@ -46,6 +72,14 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     rpInitiatedLogout: { enabled: true },
+    backchannelLogout: { enabled: Boolean(backchannelLogoutUri) },
+  },
+  // oidc-provider refuses to connect to special-use addresses (SSRF guard: it hands fetch an undici
+  // dispatcher that destroys such sockets). The relying party under test listens on 127.0.0.1, so
+  // this test provider drops that dispatcher; the 2.5 s timeout oidc-provider sets is kept.
+  fetch: (url, options) => {
+    delete options.dispatcher;
+    return globalThis.fetch(url, options);
   },
   pkce: { required: () => true },
   cookies: { keys: ['unikgate-tests-cookie-key'] },
@@ -56,6 +90,7 @@ const provider = new Provider(issuer, {
   }),
 });
 provider.on('server_error', (ctx, err) => console.error('oidc-provider server_error', err));
+provider.on('backchannel.error', (ctx, err, client, accountId, sid) => console.error('oidc-provider backchannel logout failed', client.clientId, accountId, sid, err));
 
 function readBody(req) {
   return new Promise((resolve) => {
@@ -93,12 +128,53 @@ async function interaction(req, res, uid) {
   await provider.interactionFinished(req, res, { login: { accountId }, consent: { grantId } }, { mergeWithLastSubmission: false });
 }
 
+// An administrator ends every provider session of a person (their grants and tokens go too) and the
+// client is told over the back channel: one logout token with the subject only (every session of
+// that subject), and one with `sid` too when the form names one.
+async function endSessions(req, res) {
+  const form = await readBody(req);
+  const login = (form.get('login') || '').trim().replace(/^@/, '');
+  const sid = form.get('sid') || undefined;
+  res.setHeader('Content-Type', 'application/json');
+  try {
+    if (!login) throw new Error('login is required');
+    const accountId = subjectOf(login);
+    let ended = 0;
+    for (const id of sessionsByAccount.get(accountId) || []) {
+      const session = await provider.Session.adapter.find(id);
+      if (session && session.accountId === accountId) {
+        for (const { grantId } of Object.values(session.authorizations || {})) {
+          if (!grantId) continue;
+          await provider.Grant.adapter.revokeByGrantId(grantId);
+          await provider.Grant.adapter.destroy(grantId);
+        }
+        await provider.Session.adapter.destroy(id);
+        ended += 1;
+      }
+    }
+    sessionsByAccount.delete(accountId);
+    let sent = false;
+    if (backchannelLogoutUri) {
+      const client = await provider.Client.find(process.env.CLIENT_ID);
+      await client.backchannelLogout(accountId);
+      if (sid) await client.backchannelLogout(accountId, sid);
+      sent = true;
+    }
+    res.end(JSON.stringify({ sent, sessions_ended: ended }));
+  } catch (e) {
+    console.error('end_sessions failed', e);
+    res.statusCode = 500;
+    res.end(JSON.stringify({ sent: false, error: String(e && e.cause ? `${e.message}: ${e.cause.message || e.cause}` : e) }));
+  }
+}
+
 const callback = provider.callback();
 const server = http.createServer(async (req, res) => {
   try {
     if (!req.url.startsWith(prefix)) { res.statusCode = 404; res.end('not found'); return; }
     const m = req.url.match(/^\/oidc\/interaction\/([A-Za-z0-9_-]+)$/);
     if (m) { await interaction(req, res, m[1]); return; }
+    if (req.method === 'POST' && req.url === `${prefix}/test/end_sessions`) { await endSessions(req, res); return; }
     req.originalUrl = req.url;
     req.url = req.url.slice(prefix.length) || '/';
     callback(req, res);

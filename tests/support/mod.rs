@@ -155,8 +155,21 @@ impl Default for Browser {
 
 impl Browser {
     pub fn new() -> Browser {
+        Self::speaking("")
+    }
+
+    /// A browser that sends `Accept-Language: <lang>` (none when empty).
+    pub fn speaking(lang: &str) -> Browser {
         let jar = Arc::new(reqwest::cookie::Jar::default());
+        let mut headers = reqwest::header::HeaderMap::new();
+        if !lang.is_empty() {
+            headers.insert(
+                reqwest::header::ACCEPT_LANGUAGE,
+                reqwest::header::HeaderValue::from_str(lang).unwrap(),
+            );
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .cookie_provider(jar.clone())
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(20))
@@ -171,6 +184,15 @@ impl Browser {
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// A GET with extra request headers (what a page's script or another site would send).
+    pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut r = self.client.get(url);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
     }
 
     pub async fn post(&self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {

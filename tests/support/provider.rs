@@ -311,6 +311,17 @@ pub fn node_dir() -> std::path::PathBuf {
 impl NodeProvider {
     /// Starts the provider; `redirect_uri` is unikgate's callback, registered for the client.
     pub async fn start(redirect_uris: &[String], post_logout: &[String]) -> NodeProvider {
+        Self::start_with(redirect_uris, post_logout, None).await
+    }
+
+    /// [`NodeProvider::start`], with back-channel logout to `backchannel` when given (the
+    /// provider then also answers `POST /oidc/test/end_sessions` with `login`: an admin ending
+    /// every provider session of that @unikname, which sends a logout token with `sub` only).
+    pub async fn start_with(
+        redirect_uris: &[String],
+        post_logout: &[String],
+        backchannel: Option<&str>,
+    ) -> NodeProvider {
         let dir = node_dir();
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -327,6 +338,7 @@ impl NodeProvider {
             .env("CLIENT_SECRET", CLIENT_SECRET)
             .env("REDIRECT_URIS", redirect_uris.join(" "))
             .env("POST_LOGOUT_REDIRECT_URIS", post_logout.join(" "))
+            .env("BACKCHANNEL_LOGOUT_URI", backchannel.unwrap_or(""))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
