@@ -357,3 +357,44 @@ fn the_signed_minter_needs_a_long_enough_secret() {
     )
     .is_ok());
 }
+
+/// The plugin's texts: one catalogue per language (Matomo's `lang/<code>.json`), the same keys in
+/// each, none empty, the same `{placeholders}`, and every key the PHP and the script use present.
+#[test]
+fn the_plugins_catalogues_have_the_same_keys() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("matomo-plugin/UnikGate");
+    let read = |lang: &str| -> std::collections::BTreeMap<String, String> {
+        let text = std::fs::read_to_string(dir.join(format!("lang/{lang}.json"))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["UnikGate"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{lang}: no UnikGate section"))
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+            .collect()
+    };
+    let en = read("en");
+    let fr = read("fr");
+    assert_eq!(
+        en.keys().collect::<Vec<_>>(),
+        fr.keys().collect::<Vec<_>>(),
+        "en and fr keys differ"
+    );
+    let names = |s: &str| -> Vec<String> {
+        s.split('{')
+            .skip(1)
+            .filter_map(|p| p.split_once('}').map(|(n, _)| n.to_string()))
+            .collect()
+    };
+    for (k, v) in &en {
+        assert!(!v.trim().is_empty() && !fr[k].trim().is_empty(), "{k} is empty");
+        assert_eq!(names(v), names(&fr[k]), "{k}: placeholders");
+    }
+    let php = std::fs::read_to_string(dir.join("UnikGate.php")).unwrap();
+    for k in en.keys() {
+        assert!(
+            php.contains(&format!("'UnikGate_{k}'")) || php.contains(&format!("'{k}'")),
+            "{k} is not used by UnikGate.php"
+        );
+    }
+}
