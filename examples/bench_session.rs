@@ -51,10 +51,13 @@ async fn main() {
             display: None,
             signed_in: now_ms(),
             id_token: None,
+            sid: None,
+            id_sub: None,
             link: Some(unikgate::web::link_ref(&link)),
             matomo: Some(MatomoSession {
                 login: "alice".into(),
                 cookie_hash: cookie_hash(MATOMO_COOKIE_VALUE),
+                cookie: Some(MATOMO_COOKIE_VALUE.into()),
                 seen: now_ms(),
             }),
         });

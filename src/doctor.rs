@@ -40,10 +40,11 @@ pub async fn run(app: &App, as_login: Option<&str>) -> Vec<Step> {
         "URIs to register",
         true,
         format!(
-            "at the provider, for client {}: redirect URI {} and post-logout redirect URI {}",
+            "at the provider, for client {}: redirect URI {}, post-logout redirect URI {}, back-channel logout URI {}",
             app.cfg.provider.client_id.as_deref().unwrap_or("(not set)"),
             app.cfg.redirect_uri(),
-            app.cfg.post_logout_redirect_uri()
+            app.cfg.post_logout_redirect_uri(),
+            app.cfg.backchannel_logout_uri()
         ),
     )];
     match &app.oidc {
@@ -76,6 +77,16 @@ pub async fn run(app: &App, as_login: Option<&str>) -> Vec<Step> {
                     "keys known: ID tokens are verified".to_string()
                 } else {
                     "no keys (no discovery, no provider.jwks_url): ID tokens are not verified; userinfo alone identifies people".to_string()
+                },
+            ));
+            out.push(step(
+                "back-channel logout",
+                true,
+                match (ep.from_discovery, ep.backchannel_logout_supported, ep.backchannel_logout_session_supported) {
+                    (true, Some(true), Some(true)) => "supported by the provider, with sid (backchannel_logout_supported, backchannel_logout_session_supported): a sign-out or revocation there ends the unikgate and Matomo sessions at once".to_string(),
+                    (true, Some(true), _) => "supported by the provider (backchannel_logout_supported), without sid: a logout there ends every session of that @unikname".to_string(),
+                    (true, _, _) => "the provider's discovery does not say backchannel_logout_supported: sessions end at unikgate's sign-out or when they lapse".to_string(),
+                    (false, _, _) => "unknown (no discovery): register the back-channel logout URI if the provider offers it".to_string(),
                 },
             ));
             out.push(match o.probe_credentials().await {

@@ -317,9 +317,7 @@ async fn signed_in_ui(
             None => return Ok(redirect_local(app, &own_url(app, "link", &rd()))),
             Some(l) => {
                 if let Some(id) = sess.id() {
-                    app.links
-                        .index_session(&user.issuer, &user.subject, &id)
-                        .await?;
+                    crate::web::index_session(app, &id, user).await?;
                 }
                 let r = crate::web::link_ref(&l);
                 user.link = Some(r.clone());
@@ -359,6 +357,7 @@ async fn signed_in_ui(
         user.matomo = Some(MatomoSession {
             login: link.matomo_login.clone(),
             cookie_hash: cookie_hash(&cookie),
+            cookie: Some(cookie.clone()),
             seen: now,
         });
     }
@@ -385,6 +384,7 @@ async fn signed_in_ui(
             user.matomo = Some(MatomoSession {
                 login: link.matomo_login.clone(),
                 cookie_hash: cookie_hash(&v),
+                cookie: Some(v.clone()),
                 seen: now_ms(),
             });
             minted = Some(v);

@@ -82,10 +82,29 @@ impl App {
     /// sessions are deleted from the shared store). The web's unlink and the CLI both use this.
     pub async fn unlink(&self, issuer: &str, subject: &str) -> Result<bool, error::Error> {
         let removed = self.links.remove(issuer, subject).await?;
-        for id in self.links.take_sessions(issuer, subject).await? {
-            self.sessions.delete_id(&id).await?;
-        }
+        let ids = self.links.take_sessions(issuer, subject).await?;
+        self.end_sessions(&ids).await?;
         Ok(removed)
+    }
+
+    /// Ends these unikgate sessions (their records are deleted from the shared store, so every
+    /// replica sees it at once) and logs the Matomo session minted for each out of Matomo.
+    /// Returns how many sessions were still there. A Matomo that cannot be reached is logged,
+    /// not an error: the unikgate sessions are gone either way, and with them every way to use
+    /// those Matomo cookies through unikgate.
+    pub async fn end_sessions(&self, ids: &[String]) -> Result<usize, error::Error> {
+        let mut ended = 0;
+        for id in ids {
+            let (had, cookie) = self.sessions.end_id(id).await?;
+            if let Some(cookie) = cookie {
+                let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+                if let Err(e) = matomo::logout(&self.upstream, &cookie, loopback).await {
+                    tracing::warn!(error = %e, "could not log a Matomo session out");
+                }
+            }
+            ended += usize::from(had);
+        }
+        Ok(ended)
     }
 
     /// [`App::unlink`] by Matomo login.

@@ -29,6 +29,21 @@ pub struct Link {
     pub last_login_at: Option<i64>,
 }
 
+/// One row of the identity → sessions index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct SessionEntry {
+    pub issuer: String,
+    pub subject: String,
+    #[serde(skip)]
+    pub session_id: String,
+    /// The provider's session id (the ID token's `sid`), when it gave one.
+    pub sid: Option<String>,
+    /// The ID token's `sub` (equal to `subject` with the default `provider.userinfo_id`).
+    pub id_sub: Option<String>,
+    /// Unix time in milliseconds.
+    pub created_at: i64,
+}
+
 /// Why a link could not be created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkConflict {
@@ -53,15 +68,28 @@ pub trait LinkStore: Send + Sync + 'static {
     async fn attempt(&self, key: &str, max: u32, window: Duration) -> Result<bool, Error>;
     /// Proves the store answers and accepts writes.
     async fn ping(&self) -> Result<(), Error>;
-    /// Records that `session_id` belongs to this identity.
-    async fn index_session(
-        &self,
-        issuer: &str,
-        subject: &str,
-        session_id: &str,
-    ) -> Result<(), Error>;
+    /// Records that `e.session_id` belongs to this identity (and its provider session).
+    async fn index_session(&self, e: &SessionEntry) -> Result<(), Error>;
     /// Forgets and returns the sessions of this identity (to end them).
     async fn take_sessions(&self, issuer: &str, subject: &str) -> Result<Vec<String>, Error>;
+    /// Forgets and returns the sessions a back-channel logout token names: by the provider's
+    /// session id when it has one, else every session of the ID token's `sub`.
+    async fn take_logout_sessions(
+        &self,
+        issuer: &str,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> Result<Vec<String>, Error>;
+    /// The indexed sessions, of one @unikname (subject) or all, oldest first.
+    async fn list_sessions(&self, subject: Option<&str>) -> Result<Vec<SessionEntry>, Error>;
+    /// Records a logout token's `jti`; false when it was seen before (on any replica). Forgets
+    /// the ones seen before `forget_before` (ms).
+    async fn first_use_of_jti(
+        &self,
+        issuer: &str,
+        jti: &str,
+        forget_before: i64,
+    ) -> Result<bool, Error>;
     /// Forgets index rows created before `before` (ms): their sessions have ended anyway.
     async fn prune_sessions(&self, before: i64) -> Result<(), Error>;
 }
@@ -226,20 +254,75 @@ impl LinkStore for SqliteLinks {
         Ok(true)
     }
 
-    async fn index_session(
-        &self,
-        issuer: &str,
-        subject: &str,
-        session_id: &str,
-    ) -> Result<(), Error> {
-        sqlx::query("INSERT OR IGNORE INTO identity_sessions (issuer, subject, session_id, created_at) VALUES (?, ?, ?, ?)")
-            .bind(issuer)
-            .bind(subject)
-            .bind(session_id)
-            .bind(now_ms())
+    async fn index_session(&self, e: &SessionEntry) -> Result<(), Error> {
+        sqlx::query("INSERT OR IGNORE INTO identity_sessions (issuer, subject, session_id, created_at, sid, id_sub) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&e.issuer)
+            .bind(&e.subject)
+            .bind(&e.session_id)
+            .bind(e.created_at)
+            .bind(&e.sid)
+            .bind(&e.id_sub)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn take_logout_sessions(
+        &self,
+        issuer: &str,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> Result<Vec<String>, Error> {
+        let rows: Vec<(String,)> = match (sid, sub) {
+            (Some(sid), _) => sqlx::query_as(
+                "DELETE FROM identity_sessions WHERE issuer = ? AND sid = ? RETURNING session_id",
+            )
+            .bind(issuer)
+            .bind(sid)
+            .fetch_all(&self.pool)
+            .await?,
+            (None, Some(sub)) => sqlx::query_as(
+                "DELETE FROM identity_sessions WHERE issuer = ? AND (id_sub = ? OR (id_sub IS NULL AND subject = ?)) RETURNING session_id",
+            )
+            .bind(issuer)
+            .bind(sub)
+            .bind(sub)
+            .fetch_all(&self.pool)
+            .await?,
+            (None, None) => Vec::new(),
+        };
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn list_sessions(&self, subject: Option<&str>) -> Result<Vec<SessionEntry>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT issuer, subject, session_id, sid, id_sub, created_at FROM identity_sessions WHERE (? IS NULL OR subject = ?) ORDER BY created_at",
+        )
+        .bind(subject)
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn first_use_of_jti(
+        &self,
+        issuer: &str,
+        jti: &str,
+        forget_before: i64,
+    ) -> Result<bool, Error> {
+        sqlx::query("DELETE FROM logout_tokens WHERE seen_at < ?")
+            .bind(forget_before)
+            .execute(&self.pool)
+            .await?;
+        let r = sqlx::query(
+            "INSERT OR IGNORE INTO logout_tokens (issuer, jti, seen_at) VALUES (?, ?, ?)",
+        )
+        .bind(issuer)
+        .bind(jti)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     async fn take_sessions(&self, issuer: &str, subject: &str) -> Result<Vec<String>, Error> {
@@ -409,22 +492,75 @@ impl LinkStore for PgLinks {
         Ok(allowed)
     }
 
-    async fn index_session(
-        &self,
-        issuer: &str,
-        subject: &str,
-        session_id: &str,
-    ) -> Result<(), Error> {
+    async fn index_session(&self, e: &SessionEntry) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO identity_sessions (issuer, subject, session_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            "INSERT INTO identity_sessions (issuer, subject, session_id, created_at, sid, id_sub) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
-        .bind(issuer)
-        .bind(subject)
-        .bind(session_id)
-        .bind(now_ms())
+        .bind(&e.issuer)
+        .bind(&e.subject)
+        .bind(&e.session_id)
+        .bind(e.created_at)
+        .bind(&e.sid)
+        .bind(&e.id_sub)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn take_logout_sessions(
+        &self,
+        issuer: &str,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> Result<Vec<String>, Error> {
+        let rows: Vec<(String,)> = match (sid, sub) {
+            (Some(sid), _) => sqlx::query_as(
+                "DELETE FROM identity_sessions WHERE issuer = $1 AND sid = $2 RETURNING session_id",
+            )
+            .bind(issuer)
+            .bind(sid)
+            .fetch_all(&self.pool)
+            .await?,
+            (None, Some(sub)) => sqlx::query_as(
+                "DELETE FROM identity_sessions WHERE issuer = $1 AND (id_sub = $2 OR (id_sub IS NULL AND subject = $2)) RETURNING session_id",
+            )
+            .bind(issuer)
+            .bind(sub)
+            .fetch_all(&self.pool)
+            .await?,
+            (None, None) => Vec::new(),
+        };
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn list_sessions(&self, subject: Option<&str>) -> Result<Vec<SessionEntry>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT issuer, subject, session_id, sid, id_sub, created_at FROM identity_sessions WHERE ($1::TEXT IS NULL OR subject = $1) ORDER BY created_at",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn first_use_of_jti(
+        &self,
+        issuer: &str,
+        jti: &str,
+        forget_before: i64,
+    ) -> Result<bool, Error> {
+        sqlx::query("DELETE FROM logout_tokens WHERE seen_at < $1")
+            .bind(forget_before)
+            .execute(&self.pool)
+            .await?;
+        let r = sqlx::query(
+            "INSERT INTO logout_tokens (issuer, jti, seen_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(issuer)
+        .bind(jti)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     async fn take_sessions(&self, issuer: &str, subject: &str) -> Result<Vec<String>, Error> {
@@ -460,9 +596,25 @@ mod tests {
     async fn the_session_index_is_taken_once() {
         let dir = tempfile::tempdir().unwrap();
         let links = SqliteLinks::new(open_sqlite(&dir.path().join("t.db")).await.unwrap());
-        links.index_session("iss", "sub", "s1").await.unwrap();
-        links.index_session("iss", "sub", "s2").await.unwrap();
-        links.index_session("iss", "other", "s3").await.unwrap();
+        let e = |subject: &str, id: &str, sid: Option<&str>| SessionEntry {
+            issuer: "iss".into(),
+            subject: subject.into(),
+            session_id: id.into(),
+            sid: sid.map(str::to_string),
+            id_sub: None,
+            created_at: now_ms(),
+        };
+        links
+            .index_session(&e("sub", "s1", Some("p1")))
+            .await
+            .unwrap();
+        links
+            .index_session(&e("sub", "s2", Some("p2")))
+            .await
+            .unwrap();
+        links.index_session(&e("other", "s3", None)).await.unwrap();
+        assert_eq!(links.list_sessions(Some("sub")).await.unwrap().len(), 2);
+        assert_eq!(links.list_sessions(None).await.unwrap().len(), 3);
         let mut got = links.take_sessions("iss", "sub").await.unwrap();
         got.sort();
         assert_eq!(got, vec!["s1", "s2"]);
@@ -471,5 +623,62 @@ mod tests {
             links.take_sessions("iss", "other").await.unwrap(),
             vec!["s3"]
         );
+    }
+
+    #[tokio::test]
+    async fn logout_tokens_end_by_sid_or_sub_and_each_jti_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = SqliteLinks::new(open_sqlite(&dir.path().join("t.db")).await.unwrap());
+        for (id, sid, sub) in [
+            ("s1", "p1", "a"),
+            ("s2", "p1", "a"),
+            ("s3", "p2", "a"),
+            ("s4", "p3", "b"),
+        ] {
+            let e = SessionEntry {
+                issuer: "iss".into(),
+                subject: sub.into(),
+                session_id: id.into(),
+                sid: Some(sid.into()),
+                id_sub: Some(sub.into()),
+                created_at: now_ms(),
+            };
+            links.index_session(&e).await.unwrap();
+        }
+        let mut by_sid = links
+            .take_logout_sessions("iss", Some("p1"), Some("a"))
+            .await
+            .unwrap();
+        by_sid.sort();
+        assert_eq!(by_sid, vec!["s1", "s2"]);
+        assert!(links
+            .take_logout_sessions("other-iss", None, Some("a"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            links
+                .take_logout_sessions("iss", None, Some("a"))
+                .await
+                .unwrap(),
+            vec!["s3"]
+        );
+        assert!(links
+            .take_logout_sessions("iss", None, None)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(links.first_use_of_jti("iss", "j1", 0).await.unwrap());
+        assert!(!links.first_use_of_jti("iss", "j1", 0).await.unwrap());
+        assert!(links.first_use_of_jti("iss2", "j1", 0).await.unwrap());
+        // Forgotten once older than the window (a token that old is refused by its iat anyway).
+        assert!(links
+            .first_use_of_jti("iss", "j2", now_ms() + 1)
+            .await
+            .unwrap());
+        assert!(links
+            .first_use_of_jti("iss", "j1", now_ms() + 1)
+            .await
+            .unwrap());
     }
 }

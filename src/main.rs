@@ -73,6 +73,41 @@ enum Command {
         #[command(subcommand)]
         action: LinksAction,
     },
+    /// See and end people's sessions (as a back-channel logout from the provider would).
+    Sessions {
+        #[arg(
+            short,
+            long,
+            env = "UNIKGATE_CONFIG",
+            default_value = "config/unikgate.toml",
+            global = true
+        )]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// List the live unikgate sessions (never their ids: a short reference instead).
+    List {
+        /// Only the sessions of this @unikname (the provider's subject).
+        #[arg(long, value_name = "SUBJECT")]
+        unikname: Option<String>,
+    },
+    /// End every session of an @unikname, on every replica, and log its Matomo sessions out.
+    End {
+        /// The @unikname (the provider's subject).
+        #[arg(long, value_name = "SUBJECT")]
+        unikname: String,
+        /// The issuer; default: the configured provider's.
+        #[arg(long)]
+        issuer: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,9 +189,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             println!("{}: OK", config.display());
             println!(
-                "register at the provider: redirect URI {}  post-logout redirect URI {}",
+                "register at the provider: redirect URI {}  post-logout redirect URI {}  back-channel logout URI {}",
                 cfg.redirect_uri(),
-                cfg.post_logout_redirect_uri()
+                cfg.post_logout_redirect_uri(),
+                cfg.backchannel_logout_uri()
             );
             let missing = cfg.missing_provider_credentials();
             if !missing.is_empty() {
@@ -231,19 +267,125 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 Err(code) => return Ok(code),
             };
             let (_, app) = unikgate::build_app(cfg).await?;
-            let default_issuer = app
-                .oidc
-                .as_ref()
-                .map(|o| o.identity_issuer.clone())
-                .or_else(|| {
-                    app.cfg
-                        .provider
-                        .issuer
-                        .as_ref()
-                        .map(|u| u.as_str().trim_end_matches('/').to_string())
-                })
-                .unwrap_or_default();
+            let default_issuer = default_issuer(&app);
             links_cmd(&app, json, action, &default_issuer).await
+        }
+        Command::Sessions {
+            config,
+            json,
+            action,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logs(cfg.server.log_format);
+            let (_, app) = unikgate::build_app(cfg).await?;
+            sessions_cmd(&app, json, action).await
+        }
+    }
+}
+
+/// The configured provider's issuer, as links and sessions record it.
+fn default_issuer(app: &unikgate::App) -> String {
+    app.oidc
+        .as_ref()
+        .map(|o| o.identity_issuer.clone())
+        .or_else(|| {
+            app.cfg
+                .provider
+                .issuer
+                .as_ref()
+                .map(|u| u.as_str().trim_end_matches('/').to_string())
+        })
+        .unwrap_or_default()
+}
+
+fn date_time(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+async fn sessions_cmd(
+    app: &unikgate::App,
+    json: bool,
+    action: SessionsAction,
+) -> Result<ExitCode, String> {
+    match action {
+        SessionsAction::List { unikname } => {
+            let entries = app
+                .links
+                .list_sessions(unikname.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut rows = Vec::new();
+            for e in entries {
+                // The index outlives sessions that lapsed: only the live ones are listed.
+                let Some(data) = app
+                    .sessions
+                    .peek(&e.session_id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                else {
+                    continue;
+                };
+                let Some(user) = data.user else { continue };
+                rows.push(serde_json::json!({
+                    "session": &unikgate::session::cookie_hash(&e.session_id)[..12],
+                    "unikname": e.subject,
+                    "issuer": e.issuer,
+                    "matomo_login": user.link.as_ref().map(|l| l.matomo_login.clone()),
+                    "signed_in": date_time(user.signed_in),
+                    "last_active": date_time(data.touched),
+                    "provider_session": e.sid.is_some(),
+                }));
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
+                );
+            } else if rows.is_empty() {
+                println!("no sessions");
+            } else {
+                println!(
+                    "{:<14} {:<40} {:<16} {:<26} last active",
+                    "session", "unikname", "matomo_login", "signed in"
+                );
+                for r in &rows {
+                    let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+                    println!(
+                        "{:<14} {:<40} {:<16} {:<26} {}",
+                        s("session"),
+                        s("unikname"),
+                        s("matomo_login"),
+                        s("signed_in"),
+                        s("last_active")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionsAction::End { unikname, issuer } => {
+            let issuer = issuer.unwrap_or_else(|| default_issuer(app));
+            let ids = app
+                .links
+                .take_sessions(&issuer, &unikname)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ended = app.end_sessions(&ids).await.map_err(|e| e.to_string())?;
+            tracing::info!(target: "unikgate::audit", event = "sessions_end", subject = %unikname, ended, by = "cli");
+            if json {
+                println!("{{\"ended\":{ended}}}");
+            } else {
+                println!("ended {ended} session(s) of {unikname}, and their Matomo sessions");
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

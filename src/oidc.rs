@@ -35,6 +35,9 @@ pub struct Endpoints {
     pub userinfo: Url,
     pub jwks: Option<CoreJsonWebKeySet>,
     pub end_session: Option<Url>,
+    /// What discovery says of back-channel logout (`None`: not said, or no discovery).
+    pub backchannel_logout_supported: Option<bool>,
+    pub backchannel_logout_session_supported: Option<bool>,
     pub from_discovery: bool,
 }
 
@@ -45,7 +48,26 @@ pub struct Identity {
     pub subject: String,
     pub id_token: Option<String>,
     pub email: Option<String>,
+    /// The provider's session id (`sid` of the verified ID token), for back-channel logout.
+    pub sid: Option<String>,
+    /// The verified ID token's `sub`.
+    pub id_sub: Option<String>,
 }
+
+/// What a verified back-channel logout token names (at least one of the two).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutClaims {
+    pub jti: String,
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+}
+
+/// The event a logout token must carry.
+pub const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// How old a logout token's `iat` may be (and so how long its `jti` is remembered).
+pub const LOGOUT_TOKEN_MAX_AGE: Duration = Duration::from_secs(300);
+/// Clock skew allowed for a logout token issued "in the future".
+const LOGOUT_TOKEN_SKEW: i64 = 60;
 
 pub struct Oidc {
     cfg: ProviderConfig,
@@ -69,6 +91,8 @@ struct Discovery {
     userinfo_endpoint: Option<Url>,
     jwks_uri: Option<Url>,
     end_session_endpoint: Option<Url>,
+    backchannel_logout_supported: Option<bool>,
+    backchannel_logout_session_supported: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +194,8 @@ impl Oidc {
             userinfo: p.userinfo_url.clone(),
             jwks: None,
             end_session: p.end_session_url.clone(),
+            backchannel_logout_supported: None,
+            backchannel_logout_session_supported: None,
             from_discovery: false,
         };
         if let Some(issuer) = &p.issuer {
@@ -232,6 +258,8 @@ impl Oidc {
                 .unwrap_or_else(|| p.userinfo_url.clone()),
             jwks,
             end_session: p.end_session_url.clone().or(d.end_session_endpoint),
+            backchannel_logout_supported: d.backchannel_logout_supported,
+            backchannel_logout_session_supported: d.backchannel_logout_session_supported,
             from_discovery: true,
         })
     }
@@ -310,19 +338,27 @@ impl Oidc {
                     self.cfg.userinfo_id
                 ))
             })?;
-        if let Some(sub) = id_sub {
-            if sub != subject {
+        if let Some(sub) = &id_sub {
+            if *sub != subject {
                 tracing::warn!(target: "unikgate::audit", event = "refused", reason = "userinfo identity differs from the ID token subject");
                 return Err(Error::SignInRejected(
                     "the userinfo identity does not match the ID token",
                 ));
             }
         }
+        // Read from the token only once it was verified above.
+        let payload = id_sub
+            .is_some()
+            .then(|| tokens.id_token.as_deref().and_then(jwt_payload))
+            .flatten();
+        let sid = payload.as_ref().and_then(|p| claim(p, "sid"));
         Ok(Identity {
             issuer: self.identity_issuer.clone(),
             subject,
             id_token: tokens.id_token,
             email: claim(&info, "email"),
+            sid,
+            id_sub,
         })
     }
 
@@ -507,6 +543,135 @@ impl Oidc {
         Some(url)
     }
 
+    /// Verifies a back-channel logout token (OpenID Connect Back-Channel Logout 1.0, 2.6): signed
+    /// with the provider's keys in one of the ID token algorithms, `iss` the provider, `aud`
+    /// holding the client id, `iat` recent, `events` holding the back-channel event, `sub` and/or
+    /// `sid`, no `nonce`. The `jti` is returned for the caller to use once. `Err`: why, for the
+    /// audit log and the `error_description`.
+    pub async fn verify_logout_token(&self, raw: &str) -> Result<LogoutClaims, String> {
+        use base64::Engine;
+        use openidconnect::JsonWebKey;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut parts = raw.trim().split('.');
+        let (Some(h), Some(p), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("not a signed JWT (three parts)".into());
+        };
+        let header: serde_json::Value = b64
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or("unreadable JWT header")?;
+        let alg_name = header["alg"].as_str().unwrap_or("");
+        if alg_name.eq_ignore_ascii_case("none")
+            || !self.cfg.id_token_algs.iter().any(|a| a == alg_name)
+        {
+            return Err(format!(
+                "algorithm {alg_name:?} is not one of provider.id_token_algs"
+            ));
+        }
+        if let Some(typ) = header.get("typ").and_then(|t| t.as_str()) {
+            if !["JWT", "logout+jwt", "application/logout+jwt"]
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(typ))
+            {
+                return Err(format!("typ {typ:?} is not a logout token"));
+            }
+        }
+        let algorithm = alg(alg_name).ok_or("unknown algorithm")?;
+        let signature = b64.decode(sig).map_err(|_| "unreadable signature")?;
+        let message = format!("{h}.{p}");
+        let kid = header["kid"].as_str();
+        let mut verified = false;
+        if alg_name.starts_with("HS") {
+            let key = openidconnect::core::CoreJsonWebKey::new_symmetric(
+                self.client_secret.expose_secret().as_bytes().to_vec(),
+            );
+            verified = key
+                .verify_signature(&algorithm, message.as_bytes(), &signature)
+                .is_ok();
+        } else {
+            // Keys may have rotated since they were fetched: once more with fresh ones.
+            for attempt in 0..2 {
+                let ep = self.endpoints().await;
+                let Some(keys) = &ep.jwks else {
+                    return Err("the provider's keys are unknown (no jwks_uri)".into());
+                };
+                verified = keys
+                    .keys()
+                    .iter()
+                    .filter(|k| kid.is_none() || k.key_id().map(|i| i.as_str()) == kid)
+                    .any(|k| {
+                        k.verify_signature(&algorithm, message.as_bytes(), &signature)
+                            .is_ok()
+                    });
+                if verified || attempt == 1 {
+                    break;
+                }
+                self.forget().await;
+            }
+        }
+        if !verified {
+            return Err("signature is not the provider's".into());
+        }
+        let c: serde_json::Value = b64
+            .decode(p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or("unreadable claims")?;
+        let ep = self.endpoints().await;
+        let issuer = ep
+            .issuer
+            .clone()
+            .unwrap_or_else(|| self.identity_issuer.clone());
+        if c["iss"].as_str().map(trim_slash) != Some(trim_slash(&issuer)) {
+            return Err("iss is not the provider".into());
+        }
+        let aud_ok = match &c["aud"] {
+            serde_json::Value::String(a) => *a == self.client_id,
+            serde_json::Value::Array(v) => v.iter().any(|a| a.as_str() == Some(&self.client_id)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err("aud does not name this client".into());
+        }
+        let now = now_ms() / 1000;
+        let iat = c["iat"].as_i64().ok_or("no iat")?;
+        if iat > now + LOGOUT_TOKEN_SKEW {
+            return Err("iat is in the future".into());
+        }
+        if now - iat > LOGOUT_TOKEN_MAX_AGE.as_secs() as i64 {
+            return Err("iat is too old".into());
+        }
+        if let Some(exp) = c.get("exp").and_then(|e| e.as_i64()) {
+            if exp + LOGOUT_TOKEN_SKEW < now {
+                return Err("the token has expired".into());
+            }
+        }
+        if !c["events"]
+            .as_object()
+            .is_some_and(|e| e.get(BACKCHANNEL_EVENT).is_some_and(|v| v.is_object()))
+        {
+            return Err("events does not hold the back-channel logout event".into());
+        }
+        if c.get("nonce").is_some() {
+            return Err("a logout token carries no nonce".into());
+        }
+        let text = |k: &str| {
+            c.get(k)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty() && s.len() <= 1024)
+                .map(str::to_string)
+        };
+        let (sub, sid) = (text("sub"), text("sid"));
+        if sub.is_none() && sid.is_none() {
+            return Err("neither sub nor sid".into());
+        }
+        let jti = text("jti").ok_or("no jti")?;
+        Ok(LogoutClaims { jti, sub, sid })
+    }
+
     /// The provider's authorization origin (for the pages' `form-action`).
     pub fn authorize_origin(cfg: &Config) -> String {
         cfg.provider.authorize_url.origin().ascii_serialization()
@@ -533,6 +698,16 @@ impl Oidc {
             )),
         }
     }
+}
+
+/// The claims of a JWT, unverified: only for a token verified elsewhere.
+fn jwt_payload(raw: &str) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let p = raw.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(p)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn content_type(res: &reqwest::Response) -> String {

@@ -69,6 +69,8 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
             )
         }
         (&Method::GET, "metrics") => return Error::NotFound.into_response(),
+        // Server to server: no session, no cookie, no page, never a redirect.
+        (&Method::POST, "backchannel_logout") => return backchannel_logout(app, body).await,
         _ => {}
     }
     let mut sess = app.sessions.open(&parts.headers);
@@ -114,7 +116,7 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
         (
             _,
             "sign_in" | "start" | "callback" | "link" | "account" | "status" | "unlink"
-            | "sign_out" | "signed_out" | "healthz" | "readyz",
+            | "sign_out" | "signed_out" | "healthz" | "readyz" | "backchannel_logout",
         ) => {
             let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
             r.headers_mut()
@@ -268,6 +270,8 @@ async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Res
         display: id.email.clone(),
         signed_in: now,
         id_token: id.id_token.clone(),
+        sid: id.sid.clone(),
+        id_sub: id.id_sub.clone(),
         link: None,
         matomo: None,
     };
@@ -275,7 +279,7 @@ async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Res
     let link = app.links.get(&id.issuer, &id.subject).await?;
     let Some(link) = link else {
         data.user = Some(user);
-        index_this_session(app, sess, &id.issuer, &id.subject).await?;
+        index_this_session(app, sess).await?;
         return Ok(redirect_local(app, &own_url(app, "link", &pending.rd)));
     };
     if link.superuser && app.cfg.matomo.deny_superusers {
@@ -295,10 +299,11 @@ async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Res
     user.matomo = Some(MatomoSession {
         login: link.matomo_login.clone(),
         cookie_hash: cookie_hash(&v),
+        cookie: Some(v.clone()),
         seen: now,
     });
     data.user = Some(user);
-    index_this_session(app, sess, &id.issuer, &id.subject).await?;
+    index_this_session(app, sess).await?;
     if let Err(e) = app.links.touch(&link.id).await {
         tracing::warn!(error = %e, "could not record the last sign-in time");
     }
@@ -309,14 +314,10 @@ async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Res
 
 /// Saves the session now (it needs its id) and records it under its identity, so that unlinking
 /// the identity anywhere ends it.
-async fn index_this_session(
-    app: &App,
-    sess: &mut Sess,
-    issuer: &str,
-    subject: &str,
-) -> Result<(), Error> {
-    if let Some(id) = sess.save_now().await? {
-        app.links.index_session(issuer, subject, &id).await?;
+async fn index_this_session(app: &App, sess: &mut Sess) -> Result<(), Error> {
+    let user = app.sessions.load(sess).await?.user.clone();
+    if let (Some(id), Some(user)) = (sess.save_now().await?, user) {
+        crate::web::index_session(app, &id, &user).await?;
     }
     Ok(())
 }
@@ -532,6 +533,7 @@ async fn link_post(
     user.matomo = Some(MatomoSession {
         login,
         cookie_hash: cookie_hash(&v),
+        cookie: Some(v.clone()),
         seen: now_ms(),
     });
     let data = app.sessions.load(sess).await?;
@@ -650,7 +652,7 @@ async fn unlink(
         u.matomo = None;
     }
     sess.changed();
-    index_this_session(app, sess, &user.issuer, &user.subject).await?;
+    index_this_session(app, sess).await?;
     let mut res = redirect_local(app, &rd);
     clear_matomo_cookie(app, res.headers_mut());
     Ok(res)
@@ -701,6 +703,80 @@ async fn status(app: &App, sess: &mut Sess, headers: &HeaderMap) -> Result<Respo
             "csrf": csrf,
         }),
     ))
+}
+
+/// `POST <prefix>/backchannel_logout` (OpenID Connect Back-Channel Logout 1.0): the provider says
+/// a session ended. A valid logout token (see `Oidc::verify_logout_token`), used once across
+/// replicas, ends the unikgate sessions it names (by `sid`, else every session of `sub`) and the
+/// Matomo sessions minted for them. 200 with `Cache-Control: no-store`; 400 with the
+/// specification's error JSON for a bad token (nothing ended); 503 when the store is down (the
+/// provider may retry).
+async fn backchannel_logout(app: &App, body: Body) -> Response {
+    let refuse = |why: &str| {
+        tracing::warn!(target: "unikgate::audit", event = "backchannel_logout_refused", reason = %why);
+        json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "invalid_request", "error_description": why }),
+        )
+    };
+    let unavailable = |e: Error| {
+        tracing::error!(target: "unikgate::audit", event = "backchannel_logout_failed", reason = %e);
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": "temporarily_unavailable", "error_description": e.to_string() }),
+        )
+    };
+    let Some(oidc) = &app.oidc else {
+        return refuse("unikgate is not configured yet");
+    };
+    let form = match read_form(body).await {
+        Ok(f) => f,
+        Err(_) => return refuse("the body is too large"),
+    };
+    let Some(token) = form.get("logout_token").filter(|t| !t.is_empty()) else {
+        return refuse("no logout_token");
+    };
+    let claims = match oidc.verify_logout_token(token).await {
+        Ok(c) => c,
+        Err(why) => return refuse(&why),
+    };
+    let window = crate::oidc::LOGOUT_TOKEN_MAX_AGE.as_millis() as i64 + 120_000;
+    match app
+        .links
+        .first_use_of_jti(&oidc.identity_issuer, &claims.jti, now_ms() - window)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return refuse("this logout token was used already (jti)"),
+        Err(e) => return unavailable(e),
+    }
+    let ids = match app
+        .links
+        .take_logout_sessions(
+            &oidc.identity_issuer,
+            claims.sid.as_deref(),
+            claims.sub.as_deref(),
+        )
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => return unavailable(e),
+    };
+    let ended = match app.end_sessions(&ids).await {
+        Ok(n) => n,
+        Err(e) => return unavailable(e),
+    };
+    tracing::info!(
+        target: "unikgate::audit",
+        event = "backchannel_logout",
+        subject = claims.sub.as_deref().unwrap_or(""),
+        by = if claims.sid.is_some() { "sid" } else { "sub" },
+        ended
+    );
+    let mut res = StatusCode::OK.into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response {

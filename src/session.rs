@@ -80,6 +80,12 @@ pub struct UserSession {
     pub signed_in: i64,
     /// For `id_token_hint` at RP-initiated logout.
     pub id_token: Option<String>,
+    /// The provider's session id (`sid` of the ID token), for back-channel logout.
+    #[serde(default)]
+    pub sid: Option<String>,
+    /// The ID token's `sub`, for back-channel logout by subject.
+    #[serde(default)]
+    pub id_sub: Option<String>,
     /// The link this session signed in with. Removing a link ends its sessions (they are deleted
     /// through the identity → sessions index), so a live session implies a live link.
     #[serde(default)]
@@ -99,8 +105,13 @@ pub struct LinkRef {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MatomoSession {
     pub login: String,
-    /// SHA-256 (hex) of the `MATOMO_SESSID` value unikgate minted.
+    /// SHA-256 (hex) of the `MATOMO_SESSID` value unikgate minted (compared on every request).
     pub cookie_hash: String,
+    /// The value itself, so that ending this session elsewhere (back-channel logout, unlink in
+    /// another browser, the CLI) can log that Matomo session out too. The store already holds
+    /// what signs a browser in (this record), so this adds no new secret to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
     /// Last activity forwarded with that cookie (ms), recorded coarsely (never later than real).
     pub seen: i64,
 }
@@ -323,6 +334,38 @@ impl Sessions {
         if let Ok(v) = HeaderValue::from_str(&c) {
             headers.append(SET_COOKIE, v);
         }
+    }
+
+    /// Deletes a session record by id; says whether it was there, and returns the Matomo cookie
+    /// it held (to log that Matomo session out too). A record that is gone already is no error.
+    pub async fn end_id(&self, id: &str) -> Result<(bool, Option<String>), Error> {
+        let Ok(parsed) = id.parse::<Id>() else {
+            return Ok((false, None));
+        };
+        let record = self.store.load(&parsed).await.map_err(|e| {
+            tracing::error!(error = %e, "session store error");
+            Error::StoreUnavailable
+        })?;
+        let existed = record.is_some();
+        let cookie = record
+            .and_then(|r| decode(r.data.get(DATA_KEY).cloned()))
+            .and_then(|d| d.user)
+            .and_then(|u| u.matomo)
+            .and_then(|m| m.cookie);
+        self.delete_id(id).await?;
+        Ok((existed, cookie))
+    }
+
+    /// What `sessions list` shows of a session: its data, if it is still there.
+    pub async fn peek(&self, id: &str) -> Result<Option<SessionData>, Error> {
+        let Ok(parsed) = id.parse::<Id>() else {
+            return Ok(None);
+        };
+        let record = self.store.load(&parsed).await.map_err(|e| {
+            tracing::error!(error = %e, "session store error");
+            Error::StoreUnavailable
+        })?;
+        Ok(record.and_then(|r| decode(r.data.get(DATA_KEY).cloned())))
     }
 
     /// Deletes a session record by id (used when a link is removed elsewhere).

@@ -127,3 +127,22 @@ pub fn link_ref(l: &Link) -> LinkRef {
         superuser: l.superuser,
     }
 }
+
+/// Records the session `id` under its identity and provider session, so that unlinking the
+/// identity, or a back-channel logout naming it, ends it on every replica.
+pub async fn index_session(
+    app: &App,
+    id: &str,
+    user: &crate::session::UserSession,
+) -> Result<(), Error> {
+    app.links
+        .index_session(&crate::links::SessionEntry {
+            issuer: user.issuer.clone(),
+            subject: user.subject.clone(),
+            session_id: id.to_string(),
+            sid: user.sid.clone(),
+            id_sub: user.id_sub.clone(),
+            created_at: crate::now_ms(),
+        })
+        .await
+}

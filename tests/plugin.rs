@@ -387,7 +387,10 @@ fn the_plugins_catalogues_have_the_same_keys() {
             .collect()
     };
     for (k, v) in &en {
-        assert!(!v.trim().is_empty() && !fr[k].trim().is_empty(), "{k} is empty");
+        assert!(
+            !v.trim().is_empty() && !fr[k].trim().is_empty(),
+            "{k} is empty"
+        );
         assert_eq!(names(v), names(&fr[k]), "{k}: placeholders");
     }
     let php = std::fs::read_to_string(dir.join("UnikGate.php")).unwrap();

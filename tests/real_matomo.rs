@@ -1087,6 +1087,131 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
     })
 }
 
+/// Sign-in through the real `oidc-provider` as `bcl-carol`, to Matomo's dashboard.
+async fn sign_in_real(
+    app: &TestApp,
+    provider: &support::provider::NodeProvider,
+    b: &Browser,
+) -> reqwest::Response {
+    let html = b
+        .get(&app.url("/_unikgate/sign_in"))
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    let res = b
+        .post(
+            &app.url("/_unikgate/start"),
+            &[("csrf", &support::csrf_of(&html)), ("rd", DASHBOARD)],
+        )
+        .await;
+    let back = provider
+        .interact(b, &location(&res), "bcl-carol", true)
+        .await;
+    b.get(&location(&back)).await
+}
+
+/// Back-channel logout with the real `oidc-provider` (its feature on, the client registered with
+/// unikgate's back-channel URI) in front of the real Matomo (signed minter): two browsers signed
+/// in as the same @unikname; the provider ends that @unikname's sessions from a third path (an
+/// admin revocation); both unikgate sessions and both Matomo sessions are dead when the provider
+/// has answered (it posts the logout token before it answers).
+fn backchannel_logout_with_the_real_provider(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        use support::provider::NodeProvider;
+        let l = m.gate_listener();
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let addr = l.local_addr().map_err(|e| e.to_string())?;
+        let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+        let base = format!("http://{addr}");
+        let provider = NodeProvider::start_with(
+            &[format!("{base}/_unikgate/callback")],
+            &[format!("{base}/_unikgate/signed_out")],
+            Some(&format!("{base}/_unikgate/backchannel_logout")),
+        )
+        .await;
+        let toml = config(
+            &m.apache,
+            &provider.config_discovery(),
+            &matomo_section(Minter::Signed, ""),
+        );
+        let dir = Arc::new(tempfile::tempdir().map_err(|e| e.to_string())?);
+        let app = TestApp::start_on(&toml, dir, l, addr).await;
+        // doctor reads the provider's discovery.
+        let steps = unikgate::doctor::run(&app.app, None).await;
+        let bcl = steps
+            .iter()
+            .find(|s| s.name == "back-channel logout")
+            .ok_or("doctor has no back-channel step")?;
+        ensure!(
+            bcl.detail.contains("supported by the provider, with sid"),
+            "doctor: {}",
+            bcl.detail
+        );
+        let one = Browser::new();
+        let res = sign_in_real(&app, &provider, &one).await;
+        ensure!(
+            location(&res).contains("/_unikgate/link"),
+            "first sign-in: {}",
+            location(&res)
+        );
+        let res = support::link_password(&one, &app, DASHBOARD, ALICE.0, ALICE.1).await;
+        ensure!(res.status() == 302, "link: {}", res.status());
+        let two = Browser::new();
+        let res = sign_in_real(&app, &provider, &two).await;
+        ensure!(
+            location(&res).ends_with(DASHBOARD),
+            "second browser, already linked: {}",
+            location(&res)
+        );
+        let mut cookies = Vec::new();
+        for b in [&one, &two] {
+            let (_, user, _) = page_user(b, &app.url(DASHBOARD)).await;
+            ensure!(user.as_deref() == Some("alice"), "before: {user:?}");
+            let c = matomo_cookie(b, &app).ok_or("no Matomo cookie")?;
+            ensure!(
+                whoami_direct(&m.apache, &c).await?.as_deref() == Some("alice"),
+                "Matomo knows the session"
+            );
+            cookies.push(c);
+        }
+        ensure!(cookies[0] != cookies[1], "two Matomo sessions");
+        // The third path: the provider ends every session of that @unikname.
+        let res = reqwest::Client::new()
+            .post(format!("{}/test/end_sessions", provider.issuer()))
+            .form(&[("login", "bcl-carol")])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = res.text().await.unwrap_or_default();
+        ensure!(
+            body.contains("\"sent\":true"),
+            "the provider did not send: {body}"
+        );
+        for (b, c) in [&one, &two].into_iter().zip(&cookies) {
+            let res = b.get(&app.url(DASHBOARD)).await;
+            ensure!(
+                res.status() == 302 && location(&res).contains("/_unikgate/sign_in"),
+                "the unikgate session survived: {} {}",
+                res.status(),
+                location(&res)
+            );
+            ensure!(
+                whoami_direct(&m.apache, c).await?.is_none(),
+                "the Matomo session survived the back-channel logout"
+            );
+        }
+        // Signing in again: the provider asks again (its sessions ended), and the link stays.
+        let res = sign_in_real(&app, &provider, &one).await;
+        ensure!(
+            location(&res).ends_with(DASHBOARD),
+            "after the logout, sign-in goes straight to Matomo: {}",
+            location(&res)
+        );
+        Ok(())
+    })
+}
+
 /// The link page's answers to Matomo's proof answers: wrong password, short password, an email
 /// instead of the login, then the right one.
 fn password_proof_answers(m: &RealMatomo) -> Fut<'_> {
@@ -2042,6 +2167,10 @@ fn main() {
             matomos_login_page_offers_the_unikname_sign_in,
         ),
         ("browser_journey_in_chromium", browser_journey_in_chromium),
+        (
+            "backchannel_logout_with_the_real_provider",
+            backchannel_logout_with_the_real_provider,
+        ),
     ];
     if args.list {
         let trials = tests

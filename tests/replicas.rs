@@ -413,3 +413,78 @@ async fn the_journey_on_postgres() {
 async fn the_journey_on_redis_and_postgres() {
     the_journey(Backend::RedisAndPostgres).await;
 }
+
+/// A back-channel logout received by one replica ends the sessions used on the other, at once,
+/// with their Matomo sessions; its `jti` is spent on both.
+async fn backchannel_logout_across_replicas(backend: Backend) {
+    let c = cluster(backend).await;
+    let post = |app: &TestApp, token: String| {
+        let url = app.url("/_unikgate/backchannel_logout");
+        async move {
+            support::unpooled()
+                .post(url)
+                .form(&[("logout_token", token)])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let one = Browser::new();
+    sign_in_across(&c, &one, "uns-alice").await;
+    link_on_b(&c, &one, "alice", "alice-password").await;
+    let two = Browser::new();
+    sign_in_across(&c, &two, "uns-alice").await;
+    let sid_two = c.p.last_sid();
+    for b in [&one, &two] {
+        assert_eq!(
+            b.get(&c.b.url("/index.php?module=CoreHome")).await.status(),
+            200
+        );
+    }
+    assert_eq!(c.m.state.sessions_of("alice"), 2);
+    // By sid, received by A: the session used on B ends.
+    let token =
+        c.p.logout_token(&c.p.logout_claims(Some("uns-alice"), Some(&sid_two)));
+    assert_eq!(post(&c.a, token.clone()).await, 200);
+    for app in [&c.a, &c.b] {
+        let res = two.get(&app.url("/index.php?module=CoreHome")).await;
+        assert_eq!(res.status(), 302, "ended on both replicas");
+    }
+    assert_eq!(c.m.state.sessions_of("alice"), 1);
+    assert_eq!(
+        one.get(&c.b.url("/index.php?module=CoreHome"))
+            .await
+            .status(),
+        200,
+        "the other provider session lives on"
+    );
+    // The same token again, on B: spent.
+    assert_eq!(
+        post(&c.b, token).await,
+        400,
+        "a jti used on A is refused on B"
+    );
+    // By sub, received by B.
+    let token =
+        c.p.logout_token(&c.p.logout_claims(Some("uns-alice"), None));
+    assert_eq!(post(&c.b, token).await, 200);
+    assert_eq!(
+        one.get(&c.a.url("/index.php?module=CoreHome"))
+            .await
+            .status(),
+        302
+    );
+    assert_eq!(c.m.state.sessions_of("alice"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backchannel_logout_across_postgres_replicas() {
+    backchannel_logout_across_replicas(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backchannel_logout_across_redis_and_postgres_replicas() {
+    backchannel_logout_across_replicas(Backend::RedisAndPostgres).await;
+}

@@ -299,6 +299,15 @@ impl Config {
         format!("{}{}/signed_out", self.public_origin(), self.server.prefix)
     }
 
+    /// `<public_url><prefix>/backchannel_logout`: where the provider posts logout tokens.
+    pub fn backchannel_logout_uri(&self) -> String {
+        format!(
+            "{}{}/backchannel_logout",
+            self.public_origin(),
+            self.server.prefix
+        )
+    }
+
     /// `scheme://host[:port]` of the public URL, without a trailing slash.
     pub fn public_origin(&self) -> String {
         self.server.public_url.origin().ascii_serialization()

@@ -45,6 +45,8 @@ pub struct FakeState {
     codes: HashMap<String, Grant>,
     pub authorize_queries: Vec<HashMap<String, String>>,
     pub token_calls: u32,
+    /// The `sid` of the last ID token issued (each sign-in gets its own provider session).
+    pub last_sid: String,
 }
 
 #[derive(Clone)]
@@ -88,7 +90,38 @@ pub fn hs256(claims: &serde_json::Value, secret: &str) -> String {
     format!("{head}.{body}.{sig}")
 }
 
+static CODE_RNG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl FakeProvider {
+    /// The claims of a valid back-channel logout token from this provider (HS256 with the client
+    /// secret, like its ID tokens), naming `sub` and/or `sid`; tests then spoil one thing.
+    pub fn logout_claims(&self, sub: Option<&str>, sid: Option<&str>) -> serde_json::Value {
+        let mut c = serde_json::json!({
+            "iss": self.issuer(),
+            "aud": CLIENT_ID,
+            "iat": now(),
+            "exp": now() + 120,
+            "jti": format!("jti-{}", CODE_RNG.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+            "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+        });
+        if let Some(s) = sub {
+            c["sub"] = s.into();
+        }
+        if let Some(s) = sid {
+            c["sid"] = s.into();
+        }
+        c
+    }
+
+    /// A logout token signed as this provider signs.
+    pub fn logout_token(&self, claims: &serde_json::Value) -> String {
+        hs256(claims, CLIENT_SECRET)
+    }
+
+    pub fn last_sid(&self) -> String {
+        self.state.lock().unwrap().last_sid.clone()
+    }
+
     pub async fn start() -> FakeProvider {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -239,9 +272,14 @@ async fn token(State((st, addr)): State<St>, req: Request) -> Response {
             .into_response();
     }
     let iss = format!("http://{addr}/oidc");
+    let sid = format!(
+        "sid-{}",
+        &CODE_RNG.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    st.lock().unwrap().last_sid = sid.clone();
     let mut claims = serde_json::json!({
         "iss": iss, "aud": CLIENT_ID, "sub": grant.sub, "nonce": grant.nonce,
-        "iat": now(), "exp": now() + 300,
+        "iat": now(), "exp": now() + 300, "sid": sid,
     });
     match fault {
         Fault::WrongAudience => claims["aud"] = "someone-else".into(),
