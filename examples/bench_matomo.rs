@@ -1,0 +1,474 @@
+//! Benchmark in front of the real Matomo 5.1.2 (called by `bench/run`; release build): installs
+//! it with the test harness (`tests/support/real.rs`: MariaDB, Apache + mod_php), puts the
+//! release `unikgate` binary (signed minter) and an nginx reverse proxy in front, and measures
+//! with wrk, interleaved round by round:
+//!   - tracking hits (`matomo.php` with a realistic query string, 16 connections): direct, through
+//!     nginx, through unikgate;
+//!   - as a signed-in linked user, 1 connection: the dashboard page, and one widget API call as
+//!     Matomo's UI sends it (POST `module=API` with the session's `token_auth` and
+//!     `force_api_session=1`): direct with the Matomo session cookie, and through unikgate.
+//!
+//! Prints a Markdown section (min / median / max across rounds) on stdout.
+//! Usage: bench_matomo UNIKGATE_BINARY BENCH_SESSION_BINARY   (env ROUNDS, DURATION)
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::real::{RealMatomo, ALICE, SHARED_SECRET};
+
+const TRACK: &str = "/matomo.php?idsite=1&rec=1&apiv=1&r=482913&h=14&m=2&s=31&_id=5d3f1a2b3c4d5e6f&_idn=0&_refts=0&send_image=0&cookie=1&res=1920x1080&pv_id=Ab12Cd&url=https%3A%2F%2Fwww.example.com%2Fpricing%3Futm_source%3Dnewsletter&urlref=https%3A%2F%2Fwww.example.com%2F&action_name=Pricing%20%E2%80%93%20Example&pf_net=12&pf_srv=85&pf_tfr=4&pf_dm1=210&pf_dm2=35&pf_onl=3";
+const DASHBOARD: &str =
+    "/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday";
+const WIDGET_API: &str =
+    "/index.php?module=API&method=VisitsSummary.get&format=JSON&idSite=1&period=day&date=yesterday";
+
+struct Killed(Vec<Child>);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn ms(v: &str) -> f64 {
+    let v = v.trim();
+    for (unit, f) in [("us", 0.001), ("ms", 1.0), ("s", 1000.0)] {
+        if let Some(n) = v.strip_suffix(unit) {
+            return n.parse::<f64>().unwrap_or(f64::NAN) * f;
+        }
+    }
+    v.parse().unwrap_or(f64::NAN)
+}
+
+/// One wrk run: (req/s, p50 ms, p99 ms, non-2xx).
+fn wrk(
+    url: &str,
+    conns: u32,
+    secs: u32,
+    cookie: Option<&str>,
+    script: Option<&str>,
+) -> (f64, f64, f64, u64) {
+    let mut cmd = Command::new("taskset");
+    cmd.args([
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        &format!("-c{conns}"),
+        &format!("-d{secs}s"),
+        "--latency",
+    ]);
+    if let Some(c) = cookie {
+        cmd.args(["-H", &format!("Cookie: {c}")]);
+    }
+    if let Some(s) = script {
+        cmd.args(["-s", s]);
+    }
+    let out = cmd.arg(url).output().expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |key: &str, idx: usize| -> String {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(idx).map(str::to_string))
+            .unwrap_or_default()
+    };
+    let rps = field("Requests/sec:", 1).parse().unwrap_or(f64::NAN);
+    let errs = text
+        .lines()
+        .find(|l| l.contains("Non-2xx or 3xx"))
+        .and_then(|l| l.split_whitespace().last().and_then(|n| n.parse().ok()))
+        .unwrap_or(0);
+    (rps, ms(&field("50%", 1)), ms(&field("99%", 1)), errs)
+}
+
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let med = if s.is_empty() {
+        f64::NAN
+    } else if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (
+        s.first().copied().unwrap_or(f64::NAN),
+        med,
+        s.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
+fn fmt3(v: &[f64], digits: usize) -> String {
+    let (lo, med, hi) = spread(v);
+    format!("{med:.digits$} ({lo:.digits$}–{hi:.digits$})")
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let unikgate = args
+        .next()
+        .expect("usage: bench_matomo UNIKGATE BENCH_SESSION");
+    let bench_session = args
+        .next()
+        .expect("usage: bench_matomo UNIKGATE BENCH_SESSION");
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let secs: u32 = std::env::var("DURATION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let m = RealMatomo::start()
+        .await
+        .unwrap_or_else(|e| panic!("the real Matomo: {e}"));
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut children = Killed(Vec::new());
+
+    // nginx in front of Apache (keep-alive to the upstream, as bench/run's nginx).
+    let ngx_port = {
+        let l = m.gate_listener();
+        l.local_addr().expect("addr").port()
+    };
+    let apache = m.apache.trim_start_matches("http://").to_string();
+    let nginx_dir = work.path().join("nginx");
+    std::fs::create_dir_all(&nginx_dir).expect("nginx dir");
+    let d = nginx_dir.display();
+    std::fs::write(
+        nginx_dir.join("nginx.conf"),
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  upstream matomo {{ server {apache}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{ngx_port}; location / {{ proxy_pass http://matomo; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $http_host; proxy_set_header X-Forwarded-For $remote_addr; }} }}\n}}\n"
+        ),
+    )
+    .expect("nginx.conf");
+    children.0.push(
+        Command::new("/usr/sbin/nginx")
+            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx"),
+    );
+
+    // unikgate (release binary, signed minter) on a port Matomo trusts.
+    let ug_port = {
+        let l = m.gate_listener();
+        l.local_addr().expect("addr").port()
+    };
+    let cfg = work.path().join("unikgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{ug_port}\"\npublic_url = \"http://127.0.0.1:{ug_port}\"\n[upstream]\nurl = \"{}\"\n[provider]\nissuer = \"none\"\nauthorize_url = \"http://127.0.0.1:9/oidc/authorize\"\ntoken_url = \"http://127.0.0.1:9/oidc/accessToken\"\nuserinfo_url = \"http://127.0.0.1:9/oidc/profile\"\nclient_id = \"bench\"\nclient_secret = \"bench-secret\"\n[store]\nurl = \"sqlite://{}/unikgate.db\"\n[matomo]\nminter = \"signed\"\nshared_secret = \"{SHARED_SECRET}\"\n",
+            m.apache,
+            work.path().display()
+        ),
+    )
+    .expect("config");
+    // A linked session for alice (the seeded Matomo cookie is a placeholder: the first request
+    // through unikgate mints the real one).
+    let out = Command::new(&bench_session)
+        .arg(&cfg)
+        .arg("1")
+        .output()
+        .expect("bench_session");
+    let seeded = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let session = seeded.split(';').next().unwrap_or("").to_string();
+    children.0.push(
+        Command::new(&unikgate)
+            .args(["serve", "-c"])
+            .arg(&cfg)
+            .env("UNIKGATE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("unikgate"),
+    );
+    let ug = format!("http://127.0.0.1:{ug_port}");
+    let ngx = format!("http://127.0.0.1:{ngx_port}");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let mut up = false;
+    for _ in 0..200 {
+        let ready = client.get(format!("{ug}/_unikgate/healthz")).send().await;
+        let nginx = client.get(format!("{ngx}/robots.txt")).send().await;
+        if ready.is_ok() && nginx.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "unikgate or nginx did not come up");
+    // The first request mints alice's Matomo session; its cookie is then sent as a browser would.
+    let res = client
+        .get(format!("{ug}{DASHBOARD}"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .expect("dashboard");
+    assert_eq!(
+        res.status(),
+        200,
+        "the signed-in dashboard through unikgate"
+    );
+    let matomo_cookie = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("MATOMO_SESSID="))
+        .and_then(|v| v.split(';').next())
+        .expect("a minted Matomo cookie")
+        .to_string();
+    let body = res.text().await.unwrap_or_default();
+    assert_eq!(
+        unikgate::matomo::parse_user_login(&body).as_deref(),
+        Some(ALICE.0),
+        "the dashboard is alice's"
+    );
+    let token = body
+        .split("piwik.token_auth = \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the page's session token_auth")
+        .to_string();
+    let through = format!("{session}; MATOMO_SESSID={matomo_cookie}");
+    let direct = format!("MATOMO_SESSID={matomo_cookie}");
+    // Both paths answer as alice before anything is measured.
+    for (base, cookie) in [(&m.apache, &direct), (&ug, &through)] {
+        let res = client
+            .post(format!("{base}{WIDGET_API}"))
+            .header("cookie", cookie.as_str())
+            .form(&[("token_auth", token.as_str()), ("force_api_session", "1")])
+            .send()
+            .await
+            .expect("widget API");
+        let text = res.text().await.unwrap_or_default();
+        assert!(text.contains("nb_visits"), "widget API via {base}: {text}");
+    }
+    let script = work.path().join("widget.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = \"token_auth={token}&force_api_session=1\"\nwrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n"
+        ),
+    )
+    .expect("lua");
+    let script = script.display().to_string();
+    // Tracking hits of many visitors (one fixed `_id` would serialise every hit on one visit row).
+    let track_script = work.path().join("track.lua");
+    std::fs::write(
+        &track_script,
+        format!(
+            "local path = \"{}\"\nrequest = function()\n  local id = string.format(\"%08x%08x\", math.random(0, 0x7fffffff), math.random(0, 0x7fffffff))\n  return wrk.format(nil, (path:gsub(\"_id=[0-9a-f]+\", \"_id=\" .. id)))\nend\n",
+            TRACK
+        ),
+    )
+    .expect("lua");
+    let track_script = track_script.display().to_string();
+    // Warm-up, not measured: Apache's prefork workers spawn, PHP's opcache and Matomo's caches fill.
+    for base in [&m.apache, &ngx, &ug] {
+        wrk(
+            &format!("{base}{TRACK}"),
+            16,
+            secs,
+            None,
+            Some(&track_script),
+        );
+    }
+    for (base, cookie) in [(&m.apache, &direct), (&ug, &through)] {
+        wrk(&format!("{base}{DASHBOARD}"), 1, secs, Some(cookie), None);
+        wrk(
+            &format!("{base}{WIDGET_API}"),
+            1,
+            secs,
+            Some(cookie),
+            Some(&script),
+        );
+    }
+
+    // Paired latencies: direct and through unikgate one after the other, so that Matomo's own
+    // drift (PHP, MariaDB, caches) hits both alike; the median of the differences is the added
+    // time, far steadier than comparing two separately measured medians.
+    let pairs: usize = std::env::var("PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let direct_client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let through_client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let timed = |client: &reqwest::Client, url: String, cookie: String, api: bool| {
+        let client = client.clone();
+        let token = token.clone();
+        async move {
+            let t = std::time::Instant::now();
+            let req = if api {
+                client
+                    .post(url)
+                    .form(&[("token_auth", token.as_str()), ("force_api_session", "1")])
+            } else {
+                client.get(url)
+            };
+            let res = req.header("cookie", cookie).send().await.expect("request");
+            let ok = res.status() == 200;
+            let _ = res.bytes().await;
+            assert!(ok, "a measured request failed");
+            t.elapsed().as_secs_f64() * 1000.0
+        }
+    };
+    // [dashboard, api] → per round: (direct median, through median, median of differences)
+    let mut paired: [Vec<(f64, f64, f64)>; 2] = Default::default();
+    let mut track: [Vec<(f64, f64, f64, u64)>; 3] = Default::default();
+    let mut dash: [Vec<(f64, f64, f64, u64)>; 2] = Default::default();
+    let mut api: [Vec<(f64, f64, f64, u64)>; 2] = Default::default();
+    for r in 1..=rounds {
+        eprintln!("real Matomo round {r}/{rounds}");
+        for (i, base) in [&m.apache, &ngx, &ug].into_iter().enumerate() {
+            track[i].push(wrk(
+                &format!("{base}{TRACK}"),
+                16,
+                secs,
+                None,
+                Some(&track_script),
+            ));
+        }
+        for (i, (base, cookie)) in [(&m.apache, &direct), (&ug, &through)]
+            .into_iter()
+            .enumerate()
+        {
+            dash[i].push(wrk(
+                &format!("{base}{DASHBOARD}"),
+                1,
+                secs,
+                Some(cookie),
+                None,
+            ));
+            api[i].push(wrk(
+                &format!("{base}{WIDGET_API}"),
+                1,
+                secs,
+                Some(cookie),
+                Some(&script),
+            ));
+        }
+        for (k, (path, api)) in [(DASHBOARD, false), (WIDGET_API, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let (mut d, mut t, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+            for p in 0..pairs {
+                // Alternate which goes first.
+                let (a, b) = if p % 2 == 0 {
+                    let a = timed(
+                        &direct_client,
+                        format!("{}{path}", m.apache),
+                        direct.clone(),
+                        api,
+                    )
+                    .await;
+                    let b =
+                        timed(&through_client, format!("{ug}{path}"), through.clone(), api).await;
+                    (a, b)
+                } else {
+                    let b =
+                        timed(&through_client, format!("{ug}{path}"), through.clone(), api).await;
+                    let a = timed(
+                        &direct_client,
+                        format!("{}{path}", m.apache),
+                        direct.clone(),
+                        api,
+                    )
+                    .await;
+                    (a, b)
+                };
+                d.push(a);
+                t.push(b);
+                diff.push(b - a);
+            }
+            paired[k].push((spread(&d).1, spread(&t).1, spread(&diff).1));
+        }
+    }
+    let col = |v: &[(f64, f64, f64, u64)], f: fn(&(f64, f64, f64, u64)) -> f64| -> Vec<f64> {
+        v.iter().map(f).collect()
+    };
+    let errs = |v: &[(f64, f64, f64, u64)]| v.iter().map(|x| x.3).sum::<u64>();
+    println!(
+        "## In front of the real Matomo {}",
+        support::real::MATOMO_VERSION
+    );
+    println!();
+    println!("Matomo 5.1.2 installed by the test harness (MariaDB, Apache 2.4 + mod_php, loopback), the release `unikgate` (signed minter) and nginx (1 worker, keep-alive to Apache) in front; wrk on CPU 1, the servers unpinned. Tracking hits carry a random visitor id each (as real traffic, and so that they do not queue on one visit row). One unmeasured warm-up pass, then {rounds} rounds of {secs} s, interleaved; each figure is the median (min–max) across rounds.");
+    println!();
+    println!("| tracking hits (`matomo.php`, 16 conns) | req/s | p50 ms | p99 ms | req/s ÷ direct | non-2xx |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let base = spread(&col(&track[0], |x| x.0)).1;
+    for (i, name) in ["direct to Apache", "through nginx", "through unikgate"]
+        .iter()
+        .enumerate()
+    {
+        let rps = col(&track[i], |x| x.0);
+        println!(
+            "| {name} | {} | {} | {} | {:.3} | {} |",
+            fmt3(&rps, 0),
+            fmt3(&col(&track[i], |x| x.1), 2),
+            fmt3(&col(&track[i], |x| x.2), 2),
+            spread(&rps).1 / base,
+            errs(&track[i])
+        );
+    }
+    println!();
+    println!("| signed in as alice, 1 conn | p50 ms | p99 ms | req/s | added p50 ms | non-2xx |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (what, rows) in [
+        ("dashboard page", &dash),
+        ("widget API call (POST module=API)", &api),
+    ] {
+        let base = spread(&col(&rows[0], |x| x.1)).1;
+        for (i, how) in ["direct, Matomo cookie", "through unikgate"]
+            .iter()
+            .enumerate()
+        {
+            let p50 = col(&rows[i], |x| x.1);
+            println!(
+                "| {what}, {how} | {} | {} | {} | {:+.2} | {} |",
+                fmt3(&p50, 2),
+                fmt3(&col(&rows[i], |x| x.2), 2),
+                fmt3(&col(&rows[i], |x| x.0), 1),
+                spread(&p50).1 - base,
+                errs(&rows[i])
+            );
+        }
+    }
+    println!();
+    println!("Paired, {pairs} pairs per round (direct and through unikgate one after the other, alternating which goes first; keep-alive clients):");
+    println!();
+    println!("| signed in as alice | direct p50 ms | through unikgate p50 ms | added ms (median of the pairs' differences) |");
+    println!("|---|---:|---:|---:|");
+    for (k, what) in ["dashboard page", "widget API call"].iter().enumerate() {
+        let col = |f: fn(&(f64, f64, f64)) -> f64| paired[k].iter().map(f).collect::<Vec<_>>();
+        println!(
+            "| {what} | {} | {} | {} |",
+            fmt3(&col(|x| x.0), 2),
+            fmt3(&col(|x| x.1), 2),
+            fmt3(&col(|x| x.2), 2)
+        );
+    }
+    println!();
+    drop(children);
+    for leftover in m.stop() {
+        eprintln!("left running: {leftover}");
+    }
+}
