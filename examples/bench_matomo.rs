@@ -12,7 +12,7 @@
 //! Usage: bench_matomo UNIKGATE_BINARY BENCH_SESSION_BINARY   (env ROUNDS, DURATION)
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::process::{Child, Command, Stdio};
