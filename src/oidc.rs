@@ -78,6 +78,9 @@ pub struct Oidc {
     pub identity_issuer: String,
     http: reqwest::Client,
     cache: Mutex<Option<(Arc<Endpoints>, Instant)>>,
+    /// When an unknown `kid` in a logout token last made unikgate fetch the keys again: at most
+    /// once a minute, so that unauthenticated posts cannot make it hammer the provider.
+    logout_refetch: Mutex<Option<Instant>>,
 }
 
 const CACHE_OK: Duration = Duration::from_secs(600);
@@ -156,6 +159,7 @@ impl Oidc {
             identity_issuer,
             http,
             cache: Mutex::new(None),
+            logout_refetch: Mutex::new(None),
         }))
     }
 
@@ -592,23 +596,32 @@ impl Oidc {
                 .verify_signature(&algorithm, message.as_bytes(), &signature)
                 .is_ok();
         } else {
-            // Keys may have rotated since they were fetched: once more with fresh ones.
+            // Keys may have rotated since they were fetched: a `kid` the cached set does not hold
+            // fetches them again, at most once a minute (anybody can post to this endpoint; a known
+            // `kid` with a wrong signature never causes a fetch).
             for attempt in 0..2 {
                 let ep = self.endpoints().await;
                 let Some(keys) = &ep.jwks else {
                     return Err("the provider's keys are unknown (no jwks_uri)".into());
                 };
-                verified = keys
+                let candidates: Vec<_> = keys
                     .keys()
                     .iter()
                     .filter(|k| kid.is_none() || k.key_id().map(|i| i.as_str()) == kid)
-                    .any(|k| {
-                        k.verify_signature(&algorithm, message.as_bytes(), &signature)
-                            .is_ok()
-                    });
-                if verified || attempt == 1 {
+                    .collect();
+                verified = candidates.iter().any(|k| {
+                    k.verify_signature(&algorithm, message.as_bytes(), &signature)
+                        .is_ok()
+                });
+                if verified || attempt == 1 || !candidates.is_empty() {
                     break;
                 }
+                let mut last = self.logout_refetch.lock().await;
+                if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                    break;
+                }
+                *last = Some(Instant::now());
+                drop(last);
                 self.forget().await;
             }
         }

@@ -279,3 +279,34 @@ async fn sessions_cli_lists_and_ends_sessions() {
     let (_, out, _) = run(&["list", "--unikname", "uns-alice", "--json"]);
     assert_eq!(out.trim(), "[]");
 }
+
+/// Anybody can post to the endpoint: a token naming a key the provider never had fetches the
+/// provider's keys again at most once a minute, however many such tokens arrive.
+#[tokio::test]
+async fn unknown_keys_cannot_make_unikgate_hammer_the_provider() {
+    let m = StandIn::start().await;
+    let p = FakeProvider::start().await;
+    let provider = p.config().replace("/jwks-unused", "/jwks").replace(
+        r#"id_token_algs = ["HS256"]"#,
+        r#"id_token_algs = ["HS256", "RS256"]"#,
+    );
+    let app = TestApp::start(&config(&m.url(), &provider, "")).await;
+    use base64::Engine;
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let body = e.encode(
+        p.logout_claims(Some("uns-alice"), None)
+            .to_string()
+            .as_bytes(),
+    );
+    for i in 0..6 {
+        let head = e.encode(format!(r#"{{"alg":"RS256","kid":"rotated-{i}"}}"#).as_bytes());
+        let token = format!("{head}.{body}.{}", e.encode([7u8; 256]));
+        let (status, _, _, text) = post_token(&app, &token).await;
+        assert_eq!(status, 400, "{text}");
+    }
+    let calls = p.state.lock().unwrap().jwks_calls;
+    assert!(
+        (1..=2).contains(&calls),
+        "the keys were fetched {calls} times for 6 tokens (once at start, once more at most)"
+    );
+}

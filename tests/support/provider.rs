@@ -47,6 +47,8 @@ pub struct FakeState {
     pub token_calls: u32,
     /// The `sid` of the last ID token issued (each sign-in gets its own provider session).
     pub last_sid: String,
+    /// How often `/oidc/jwks` (an empty key set) was fetched.
+    pub jwks_calls: u32,
 }
 
 #[derive(Clone)]
@@ -133,6 +135,7 @@ impl FakeProvider {
             .route("/oidc/authorize", get(authorize))
             .route("/oidc/accessToken", post(token))
             .route("/oidc/profile", get(userinfo))
+            .route("/oidc/jwks", get(jwks))
             .with_state((state.clone(), addr));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -303,6 +306,11 @@ async fn token(State((st, addr)): State<St>, req: Request) -> Response {
         "access_token": access, "token_type": "bearer", "expires_in": 300, "id_token": id_token
     }))
     .into_response()
+}
+
+async fn jwks(State((st, _)): State<St>) -> Response {
+    st.lock().unwrap().jwks_calls += 1;
+    axum::Json(serde_json::json!({ "keys": [] })).into_response()
 }
 
 async fn userinfo(State((st, _)): State<St>, h: HeaderMap) -> Response {
