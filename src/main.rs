@@ -59,36 +59,35 @@ enum Command {
     },
     /// Manage the links between @uniknames and Matomo accounts.
     Links {
-        #[arg(
-            short,
-            long,
-            env = "UNIKGATE_CONFIG",
-            default_value = "config/unikgate.toml",
-            global = true
-        )]
-        config: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long, global = true)]
-        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
         #[command(subcommand)]
         action: LinksAction,
     },
     /// See and end people's sessions (as a back-channel logout from the provider would).
     Sessions {
-        #[arg(
-            short,
-            long,
-            env = "UNIKGATE_CONFIG",
-            default_value = "config/unikgate.toml",
-            global = true
-        )]
-        config: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long, global = true)]
-        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
         #[command(subcommand)]
         action: SessionsAction,
     },
+}
+
+/// What `links` and `sessions` share.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The TOML configuration file.
+    #[arg(
+        short,
+        long,
+        env = "UNIKGATE_CONFIG",
+        default_value = "config/unikgate.toml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -258,8 +257,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             })
         }
         Command::Links {
-            config,
-            json,
+            admin: AdminArgs { config, json },
             action,
         } => {
             let cfg = match load(&config) {
@@ -271,8 +269,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             links_cmd(&app, json, action, &default_issuer).await
         }
         Command::Sessions {
-            config,
-            json,
+            admin: AdminArgs { config, json },
             action,
         } => {
             let cfg = match load(&config) {

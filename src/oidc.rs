@@ -562,11 +562,7 @@ impl Oidc {
         else {
             return Err("not a signed JWT (three parts)".into());
         };
-        let header: serde_json::Value = b64
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or("unreadable JWT header")?;
+        let header = b64_json(h).ok_or("unreadable JWT header")?;
         let alg_name = header["alg"].as_str().unwrap_or("");
         if alg_name.eq_ignore_ascii_case("none")
             || !self.cfg.id_token_algs.iter().any(|a| a == alg_name)
@@ -628,11 +624,7 @@ impl Oidc {
         if !verified {
             return Err("signature is not the provider's".into());
         }
-        let c: serde_json::Value = b64
-            .decode(p)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or("unreadable claims")?;
+        let c = b64_json(p).ok_or("unreadable claims")?;
         let ep = self.endpoints().await;
         let issuer = ep
             .issuer
@@ -715,10 +707,14 @@ impl Oidc {
 
 /// The claims of a JWT, unverified: only for a token verified elsewhere.
 fn jwt_payload(raw: &str) -> Option<serde_json::Value> {
+    b64_json(raw.split('.').nth(1)?)
+}
+
+/// One part of a compact JWS: base64url (no padding) of a JSON value.
+fn b64_json(part: &str) -> Option<serde_json::Value> {
     use base64::Engine;
-    let p = raw.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(p)
+        .decode(part)
         .ok()?;
     serde_json::from_slice(&bytes).ok()
 }

@@ -636,13 +636,11 @@ async fn unlink(
         Some(_) => rd_of(app, f),
         None => account,
     };
+    // Ends every session of the identity, this one included, with the Matomo sessions they hold.
     let removed = app.unlink(&user.issuer, &user.subject).await?;
     tracing::info!(target: "unikgate::audit", event = "unlink", subject = %user.subject, client_ip = %ctx.client_ip, removed);
-    if let Some(c) = matomo::request_cookie(headers, MATOMO_COOKIE) {
-        if let Err(e) = matomo::logout(&app.upstream, &c, ctx.client_ip).await {
-            tracing::warn!(error = %e, "could not log the Matomo session out");
-        }
-    }
+    let ended = user.matomo.as_ref().and_then(|m| m.cookie.as_deref());
+    logout_request_matomo(app, ctx, headers, ended).await;
     // The old id was deleted with the identity's sessions: a new one, for what remains.
     sess.cycle().await?;
     let data = app.sessions.load(sess).await?;
@@ -805,12 +803,21 @@ async fn end_everything(
     sess: &mut Sess,
     headers: &HeaderMap,
 ) -> Result<(), Error> {
+    logout_request_matomo(app, ctx, headers, None).await;
+    sess.end().await
+}
+
+/// Logs the Matomo session of the request's cookie out of Matomo, unless it is `ended` (logged
+/// out already). A failure is logged: unikgate's side ends either way.
+async fn logout_request_matomo(app: &App, ctx: &Ctx, headers: &HeaderMap, ended: Option<&str>) {
     if let Some(c) = matomo::request_cookie(headers, MATOMO_COOKIE) {
+        if ended == Some(c.as_str()) {
+            return;
+        }
         if let Err(e) = matomo::logout(&app.upstream, &c, ctx.client_ip).await {
             tracing::warn!(error = %e, "could not log the Matomo session out");
         }
     }
-    sess.end().await
 }
 
 async fn sign_out(

@@ -336,16 +336,21 @@ impl Sessions {
         }
     }
 
+    /// The stored record of a session id (none for an id that cannot be one).
+    async fn record(&self, id: &str) -> Result<Option<Record>, Error> {
+        let Ok(parsed) = id.parse::<Id>() else {
+            return Ok(None);
+        };
+        self.store.load(&parsed).await.map_err(|e| {
+            tracing::error!(error = %e, "session store error");
+            Error::StoreUnavailable
+        })
+    }
+
     /// Deletes a session record by id; says whether it was there, and returns the Matomo cookie
     /// it held (to log that Matomo session out too). A record that is gone already is no error.
     pub async fn end_id(&self, id: &str) -> Result<(bool, Option<String>), Error> {
-        let Ok(parsed) = id.parse::<Id>() else {
-            return Ok((false, None));
-        };
-        let record = self.store.load(&parsed).await.map_err(|e| {
-            tracing::error!(error = %e, "session store error");
-            Error::StoreUnavailable
-        })?;
+        let record = self.record(id).await?;
         let existed = record.is_some();
         let cookie = record
             .and_then(|r| decode(r.data.get(DATA_KEY).cloned()))
@@ -358,14 +363,10 @@ impl Sessions {
 
     /// What `sessions list` shows of a session: its data, if it is still there.
     pub async fn peek(&self, id: &str) -> Result<Option<SessionData>, Error> {
-        let Ok(parsed) = id.parse::<Id>() else {
-            return Ok(None);
-        };
-        let record = self.store.load(&parsed).await.map_err(|e| {
-            tracing::error!(error = %e, "session store error");
-            Error::StoreUnavailable
-        })?;
-        Ok(record.and_then(|r| decode(r.data.get(DATA_KEY).cloned())))
+        Ok(self
+            .record(id)
+            .await?
+            .and_then(|r| decode(r.data.get(DATA_KEY).cloned())))
     }
 
     /// Deletes a session record by id (used when a link is removed elsewhere).

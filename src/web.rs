@@ -94,26 +94,26 @@ pub fn set_matomo_cookie_header(headers: &mut HeaderMap, value: &str) {
 
 /// `Set-Cookie: MATOMO_SESSID=…` with the attributes Matomo itself uses, for the public origin.
 pub fn append_matomo_cookie(app: &App, headers: &mut HeaderMap, value: &str) {
-    let secure = if app.cfg.public_is_https() {
-        "; Secure"
-    } else {
-        ""
-    };
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{MATOMO_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax{secure}"
-    )) {
-        headers.append(header::SET_COOKIE, v);
-    }
+    matomo_set_cookie(app, headers, value, "");
 }
 
 pub fn clear_matomo_cookie(app: &App, headers: &mut HeaderMap) {
+    matomo_set_cookie(
+        app,
+        headers,
+        "",
+        "; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+    );
+}
+
+fn matomo_set_cookie(app: &App, headers: &mut HeaderMap, value: &str, expiry: &str) {
     let secure = if app.cfg.public_is_https() {
         "; Secure"
     } else {
         ""
     };
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{MATOMO_COOKIE}=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax{secure}"
+        "{MATOMO_COOKIE}={value}; Path=/{expiry}; HttpOnly; SameSite=Lax{secure}"
     )) {
         headers.append(header::SET_COOKIE, v);
     }
