@@ -41,6 +41,11 @@ async fn main() {
             l
         }
     };
+    let id_token = format!(
+        "eyJhbGciOiJSUzI1NiIsImtpZCI6ImJlbmNoIn0.{}.{}",
+        "A".repeat(480),
+        "B".repeat(342)
+    );
     let mut first = None;
     for _ in 0..n {
         let mut s = app.sessions.open(&HeaderMap::new());
@@ -48,11 +53,13 @@ async fn main() {
         data.user = Some(UserSession {
             issuer: issuer.clone(),
             subject: "uns-bench".into(),
-            display: None,
+            // As a real sign-in leaves them: the ID token kept for logout (about 900 bytes,
+            // the size of Unikname Connect's), the provider session id and subject.
+            display: Some("alice@example.com".into()),
             signed_in: now_ms(),
-            id_token: None,
-            sid: None,
-            id_sub: None,
+            id_token: Some(id_token.clone()),
+            sid: Some("3c5d7e9f-0a1b-4c2d-8e3f-405162738495".into()),
+            id_sub: Some("uns-bench".into()),
             link: Some(unikgate::web::link_ref(&link)),
             matomo: Some(MatomoSession {
                 login: "alice".into(),

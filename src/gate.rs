@@ -47,8 +47,19 @@ struct RequestIds {
 
 impl RequestIds {
     fn next(&self) -> Option<HeaderValue> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix)).ok()
+        // `prefix-<n in hex>` written by hand (no formatting machinery per request).
+        let mut buf = [0u8; 8 + 1 + 16];
+        let p = self.prefix.as_bytes();
+        let plen = p.len().min(8);
+        buf[..plen].copy_from_slice(&p[..plen]);
+        buf[plen] = b'-';
+        let digits = (16 - (n.leading_zeros() / 4) as usize).max(1);
+        for i in 0..digits {
+            buf[plen + digits - i] = HEX[((n >> (4 * i)) & 15) as usize];
+        }
+        HeaderValue::from_bytes(&buf[..plen + 1 + digits]).ok()
     }
 }
 
@@ -186,9 +197,15 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, req: Request) -> Outcome {
         .classifier
         .classify(&path, query.as_deref(), body_params.as_ref());
     match class {
-        Class::Own(ep) => Ok(("own", crate::routes::own(app, ctx, &ep, req).await)),
+        // unikgate's own endpoints (sign-in, link, …) are boxed: their futures are large (HTTP
+        // calls to the provider and Matomo) and would otherwise make every proxied request's
+        // future that large, copied at each await level.
+        Class::Own(ep) => Ok((
+            "own",
+            Box::pin(crate::routes::own(app, ctx, &ep, req)).await,
+        )),
         Class::UnsVerification => match &app.cfg.matomo.uns_verification_file {
-            Some(f) => match tokio::fs::read(f).await {
+            Some(f) => match Box::pin(tokio::fs::read(f)).await {
                 Ok(b) => Ok((
                     "public",
                     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], b).into_response(),
@@ -212,7 +229,10 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, req: Request) -> Outcome {
             Err(("forbidden", Error::Forbidden(why)))
         }
         Class::BadRequest(why) => Err(("invalid", Error::BadRequest(why.into()))),
-        Class::Logout => Ok(("own", crate::routes::own(app, ctx, "sign_out", req).await)),
+        Class::Logout => Ok((
+            "own",
+            Box::pin(crate::routes::own(app, ctx, "sign_out", req)).await,
+        )),
         Class::Ui { login_module } => Ok(("ui", ui(app, ctx, req, login_module).await)),
     }
 }
@@ -222,32 +242,37 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, req: Request) -> Outcome {
 async fn forward_public(app: &Arc<App>, ctx: &Ctx, req: Request) -> Result<Response, Error> {
     if app.sessions.has_cookie(req.headers()) {
         if let Some(browser) = matomo::request_cookie(req.headers(), MATOMO_COOKIE) {
-            // Activity bookkeeping must never block public traffic: errors are logged only.
-            let mut sess = app.sessions.open(req.headers());
-            if let Ok(data) = app.sessions.load(&mut sess).await {
-                let mut changed = false;
-                if let Some(m) = data.user.as_mut().and_then(|u| u.matomo.as_mut()) {
-                    if m.cookie_hash == cookie_hash(&browser)
-                        && now_ms() - m.seen >= app.sessions.touch_every().as_millis() as i64
-                    {
-                        m.seen = now_ms();
-                        changed = true;
-                    }
-                }
-                if changed {
-                    sess.changed();
-                    let mut ignored = HeaderMap::new();
-                    if let Err(e) = app.sessions.finish(sess, &mut ignored).await {
-                        tracing::warn!(error = %e, "could not record Matomo activity");
-                    }
-                }
-            }
+            Box::pin(record_public_activity(app, req.headers(), &browser)).await;
         }
     }
     let (mut parts, body) = req.into_parts();
     app.upstream
         .sanitize_request(&mut parts.headers, ctx.client_ip);
     app.upstream.send(Request::from_parts(parts, body)).await
+}
+
+/// Public traffic with the Matomo cookie unikgate minted counts as activity of that Matomo
+/// session. Activity bookkeeping must never block public traffic: errors are logged only.
+async fn record_public_activity(app: &Arc<App>, headers: &HeaderMap, browser: &str) {
+    let mut sess = app.sessions.open(headers);
+    if let Ok(data) = app.sessions.load(&mut sess).await {
+        let mut changed = false;
+        if let Some(m) = data.user.as_mut().and_then(|u| u.matomo.as_mut()) {
+            if m.cookie_hash == cookie_hash(browser)
+                && now_ms() - m.seen >= app.sessions.touch_every().as_millis() as i64
+            {
+                m.seen = now_ms();
+                changed = true;
+            }
+        }
+        if changed {
+            sess.changed();
+            let mut ignored = HeaderMap::new();
+            if let Err(e) = app.sessions.finish(sess, &mut ignored).await {
+                tracing::warn!(error = %e, "could not record Matomo activity");
+            }
+        }
+    }
 }
 
 /// The Matomo UI: signed in and linked → ensure the Matomo session, then forward.
@@ -313,20 +338,13 @@ async fn signed_in_ui(
     let link = match &user.link {
         Some(l) => l.clone(),
         // Not linked when this session began: linked since (another browser, the CLI)?
-        None => match app.links.get(&user.issuer, &user.subject).await? {
+        None => match Box::pin(linked_since(app, sess, user)).await? {
             None => return Ok(redirect_local(app, &own_url(app, "link", &rd()))),
-            Some(l) => {
-                if let Some(id) = sess.id() {
-                    crate::web::index_session(app, &id, user).await?;
-                }
-                let r = crate::web::link_ref(&l);
-                user.link = Some(r.clone());
-                r
-            }
+            Some(r) => r,
         },
     };
     if link.superuser && app.cfg.matomo.deny_superusers {
-        sess.end().await?;
+        Box::pin(sess.end()).await?;
         return Err(Error::SuperuserDenied);
     }
     let now = now_ms();
@@ -344,7 +362,8 @@ async fn signed_in_ui(
     let cookie = if fresh {
         browser.unwrap_or_default()
     } else {
-        let v = mint(app, ctx, &link.matomo_login, &user.subject, "ui").await?;
+        // Boxed (as every cold path here): minting's future is large, the hot path's is not.
+        let v = Box::pin(mint(app, ctx, &link.matomo_login, &user.subject, "ui")).await?;
         minted = Some(v.clone());
         v
     };
@@ -370,31 +389,14 @@ async fn signed_in_ui(
         .then(|| (parts.uri.clone(), parts.headers.clone()));
     let mut res = app.upstream.send(Request::from_parts(parts, body)).await?;
     // Matomo answered as to an anonymous visitor: mint once more and retry once.
-    if let (StatusCode::FORBIDDEN, Some((orig_uri, mut headers))) = (res.status(), retry) {
-        let (rparts, rbody) = res.into_parts();
-        let bytes = Limited::new(rbody, MAX_403_BODY)
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_else(|_| Bytes::new());
-        if matomo::is_anonymous_page(rparts.status, &bytes) {
-            tracing::info!(subject = %user.subject, "Matomo answered as anonymous; minting again");
-            let v = mint(app, ctx, &link.matomo_login, &user.subject, "retry").await?;
-            set_matomo_cookie_header(&mut headers, &v);
-            user.matomo = Some(MatomoSession {
-                login: link.matomo_login.clone(),
-                cookie_hash: cookie_hash(&v),
-                cookie: Some(v.clone()),
-                seen: now_ms(),
-            });
-            minted = Some(v);
-            let mut retry = Request::new(Body::empty());
-            *retry.method_mut() = method.clone();
-            *retry.uri_mut() = orig_uri;
-            *retry.headers_mut() = headers;
-            res = app.upstream.send(retry).await?;
-        } else {
-            res = Response::from_parts(rparts, Body::from(bytes));
+    if let (StatusCode::FORBIDDEN, Some((orig_uri, headers))) = (res.status(), retry) {
+        let retried = Box::pin(retry_as_anonymous(
+            app, ctx, user, &link, res, method, orig_uri, headers,
+        ))
+        .await?;
+        res = retried.0;
+        if retried.1.is_some() {
+            minted = retried.1;
         }
     }
     if let Some(v) = &minted {
@@ -411,10 +413,88 @@ async fn signed_in_ui(
     Ok(res)
 }
 
+/// Not linked when this session began: linked since (another browser, the CLI)? Then the session
+/// is indexed under its identity and carries the link from now on.
+async fn linked_since(
+    app: &Arc<App>,
+    sess: &Sess,
+    user: &mut crate::session::UserSession,
+) -> Result<Option<crate::session::LinkRef>, Error> {
+    let Some(l) = app.links.get(&user.issuer, &user.subject).await? else {
+        return Ok(None);
+    };
+    if let Some(id) = sess.id() {
+        crate::web::index_session(app, &id, user).await?;
+    }
+    let r = crate::web::link_ref(&l);
+    user.link = Some(r.clone());
+    Ok(Some(r))
+}
+
+/// Matomo answered 403 to a request sent with the Matomo cookie: if the answer is its sign-in
+/// page (the Matomo session is gone), mints a new session and sends the request once more.
+/// Returns the answer to give and the value minted, if any.
+#[allow(clippy::too_many_arguments)]
+async fn retry_as_anonymous(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    user: &mut crate::session::UserSession,
+    link: &crate::session::LinkRef,
+    res: Response,
+    method: Method,
+    orig_uri: http::Uri,
+    mut headers: HeaderMap,
+) -> Result<(Response, Option<String>), Error> {
+    let (rparts, rbody) = res.into_parts();
+    let bytes = Limited::new(rbody, MAX_403_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_else(|_| Bytes::new());
+    if !matomo::is_anonymous_page(rparts.status, &bytes) {
+        return Ok((Response::from_parts(rparts, Body::from(bytes)), None));
+    }
+    tracing::info!(subject = %user.subject, "Matomo answered as anonymous; minting again");
+    let v = mint(app, ctx, &link.matomo_login, &user.subject, "retry").await?;
+    set_matomo_cookie_header(&mut headers, &v);
+    user.matomo = Some(MatomoSession {
+        login: link.matomo_login.clone(),
+        cookie_hash: cookie_hash(&v),
+        cookie: Some(v.clone()),
+        seen: now_ms(),
+    });
+    let mut retry = Request::new(Body::empty());
+    *retry.method_mut() = method;
+    *retry.uri_mut() = orig_uri;
+    *retry.headers_mut() = headers;
+    let res = app.upstream.send(retry).await?;
+    Ok((res, Some(v)))
+}
+
 /// Forwards without touching sessions (password-login browsers).
 async fn forward_plain(app: &Arc<App>, ctx: &Ctx, req: Request) -> Result<Response, Error> {
     let (mut parts, body) = req.into_parts();
     app.upstream
         .sanitize_request(&mut parts.headers, ctx.client_ip);
     app.upstream.send(Request::from_parts(parts, body)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_prefix_and_the_counter_in_hex() {
+        let ids = RequestIds {
+            prefix: "a1b2c3d4".into(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        };
+        for want in ["a1b2c3d4-0", "a1b2c3d4-1", "a1b2c3d4-2"] {
+            assert_eq!(ids.next().unwrap(), want);
+        }
+        for n in [15u64, 16, 255, 0xdead_beef, u64::MAX] {
+            ids.next.store(n, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(ids.next().unwrap(), format!("a1b2c3d4-{n:x}").as_str());
+        }
+    }
 }

@@ -96,6 +96,45 @@ fn is_forwarding(name: &str) -> bool {
     php_starts_with(name, "x-forwarded-") || FORWARDING.iter().any(|f| php_eq(name, f))
 }
 
+/// The header names a `Connection` header declares hop-by-hop (`HeaderName` lower-cases them).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// An address as a header value; IPv4 written by hand (every proxied request sets one, and the
+/// formatting machinery costs more than the rest of the header policy).
+fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).ok();
+    };
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    HeaderValue::from_bytes(&buf[..n]).ok()
+}
+
 /// Where Matomo is, and what the public sees.
 #[derive(Clone)]
 pub struct Upstream {
@@ -187,20 +226,9 @@ impl Upstream {
         client_ip: IpAddr,
         matomo_cookie: Option<&str>,
     ) {
-        let mut drop: Vec<HeaderName> = Vec::new();
-        for v in headers.get_all(header::CONNECTION) {
-            if let Ok(s) = v.to_str() {
-                for name in s.split(',') {
-                    let name = name.trim().to_ascii_lowercase();
-                    if END_TO_END.contains(&name.as_str()) {
-                        continue;
-                    }
-                    if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                        drop.push(n);
-                    }
-                }
-            }
-        }
+        let mut drop: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|n| !END_TO_END.contains(&n.as_str()))
+            .collect();
         for name in headers.keys() {
             let s = name.as_str();
             if HOP_BY_HOP.contains(&s) || is_matomo_header(s) || is_forwarding(s) {
@@ -212,8 +240,8 @@ impl Upstream {
         }
         self.rewrite_cookies(headers, matomo_cookie);
         headers.insert(header::HOST, self.public_host.clone());
-        if let Ok(v) = HeaderValue::from_str(&client_ip.to_string()) {
-            headers.insert("x-forwarded-for", v);
+        if let Some(v) = ip_header_value(client_ip) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
         }
         headers.insert("x-forwarded-proto", self.public_proto.clone());
         // No X-Forwarded-Host: Host already is the public host, and Matomo's installer, seeing
@@ -303,28 +331,16 @@ impl Upstream {
     /// name the internal Matomo address are moved to the public origin, and Matomo may not set
     /// unikgate's own cookie.
     pub fn fix_response_headers(&self, headers: &mut HeaderMap) {
-        if headers.contains_key(header::CONNECTION) {
-            let mut named: Vec<HeaderName> = Vec::new();
-            for v in headers.get_all(header::CONNECTION) {
-                if let Ok(s) = v.to_str() {
-                    for name in s.split(',') {
-                        if let Ok(n) =
-                            HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
-                        {
-                            named.push(n);
-                        }
-                    }
-                }
-            }
-            for n in named {
-                headers.remove(&n);
-            }
-        }
-        // One pass over the (few) response headers instead of a lookup per hop-by-hop name.
-        if headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
-            for h in HOP_BY_HOP {
-                headers.remove(*h);
-            }
+        // One pass over the (few) response headers; only the names present are removed.
+        let mut drop: Vec<HeaderName> = connection_tokens(headers).collect();
+        drop.extend(
+            headers
+                .keys()
+                .filter(|n| HOP_BY_HOP.contains(&n.as_str()))
+                .cloned(),
+        );
+        for n in drop {
+            headers.remove(&n);
         }
         if let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
             if let Some(rest) = loc.strip_prefix(&self.upstream_origin) {
@@ -477,6 +493,23 @@ mod tests {
         Upstream::new(&cfg)
     }
 
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.9.99.100",
+            "255.255.255.255",
+            "1.20.203.4",
+            "::1",
+            "2001:db8::7",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
+
     #[tokio::test]
     async fn locations_and_cookie_domains_move_to_the_public_origin() {
         let up = upstream();
@@ -493,9 +526,22 @@ mod tests {
             header::SET_COOKIE,
             HeaderValue::from_static("unikgate_session=forged; path=/"),
         );
-        h.insert(header::CONNECTION, HeaderValue::from_static("x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("X-Secret, keep-alive"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
         up.fix_response_headers(&mut h);
+        for gone in ["x-secret", "keep-alive", "connection", "transfer-encoding"] {
+            assert!(!h.contains_key(gone), "{gone} is hop-by-hop");
+        }
+        assert_eq!(h[header::CONTENT_TYPE], "text/html");
         assert_eq!(
             h[header::LOCATION],
             "https://analytics.example.com/index.php?module=CoreHome"

@@ -134,6 +134,50 @@ fn decode(v: Option<serde_json::Value>) -> Option<SessionData> {
         other => serde_json::from_value(other).ok(),
     }
 }
+/// Most entries [`DecodeMemo`] keeps (a few MiB at most; cleared when full).
+const MEMO_MAX: usize = 1024;
+
+/// The last decoded data of recently used sessions, each with the exact JSON it was decoded
+/// from: a read whose stored JSON is the same string copies the decoded data instead of parsing
+/// it again (JSON decoding was the largest cost of a signed-in request). Correct with any store
+/// and any writer (another replica, the CLI): a different string is decoded afresh.
+#[derive(Default)]
+struct DecodeMemo {
+    entries: std::sync::Mutex<std::collections::HashMap<Id, (String, SessionData)>>,
+}
+
+impl DecodeMemo {
+    fn entries(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Id, (String, SessionData)>> {
+        // A panic while holding the lock leaves a plain map behind: still usable.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn decode(&self, id: Id, v: Option<serde_json::Value>) -> Option<SessionData> {
+        let json = match v? {
+            serde_json::Value::String(json) => json,
+            other => return decode(Some(other)),
+        };
+        if let Some((seen, data)) = self.entries().get(&id) {
+            if *seen == json {
+                return Some(data.clone());
+            }
+        }
+        let data: SessionData = serde_json::from_str(&json).ok()?;
+        let mut entries = self.entries();
+        if entries.len() >= MEMO_MAX {
+            entries.clear();
+        }
+        entries.insert(id, (json, data.clone()));
+        Some(data)
+    }
+
+    fn forget(&self, id: &Id) {
+        self.entries().remove(id);
+    }
+}
+
 const MAX_PENDING: usize = 5;
 pub const PENDING_TTL: Duration = Duration::from_secs(600);
 
@@ -171,6 +215,7 @@ pub struct Sessions {
     absolute: Duration,
     /// Activity is written at most this often.
     touch_every: Duration,
+    memo: Arc<DecodeMemo>,
 }
 
 /// One request's session.
@@ -208,6 +253,7 @@ impl Sessions {
             idle,
             absolute,
             touch_every,
+            memo: Arc::default(),
         }
     }
 
@@ -259,8 +305,9 @@ impl Sessions {
     /// Loads the session data, ending it when its lifetimes are over.
     pub async fn load<'s>(&self, s: &'s mut Sess) -> Result<&'s mut SessionData, Error> {
         if s.data.is_none() {
-            let mut d = if s.inner.id().is_some() && !s.ended {
-                decode(s.inner.get_value(DATA_KEY).await?)
+            let mut d = if let (Some(id), false) = (s.inner.id(), s.ended) {
+                let stored = s.inner.get_value(DATA_KEY).await?;
+                self.memo.decode(id, stored)
             } else {
                 None
             };
@@ -269,7 +316,7 @@ impl Sessions {
                 let too_old = now - data.created > self.absolute.as_millis() as i64;
                 let idle = now - data.touched > self.idle.as_millis() as i64;
                 if too_old || idle {
-                    s.inner.flush().await?;
+                    Box::pin(s.inner.flush()).await?;
                     s.ended = true;
                     d = None;
                 }
@@ -301,6 +348,11 @@ impl Sessions {
             }
             return Ok(());
         }
+        // Boxed: most requests change nothing, and the save's future is large.
+        Box::pin(self.save(s, headers)).await
+    }
+
+    async fn save(&self, s: Sess, headers: &mut HeaderMap) -> Result<(), Error> {
         let Some(data) = s.data else { return Ok(()) };
         s.inner.insert_value(DATA_KEY, encode(&data)?).await?;
         s.inner.save().await?;
@@ -372,6 +424,7 @@ impl Sessions {
     /// Deletes a session record by id (used when a link is removed elsewhere).
     pub async fn delete_id(&self, id: &str) -> Result<(), Error> {
         if let Ok(id) = id.parse::<Id>() {
+            self.memo.forget(&id);
             self.store.delete(&id).await.map_err(|e| {
                 tracing::error!(error = %e, "session store error");
                 Error::StoreUnavailable
@@ -437,7 +490,14 @@ impl Sess {
 /// SHA-256 hex of a cookie value.
 pub fn cookie_hash(value: &str) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(value.as_bytes()))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Hex by hand: `hex::encode` collects chars one by one, and this runs on every request.
+    let mut out = String::with_capacity(64);
+    for b in sha2::Sha256::digest(value.as_bytes()) {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+    out
 }
 
 /// Reads or creates the session key. From config when set; else a 64-byte key generated once
@@ -530,6 +590,60 @@ impl SessionData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_decode_memo_answers_only_for_the_same_stored_json() {
+        let memo = DecodeMemo::default();
+        let id = Id::default();
+        let mut data = SessionData {
+            csrf: "first".into(),
+            created: 1,
+            touched: 2,
+            ..Default::default()
+        };
+        let first = encode(&data).unwrap();
+        assert_eq!(memo.decode(id, Some(first.clone())), Some(data.clone()));
+        assert_eq!(memo.decode(id, Some(first)), Some(data.clone()));
+        // Written elsewhere meanwhile (another replica, the CLI): decoded afresh.
+        data.csrf = "second".into();
+        assert_eq!(
+            memo.decode(id, Some(encode(&data).unwrap())),
+            Some(data.clone())
+        );
+        // Another session with the same JSON is its own entry.
+        let other = Id::default();
+        assert_eq!(
+            memo.decode(other, Some(encode(&data).unwrap())),
+            Some(data.clone())
+        );
+        // Unreadable or missing data is no session, whatever the memo holds.
+        assert_eq!(
+            memo.decode(id, Some(serde_json::Value::String("{".into()))),
+            None
+        );
+        assert_eq!(memo.decode(id, None), None);
+        // The tree form of earlier versions still reads.
+        assert_eq!(
+            memo.decode(id, Some(serde_json::to_value(&data).unwrap())),
+            Some(data)
+        );
+        memo.forget(&id);
+        assert!(!memo.entries().contains_key(&id));
+        assert!(memo.entries().contains_key(&other));
+    }
+
+    #[test]
+    fn cookie_hashes_are_sha256_in_lower_case_hex() {
+        use sha2::Digest;
+        assert_eq!(
+            cookie_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            cookie_hash("abc"),
+            hex::encode(sha2::Sha256::digest(b"abc"))
+        );
+    }
 
     /// Cookie checks never reach the store.
     #[derive(Debug)]
