@@ -129,7 +129,8 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
         cfg.session.idle_timeout,
         cfg.session.absolute_timeout,
         cfg.matomo.idle_timeout,
-    );
+    )
+    .with_peek(stores.session_peek.clone());
     let oidc = Oidc::new(&cfg)?;
     if oidc.is_none() {
         tracing::warn!(

@@ -134,6 +134,22 @@ fn decode(v: Option<serde_json::Value>) -> Option<SessionData> {
         other => serde_json::from_value(other).ok(),
     }
 }
+/// A session store that can lend a record it holds in memory, with no copy and no await (the
+/// embedded store's read cache). `peek` calls `f` with the record and returns true only when the
+/// record is fresh enough to be served from memory; otherwise the caller loads as usual.
+pub trait MemoryPeek: Send + Sync {
+    fn peek(&self, id: &Id, f: &mut dyn FnMut(&Record)) -> bool;
+}
+
+/// What a peek at the stored data found. Lives on the stack for one read: boxing the large
+/// variant would add an allocation to every request.
+#[allow(clippy::large_enum_variant)]
+enum Peeked {
+    Decoded(Option<SessionData>),
+    /// Not in the memo: decoded after the store's lock is released.
+    Json(String),
+}
+
 /// Most entries [`DecodeMemo`] keeps (a few MiB at most; cleared when full).
 const MEMO_MAX: usize = 1024;
 
@@ -159,11 +175,32 @@ impl DecodeMemo {
             serde_json::Value::String(json) => json,
             other => return decode(Some(other)),
         };
-        if let Some((seen, data)) = self.entries().get(&id) {
-            if *seen == json {
-                return Some(data.clone());
-            }
+        if let Some(data) = self.hit(&id, &json) {
+            return Some(data);
         }
+        self.decode_new(id, json)
+    }
+
+    /// The decoded data when the memo holds exactly this JSON for this id.
+    fn hit(&self, id: &Id, json: &str) -> Option<SessionData> {
+        match self.entries().get(id) {
+            Some((seen, data)) if seen == json => Some(data.clone()),
+            _ => None,
+        }
+    }
+
+    /// Reads the stored value in place: a memo hit copies nothing but the decoded data.
+    fn peek(&self, id: &Id, v: Option<&serde_json::Value>) -> Peeked {
+        match v {
+            Some(serde_json::Value::String(json)) => match self.hit(id, json) {
+                Some(data) => Peeked::Decoded(Some(data)),
+                None => Peeked::Json(json.clone()),
+            },
+            other => Peeked::Decoded(decode(other.cloned())),
+        }
+    }
+
+    fn decode_new(&self, id: Id, json: String) -> Option<SessionData> {
         let data: SessionData = serde_json::from_str(&json).ok()?;
         let mut entries = self.entries();
         if entries.len() >= MEMO_MAX {
@@ -216,6 +253,8 @@ pub struct Sessions {
     /// Activity is written at most this often.
     touch_every: Duration,
     memo: Arc<DecodeMemo>,
+    /// The store's in-memory copies, when it keeps some (the embedded SQLite default).
+    peek: Option<Arc<dyn MemoryPeek>>,
 }
 
 /// One request's session.
@@ -254,7 +293,14 @@ impl Sessions {
             absolute,
             touch_every,
             memo: Arc::default(),
+            peek: None,
         }
+    }
+
+    /// Reads sessions the store holds in memory in place (no record copy, no await).
+    pub fn with_peek(mut self, peek: Option<Arc<dyn MemoryPeek>>) -> Sessions {
+        self.peek = peek;
+        self
     }
 
     pub fn touch_every(&self) -> Duration {
@@ -306,8 +352,20 @@ impl Sessions {
     pub async fn load<'s>(&self, s: &'s mut Sess) -> Result<&'s mut SessionData, Error> {
         if s.data.is_none() {
             let mut d = if let (Some(id), false) = (s.inner.id(), s.ended) {
-                let stored = s.inner.get_value(DATA_KEY).await?;
-                self.memo.decode(id, stored)
+                let mut peeked = None;
+                let held = self.peek.as_ref().is_some_and(|p| {
+                    p.peek(&id, &mut |r| {
+                        peeked = Some(self.memo.peek(&id, r.data.get(DATA_KEY)));
+                    })
+                });
+                match peeked {
+                    Some(Peeked::Decoded(d)) if held => d,
+                    Some(Peeked::Json(json)) if held => self.memo.decode_new(id, json),
+                    _ => {
+                        let stored = s.inner.get_value(DATA_KEY).await?;
+                        self.memo.decode(id, stored)
+                    }
+                }
             } else {
                 None
             };

@@ -3,7 +3,8 @@
 //! distinct URL, bounded; migrations embedded per backend.
 //!
 //! Invariant: the only module that knows which backend is behind a URL; everything else sees
-//! `Arc<dyn SessionStore>` and `Arc<dyn LinkStore>`.
+//! `Arc<dyn SessionStore>` and `Arc<dyn LinkStore>` (and, for the embedded default, the read
+//! cache's `MemoryPeek`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -101,6 +102,23 @@ impl CachedSessions {
     }
 }
 
+impl crate::session::MemoryPeek for CachedSessions {
+    /// Only entries in the first half of their lifetime: past it, the usual load refreshes them.
+    fn peek(&self, id: &Id, f: &mut dyn FnMut(&Record)) -> bool {
+        let c = self.cache();
+        match c.entries.get(id) {
+            Some(e)
+                if e.at.elapsed() < self.ttl / 2
+                    && e.record.expiry_date > time::OffsetDateTime::now_utc() =>
+            {
+                f(&e.record);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl SessionStore for CachedSessions {
     async fn create(&self, record: &mut Record) -> tower_sessions::session_store::Result<()> {
@@ -168,6 +186,8 @@ impl SessionStore for CachedSessions {
 pub struct Stores {
     pub links: Arc<dyn LinkStore>,
     pub sessions: Arc<dyn SessionStore>,
+    /// The same session store's in-memory copies, when it keeps some (SQLite).
+    pub session_peek: Option<Arc<dyn crate::session::MemoryPeek>>,
     probe: SessionProbe,
 }
 
@@ -261,6 +281,7 @@ pub async fn open(cfg: &StoreConfig) -> Result<Stores, String> {
         _ => return Err("store.links_url must be a sqlite:// or postgres:// URL".into()),
     };
     let same = cfg.sessions_url == cfg.links_url;
+    let mut session_peek: Option<Arc<dyn crate::session::MemoryPeek>> = None;
     let (sessions, probe): (Arc<dyn SessionStore>, SessionProbe) =
         match store_kind(&cfg.sessions_url) {
             Some(StoreKind::Sqlite) => {
@@ -271,9 +292,10 @@ pub async fn open(cfg: &StoreConfig) -> Result<Stores, String> {
                     .await
                     .map_err(|e| format!("cannot prepare the session table: {e}"))?;
                 spawn_expired_deletion(store.clone());
-                let cached = CachedSessions::new(Arc::new(store), SQLITE_CACHE_TTL);
+                let cached = Arc::new(CachedSessions::new(Arc::new(store), SQLITE_CACHE_TTL));
+                session_peek = Some(cached.clone());
                 (
-                    Arc::new(cached),
+                    cached,
                     if same {
                         SessionProbe::SameAsLinks
                     } else {
@@ -313,6 +335,7 @@ pub async fn open(cfg: &StoreConfig) -> Result<Stores, String> {
     Ok(Stores {
         links,
         sessions,
+        session_peek,
         probe,
     })
 }
@@ -402,6 +425,77 @@ mod tests {
         };
         let stores = open(&cfg).await.unwrap();
         assert!(format!("{:?}", stores.sessions).starts_with("CachedSessions"));
+    }
+
+    #[tokio::test]
+    async fn sessions_read_in_place_see_every_write_and_delete() {
+        use crate::session::{MemoryPeek, Sessions};
+        use http::header::{HeaderMap, HeaderValue, COOKIE, SET_COOKIE};
+        let inner = Arc::new(Counting::default());
+        let cache = Arc::new(CachedSessions::new(inner.clone(), Duration::from_secs(60)));
+        let hour = Duration::from_secs(3600);
+        let sessions = Sessions::new(
+            cache.clone(),
+            cookie::Key::generate(),
+            "s",
+            false,
+            hour,
+            hour,
+            hour,
+        )
+        .with_peek(Some(cache.clone()));
+        let mut s = sessions.open(&HeaderMap::new());
+        sessions.load(&mut s).await.unwrap().csrf = "one".into();
+        let id = s.save_now().await.unwrap().unwrap();
+        s.changed();
+        let mut set = HeaderMap::new();
+        sessions.finish(s, &mut set).await.unwrap();
+        let pair = set[SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let mut req = HeaderMap::new();
+        req.insert(COOKIE, HeaderValue::from_str(&pair).unwrap());
+        let csrf = |sessions: Sessions, req: HeaderMap| async move {
+            let mut s = sessions.open(&req);
+            sessions.load(&mut s).await.unwrap().csrf.clone()
+        };
+        for _ in 0..3 {
+            assert_eq!(csrf(sessions.clone(), req.clone()).await, "one");
+        }
+        assert_eq!(
+            inner.loads.load(Ordering::SeqCst),
+            0,
+            "read in place, from memory"
+        );
+        // A write by another request is what the next read sees.
+        let mut s = sessions.open(&req);
+        sessions.load(&mut s).await.unwrap().csrf = "two".into();
+        s.changed();
+        sessions.finish(s, &mut HeaderMap::new()).await.unwrap();
+        assert_eq!(csrf(sessions.clone(), req.clone()).await, "two");
+        // Deleted (sign-out, unlink, back-channel logout): no read finds it any more.
+        sessions.delete_id(&id).await.unwrap();
+        let after = csrf(sessions.clone(), req.clone()).await;
+        assert!(
+            after != "two" && after != "one",
+            "a deleted session is a new one"
+        );
+        // Past half its lifetime an entry is not lent: the usual load refreshes it.
+        let short = CachedSessions::new(inner.clone(), Duration::from_millis(40));
+        let mut r = Record {
+            id: Id::default(),
+            data: Default::default(),
+            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        };
+        short.create(&mut r).await.unwrap();
+        assert!(short.peek(&r.id, &mut |_| {}));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        assert!(!short.peek(&r.id, &mut |_| {}));
+        assert!(!short.peek(&Id::default(), &mut |_| {}));
     }
 
     #[tokio::test]
