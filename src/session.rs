@@ -170,33 +170,27 @@ impl DecodeMemo {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Reads a stored value (owned: the store's usual load).
     fn decode(&self, id: Id, v: Option<serde_json::Value>) -> Option<SessionData> {
-        let json = match v? {
-            serde_json::Value::String(json) => json,
-            other => return decode(Some(other)),
-        };
-        if let Some(data) = self.hit(&id, &json) {
-            return Some(data);
-        }
-        self.decode_new(id, json)
+        self.finish(id, self.peek(&id, v.as_ref()))
     }
 
-    /// The decoded data when the memo holds exactly this JSON for this id.
-    fn hit(&self, id: &Id, json: &str) -> Option<SessionData> {
-        match self.entries().get(id) {
-            Some((seen, data)) if seen == json => Some(data.clone()),
-            _ => None,
-        }
-    }
-
-    /// Reads the stored value in place: a memo hit copies nothing but the decoded data.
+    /// Reads a stored value in place: a memo hit copies nothing but the decoded data.
     fn peek(&self, id: &Id, v: Option<&serde_json::Value>) -> Peeked {
-        match v {
-            Some(serde_json::Value::String(json)) => match self.hit(id, json) {
-                Some(data) => Peeked::Decoded(Some(data)),
-                None => Peeked::Json(json.clone()),
-            },
-            other => Peeked::Decoded(decode(other.cloned())),
+        let Some(serde_json::Value::String(json)) = v else {
+            return Peeked::Decoded(decode(v.cloned()));
+        };
+        match self.entries().get(id) {
+            Some((seen, data)) if seen == json => Peeked::Decoded(Some(data.clone())),
+            _ => Peeked::Json(json.clone()),
+        }
+    }
+
+    /// Decodes what a peek could not answer from the memo (outside the store's lock).
+    fn finish(&self, id: Id, peeked: Peeked) -> Option<SessionData> {
+        match peeked {
+            Peeked::Decoded(d) => d,
+            Peeked::Json(json) => self.decode_new(id, json),
         }
     }
 
@@ -352,19 +346,17 @@ impl Sessions {
     pub async fn load<'s>(&self, s: &'s mut Sess) -> Result<&'s mut SessionData, Error> {
         if s.data.is_none() {
             let mut d = if let (Some(id), false) = (s.inner.id(), s.ended) {
+                // The store's in-memory copy, read in place when it lends one (`f` is only
+                // called then); else the usual load.
                 let mut peeked = None;
-                let held = self.peek.as_ref().is_some_and(|p| {
+                if let Some(p) = &self.peek {
                     p.peek(&id, &mut |r| {
                         peeked = Some(self.memo.peek(&id, r.data.get(DATA_KEY)));
-                    })
-                });
+                    });
+                }
                 match peeked {
-                    Some(Peeked::Decoded(d)) if held => d,
-                    Some(Peeked::Json(json)) if held => self.memo.decode_new(id, json),
-                    _ => {
-                        let stored = s.inner.get_value(DATA_KEY).await?;
-                        self.memo.decode(id, stored)
-                    }
+                    Some(p) => self.memo.finish(id, p),
+                    None => self.memo.decode(id, s.inner.get_value(DATA_KEY).await?),
                 }
             } else {
                 None

@@ -414,6 +414,15 @@ mod tests {
         }
     }
 
+    /// An empty record that expires in an hour.
+    fn fresh_record() -> Record {
+        Record {
+            id: Id::default(),
+            data: Default::default(),
+            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        }
+    }
+
     #[tokio::test]
     async fn the_embedded_store_is_cached_and_shared_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -486,11 +495,7 @@ mod tests {
         );
         // Past half its lifetime an entry is not lent: the usual load refreshes it.
         let short = CachedSessions::new(inner.clone(), Duration::from_millis(40));
-        let mut r = Record {
-            id: Id::default(),
-            data: Default::default(),
-            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-        };
+        let mut r = fresh_record();
         short.create(&mut r).await.unwrap();
         assert!(short.peek(&r.id, &mut |_| {}));
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -502,11 +507,7 @@ mod tests {
     async fn reads_are_served_from_memory_and_writes_go_through() {
         let inner = Arc::new(Counting::default());
         let cache = CachedSessions::new(inner.clone(), Duration::from_secs(60));
-        let mut r = Record {
-            id: Id::default(),
-            data: Default::default(),
-            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-        };
+        let mut r = fresh_record();
         cache.create(&mut r).await.unwrap();
         for _ in 0..5 {
             assert!(cache.load(&r.id).await.unwrap().is_some());
@@ -535,8 +536,7 @@ mod tests {
         let id = Id::default();
         let r = Record {
             id,
-            data: Default::default(),
-            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+            ..fresh_record()
         };
         inner.records.lock().unwrap().insert(id, r.clone());
         cache.load(&id).await.unwrap();
@@ -594,8 +594,7 @@ mod tests {
         let id = Id::default();
         let old = Record {
             id,
-            data: Default::default(),
-            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+            ..fresh_record()
         };
         inner.records.lock().unwrap().insert(id, old.clone());
         let mut new = old.clone();
