@@ -240,8 +240,8 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, req: Request) -> Outcome {
 /// Public traffic: forwarded as it is (after the header policy). When it carries the Matomo cookie
 /// unikgate minted, it counts as activity of that Matomo session.
 async fn forward_public(app: &Arc<App>, ctx: &Ctx, req: Request) -> Result<Response, Error> {
-    if app.sessions.has_cookie(req.headers()) {
-        if let Some(browser) = matomo::request_cookie(req.headers(), MATOMO_COOKIE) {
+    if let Some(browser) = matomo::request_cookie(req.headers(), MATOMO_COOKIE) {
+        if app.sessions.public_activity_due(req.headers()) {
             Box::pin(record_public_activity(app, req.headers(), &browser)).await;
         }
     }
@@ -258,7 +258,7 @@ async fn record_public_activity(app: &Arc<App>, headers: &HeaderMap, browser: &s
     if let Ok(data) = app.sessions.load(&mut sess).await {
         let mut changed = false;
         if let Some(m) = data.user.as_mut().and_then(|u| u.matomo.as_mut()) {
-            if m.cookie_hash == cookie_hash(browser)
+            if m.is_cookie(browser)
                 && now_ms() - m.seen >= app.sessions.touch_every().as_millis() as i64
             {
                 m.seen = now_ms();
@@ -355,7 +355,7 @@ async fn signed_in_ui(
         m.login == link.matomo_login
             && browser
                 .as_deref()
-                .is_some_and(|b| cookie_hash(b) == m.cookie_hash)
+                .is_some_and(|b| m.is_cookie(b))
             && now - m.seen < idle - margin
     });
     let mut minted: Option<String> = None;

@@ -116,6 +116,19 @@ pub struct MatomoSession {
     pub seen: i64,
 }
 
+impl MatomoSession {
+    /// True when `browser` is the `MATOMO_SESSID` value this session minted: compared with the
+    /// stored value in constant time (no hash per request), or by hash for sessions written
+    /// before the value was kept.
+    pub fn is_cookie(&self, browser: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        match &self.cookie {
+            Some(v) => v.as_bytes().ct_eq(browser.as_bytes()).into(),
+            None => cookie_hash(browser) == self.cookie_hash,
+        }
+    }
+}
+
 const DATA_KEY: &str = "d";
 
 /// The session data is kept in the record as one JSON string, not as a JSON tree: reading a
@@ -209,6 +222,39 @@ impl DecodeMemo {
     }
 }
 
+/// Most cookie values [`ActivityChecks`] remembers (cleared when full).
+const ACTIVITY_MAX: usize = 4096;
+
+/// When each unikgate cookie value seen on public traffic was last looked at for activity
+/// bookkeeping. A tracking hit or an asset from a signed-in browser would otherwise verify and
+/// read the session on every request to record activity that is written at most every
+/// `touch_every` anyway. Keyed by the raw cookie value (before its signature is checked, so
+/// that a skipped request costs no HMAC): a forged value only earns itself one ordinary check,
+/// and the map is bounded.
+#[derive(Default)]
+struct ActivityChecks {
+    last: std::sync::Mutex<std::collections::HashMap<Box<str>, i64>>,
+}
+
+impl ActivityChecks {
+    /// True when `value` was not looked at in the last `every_ms` (and records that it is now).
+    fn due(&self, value: &str, now: i64, every_ms: i64) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = last.get_mut(value) {
+            if now - *t < every_ms {
+                return false;
+            }
+            *t = now;
+            return true;
+        }
+        if last.len() >= ACTIVITY_MAX {
+            last.clear();
+        }
+        last.insert(value.into(), now);
+        true
+    }
+}
+
 const MAX_PENDING: usize = 5;
 pub const PENDING_TTL: Duration = Duration::from_secs(600);
 
@@ -247,6 +293,7 @@ pub struct Sessions {
     /// Activity is written at most this often.
     touch_every: Duration,
     memo: Arc<DecodeMemo>,
+    activity: Arc<ActivityChecks>,
     /// The store's in-memory copies, when it keeps some (the embedded SQLite default).
     peek: Option<Arc<dyn MemoryPeek>>,
 }
@@ -287,6 +334,7 @@ impl Sessions {
             absolute,
             touch_every,
             memo: Arc::default(),
+            activity: Arc::default(),
             peek: None,
         }
     }
@@ -317,9 +365,18 @@ impl Sessions {
         value.parse::<Id>().ok()
     }
 
-    /// True when the request carries unikgate's cookie at all (signed or not).
-    pub fn has_cookie(&self, headers: &HeaderMap) -> bool {
-        cookie_values(headers, &self.cookie_name).next().is_some()
+    /// True when a public request's session should be looked at for activity now: it carries
+    /// unikgate's cookie, and that cookie was not looked at in the last `touch_every` (by this
+    /// process). Activity is written at most that often anyway; skipping the look-ups in between
+    /// delays a write by at most one more `touch_every`, within the freshness margin the UI gate
+    /// allows (`touch_every` ≤ 30 s, the margin is up to 60 s).
+    pub fn public_activity_due(&self, headers: &HeaderMap) -> bool {
+        match cookie_values(headers, &self.cookie_name).last() {
+            Some(v) => self
+                .activity
+                .due(v, now_ms(), self.touch_every.as_millis() as i64),
+            None => false,
+        }
     }
 
     /// Starts reading the request's session (no store access yet). With several cookies of
@@ -693,6 +750,41 @@ mod tests {
             cookie_hash("abc"),
             hex::encode(sha2::Sha256::digest(b"abc"))
         );
+    }
+
+    #[test]
+    fn a_minted_cookie_is_recognised_by_value_or_by_hash() {
+        let mut m = MatomoSession {
+            login: "alice".into(),
+            cookie_hash: cookie_hash("minted-value"),
+            cookie: Some("minted-value".into()),
+            seen: 0,
+        };
+        assert!(m.is_cookie("minted-value"));
+        for other in ["minted-valuf", "minted-value ", "minted-valu", "", "MINTED-VALUE"] {
+            assert!(!m.is_cookie(other), "{other:?}");
+        }
+        // Written before the value was kept: the hash decides.
+        m.cookie = None;
+        assert!(m.is_cookie("minted-value"));
+        assert!(!m.is_cookie("minted-valuf"));
+    }
+
+    #[test]
+    fn public_activity_is_looked_at_once_per_interval_and_cookie() {
+        let checks = ActivityChecks::default();
+        assert!(checks.due("cookie-a", 1_000, 100));
+        assert!(!checks.due("cookie-a", 1_050, 100), "within the interval");
+        assert!(checks.due("cookie-b", 1_050, 100), "each cookie its own clock");
+        assert!(checks.due("cookie-a", 1_100, 100), "the interval is over");
+        assert!(!checks.due("cookie-a", 1_199, 100), "counted from the last look");
+        // Bounded: a flood of (forged) values empties the map instead of growing it; a real
+        // session then only earns one ordinary look.
+        for i in 0..ACTIVITY_MAX + 1 {
+            checks.due(&format!("forged-{i}"), 1_200, 100);
+        }
+        assert!(checks.last.lock().unwrap().len() <= ACTIVITY_MAX);
+        assert!(checks.due("cookie-a", 1_200, 100));
     }
 
     /// Cookie checks never reach the store.
