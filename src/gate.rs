@@ -5,6 +5,7 @@
 //! Matomo only with a Matomo cookie unikgate minted for the signed-in user (or, with
 //! `password_login`, untouched for browsers that are not signed in to unikgate).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,7 +24,7 @@ use crate::error::Error;
 use crate::matomo::{self, MATOMO_COOKIE};
 use crate::now_ms;
 use crate::php::Params;
-use crate::session::{cookie_hash, MatomoSession, Sess};
+use crate::session::{cookie_hash, MatomoSession, Sess, UserSession};
 use crate::web::{
     append_matomo_cookie, finish, mint, own_url, redirect_local, set_matomo_cookie_header, Ctx,
 };
@@ -297,14 +298,14 @@ async fn ui_inner(
         let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         crate::redirect::safe_rd(pq, &app.cfg.server.prefix)
     };
-    let signed_in = if sess.had_cookie() {
-        // Taken, not cloned: it goes back into the session only when the session changes
-        // (then the session is saved); otherwise the stored session stays as it was.
-        app.sessions.load(sess).await?.user.take()
+    // Read shared (no copy of the session); the user is copied only when this request changes
+    // it, and then goes back into the session, which is saved.
+    let data = if sess.had_cookie() {
+        Some(app.sessions.load_shared(sess).await?)
     } else {
         None
     };
-    let Some(mut user) = signed_in else {
+    let Some(signed_in) = data.as_ref().and_then(|d| d.user.as_ref()) else {
         if app.cfg.matomo.password_login {
             // Matomo's own login and the sessions it makes pass through untouched.
             let _ = login_module;
@@ -315,10 +316,11 @@ async fn ui_inner(
         }
         return Ok(redirect_local(app, &own_url(app, "sign_in", &rd())));
     };
+    let mut user = Cow::Borrowed(signed_in);
     let res = signed_in_ui(app, ctx, sess, req, &mut user, &rd).await;
-    // The user was taken out of the session above; it goes back unless the session ended. The
-    // session is saved only if something marked it changed.
-    if !sess.is_ended() {
+    // A changed user goes back into the session unless the session ended; the session is saved
+    // only if something marked it changed.
+    if let (Cow::Owned(user), false) = (user, sess.is_ended()) {
         if let Ok(data) = app.sessions.load(sess).await {
             data.user = Some(user);
         }
@@ -332,13 +334,13 @@ async fn signed_in_ui(
     ctx: &Ctx,
     sess: &mut Sess,
     req: Request,
-    user: &mut crate::session::UserSession,
+    user: &mut Cow<'_, UserSession>,
     rd: &(dyn Fn() -> String + Sync),
 ) -> Result<Response, Error> {
     let link = match &user.link {
         Some(l) => l.clone(),
         // Not linked when this session began: linked since (another browser, the CLI)?
-        None => match Box::pin(linked_since(app, sess, user)).await? {
+        None => match Box::pin(linked_since(app, sess, user.to_mut())).await? {
             None => return Ok(redirect_local(app, &own_url(app, "link", &rd()))),
             Some(r) => r,
         },
@@ -353,9 +355,7 @@ async fn signed_in_ui(
     let margin = (idle / 10).min(60_000);
     let fresh = user.matomo.as_ref().is_some_and(|m| {
         m.login == link.matomo_login
-            && browser
-                .as_deref()
-                .is_some_and(|b| m.is_cookie(b))
+            && browser.as_deref().is_some_and(|b| m.is_cookie(b))
             && now - m.seen < idle - margin
     });
     let mut minted: Option<String> = None;
@@ -373,7 +373,7 @@ async fn signed_in_ui(
             .as_ref()
             .is_some_and(|m| now - m.seen >= app.sessions.touch_every().as_millis() as i64);
     if record_seen {
-        user.matomo = Some(MatomoSession {
+        user.to_mut().matomo = Some(MatomoSession {
             login: link.matomo_login.clone(),
             cookie_hash: cookie_hash(&cookie),
             cookie: Some(cookie.clone()),
@@ -438,7 +438,7 @@ async fn linked_since(
 async fn retry_as_anonymous(
     app: &Arc<App>,
     ctx: &Ctx,
-    user: &mut crate::session::UserSession,
+    user: &mut Cow<'_, UserSession>,
     link: &crate::session::LinkRef,
     res: Response,
     method: Method,
@@ -457,7 +457,7 @@ async fn retry_as_anonymous(
     tracing::info!(subject = %user.subject, "Matomo answered as anonymous; minting again");
     let v = mint(app, ctx, &link.matomo_login, &user.subject, "retry").await?;
     set_matomo_cookie_header(&mut headers, &v);
-    user.matomo = Some(MatomoSession {
+    user.to_mut().matomo = Some(MatomoSession {
         login: link.matomo_login.clone(),
         cookie_hash: cookie_hash(&v),
         cookie: Some(v.clone()),

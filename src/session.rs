@@ -158,7 +158,7 @@ pub trait MemoryPeek: Send + Sync {
 /// variant would add an allocation to every request.
 #[allow(clippy::large_enum_variant)]
 enum Peeked {
-    Decoded(Option<SessionData>),
+    Decoded(Option<Arc<SessionData>>),
     /// Not in the memo: decoded after the store's lock is released.
     Json(String),
 }
@@ -172,43 +172,43 @@ const MEMO_MAX: usize = 1024;
 /// and any writer (another replica, the CLI): a different string is decoded afresh.
 #[derive(Default)]
 struct DecodeMemo {
-    entries: std::sync::Mutex<std::collections::HashMap<Id, (String, SessionData)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<Id, (String, Arc<SessionData>)>>,
 }
 
 impl DecodeMemo {
     fn entries(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Id, (String, SessionData)>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Id, (String, Arc<SessionData>)>> {
         // A panic while holding the lock leaves a plain map behind: still usable.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads a stored value (owned: the store's usual load).
-    fn decode(&self, id: Id, v: Option<serde_json::Value>) -> Option<SessionData> {
+    fn decode(&self, id: Id, v: Option<serde_json::Value>) -> Option<Arc<SessionData>> {
         self.finish(id, self.peek(&id, v.as_ref()))
     }
 
-    /// Reads a stored value in place: a memo hit copies nothing but the decoded data.
+    /// Reads a stored value in place: a memo hit copies nothing (the decoded data is shared).
     fn peek(&self, id: &Id, v: Option<&serde_json::Value>) -> Peeked {
         let Some(serde_json::Value::String(json)) = v else {
-            return Peeked::Decoded(decode(v.cloned()));
+            return Peeked::Decoded(decode(v.cloned()).map(Arc::new));
         };
         match self.entries().get(id) {
-            Some((seen, data)) if seen == json => Peeked::Decoded(Some(data.clone())),
+            Some((seen, data)) if seen == json => Peeked::Decoded(Some(Arc::clone(data))),
             _ => Peeked::Json(json.clone()),
         }
     }
 
     /// Decodes what a peek could not answer from the memo (outside the store's lock).
-    fn finish(&self, id: Id, peeked: Peeked) -> Option<SessionData> {
+    fn finish(&self, id: Id, peeked: Peeked) -> Option<Arc<SessionData>> {
         match peeked {
             Peeked::Decoded(d) => d,
             Peeked::Json(json) => self.decode_new(id, json),
         }
     }
 
-    fn decode_new(&self, id: Id, json: String) -> Option<SessionData> {
-        let data: SessionData = serde_json::from_str(&json).ok()?;
+    fn decode_new(&self, id: Id, json: String) -> Option<Arc<SessionData>> {
+        let data: Arc<SessionData> = Arc::new(serde_json::from_str(&json).ok()?);
         let mut entries = self.entries();
         if entries.len() >= MEMO_MAX {
             entries.clear();
@@ -219,6 +219,11 @@ impl DecodeMemo {
 
     fn forget(&self, id: &Id) {
         self.entries().remove(id);
+    }
+
+    #[cfg(test)]
+    fn decode_owned(&self, id: Id, v: Option<serde_json::Value>) -> Option<SessionData> {
+        self.decode(id, v).map(|d| (*d).clone())
     }
 }
 
@@ -303,7 +308,8 @@ pub struct Sessions {
 pub struct Sess {
     inner: Session,
     had_cookie: bool,
-    data: Option<SessionData>,
+    /// Shared with the decode memo until something writes to it (then copied once).
+    data: Option<Arc<SessionData>>,
     dirty: bool,
     ended: bool,
 }
@@ -399,8 +405,26 @@ impl Sessions {
         }
     }
 
-    /// Loads the session data, ending it when its lifetimes are over.
+    /// Loads the session data for changing it, ending the session when its lifetimes are over.
+    /// The data is copied out of the decode memo once, on this first mutable access.
     pub async fn load<'s>(&self, s: &'s mut Sess) -> Result<&'s mut SessionData, Error> {
+        self.read(s).await?;
+        s.data
+            .as_mut()
+            .map(Arc::make_mut)
+            .ok_or_else(|| Error::Internal("session data missing".into()))
+    }
+
+    /// Loads the session data for reading: shared with the decode memo, no copy (the hot path
+    /// of a signed-in request reads its session and, most of the time, changes nothing).
+    pub async fn load_shared(&self, s: &mut Sess) -> Result<Arc<SessionData>, Error> {
+        self.read(s).await?;
+        s.data
+            .clone()
+            .ok_or_else(|| Error::Internal("session data missing".into()))
+    }
+
+    async fn read(&self, s: &mut Sess) -> Result<(), Error> {
         if s.data.is_none() {
             let mut d = if let (Some(id), false) = (s.inner.id(), s.ended) {
                 // The store's in-memory copy, read in place when it lends one (`f` is only
@@ -429,22 +453,22 @@ impl Sessions {
                 }
             }
             let fresh = d.is_none();
-            let mut data = d.unwrap_or_else(|| SessionData {
-                csrf: crate::random_token(),
-                created: now,
-                touched: now,
-                pending: Vec::new(),
-                user: None,
+            let mut data = d.unwrap_or_else(|| {
+                Arc::new(SessionData {
+                    csrf: crate::random_token(),
+                    created: now,
+                    touched: now,
+                    pending: Vec::new(),
+                    user: None,
+                })
             });
             if !fresh && now - data.touched >= self.touch_every.as_millis() as i64 {
-                data.touched = now;
+                Arc::make_mut(&mut data).touched = now;
                 s.dirty = true;
             }
             s.data = Some(data);
         }
-        s.data
-            .as_mut()
-            .ok_or_else(|| Error::Internal("session data missing".into()))
+        Ok(())
     }
 
     /// Saves a changed session and sets or clears the cookie on the response.
@@ -709,31 +733,42 @@ mod tests {
             ..Default::default()
         };
         let first = encode(&data).unwrap();
-        assert_eq!(memo.decode(id, Some(first.clone())), Some(data.clone()));
-        assert_eq!(memo.decode(id, Some(first)), Some(data.clone()));
+        assert_eq!(
+            memo.decode_owned(id, Some(first.clone())),
+            Some(data.clone())
+        );
+        assert_eq!(memo.decode_owned(id, Some(first)), Some(data.clone()));
         // Written elsewhere meanwhile (another replica, the CLI): decoded afresh.
         data.csrf = "second".into();
         assert_eq!(
-            memo.decode(id, Some(encode(&data).unwrap())),
+            memo.decode_owned(id, Some(encode(&data).unwrap())),
             Some(data.clone())
         );
         // Another session with the same JSON is its own entry.
         let other = Id::default();
         assert_eq!(
-            memo.decode(other, Some(encode(&data).unwrap())),
+            memo.decode_owned(other, Some(encode(&data).unwrap())),
             Some(data.clone())
         );
         // Unreadable or missing data is no session, whatever the memo holds.
         assert_eq!(
-            memo.decode(id, Some(serde_json::Value::String("{".into()))),
+            memo.decode_owned(id, Some(serde_json::Value::String("{".into()))),
             None
         );
-        assert_eq!(memo.decode(id, None), None);
+        assert_eq!(memo.decode_owned(id, None), None);
         // The tree form of earlier versions still reads.
         assert_eq!(
-            memo.decode(id, Some(serde_json::to_value(&data).unwrap())),
-            Some(data)
+            memo.decode_owned(id, Some(serde_json::to_value(&data).unwrap())),
+            Some(data.clone())
         );
+        // Shared, not copied: a change made through the session (copy on write) leaves the
+        // memo's data as it was stored.
+        let stored = encode(&data).unwrap();
+        let mut a = memo.decode(id, Some(stored.clone())).unwrap();
+        let b = memo.decode(id, Some(stored.clone())).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        Arc::make_mut(&mut a).csrf = "changed in this request".into();
+        assert_eq!(memo.decode_owned(id, Some(stored)), Some(data.clone()));
         memo.forget(&id);
         assert!(!memo.entries().contains_key(&id));
         assert!(memo.entries().contains_key(&other));
@@ -761,7 +796,13 @@ mod tests {
             seen: 0,
         };
         assert!(m.is_cookie("minted-value"));
-        for other in ["minted-valuf", "minted-value ", "minted-valu", "", "MINTED-VALUE"] {
+        for other in [
+            "minted-valuf",
+            "minted-value ",
+            "minted-valu",
+            "",
+            "MINTED-VALUE",
+        ] {
             assert!(!m.is_cookie(other), "{other:?}");
         }
         // Written before the value was kept: the hash decides.
@@ -775,9 +816,15 @@ mod tests {
         let checks = ActivityChecks::default();
         assert!(checks.due("cookie-a", 1_000, 100));
         assert!(!checks.due("cookie-a", 1_050, 100), "within the interval");
-        assert!(checks.due("cookie-b", 1_050, 100), "each cookie its own clock");
+        assert!(
+            checks.due("cookie-b", 1_050, 100),
+            "each cookie its own clock"
+        );
         assert!(checks.due("cookie-a", 1_100, 100), "the interval is over");
-        assert!(!checks.due("cookie-a", 1_199, 100), "counted from the last look");
+        assert!(
+            !checks.due("cookie-a", 1_199, 100),
+            "counted from the last look"
+        );
         // Bounded: a flood of (forged) values empties the map instead of growing it; a real
         // session then only earns one ordinary look.
         for i in 0..ACTIVITY_MAX + 1 {
