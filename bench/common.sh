@@ -43,6 +43,19 @@ nginx_proxy_block() { # port, upstream port
   server { listen 127.0.0.1:$1; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$remote_addr; proxy_set_header X-Forwarded-Proto \$scheme; } }"
 }
 
+# The oauth2-proxy pattern's floor: nginx on PORT checks every request with `auth_request` against
+# an auth service over keep-alive before proxying to UPSTREAM_PORT, but the auth service (a server
+# of the same nginx process, on AUTH_PORT) answers 204 without checking anything. Any real check
+# (oauth2-proxy decrypting its cookie) only adds to it.
+nginx_auth_block() { # port, upstream port, auth port
+  echo "upstream up { server 127.0.0.1:$2; keepalive 256; }
+  upstream auth { server 127.0.0.1:$3; keepalive 256; }
+  server { listen 127.0.0.1:$3; location / { return 204; } }
+  server { listen 127.0.0.1:$1;
+    location = /_auth { internal; proxy_pass http://auth; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_pass_request_body off; proxy_set_header Content-Length \"\"; proxy_set_header X-Original-URI \$request_uri; }
+    location / { auth_request /_auth; proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$remote_addr; proxy_set_header X-Forwarded-Proto \$scheme; } }"
+}
+
 # unikgate on PORT in front of UPSTREAM_PORT, SQLite store at DB, a provider that is never called.
 unikgate_toml() { # file, port, upstream port, db path
   cat > "$1" <<T
