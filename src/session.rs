@@ -234,18 +234,29 @@ const ACTIVITY_MAX: usize = 4096;
 /// bookkeeping. A tracking hit or an asset from a signed-in browser would otherwise verify and
 /// read the session on every request to record activity that is written at most every
 /// `touch_every` anyway. Keyed by the raw cookie value (before its signature is checked, so
-/// that a skipped request costs no HMAC): a forged value only earns itself one ordinary check,
-/// and the map is bounded.
+/// that a skipped request costs no HMAC), as a 64-bit hash under a per-process random key: the
+/// map's memory does not depend on what clients send (4,096 × 16 bytes at most), a forged value
+/// only earns itself one ordinary check, and a collision only delays one activity write.
 #[derive(Default)]
 struct ActivityChecks {
-    last: std::sync::Mutex<std::collections::HashMap<Box<str>, i64>>,
+    keys: std::collections::hash_map::RandomState,
+    last: std::sync::Mutex<std::collections::HashMap<u64, i64>>,
 }
+
+/// Longest cookie value unikgate signs (a base64 HMAC and a session id), with room to spare.
+const SIGNED_COOKIE_MAX: usize = SIGNATURE_LEN + 64;
 
 impl ActivityChecks {
     /// True when `value` was not looked at in the last `every_ms` (and records that it is now).
+    /// Never for a value too long to be a cookie unikgate signed.
     fn due(&self, value: &str, now: i64, every_ms: i64) -> bool {
+        use std::hash::BuildHasher;
+        if value.len() > SIGNED_COOKIE_MAX {
+            return false;
+        }
+        let key = self.keys.hash_one(value);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = last.get_mut(value) {
+        if let Some(t) = last.get_mut(&key) {
             if now - *t < every_ms {
                 return false;
             }
@@ -255,7 +266,7 @@ impl ActivityChecks {
         if last.len() >= ACTIVITY_MAX {
             last.clear();
         }
-        last.insert(value.into(), now);
+        last.insert(key, now);
         true
     }
 }
@@ -832,6 +843,10 @@ mod tests {
         }
         assert!(checks.last.lock().unwrap().len() <= ACTIVITY_MAX);
         assert!(checks.due("cookie-a", 1_200, 100));
+        // A value too long to be one unikgate signed is never looked at (nor remembered).
+        let long = "x".repeat(SIGNED_COOKIE_MAX + 1);
+        assert!(!checks.due(&long, 1_200, 100));
+        assert!(!checks.due(&long, 9_999, 100));
     }
 
     /// Cookie checks never reach the store.
