@@ -486,3 +486,117 @@ async fn huge_inputs_leave_memory_bounded() {
     eprintln!("unikgate peak RSS under huge inputs: {peak_mib} MiB");
     assert!(peak_mib > 0 && peak_mib < 64, "peak RSS {peak_mib} MiB");
 }
+
+/// Pinned to one CPU, unikgate runs tokio's single-threaded scheduler (it says so when it starts),
+/// and still serves requests side by side: the upstream below answers the first request only
+/// after the second one has reached it, so a proxy that handled one request at a time would never
+/// finish either. Then SIGTERM shuts it down cleanly.
+#[tokio::test]
+async fn on_one_cpu_the_single_threaded_scheduler_serves_requests_side_by_side() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_port = upstream.local_addr().unwrap().port();
+    async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            buf.push(byte[0]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+    let server = tokio::spawn(async move {
+        let (mut first, _) = upstream.accept().await.unwrap();
+        let first_head = read_head(&mut first).await;
+        let (mut second, _) = upstream.accept().await.unwrap();
+        let second_head = read_head(&mut second).await;
+        for (s, body) in [(&mut second, "second"), (&mut first, "first")] {
+            let res = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(res.as_bytes()).await.unwrap();
+        }
+        (first_head, second_head)
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path().join("unikgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n[upstream]\nurl = \"http://127.0.0.1:{up_port}\"\n[store]\nurl = \"sqlite://{}/data/unikgate.db\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("unikgate.log");
+    let mut p = Proc(
+        Command::new("taskset")
+            .args(["-c", "0", bin(), "serve", "-c"])
+            .arg(&cfg)
+            .env("UNIKGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("taskset (util-linux) runs unikgate on one CPU"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(format!("{base}/_unikgate/healthz")).await {
+            up = r.status() == 200;
+            if up {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(up, "unikgate did not start:\n{text}");
+    assert!(
+        text.contains("scheduler=\"single-threaded\"") && text.contains("workers=1"),
+        "{text}"
+    );
+
+    let client = reqwest::Client::new();
+    let first = tokio::spawn(client.get(format!("{base}/matomo.js?n=1")).send());
+    // Both at once: whichever reaches the upstream first is held there until the other arrives.
+    let second = tokio::spawn(client.get(format!("{base}/matomo.js?n=2")).send());
+    // A guard against a hang (the failure this test looks for), not a measurement.
+    let both = tokio::time::timeout(Duration::from_secs(30), async {
+        let a = first.await.unwrap().unwrap();
+        let b = second.await.unwrap().unwrap();
+        (a.text().await.unwrap(), b.text().await.unwrap())
+    })
+    .await
+    .expect("both requests answered: one CPU still serves requests side by side");
+    let mut bodies = [both.0, both.1];
+    bodies.sort();
+    assert_eq!(bodies, ["first".to_string(), "second".to_string()]);
+    let (h1, h2) = server.await.unwrap();
+    assert!(h1.starts_with("GET /matomo.js?n="), "{h1}");
+    assert!(h2.starts_with("GET /matomo.js?n="), "{h2}");
+
+    Command::new("kill")
+        .args(["-TERM", &p.0.id().to_string()])
+        .status()
+        .unwrap();
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Ok(Some(s)) = p.0.try_wait() {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = exited.expect("unikgate exits on SIGTERM");
+    assert!(s.success(), "{s:?}");
+}
