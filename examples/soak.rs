@@ -78,11 +78,7 @@ async fn main() {
     let p = FakeProvider::start().await;
     p.set_sub("uns-alice");
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::servers::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let cfg = dir.path().join("soak.toml");
     std::fs::write(

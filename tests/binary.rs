@@ -6,6 +6,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::servers::free_port;
 use support::StandIn;
 
 fn bin() -> &'static str {
@@ -37,11 +38,21 @@ async fn spawn(upstream: &str, dir: &std::path::Path) -> (Proc, String) {
 }
 
 async fn spawn_with(upstream: &str, dir: &std::path::Path, extra_server: &str) -> (Proc, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    start(upstream, dir, extra_server, &[], "warn", Stdio::null()).await
+}
+
+/// Writes a configuration for `upstream` (SQLite under `dir`) and starts `unikgate serve`, through
+/// `launcher` when it is not empty (e.g. `taskset -c 0`), with `UNIKGATE_LOG=log` and stderr to
+/// `stderr`; returns once it answers `healthz`.
+async fn start(
+    upstream: &str,
+    dir: &std::path::Path,
+    extra_server: &str,
+    launcher: &[&str],
+    log: &str,
+    stderr: Stdio,
+) -> (Proc, String) {
+    let port = free_port();
     let cfg = dir.join("unikgate.toml");
     std::fs::write(
         &cfg,
@@ -51,15 +62,22 @@ async fn spawn_with(upstream: &str, dir: &std::path::Path, extra_server: &str) -
         ),
     )
     .unwrap();
+    let mut cmd = match launcher.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
     let child = Proc(
-        Command::new(bin())
-            .args(["serve", "-c"])
+        cmd.args(["serve", "-c"])
             .arg(&cfg)
-            .env("UNIKGATE_LOG", "warn")
+            .env("UNIKGATE_LOG", log)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
-            .unwrap(),
+            .unwrap_or_else(|e| panic!("cannot start unikgate through {launcher:?}: {e}")),
     );
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..100 {
@@ -71,6 +89,21 @@ async fn spawn_with(upstream: &str, dir: &std::path::Path, extra_server: &str) -
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("unikgate did not start");
+}
+
+/// Sends SIGTERM (with the `kill` command: no libc here) and waits up to 5 s for the exit.
+async fn terminate(p: &mut Proc) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &p.0.id().to_string()])
+        .status()
+        .unwrap();
+    for _ in 0..100 {
+        if let Ok(Some(s)) = p.0.try_wait() {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("unikgate did not exit on SIGTERM");
 }
 
 const SIZE: u64 = 200 * 1024 * 1024;
@@ -309,11 +342,7 @@ fn the_compose_files_set_real_keys_mount_real_files_and_document_their_variables
 async fn logs_to_a_file_have_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("unikgate.toml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     std::fs::write(
         &cfg,
         format!(
@@ -366,21 +395,7 @@ async fn sigterm_shuts_down_gracefully() {
     let m = StandIn::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (mut p, _base) = spawn(&m.url(), dir.path()).await;
-    let pid = p.0.id() as i32;
-    // SAFETY-free: use the kill command instead of libc.
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let mut exited = None;
-    for _ in 0..100 {
-        if let Ok(Some(s)) = p.0.try_wait() {
-            exited = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let s = exited.expect("unikgate exits on SIGTERM");
+    let s = terminate(&mut p).await;
     assert!(s.success(), "{s:?}");
 }
 
@@ -388,11 +403,7 @@ async fn sigterm_shuts_down_gracefully() {
 async fn metrics_on_their_own_listener_and_a_generated_session_key() {
     let m = StandIn::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mport = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let mport = free_port();
     let (_p, base) = spawn_with(
         &m.url(),
         dir.path(),
@@ -523,44 +534,17 @@ async fn on_one_cpu_the_single_threaded_scheduler_serves_requests_side_by_side()
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = dir.path().join("unikgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n[upstream]\nurl = \"http://127.0.0.1:{up_port}\"\n[store]\nurl = \"sqlite://{}/data/unikgate.db\"\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
     let log = dir.path().join("unikgate.log");
-    let mut p = Proc(
-        Command::new("taskset")
-            .args(["-c", "0", bin(), "serve", "-c"])
-            .arg(&cfg)
-            .env("UNIKGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("taskset (util-linux) runs unikgate on one CPU"),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..100 {
-        if let Ok(r) = reqwest::get(format!("{base}/_unikgate/healthz")).await {
-            up = r.status() == 200;
-            if up {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut p, base) = start(
+        &format!("http://127.0.0.1:{up_port}"),
+        dir.path(),
+        "",
+        &["taskset", "-c", "0"],
+        "info",
+        std::fs::File::create(&log).unwrap().into(),
+    )
+    .await;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(up, "unikgate did not start:\n{text}");
     assert!(
         text.contains("scheduler=\"single-threaded\"") && text.contains("workers=1"),
         "{text}"
@@ -585,18 +569,6 @@ async fn on_one_cpu_the_single_threaded_scheduler_serves_requests_side_by_side()
     assert!(h1.starts_with("GET /matomo.js?n="), "{h1}");
     assert!(h2.starts_with("GET /matomo.js?n="), "{h2}");
 
-    Command::new("kill")
-        .args(["-TERM", &p.0.id().to_string()])
-        .status()
-        .unwrap();
-    let mut exited = None;
-    for _ in 0..100 {
-        if let Ok(Some(s)) = p.0.try_wait() {
-            exited = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let s = exited.expect("unikgate exits on SIGTERM");
+    let s = terminate(&mut p).await;
     assert!(s.success(), "{s:?}");
 }
