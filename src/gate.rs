@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::matomo::{self, MATOMO_COOKIE};
 use crate::now_ms;
 use crate::php::Params;
-use crate::session::{cookie_hash, MatomoSession, Sess, UserSession};
+use crate::session::{MatomoSession, Sess, UserSession};
 use crate::web::{
     append_matomo_cookie, finish, mint, own_url, redirect_local, set_matomo_cookie_header, Ctx,
 };
@@ -373,12 +373,7 @@ async fn signed_in_ui(
             .as_ref()
             .is_some_and(|m| now - m.seen >= app.sessions.touch_every().as_millis() as i64);
     if record_seen {
-        user.to_mut().matomo = Some(MatomoSession {
-            login: link.matomo_login.clone(),
-            cookie_hash: cookie_hash(&cookie),
-            cookie: Some(cookie.clone()),
-            seen: now,
-        });
+        user.to_mut().matomo = Some(MatomoSession::minted(&link.matomo_login, &cookie, now));
     }
     let method = req.method().clone();
     let (mut parts, body) = req.into_parts();
@@ -457,12 +452,7 @@ async fn retry_as_anonymous(
     tracing::info!(subject = %user.subject, "Matomo answered as anonymous; minting again");
     let v = mint(app, ctx, &link.matomo_login, &user.subject, "retry").await?;
     set_matomo_cookie_header(&mut headers, &v);
-    user.to_mut().matomo = Some(MatomoSession {
-        login: link.matomo_login.clone(),
-        cookie_hash: cookie_hash(&v),
-        cookie: Some(v.clone()),
-        seen: now_ms(),
-    });
+    user.to_mut().matomo = Some(MatomoSession::minted(&link.matomo_login, &v, now_ms()));
     let mut retry = Request::new(Body::empty());
     *retry.method_mut() = method;
     *retry.uri_mut() = orig_uri;

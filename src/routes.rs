@@ -21,7 +21,7 @@ use crate::matomo::{self, Proof, MATOMO_COOKIE};
 use crate::now_ms;
 use crate::pages::{AccountPage, LinkPage, SignInPage};
 use crate::redirect::safe_rd;
-use crate::session::{cookie_hash, MatomoSession, Sess, UserSession};
+use crate::session::{MatomoSession, Sess, UserSession};
 use crate::web::{append_matomo_cookie, clear_matomo_cookie, mint, own_url, redirect_local, Ctx};
 use crate::App;
 
@@ -296,12 +296,7 @@ async fn callback(app: &App, ctx: &Ctx, sess: &mut Sess, q: &Form) -> Result<Res
         }
     };
     user.link = Some(crate::web::link_ref(&link));
-    user.matomo = Some(MatomoSession {
-        login: link.matomo_login.clone(),
-        cookie_hash: cookie_hash(&v),
-        cookie: Some(v.clone()),
-        seen: now,
-    });
+    user.matomo = Some(MatomoSession::minted(&link.matomo_login, &v, now));
     data.user = Some(user);
     index_this_session(app, sess).await?;
     if let Err(e) = app.links.touch(&link.id).await {
@@ -530,12 +525,7 @@ async fn link_post(
         Err(e) => return Err(e),
     };
     user.link = Some(crate::web::link_ref(&link));
-    user.matomo = Some(MatomoSession {
-        login,
-        cookie_hash: cookie_hash(&v),
-        cookie: Some(v.clone()),
-        seen: now_ms(),
-    });
+    user.matomo = Some(MatomoSession::minted(&login, &v, now_ms()));
     let data = app.sessions.load(sess).await?;
     data.user = Some(user);
     sess.changed();

@@ -117,6 +117,16 @@ pub struct MatomoSession {
 }
 
 impl MatomoSession {
+    /// The Matomo session unikgate just minted (or saw in use) for `login`, with value `cookie`.
+    pub fn minted(login: &str, cookie: &str, seen: i64) -> MatomoSession {
+        MatomoSession {
+            login: login.to_string(),
+            cookie_hash: cookie_hash(cookie),
+            cookie: Some(cookie.to_string()),
+            seen,
+        }
+    }
+
     /// True when `browser` is the `MATOMO_SESSID` value this session minted: compared with the
     /// stored value in constant time (no hash per request), or by hash for sessions written
     /// before the value was kept.
