@@ -16,7 +16,20 @@ use std::time::Duration;
 use libtest_mimic::{Arguments, Failed, Trial};
 use support::provider::FakeProvider;
 use support::real::{RealMatomo, ADMIN, ALICE, BOB, SHARED_SECRET};
-use support::{config, link_password, location, sign_in, Browser, TestApp};
+use support::{link_password, location, sign_in, Browser, TestApp};
+
+/// The test config with a real Matomo behind it: its upstream timeout is generous, because a real
+/// Matomo rebuilding its caches (after a plugin is activated or a config key set) while the other
+/// tests run beside it on two cores can take more than the stand-in's five seconds for one
+/// answer (CI saw it on a logout). No test here measures time.
+fn config(upstream: &str, provider: &str, extra: &str) -> String {
+    let toml = support::config(upstream, provider, extra);
+    assert!(
+        toml.contains("\ntimeout = \"5s\"\n"),
+        "support::config changed its timeout"
+    );
+    toml.replace("\ntimeout = \"5s\"\n", "\ntimeout = \"60s\"\n")
+}
 
 type Fut<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
 type TestFn = for<'a> fn(&'a RealMatomo) -> Fut<'a>;
