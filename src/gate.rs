@@ -367,11 +367,16 @@ async fn signed_in_ui(
         minted = Some(v.clone());
         v
     };
+    // The Matomo session's activity rides on the session's own activity write: one request per
+    // session and `touch_every` (the one that claimed it while reading the session) records both,
+    // so a burst of parallel requests writes once. `seen` then lags real use by at most two
+    // `touch_every` (60 s), which only makes the gate re-mint earlier, never later.
     let record_seen = minted.is_some()
-        || user
-            .matomo
-            .as_ref()
-            .is_some_and(|m| now - m.seen >= app.sessions.touch_every().as_millis() as i64);
+        || (sess.will_save()
+            && user
+                .matomo
+                .as_ref()
+                .is_some_and(|m| now - m.seen >= app.sessions.touch_every().as_millis() as i64));
     if record_seen {
         user.to_mut().matomo = Some(MatomoSession::minted(&link.matomo_login, &cookie, now));
     }
