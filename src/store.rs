@@ -50,6 +50,42 @@ struct Cache {
     entries: HashMap<Id, Entry>,
     /// Bumped by every write and delete: a load started before one does not cache its result.
     epoch: u64,
+    /// Sessions being read from the store now, with the requests waiting for that read.
+    loading: HashMap<Id, Turn>,
+}
+
+/// One store read of a session at a time: the requests that arrive meanwhile wait for it and
+/// take its answer (when no write came since and it is younger than the cache's lifetime), so a
+/// burst of parallel requests for a session that is not in memory (after an idle minute, or at
+/// start) reads the store once instead of once each.
+type Turn = Arc<tokio::sync::Mutex<Option<Answer>>>;
+
+#[derive(Debug)]
+struct Answer {
+    epoch: u64,
+    at: std::time::Instant,
+    record: Option<Record>,
+}
+
+/// Leaves a turn when dropped (also when the request is abandoned while waiting or reading):
+/// the last one to leave removes it.
+struct TurnGuard<'a> {
+    cache: &'a CachedSessions,
+    id: Id,
+    turn: Turn,
+}
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        let mut c = self.cache.cache();
+        let last = c
+            .loading
+            .get(&self.id)
+            .is_some_and(|t| Arc::ptr_eq(t, &self.turn) && Arc::strong_count(t) == 2);
+        if last {
+            c.loading.remove(&self.id);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -136,21 +172,82 @@ impl SessionStore for CachedSessions {
     }
 
     async fn load(&self, id: &Id) -> tower_sessions::session_store::Result<Option<Record>> {
-        let epoch = {
+        // `Ok(epoch)`: refresh a live entry (this request alone; the others are served it
+        // meanwhile). `Err(turn)`: not in memory, or expired.
+        let next: Result<u64, Turn> = {
             let mut c = self.cache();
             let epoch = c.epoch;
-            if let Some(e) = c.entries.get_mut(id) {
-                let age = e.at.elapsed();
-                if age < self.ttl && e.record.expiry_date > time::OffsetDateTime::now_utc() {
-                    if age < self.ttl / 2 || e.refreshing {
+            match c.entries.get_mut(id) {
+                Some(e)
+                    if e.at.elapsed() < self.ttl
+                        && e.record.expiry_date > time::OffsetDateTime::now_utc() =>
+                {
+                    if e.at.elapsed() < self.ttl / 2 || e.refreshing {
                         return Ok(Some(e.record.clone()));
                     }
-                    // This request refreshes it; the others keep the cached copy meanwhile.
                     e.refreshing = true;
+                    Ok(epoch)
+                }
+                _ => {
+                    if c.loading.len() >= CACHE_MAX {
+                        // Turns left by abandoned requests nobody came back for.
+                        c.loading.retain(|_, t| Arc::strong_count(t) > 1);
+                    }
+                    Err(c.loading.entry(*id).or_default().clone())
                 }
             }
-            epoch
         };
+        let turn = match next {
+            Ok(epoch) => return self.load_from_store(id, epoch).await,
+            Err(turn) => turn,
+        };
+        // Not in memory (or expired): one read of the store at a time for this session.
+        let _leave = TurnGuard {
+            cache: self,
+            id: *id,
+            turn: turn.clone(),
+        };
+        let mut answer = turn.lock_owned().await;
+        let epoch = {
+            let c = self.cache();
+            if let Some(e) = c.entries.get(id) {
+                if e.at.elapsed() < self.ttl
+                    && e.record.expiry_date > time::OffsetDateTime::now_utc()
+                {
+                    return Ok(Some(e.record.clone()));
+                }
+            }
+            if let Some(a) = answer.as_ref() {
+                if a.epoch == c.epoch && a.at.elapsed() < self.ttl {
+                    return Ok(a.record.clone());
+                }
+            }
+            c.epoch
+        };
+        let loaded = self.load_from_store(id, epoch).await;
+        if let Ok(record) = &loaded {
+            *answer = Some(Answer {
+                epoch,
+                at: std::time::Instant::now(),
+                record: record.clone(),
+            });
+        }
+        loaded
+    }
+
+    async fn delete(&self, id: &Id) -> tower_sessions::session_store::Result<()> {
+        self.forget(id);
+        self.inner.delete(id).await
+    }
+}
+
+impl CachedSessions {
+    /// Reads the store; the answer is cached unless a write of this process came since `epoch`.
+    async fn load_from_store(
+        &self,
+        id: &Id,
+        epoch: u64,
+    ) -> tower_sessions::session_store::Result<Option<Record>> {
         let loaded = self.inner.load(id).await;
         let mut c = self.cache();
         match &loaded {
@@ -175,11 +272,6 @@ impl SessionStore for CachedSessions {
             }
         }
         loaded
-    }
-
-    async fn delete(&self, id: &Id) -> tower_sessions::session_store::Result<()> {
-        self.forget(id);
-        self.inner.delete(id).await
     }
 }
 
@@ -560,6 +652,72 @@ mod tests {
         tokio::time::sleep(ttl / 2 + Duration::from_millis(50)).await;
         assert!(cache.load(&id).await.unwrap().is_none());
         assert!(cache.load(&id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_burst_for_a_session_not_in_memory_reads_the_store_once() {
+        let inner = Arc::new(Counting::default());
+        let ttl = Duration::from_millis(300);
+        let cache = CachedSessions::new(inner.clone(), ttl);
+        let id = Id::default();
+        inner.records.lock().unwrap().insert(
+            id,
+            Record {
+                id,
+                ..fresh_record()
+            },
+        );
+        let n = 16;
+        let all = futures_util::future::join_all((0..n).map(|_| cache.load(&id))).await;
+        assert!(all.iter().all(|r| matches!(r, Ok(Some(_)))));
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 1, "one read for {n}");
+        // Expired (an idle while): again one read for the whole burst.
+        tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+        let all = futures_util::future::join_all((0..n).map(|_| cache.load(&id))).await;
+        assert!(all.iter().all(|r| matches!(r, Ok(Some(_)))));
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 2);
+        // A session the store does not have: the burst shares that answer too.
+        let gone = Id::default();
+        let all = futures_util::future::join_all((0..n).map(|_| cache.load(&gone))).await;
+        assert!(all.iter().all(|r| matches!(r, Ok(None))));
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 3);
+        // Nothing is left behind once the burst is over.
+        assert!(cache.cache().loading.is_empty());
+        // A later read of the missing session asks the store again (answers are not kept).
+        assert!(cache.load(&gone).await.unwrap().is_none());
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 4);
+    }
+
+    /// A request that waits for another's read while a write of this process lands does not
+    /// take the read's (older) answer.
+    #[tokio::test]
+    async fn a_read_shared_by_waiters_is_not_taken_after_a_write() {
+        let inner = Arc::new(Paused::default());
+        let cache = CachedSessions::new(inner.clone(), Duration::from_secs(60));
+        let id = Id::default();
+        let old = Record {
+            id,
+            ..fresh_record()
+        };
+        inner.records.lock().unwrap().insert(id, old.clone());
+        let mut new = old.clone();
+        new.data.insert("k".into(), serde_json::json!("new"));
+        let (first, second, ()) = tokio::join!(cache.load(&id), cache.load(&id), async {
+            // Both reads are under way (the first at the store, the second waiting for it).
+            tokio::task::yield_now().await;
+            cache.save(&new).await.unwrap();
+            inner.release.notify_one();
+        });
+        assert_eq!(
+            first.unwrap().unwrap().data.get("k"),
+            None,
+            "read before the write"
+        );
+        assert_eq!(
+            second.unwrap().unwrap().data.get("k"),
+            Some(&serde_json::json!("new")),
+            "the waiter sees the write, not the older answer"
+        );
     }
 
     /// A store whose loads read the record at once and answer only when released.
