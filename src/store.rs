@@ -36,8 +36,9 @@ const CACHE_MAX: usize = 20_000;
 ///
 /// Refresh ahead: past half its lifetime, an entry is reloaded by one request while the others
 /// keep reading it, so a busy session (one browser, many parallel requests) never expires into a
-/// burst of identical store reads. A load that raced with a write of this process is not cached
-/// (the write's copy wins).
+/// burst of identical store reads. A session not in memory (or expired) is read by one request
+/// at a time; the others of a burst take its answer (`Turn`). A load that raced with a write of
+/// this process is not cached (the write's copy wins).
 #[derive(Debug)]
 pub struct CachedSessions {
     inner: Arc<dyn SessionStore>,
@@ -64,7 +65,9 @@ type Turn = Arc<tokio::sync::Mutex<Option<Answer>>>;
 struct Answer {
     epoch: u64,
     at: std::time::Instant,
-    record: Option<Record>,
+    /// A failure is shared too: with the store failing slowly (a locked database), the requests
+    /// of a burst must not each wait their own turn for it.
+    record: Result<Option<Record>, String>,
 }
 
 /// Leaves a turn when dropped (also when the request is abandoned while waiting or reading):
@@ -219,19 +222,23 @@ impl SessionStore for CachedSessions {
             }
             if let Some(a) = answer.as_ref() {
                 if a.epoch == c.epoch && a.at.elapsed() < self.ttl {
-                    return Ok(a.record.clone());
+                    return a
+                        .record
+                        .clone()
+                        .map_err(tower_sessions::session_store::Error::Backend);
                 }
             }
             c.epoch
         };
         let loaded = self.load_from_store(id, epoch).await;
-        if let Ok(record) = &loaded {
-            *answer = Some(Answer {
-                epoch,
-                at: std::time::Instant::now(),
-                record: record.clone(),
-            });
-        }
+        *answer = Some(Answer {
+            epoch,
+            at: std::time::Instant::now(),
+            record: match &loaded {
+                Ok(r) => Ok(r.clone()),
+                Err(e) => Err(e.to_string()),
+            },
+        });
         loaded
     }
 
@@ -686,6 +693,43 @@ mod tests {
         // A later read of the missing session asks the store again (answers are not kept).
         assert!(cache.load(&gone).await.unwrap().is_none());
         assert_eq!(inner.loads.load(Ordering::SeqCst), 4);
+    }
+
+    /// A store that fails every read (after a pause, as a locked database would).
+    #[derive(Debug, Default)]
+    struct Failing {
+        loads: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl SessionStore for Failing {
+        async fn save(&self, _: &Record) -> tower_sessions::session_store::Result<()> {
+            Ok(())
+        }
+        async fn load(&self, _: &Id) -> tower_sessions::session_store::Result<Option<Record>> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(tower_sessions::session_store::Error::Backend(
+                "database is locked".into(),
+            ))
+        }
+        async fn delete(&self, _: &Id) -> tower_sessions::session_store::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// With the store failing, a burst shares the one failure instead of queueing for its own.
+    #[tokio::test]
+    async fn a_burst_shares_a_failing_read() {
+        let inner = Arc::new(Failing::default());
+        let cache = CachedSessions::new(inner.clone(), Duration::from_secs(2));
+        let id = Id::default();
+        let all = futures_util::future::join_all((0..16).map(|_| cache.load(&id))).await;
+        assert!(all
+            .iter()
+            .all(|r| matches!(r, Err(e) if e.to_string().contains("database is locked"))));
+        assert_eq!(inner.loads.load(Ordering::SeqCst), 1);
+        assert!(cache.cache().loading.is_empty());
     }
 
     /// A request that waits for another's read while a write of this process lands does not
