@@ -736,16 +736,7 @@ mod tests {
     /// take the read's (older) answer.
     #[tokio::test]
     async fn a_read_shared_by_waiters_is_not_taken_after_a_write() {
-        let inner = Arc::new(Paused::default());
-        let cache = CachedSessions::new(inner.clone(), Duration::from_secs(60));
-        let id = Id::default();
-        let old = Record {
-            id,
-            ..fresh_record()
-        };
-        inner.records.lock().unwrap().insert(id, old.clone());
-        let mut new = old.clone();
-        new.data.insert("k".into(), serde_json::json!("new"));
+        let (inner, cache, id, new) = paused_with_a_newer_write();
         let (first, second, ()) = tokio::join!(cache.load(&id), cache.load(&id), async {
             // Both reads are under way (the first at the store, the second waiting for it).
             tokio::task::yield_now().await;
@@ -788,9 +779,9 @@ mod tests {
         }
     }
 
-    /// A read that started before a write of this process must not put the old copy back.
-    #[tokio::test]
-    async fn a_load_racing_a_write_does_not_cache_the_old_copy() {
+    /// A paused store holding a record, its cache, the record's id, and a newer version of it
+    /// (data `k` = "new") for the test to write.
+    fn paused_with_a_newer_write() -> (Arc<Paused>, CachedSessions, Id, Record) {
         let inner = Arc::new(Paused::default());
         let cache = CachedSessions::new(inner.clone(), Duration::from_secs(60));
         let id = Id::default();
@@ -799,8 +790,15 @@ mod tests {
             ..fresh_record()
         };
         inner.records.lock().unwrap().insert(id, old.clone());
-        let mut new = old.clone();
+        let mut new = old;
         new.data.insert("k".into(), serde_json::json!("new"));
+        (inner, cache, id, new)
+    }
+
+    /// A read that started before a write of this process must not put the old copy back.
+    #[tokio::test]
+    async fn a_load_racing_a_write_does_not_cache_the_old_copy() {
+        let (inner, cache, id, new) = paused_with_a_newer_write();
         let (raced, ()) = tokio::join!(cache.load(&id), async {
             // The load above has read the old record and waits; the write lands meanwhile.
             cache.save(&new).await.unwrap();
