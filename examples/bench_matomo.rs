@@ -9,7 +9,9 @@
 //!     `force_api_session=1`): direct with the Matomo session cookie, and through unikgate.
 //!
 //! Prints a Markdown section (min / median / max across rounds) on stdout.
-//! Usage: bench_matomo UNIKGATE_BINARY BENCH_SESSION_BINARY   (env ROUNDS, DURATION)
+//! Usage: bench_matomo UNIKGATE_BINARY BENCH_SESSION_BINARY   (env ROUNDS, DURATION, PAIRS)
+//! With `HOLD=1` it measures nothing: it prints the addresses and cookies of the three paths and
+//! keeps every server up until it is interrupted, for measuring by hand (curl, strace, perf).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -253,6 +255,17 @@ async fn main() {
             .expect("widget API");
         let text = res.text().await.unwrap_or_default();
         assert!(text.contains("nb_visits"), "widget API via {base}: {text}");
+    }
+    if std::env::var("HOLD").is_ok_and(|v| v == "1") {
+        println!("direct (Apache):  {}  cookie: {direct}", m.apache);
+        println!("through unikgate: {ug}  cookie: {through}");
+        println!("through nginx:    {ngx}");
+        println!("dashboard: {DASHBOARD}\nwidget API (POST token_auth={token}&force_api_session=1): {WIDGET_API}\ntracking: {TRACK}");
+        println!("holding; interrupt to stop");
+        let _ = tokio::signal::ctrl_c().await;
+        drop(children);
+        m.stop();
+        return;
     }
     let script = work.path().join("widget.lua");
     std::fs::write(

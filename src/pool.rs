@@ -1,36 +1,64 @@
-//! Keep-alive HTTP/1.1 connections to Matomo, checked out and returned by the request's own task.
+//! Keep-alive HTTP/1.1 connections to Matomo: a small client of unikgate's own.
 //!
-//! A connection goes back to the pool the moment its response body ends (the body wrapper sees
-//! the end), so no task is spawned per request; a request that could not be written on a reused
-//! connection (Matomo closed it while it was idle) is sent again on another one. A body dropped
-//! before its end closes its connection. Why not hyper-util's pooled client: it spawns a task per
-//! request to return the connection and hashes the authority on every checkout;
-//! docs/PERFORMANCE.md has the measurement.
+//! The request's own task writes the request and reads the answer straight from the socket: no
+//! task per connection, no channel between the two, and the response body is read by the body
+//! itself, so the pieces of a page that are already there go out in one write to the browser
+//! (docs/PERFORMANCE.md has the measurements that led here, and what hyper's client cost).
+//!
+//! It is strict where a proxy must be (RFC 9112): the request's framing is written from its body
+//! (never copied from the browser's headers); the answer's head is parsed by `httparse` with
+//! bounded size and header count; its body framing is decided once (no body for `HEAD`, 1xx, 204
+//! and 304; `Transfer-Encoding` over `Content-Length`, and then the connection is not reused;
+//! differing lengths are an error; otherwise to the end of the connection); chunk sizes,
+//! extensions and trailers are bounded. A connection goes back to the pool only after a whole,
+//! well-framed answer with nothing after it; a body dropped before its end closes it.
+//!
+//! An idle connection Matomo has closed is seen when it is checked out (the socket reads as
+//! closed); one that closes under a request is replaced and the request sent again only when
+//! that cannot repeat it (it was not written, or an idempotent request got no byte of answer).
 
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{Builder, SendRequest};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Why a request did not reach Matomo.
+/// Largest response head accepted from Matomo.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most response headers accepted.
+const MAX_HEADERS: usize = 128;
+/// Room made in the read buffer before each read: a whole page of usual size in one read.
+const READ_SIZE: usize = 64 * 1024;
+/// Request bodies up to this size are read whole and written with the head (and can be sent
+/// again on another connection); larger ones and those of unknown size are streamed.
+const BUFFERED_BODY: u64 = 64 * 1024;
+/// Longest chunk-size line (size and extensions) and all trailers of one answer together.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Why a request did not reach Matomo, or its answer could not be read.
 #[derive(Debug)]
 pub enum PoolError {
     /// The TCP connection failed (refused, unreachable, name not resolved).
-    Connect(std::io::Error),
+    Connect(io::Error),
     /// The TCP connection did not open within `upstream.connect_timeout`.
     ConnectTimeout,
-    /// The HTTP exchange failed (connection reset, malformed answer).
-    Http(hyper::Error),
-    /// A new connection closed before the request could be written.
+    /// Reading or writing the connection failed (reset, closed mid-answer).
+    Io(io::Error),
+    /// Matomo's answer broke HTTP/1.1 (what is wrong with it).
+    Protocol(&'static str),
+    /// The browser's request body failed while it was being sent on.
+    RequestBody(String),
+    /// The connection closed before any answer came.
     Closed,
 }
 
@@ -39,8 +67,10 @@ impl std::fmt::Display for PoolError {
         match self {
             PoolError::Connect(e) => write!(f, "cannot connect: {e}"),
             PoolError::ConnectTimeout => f.write_str("connect timed out"),
-            PoolError::Http(e) => write!(f, "{e}"),
-            PoolError::Closed => f.write_str("connection closed before the request was sent"),
+            PoolError::Io(e) => write!(f, "connection failed: {e}"),
+            PoolError::Protocol(what) => write!(f, "malformed answer: {what}"),
+            PoolError::RequestBody(e) => write!(f, "request body failed: {e}"),
+            PoolError::Closed => f.write_str("connection closed before any answer"),
         }
     }
 }
@@ -54,6 +84,8 @@ pub struct Pool {
 struct Inner {
     host: String,
     port: u16,
+    /// `Host` for a request that has none (HTTP/1.1 requires one).
+    host_header: HeaderValue,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -61,28 +93,48 @@ struct Inner {
     idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
-/// One connection's request side; its I/O runs in a task of its own, which notices at once when
-/// Matomo closes an idle connection.
+/// One connection and the bytes read from it but not yet used.
 struct Conn {
-    sender: SendRequest<Body>,
-}
-
-enum Failed {
-    /// Not written (the connection was closed while idle): the request comes back for a retry.
-    Retry(Box<Request<Body>>),
-    Fatal(hyper::Error),
+    stream: TcpStream,
+    buf: BytesMut,
 }
 
 impl Conn {
-    /// Sends the request; the response head comes back.
-    async fn exchange(&mut self, req: Request<Body>) -> Result<Response<Incoming>, Failed> {
-        self.sender
-            .try_send_request(req)
-            .await
-            .map_err(|mut e| match e.take_message() {
-                Some(back) => Failed::Retry(Box::new(back)),
-                None => Failed::Fatal(e.into_error()),
-            })
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Still open with nothing unread: an idle connection Matomo closed reads as closed. Costs no
+    /// system call unless the socket became readable since its last answer.
+    fn is_reusable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readable: closed, reset, stray bytes, or a stale readiness (then it would block).
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads more of the answer into the buffer; `Ok(0)` is the end of the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 }
 
@@ -92,10 +144,10 @@ impl Inner {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn put(&self, conn: Conn) {
-        if conn.sender.is_closed() {
-            return;
-        }
+    fn put(&self, mut conn: Conn) {
+        // The read buffer's room goes with the frames already handed out; an idle connection
+        // holds none.
+        conn.buf = BytesMut::new();
         let mut idle = self.idle();
         if idle.len() < self.max_idle {
             idle.push((conn, Instant::now()));
@@ -103,14 +155,50 @@ impl Inner {
     }
 
     fn checkout(&self) -> Option<Conn> {
-        let mut idle = self.idle();
-        while let Some((c, since)) = idle.pop() {
-            if !c.sender.is_closed() && since.elapsed() < self.idle_timeout {
+        loop {
+            let (mut c, since) = self.idle().pop()?;
+            if since.elapsed() < self.idle_timeout && c.is_reusable() {
                 return Some(c);
             }
         }
-        None
     }
+}
+
+/// The request as it goes on the wire.
+enum Outgoing {
+    /// Head and whole body: can be written again on another connection.
+    Buffered(Vec<u8>),
+    /// Head, then the body streamed (with its length, or chunked).
+    Streamed {
+        head: Vec<u8>,
+        body: Body,
+        length: Option<u64>,
+    },
+}
+
+/// How an answer's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// To the end of the connection.
+    Close,
+}
+
+/// A parsed answer head: the response without its body, its framing, and whether the
+/// connection can carry another request after it.
+struct Head {
+    res: Response<()>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// How an exchange on a connection failed.
+enum Failed {
+    /// Nothing of the request can have been acted on: another connection may take it.
+    Retry,
+    Fatal(PoolError),
 }
 
 impl Pool {
@@ -122,10 +210,17 @@ impl Pool {
         idle_timeout: Duration,
         max_idle: usize,
     ) -> Pool {
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
         Pool {
             inner: Arc::new(Inner {
                 host: host.to_string(),
                 port,
+                host_header: HeaderValue::from_str(&authority)
+                    .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
                 connect_timeout,
                 idle_timeout,
                 max_idle,
@@ -136,23 +231,114 @@ impl Pool {
 
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection or a new one. The response
     /// body streams; its connection returns to the pool when the body has been read to the end.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, PoolError> {
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, PoolError> {
+        let (parts, body) = req.into_parts();
+        let method = parts.method.clone();
+        let mut out = self.encode(&parts, body).await?;
+        // Repeating it cannot do twice what Matomo did once.
+        let idempotent = matches!(
+            method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
         while let Some(mut conn) = self.inner.checkout() {
-            // Usually ready at once; a connection still finishing its previous answer is awaited.
-            if conn.sender.ready().await.is_err() {
-                continue;
-            }
-            match conn.exchange(req).await {
-                Ok(res) => return Ok(self.wrap(res, conn)),
-                Err(Failed::Retry(back)) => req = *back,
-                Err(Failed::Fatal(e)) => return Err(PoolError::Http(e)),
+            match exchange(&mut conn, &method, &mut out, true, idempotent).await {
+                Ok(head) => return Ok(self.respond(conn, head)),
+                Err(Failed::Retry) => continue,
+                Err(Failed::Fatal(e)) => return Err(e),
             }
         }
         let mut conn = self.connect().await?;
-        match conn.exchange(req).await {
-            Ok(res) => Ok(self.wrap(res, conn)),
-            Err(Failed::Retry(_)) => Err(PoolError::Closed),
-            Err(Failed::Fatal(e)) => Err(PoolError::Http(e)),
+        match exchange(&mut conn, &method, &mut out, false, idempotent).await {
+            Ok(head) => Ok(self.respond(conn, head)),
+            Err(Failed::Retry) => Err(PoolError::Closed),
+            Err(Failed::Fatal(e)) => Err(e),
+        }
+    }
+
+    /// The request head with framing written from the body (the browser's `Content-Length` and
+    /// `Transfer-Encoding` never pass); a small body is read whole and joins the head.
+    async fn encode(
+        &self,
+        parts: &http::request::Parts,
+        mut body: Body,
+    ) -> Result<Outgoing, PoolError> {
+        let mut head = Vec::with_capacity(256 + parts.headers.len() * 48);
+        head.extend_from_slice(parts.method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .as_bytes(),
+        );
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        if !parts.headers.contains_key(header::HOST) {
+            put_header(&mut head, "host", &self.inner.host_header);
+        }
+        for (name, value) in &parts.headers {
+            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            put_header(&mut head, name.as_str(), value);
+        }
+        let length = if http_body::Body::is_end_stream(&body) {
+            Some(0)
+        } else {
+            http_body::Body::size_hint(&body).exact()
+        };
+        match length {
+            Some(0) => {
+                if !matches!(
+                    parts.method,
+                    Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE
+                ) {
+                    head.extend_from_slice(b"content-length: 0\r\n");
+                }
+                head.extend_from_slice(b"\r\n");
+                Ok(Outgoing::Buffered(head))
+            }
+            Some(n) if n <= BUFFERED_BODY => {
+                head.extend_from_slice(b"content-length: ");
+                head.extend_from_slice(n.to_string().as_bytes());
+                head.extend_from_slice(b"\r\n\r\n");
+                let start = head.len() as u64;
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| PoolError::RequestBody(e.to_string()))?;
+                    if let Ok(data) = frame.into_data() {
+                        if head.len() as u64 - start + data.len() as u64 > n {
+                            return Err(PoolError::RequestBody(
+                                "longer than its Content-Length".into(),
+                            ));
+                        }
+                        head.extend_from_slice(&data);
+                    }
+                }
+                if head.len() as u64 - start != n {
+                    return Err(PoolError::RequestBody(
+                        "shorter than its Content-Length".into(),
+                    ));
+                }
+                Ok(Outgoing::Buffered(head))
+            }
+            Some(n) => {
+                head.extend_from_slice(b"content-length: ");
+                head.extend_from_slice(n.to_string().as_bytes());
+                head.extend_from_slice(b"\r\n\r\n");
+                Ok(Outgoing::Streamed {
+                    head,
+                    body,
+                    length: Some(n),
+                })
+            }
+            None => {
+                head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+                Ok(Outgoing::Streamed {
+                    head,
+                    body,
+                    length: None,
+                })
+            }
         }
     }
 
@@ -169,28 +355,32 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let (sender, io) = Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(PoolError::Http)?;
-        tokio::spawn(async move {
-            if let Err(e) = io.await {
-                tracing::debug!(error = %e, "connection to Matomo ended");
-            }
-        });
-        Ok(Conn { sender })
+        Ok(Conn::new(stream))
     }
 
-    fn wrap(&self, res: Response<Incoming>, conn: Conn) -> Response<Body> {
-        let (parts, inner) = res.into_parts();
+    /// The response whose body reads the rest of the answer from `conn`.
+    fn respond(&self, conn: Conn, head: Head) -> Response<Body> {
+        let (parts, ()) = head.res.into_parts();
         let mut body = PooledBody {
-            inner,
             conn: Some(conn),
             pool: self.inner.clone(),
+            keep_alive: head.keep_alive,
+            state: match head.framing {
+                Framing::Empty => State::Done,
+                Framing::Length(n) => State::Length(n),
+                Framing::Chunked => State::ChunkSize,
+                Framing::Close => State::Close,
+            },
+            trailers: 0,
+            failed: None,
         };
-        if http_body::Body::is_end_stream(&body.inner) {
+        if body.state == State::Done {
             body.release();
+            return Response::from_parts(parts, Body::empty());
         }
+        // Frames already in the buffer are ready at once; the framing after them is read ahead
+        // so that the end is seen as soon as it is there.
+        body.read_ahead();
         Response::from_parts(parts, Body::new(body))
     }
 
@@ -201,47 +391,477 @@ impl Pool {
     }
 }
 
-/// A response body that hands its connection back to the pool when it ends.
+fn put_header(head: &mut Vec<u8>, name: &str, value: &HeaderValue) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value.as_bytes());
+    head.extend_from_slice(b"\r\n");
+}
+
+/// Writes the request on `conn` and reads the answer's head (interim 1xx answers skipped).
+async fn exchange(
+    conn: &mut Conn,
+    method: &Method,
+    out: &mut Outgoing,
+    reused: bool,
+    idempotent: bool,
+) -> Result<Head, Failed> {
+    let fatal = |e: io::Error| Failed::Fatal(PoolError::Io(e));
+    match out {
+        Outgoing::Buffered(bytes) => {
+            if let Err(e) = conn.stream.write_all(bytes).await {
+                // Not a byte of an answer, and nothing Matomo could act on: a connection closed
+                // while idle. Another one takes it.
+                return Err(if reused { Failed::Retry } else { fatal(e) });
+            }
+        }
+        Outgoing::Streamed { head, body, length } => {
+            if let Err(e) = conn.stream.write_all(head).await {
+                return Err(if reused { Failed::Retry } else { fatal(e) });
+            }
+            stream_body(conn, body, *length)
+                .await
+                .map_err(Failed::Fatal)?;
+        }
+    }
+    let retry_ok = reused && idempotent && matches!(out, Outgoing::Buffered(_));
+    loop {
+        let head = loop {
+            match parse_head(&mut conn.buf, method) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(e) => return Err(Failed::Fatal(e)),
+            }
+            let received = !conn.buf.is_empty();
+            match conn.fill().await {
+                Ok(0) if !received && retry_ok => return Err(Failed::Retry),
+                Ok(0) if !received => return Err(Failed::Fatal(PoolError::Closed)),
+                Ok(0) => return Err(Failed::Fatal(PoolError::Protocol("closed within the head"))),
+                Ok(_) => {}
+                Err(_) if !received && retry_ok => return Err(Failed::Retry),
+                Err(e) => return Err(fatal(e)),
+            }
+        };
+        if head.res.status().is_informational() {
+            if head.res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(Failed::Fatal(PoolError::Protocol(
+                    "101 Switching Protocols to a request that asked for none",
+                )));
+            }
+            continue;
+        }
+        return Ok(head);
+    }
+}
+
+/// Writes a streamed request body with its framing.
+async fn stream_body(
+    conn: &mut Conn,
+    body: &mut Body,
+    length: Option<u64>,
+) -> Result<(), PoolError> {
+    let io = PoolError::Io;
+    let mut sent = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| PoolError::RequestBody(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        match length {
+            Some(n) if sent > n => {
+                return Err(PoolError::RequestBody(
+                    "longer than its Content-Length".into(),
+                ))
+            }
+            Some(_) => conn.stream.write_all(&data).await.map_err(io)?,
+            None => {
+                let mut chunk = Vec::with_capacity(data.len() + 20);
+                chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                chunk.extend_from_slice(&data);
+                chunk.extend_from_slice(b"\r\n");
+                conn.stream.write_all(&chunk).await.map_err(io)?;
+            }
+        }
+    }
+    match length {
+        Some(n) if sent != n => Err(PoolError::RequestBody(
+            "shorter than its Content-Length".into(),
+        )),
+        Some(_) => Ok(()),
+        None => conn.stream.write_all(b"0\r\n\r\n").await.map_err(io),
+    }
+}
+
+/// Parses an answer head at the start of `buf` (consumed when complete); `None`: not all there.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, PoolError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(PoolError::Protocol("head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(PoolError::Protocol("too many headers"))
+        }
+        Err(_) => return Err(PoolError::Protocol("unparsable head")),
+    };
+    if len > MAX_HEAD {
+        return Err(PoolError::Protocol("head too large"));
+    }
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(PoolError::Protocol("bad status code"))?;
+    // Header values share the head's bytes (no copy); names are checked and lower-cased.
+    let n = parsed.headers.len();
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let base = buf.as_ptr() as usize;
+    for (i, h) in parsed.headers.iter().enumerate() {
+        let name_at = h.name.as_ptr() as usize - base;
+        let value_at = h.value.as_ptr() as usize - base;
+        spans[i] = (name_at, h.name.len(), value_at, h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let mut map = HeaderMap::with_capacity(n);
+    for &(name_at, name_len, value_at, value_len) in &spans[..n] {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| PoolError::Protocol("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+            .map_err(|_| PoolError::Protocol("bad header value"))?;
+        map.append(name, value);
+    }
+    let (framing, mut keep_alive) = framing_of(&mut map, status, method, version)?;
+    keep_alive &= match version {
+        Version::HTTP_11 => !has_token(&map, header::CONNECTION, "close"),
+        _ => has_token(&map, header::CONNECTION, "keep-alive"),
+    };
+    let mut res = Response::new(());
+    *res.status_mut() = status;
+    *res.version_mut() = version;
+    *res.headers_mut() = map;
+    Ok(Some(Head {
+        res,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// RFC 9112 §6.3: how the body of this answer is delimited, and whether the connection stays
+/// usable after it. With `Transfer-Encoding`, any `Content-Length` is removed (it must not
+/// reach the browser beside a body framed otherwise).
+fn framing_of(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    method: &Method,
+    version: Version,
+) -> Result<(Framing, bool), PoolError> {
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|t| t.trim_ascii())
+            .rfind(|t| !t.is_empty());
+        let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        if chunked && version == Version::HTTP_11 {
+            return Ok((Framing::Chunked, !had_length));
+        }
+        // Not chunked last (or an HTTP/1.0 answer claiming it): the body runs to the close.
+        return Ok((Framing::Close, false));
+    }
+    let mut length: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(PoolError::Protocol("bad Content-Length"));
+            }
+            let n: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(PoolError::Protocol("bad Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(PoolError::Protocol("differing Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Empty, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
+    })
+}
+
+/// Whether a comma-separated header holds `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Bytes of a `Content-Length` body still to come.
+    Length(u64),
+    /// A chunk-size line is next.
+    ChunkSize,
+    /// Bytes of the current chunk still to come.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data is next.
+    ChunkEnd,
+    /// Trailer lines, up to the empty line.
+    Trailers,
+    /// To the end of the connection.
+    Close,
+    Done,
+}
+
+/// A response body read from its connection by whoever polls it; hands the connection back to
+/// the pool when the answer is whole.
 struct PooledBody {
-    inner: Incoming,
     conn: Option<Conn>,
     pool: Arc<Inner>,
+    keep_alive: bool,
+    state: State,
+    trailers: usize,
+    /// An error met while reading ahead, given on the next poll.
+    failed: Option<&'static str>,
+}
+
+fn protocol(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 impl PooledBody {
     fn release(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.put(conn);
+            if self.keep_alive && conn.buf.is_empty() {
+                self.pool.put(conn);
+            }
+        }
+    }
+
+    /// The data at the front of the buffer, if any (as much as the framing allows).
+    fn take_data(&mut self) -> Option<Bytes> {
+        let buf = &mut self.conn.as_mut()?.buf;
+        if buf.is_empty() {
+            return None;
+        }
+        let (n, next) = match self.state {
+            State::Length(rem) => {
+                let n = rem.min(buf.len() as u64);
+                (
+                    n,
+                    if n == rem {
+                        State::Done
+                    } else {
+                        State::Length(rem - n)
+                    },
+                )
+            }
+            State::ChunkData(rem) => {
+                let n = rem.min(buf.len() as u64);
+                (
+                    n,
+                    if n == rem {
+                        State::ChunkEnd
+                    } else {
+                        State::ChunkData(rem - n)
+                    },
+                )
+            }
+            State::Close => (buf.len() as u64, State::Close),
+            _ => return None,
+        };
+        self.state = next;
+        Some(buf.split_to(n as usize).freeze())
+    }
+
+    /// Consumes the framing (chunk lines, their CRLF, trailers) that is already in the buffer,
+    /// up to the next data or the end; an error is kept for the next poll.
+    fn read_ahead(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(what) = self.advance() {
+            self.failed = Some(what);
+            self.conn = None;
+        }
+        if self.state == State::Done {
+            self.release();
+        }
+    }
+
+    fn advance(&mut self) -> Result<(), &'static str> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let buf = &mut conn.buf;
+        loop {
+            match self.state {
+                State::ChunkSize => {
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else {
+                        return Ok(());
+                    };
+                    let size = chunk_size(&line)?;
+                    self.state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkEnd => {
+                    if buf.len() < 2 {
+                        return Ok(());
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err("chunk data not followed by CRLF");
+                    }
+                    buf.advance(2);
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers => {
+                    let room = MAX_TRAILERS
+                        .saturating_sub(self.trailers)
+                        .min(MAX_CHUNK_LINE);
+                    let Some(line) = take_line(buf, room)? else {
+                        return Ok(());
+                    };
+                    self.trailers += line.len() + 2;
+                    if line.is_empty() {
+                        self.state = State::Done;
+                    } else if line.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+                        return Err("bad trailer");
+                    }
+                }
+                State::Length(0) => self.state = State::Done,
+                _ => return Ok(()),
+            }
         }
     }
 }
 
+/// Takes one CRLF-terminated line (without its CRLF) off the front of `buf`; `None` if it is not
+/// all there yet. Longer than `max`, or a bare LF: an error.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, &'static str> {
+    match buf.iter().take(max + 2).position(|b| *b == b'\n') {
+        Some(i) => {
+            if i == 0 || buf[i - 1] != b'\r' {
+                return Err("line not ended by CRLF");
+            }
+            let mut line = buf.split_to(i + 1);
+            line.truncate(i - 1);
+            Ok(Some(line))
+        }
+        None if buf.len() >= max + 2 => Err("chunk line or trailers too long"),
+        None => Ok(None),
+    }
+}
+
+/// The size on a chunk-size line: hex digits, then optionally whitespace and `;extensions`.
+fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return Err("bad chunk size");
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';')
+        || rest.iter().any(|b| b.is_ascii_control() && *b != b'\t')
+    {
+        return Err("bad chunk size");
+    }
+    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| "bad chunk size")?;
+    u64::from_str_radix(hex, 16).map_err(|_| "bad chunk size")
+}
+
 impl http_body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            // A broken body: its connection is not reused (dropping it closes it).
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
+        loop {
+            if let Some(what) = this.failed.take() {
+                this.state = State::Done;
+                return Poll::Ready(Some(Err(protocol(what))));
+            }
+            if this.state == State::Done {
+                this.release();
+                return Poll::Ready(None);
+            }
+            if let Some(data) = this.take_data() {
+                this.read_ahead();
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            // Framing read ahead may lead to data (or the end) already in the buffer.
+            let before = this.state;
+            this.read_ahead();
+            if this.failed.is_some() || this.state != before {
+                continue;
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                this.state = State::Done;
+                return Poll::Ready(Some(Err(protocol("connection gone"))));
+            };
+            // No data in the buffer, and the framing there is consumed: read more.
+            match conn.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    if this.state == State::Close {
+                        this.state = State::Done;
+                        return Poll::Ready(None);
+                    }
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "Matomo closed the connection within the body",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.state == State::Done && self.failed.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
 
@@ -363,5 +983,356 @@ mod tests {
             Err(PoolError::Connect(_)) => {}
             other => panic!("{:?}", other.map(|r| r.status())),
         }
+    }
+
+    /// A server that answers each request, on whatever connection, with the next answer of the
+    /// script: its pieces written a moment apart; an answer of no pieces closes the connection
+    /// instead. Keeps each request as received; counts the connections it accepted.
+    struct Scripted {
+        port: u16,
+        received: Arc<Mutex<Vec<String>>>,
+        accepted: Arc<AtomicUsize>,
+    }
+
+    /// The end of one request at the start of `buf`, framed by Content-Length or chunked.
+    fn request_end(buf: &[u8]) -> Option<usize> {
+        let head = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+        if let Some(l) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+        {
+            let n: usize = l.trim().parse().ok()?;
+            return (buf.len() >= head + n).then_some(head + n);
+        }
+        if text.contains("transfer-encoding: chunked") {
+            let end = buf[head..].windows(5).position(|w| w == b"0\r\n\r\n")?;
+            return Some(head + end + 5);
+        }
+        Some(head)
+    }
+
+    async fn scripted(answers: Vec<Vec<&'static [u8]>>) -> Scripted {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let script = Arc::new(Mutex::new(std::collections::VecDeque::from(answers)));
+        let (rec, count) = (received.clone(), accepted.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let (rec, script) = (rec.clone(), script.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = request_end(&buf) {
+                            let req: Vec<u8> = buf.drain(..end).collect();
+                            rec.lock()
+                                .unwrap()
+                                .push(String::from_utf8_lossy(&req).into_owned());
+                            let answer = script.lock().unwrap().pop_front().unwrap_or_default();
+                            if answer.is_empty() {
+                                return;
+                            }
+                            for piece in answer {
+                                let _ = s.write_all(piece).await;
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Scripted {
+            port,
+            received,
+            accepted,
+        }
+    }
+
+    /// `f`'s output, or a panic if it waits 5 s for a wake-up that never comes (a body that
+    /// forgets data it already holds). The deadline is checked first: a late wake-up from the
+    /// deadline itself must not complete `f`.
+    async fn unstalled<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep(Duration::from_secs(5)) => panic!("stalled with the answer read"),
+            out = f => out,
+        }
+    }
+
+    async fn body_of(res: Response<Body>) -> Result<String, String> {
+        res.into_body()
+            .collect()
+            .await
+            .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_in_pieces_is_decoded_and_its_connection_reused() {
+        let s = scripted(vec![
+            vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;name=v\r\nhel",
+                b"lo\r\n6\r\n world\r",
+                b"\n0\r\nx-trailer: 1\r\n",
+                b"\r\n",
+            ],
+            // Pieces that end where a chunk ends, and where a chunk-size line ends.
+            vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                b"6\r\n world\r\n",
+                b"1\r\n",
+                b"!\r\n0\r\n\r\n",
+            ],
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+        ])
+        .await;
+        let p = pool(s.port);
+        let res = p.send(get()).await.unwrap();
+        assert_eq!(unstalled(body_of(res)).await.unwrap(), "hello world");
+        assert_eq!(p.idle_count(), 1);
+        let res = p.send(get()).await.unwrap();
+        assert_eq!(unstalled(body_of(res)).await.unwrap(), "hello world!");
+        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn pieces_already_read_are_ready_at_once_and_the_end_is_seen_with_the_last() {
+        let s = scripted(vec![vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n3\r\ntwo\r\n5\r\nthree\r\n0\r\n\r\n",
+        ]])
+        .await;
+        let p = pool(s.port);
+        let res = p.send(get()).await.unwrap();
+        let mut body = res.into_body();
+        // The whole answer came in one write: every frame is there without waiting.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut frames = Vec::new();
+        loop {
+            match http_body::Body::poll_frame(Pin::new(&mut body), &mut cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    frames.push(f.into_data().unwrap());
+                    if frames.len() == 3 {
+                        assert!(http_body::Body::is_end_stream(&body));
+                    }
+                }
+                Poll::Ready(None) => break,
+                other => panic!("not ready at once: {:?}", other.map(|_| ())),
+            }
+        }
+        assert_eq!(frames, ["one", "two", "three"]);
+        assert_eq!(p.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_answer_is_an_error_and_its_connection_is_not_reused() {
+        let long = Box::leak(
+            format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(70_000)).into_boxed_str(),
+        );
+        let bad: Vec<(&str, &'static [u8])> = vec![
+            ("chunk size not hex", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+            ("chunk size overflowing", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10000000000000000\r\nx\r\n0\r\n\r\n"),
+            ("no CRLF after chunk data", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n"),
+            ("bare LF line", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\nhi\r\n0\r\n\r\n"),
+            ("differing lengths", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc"),
+            ("length not a number", b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nab"),
+            ("folded header", b"HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\ncontent-length: 2\r\n\r\nab"),
+            ("not HTTP", b"SSH-2.0-OpenSSH\r\n\r\n"),
+            ("head too large", long.as_bytes()),
+        ];
+        for (what, answer) in bad {
+            let s = scripted(vec![
+                vec![answer],
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".as_slice()],
+            ])
+            .await;
+            let p = pool(s.port);
+            let failed = match p.send(get()).await {
+                Err(_) => true,
+                Ok(res) => body_of(res).await.is_err(),
+            };
+            assert!(failed, "{what}: taken as a good answer");
+            assert_eq!(p.idle_count(), 0, "{what}: connection kept");
+            assert_eq!(
+                body_of(p.send(get()).await.unwrap()).await.unwrap(),
+                "ok",
+                "{what}"
+            );
+            assert_eq!(s.accepted.load(Ordering::SeqCst), 2, "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_closed_within_its_body_is_an_error() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 4096];
+            let _ = s.read(&mut b).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+                .await;
+        });
+        let p = pool(port);
+        let res = p.send(get()).await.unwrap();
+        assert!(body_of(res).await.is_err());
+        assert_eq!(p.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn length_and_chunked_together_is_read_chunked_without_its_length_and_not_reused() {
+        let s = scripted(vec![
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+        ])
+        .await;
+        let p = pool(s.port);
+        let res = p.send(get()).await.unwrap();
+        assert!(res.headers().get(http::header::CONTENT_LENGTH).is_none());
+        assert_eq!(body_of(res).await.unwrap(), "hello");
+        assert_eq!(p.idle_count(), 0);
+        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_body_end_it_and_the_connection() {
+        let s = scripted(vec![
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nforge"],
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+        ])
+        .await;
+        let p = pool(s.port);
+        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
+        assert_eq!(p.idle_count(), 0);
+        // The smuggled answer is never taken for the next request's.
+        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn answers_without_a_body_and_interim_answers() {
+        let s = scripted(vec![
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"],
+            vec![b"HTTP/1.1 204 No Content\r\n\r\n"],
+            vec![b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n"],
+            vec![
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            ],
+            vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the close"],
+            vec![],
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+        ])
+        .await;
+        let p = pool(s.port);
+        let mut head = get();
+        *head.method_mut() = Method::HEAD;
+        let res = p.send(head).await.unwrap();
+        assert_eq!(res.headers()[http::header::CONTENT_LENGTH], "5");
+        assert_eq!(body_of(res).await.unwrap(), "");
+        for status in [204, 304] {
+            let res = p.send(get()).await.unwrap();
+            assert_eq!(res.status(), status);
+            assert_eq!(body_of(res).await.unwrap(), "");
+        }
+        let res = p.send(get()).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(body_of(res).await.unwrap(), "ok");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+        // No framing: the body runs to the close, and the connection is not reused. (The server
+        // closes it when the next request comes.)
+        let res = p.send(get()).await.unwrap();
+        let mut body = res.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "until the close");
+        assert!(!http_body::Body::is_end_stream(&body));
+        drop(body);
+        assert_eq!(p.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_request_framing_comes_from_its_body_never_from_its_headers() {
+        let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let s = scripted(vec![vec![ok], vec![ok], vec![ok]]).await;
+        let p = pool(s.port);
+        let forged = |body: Body| {
+            Request::builder()
+                .method(Method::POST)
+                .uri("/index.php")
+                .header(http::header::HOST, "matomo")
+                .header(http::header::CONTENT_LENGTH, "999")
+                .header(http::header::TRANSFER_ENCODING, "chunked")
+                .body(body)
+                .unwrap()
+        };
+        assert_eq!(
+            body_of(p.send(forged(Body::from("a=1"))).await.unwrap())
+                .await
+                .unwrap(),
+            "ok"
+        );
+        let stream = futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(b"part one,")),
+            Ok(Bytes::from_static(b"part two")),
+        ]);
+        assert_eq!(
+            body_of(p.send(forged(Body::from_stream(stream))).await.unwrap())
+                .await
+                .unwrap(),
+            "ok"
+        );
+        let mut empty = forged(Body::empty());
+        empty.headers_mut().remove(http::header::CONTENT_LENGTH);
+        assert_eq!(body_of(p.send(empty).await.unwrap()).await.unwrap(), "ok");
+        let got = s.received.lock().unwrap().clone();
+        assert_eq!(
+            got[0],
+            "POST /index.php HTTP/1.1\r\nhost: matomo\r\ncontent-length: 3\r\n\r\na=1"
+        );
+        assert_eq!(
+            got[1],
+            "POST /index.php HTTP/1.1\r\nhost: matomo\r\ntransfer-encoding: chunked\r\n\r\n9\r\npart one,\r\n8\r\npart two\r\n0\r\n\r\n"
+        );
+        assert_eq!(
+            got[2],
+            "POST /index.php HTTP/1.1\r\nhost: matomo\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closing_under_a_request_repeats_only_what_is_safe() {
+        let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        // Each second request on a connection is read, then the connection closes unanswered.
+        let s = scripted(vec![vec![ok], vec![], vec![ok], vec![ok], vec![]]).await;
+        let p = pool(s.port);
+        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
+        // A GET is sent again on a new connection.
+        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
+        // A POST that Matomo may have acted on is not.
+        let mut post = get();
+        *post.method_mut() = Method::POST;
+        match p.send(post).await {
+            Err(PoolError::Closed) => {}
+            other => panic!("{:?}", other.map(|r| r.status())),
+        }
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
     }
 }
