@@ -36,8 +36,10 @@ use tokio::net::TcpStream;
 const MAX_HEAD: usize = 64 * 1024;
 /// Most response headers accepted.
 const MAX_HEADERS: usize = 128;
-/// Room made in the read buffer before each read: a whole page of usual size in one read.
-const READ_SIZE: usize = 64 * 1024;
+/// Room made in the read buffer when less than `MIN_ROOM` is left: a whole page of usual size
+/// in one read.
+const READ_SIZE: usize = 32 * 1024;
+const MIN_ROOM: usize = 4096;
 /// Request bodies up to this size are read whole and written with the head (and can be sent
 /// again on another connection); larger ones and those of unknown size are streamed.
 const BUFFERED_BODY: u64 = 64 * 1024;
@@ -127,7 +129,7 @@ impl Conn {
 
     /// Reads more of the answer into the buffer; `Ok(0)` is the end of the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
+        if self.buf.capacity() - self.buf.len() < MIN_ROOM {
             self.buf.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
@@ -145,9 +147,12 @@ impl Inner {
     }
 
     fn put(&self, mut conn: Conn) {
-        // The read buffer's room goes with the frames already handed out; an idle connection
-        // holds none.
-        conn.buf = BytesMut::new();
+        // The read buffer stays with its connection: once the frames handed out are written and
+        // dropped, the next answer is read into the same memory (no allocation per request). One
+        // grown beyond the usual size is let go.
+        if conn.buf.capacity() > 2 * READ_SIZE {
+            conn.buf = BytesMut::new();
+        }
         let mut idle = self.idle();
         if idle.len() < self.max_idle {
             idle.push((conn, Instant::now()));
@@ -498,9 +503,19 @@ async fn stream_body(
 
 /// Parses an answer head at the start of `buf` (consumed when complete); `None`: not all there.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, PoolError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Left uninitialised: httparse writes the ones it fills (zeroing 128 headers cost more than
+    // the parse).
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(PoolError::Protocol("head too large"))
@@ -523,17 +538,22 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, PoolE
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(PoolError::Protocol("bad status code"))?;
     // Header values share the head's bytes (no copy); names are checked and lower-cased.
-    let n = parsed.headers.len();
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
     let base = buf.as_ptr() as usize;
-    for (i, h) in parsed.headers.iter().enumerate() {
-        let name_at = h.name.as_ptr() as usize - base;
-        let value_at = h.value.as_ptr() as usize - base;
-        spans[i] = (name_at, h.name.len(), value_at, h.value.len());
-    }
+    let spans: Vec<(usize, usize, usize, usize)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.as_ptr() as usize - base,
+                h.name.len(),
+                h.value.as_ptr() as usize - base,
+                h.value.len(),
+            )
+        })
+        .collect();
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(n);
-    for &(name_at, name_len, value_at, value_len) in &spans[..n] {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for &(name_at, name_len, value_at, value_len) in &spans {
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| PoolError::Protocol("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
