@@ -323,6 +323,13 @@ async fn main() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
+    // A second direct client (its own keep-alive connection, so its own Apache worker): paired
+    // with the first, it shows what two identical direct paths differ by, the floor under which
+    // an added time cannot be told from which Apache process answered.
+    let control_client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
     let timed = |client: &reqwest::Client, url: String, cookie: String, api: bool| {
         let client = client.clone();
         let token = token.clone();
@@ -342,8 +349,9 @@ async fn main() {
             t.elapsed().as_secs_f64() * 1000.0
         }
     };
-    // [dashboard, api] → per round: (direct median, through median, median of differences)
-    let mut paired: [Vec<(f64, f64, f64)>; 2] = Default::default();
+    // [dashboard, api] → per round: (direct median, through median, median of differences,
+    // median of the second direct connection's differences)
+    let mut paired: [Vec<(f64, f64, f64, f64)>; 2] = Default::default();
     let mut track: [Vec<(f64, f64, f64, u64)>; 3] = Default::default();
     let mut dash: [Vec<(f64, f64, f64, u64)>; 2] = Default::default();
     let mut api: [Vec<(f64, f64, f64, u64)>; 2] = Default::default();
@@ -381,37 +389,53 @@ async fn main() {
             .into_iter()
             .enumerate()
         {
-            let (mut d, mut t, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut d, mut t, mut diff, mut floor) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for p in 0..pairs {
-                // Alternate which goes first.
-                let (a, b) = if p % 2 == 0 {
-                    let a = timed(
-                        &direct_client,
-                        format!("{}{path}", m.apache),
-                        direct.clone(),
-                        api,
-                    )
-                    .await;
-                    let b =
-                        timed(&through_client, format!("{ug}{path}"), through.clone(), api).await;
-                    (a, b)
-                } else {
-                    let b =
-                        timed(&through_client, format!("{ug}{path}"), through.clone(), api).await;
-                    let a = timed(
-                        &direct_client,
-                        format!("{}{path}", m.apache),
-                        direct.clone(),
-                        api,
-                    )
-                    .await;
-                    (a, b)
-                };
-                d.push(a);
-                t.push(b);
-                diff.push(b - a);
+                // The three in turn, each first, second and last as often as the others.
+                let mut order = [0usize, 1, 2];
+                order.rotate_left(p % 3);
+                if (p / 3) % 2 == 1 {
+                    order.reverse();
+                }
+                let mut ms = [0f64; 3];
+                for which in order {
+                    ms[which] = match which {
+                        0 => {
+                            timed(
+                                &direct_client,
+                                format!("{}{path}", m.apache),
+                                direct.clone(),
+                                api,
+                            )
+                            .await
+                        }
+                        1 => {
+                            timed(&through_client, format!("{ug}{path}"), through.clone(), api)
+                                .await
+                        }
+                        _ => {
+                            timed(
+                                &control_client,
+                                format!("{}{path}", m.apache),
+                                direct.clone(),
+                                api,
+                            )
+                            .await
+                        }
+                    };
+                }
+                d.push(ms[0]);
+                t.push(ms[1]);
+                diff.push(ms[1] - ms[0]);
+                floor.push(ms[2] - ms[0]);
             }
-            paired[k].push((spread(&d).1, spread(&t).1, spread(&diff).1));
+            paired[k].push((
+                spread(&d).1,
+                spread(&t).1,
+                spread(&diff).1,
+                spread(&floor).1,
+            ));
         }
     }
     let col = |v: &[(f64, f64, f64, u64)], f: fn(&(f64, f64, f64, u64)) -> f64| -> Vec<f64> {
@@ -466,17 +490,18 @@ async fn main() {
         }
     }
     println!();
-    println!("Paired, {pairs} pairs per round (direct and through unikgate one after the other, alternating which goes first; keep-alive clients):");
+    println!("Paired, {pairs} triples per round: direct, through unikgate, and direct again on a second keep-alive connection, one after the other in a rotating order. The last column is what two identical direct paths differ by (each keep-alive connection is served by its own Apache process): an added time inside that range cannot be told apart from which process answered.");
     println!();
-    println!("| signed in as alice | direct p50 ms | through unikgate p50 ms | added ms (median of the pairs' differences) |");
-    println!("|---|---:|---:|---:|");
+    println!("| signed in as alice | direct p50 ms | through unikgate p50 ms | added ms (median of the pairs' differences) | a second direct connection, same measure |");
+    println!("|---|---:|---:|---:|---:|");
     for (k, what) in ["dashboard page", "widget API call"].iter().enumerate() {
-        let col = |f: fn(&(f64, f64, f64)) -> f64| paired[k].iter().map(f).collect::<Vec<_>>();
+        let col = |f: fn(&(f64, f64, f64, f64)) -> f64| paired[k].iter().map(f).collect::<Vec<_>>();
         println!(
-            "| {what} | {} | {} | {} |",
+            "| {what} | {} | {} | {} | {} |",
             fmt3(&col(|x| x.0), 2),
             fmt3(&col(|x| x.1), 2),
-            fmt3(&col(|x| x.2), 2)
+            fmt3(&col(|x| x.2), 2),
+            fmt3(&col(|x| x.3), 2)
         );
     }
     println!();

@@ -17,6 +17,7 @@
 //! closed); one that closes under a request is replaced and the request sent again only when
 //! that cannot repeat it (it was not written, or an idempotent request got no byte of answer).
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -92,7 +93,7 @@ struct Inner {
     idle_timeout: Duration,
     max_idle: usize,
     /// Most recently returned last (reused first: its socket is the least likely to be closed).
-    idle: Mutex<Vec<(Conn, Instant)>>,
+    idle: Mutex<VecDeque<(Conn, Instant)>>,
 }
 
 /// One connection and the bytes read from it but not yet used.
@@ -111,7 +112,7 @@ impl Conn {
 
     /// Still open with nothing unread: an idle connection Matomo closed reads as closed. Costs no
     /// system call unless the socket became readable since its last answer.
-    fn is_reusable(&mut self) -> bool {
+    fn is_reusable(&self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
@@ -129,7 +130,14 @@ impl Conn {
 
     /// Reads more of the answer into the buffer; `Ok(0)` is the end of the connection.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < MIN_ROOM {
+        // A new answer starts with the whole room: once the last answer's frames are written
+        // and dropped, `reserve` takes the buffer back from its start instead of allocating.
+        let room = if self.buf.is_empty() {
+            READ_SIZE
+        } else {
+            MIN_ROOM
+        };
+        if self.buf.capacity() - self.buf.len() < room {
             self.buf.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
@@ -141,8 +149,8 @@ impl Conn {
 }
 
 impl Inner {
-    fn idle(&self) -> MutexGuard<'_, Vec<(Conn, Instant)>> {
-        // A panic while holding this lock leaves a plain Vec behind: still usable.
+    fn idle(&self) -> MutexGuard<'_, VecDeque<(Conn, Instant)>> {
+        // A panic while holding this lock leaves a plain queue behind: still usable.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -154,14 +162,24 @@ impl Inner {
             conn.buf = BytesMut::new();
         }
         let mut idle = self.idle();
+        // The oldest idle connections, reused last, are where Matomo's closes gather: each
+        // return looks at two of them, so a closed socket is not held until it would be reused.
+        for _ in 0..2 {
+            match idle.front_mut() {
+                Some((c, since)) if since.elapsed() >= self.idle_timeout || !c.is_reusable() => {
+                    idle.pop_front();
+                }
+                _ => break,
+            }
+        }
         if idle.len() < self.max_idle {
-            idle.push((conn, Instant::now()));
+            idle.push_back((conn, Instant::now()));
         }
     }
 
     fn checkout(&self) -> Option<Conn> {
         loop {
-            let (mut c, since) = self.idle().pop()?;
+            let (c, since) = self.idle().pop_back()?;
             if since.elapsed() < self.idle_timeout && c.is_reusable() {
                 return Some(c);
             }
@@ -229,7 +247,7 @@ impl Pool {
                 connect_timeout,
                 idle_timeout,
                 max_idle,
-                idle: Mutex::new(Vec::new()),
+                idle: Mutex::new(VecDeque::new()),
             }),
         }
     }
@@ -992,6 +1010,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_let_go_when_another_returns() {
+        let (port, accepted) = server(Some(1)).await;
+        let p = pool(port);
+        // Two connections at once; Matomo closes each after its answer.
+        let (a, b) = tokio::join!(p.send(get()), p.send(get()));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(text(a).await, "hello");
+        assert_eq!(p.idle_count(), 1);
+        // Let the pool's sockets see the closes, then return the other connection: the closed
+        // one that waited is let go then, not when it would be reused.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(text(b).await, "hello");
+        assert_eq!(p.idle_count(), 1);
     }
 
     #[tokio::test]
