@@ -48,6 +48,27 @@ fn ms(v: &str) -> f64 {
     v.parse().unwrap_or(f64::NAN)
 }
 
+/// From unikgate's metrics page: (sum of request seconds to the answer head over every class,
+/// their count, sum of upstream seconds to Matomo's answer head, their count).
+fn own_time_counters(page: &str) -> (f64, f64, f64, f64) {
+    let mut v = (0.0, 0.0, 0.0, 0.0);
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        let name = name.split('{').next().unwrap_or("");
+        match name {
+            "unikgate_request_seconds_sum" => v.0 += value,
+            "unikgate_request_seconds_count" => v.1 += value,
+            "unikgate_upstream_seconds_sum" => v.2 += value,
+            "unikgate_upstream_seconds_count" => v.3 += value,
+            _ => {}
+        }
+    }
+    v
+}
+
 /// One wrk run: (req/s, p50 ms, p99 ms, non-2xx).
 fn wrk(
     url: &str,
@@ -164,11 +185,17 @@ async fn main() {
         let l = m.gate_listener();
         l.local_addr().expect("addr").port()
     };
+    // unikgate's metrics listener: its own time per request is read there (request time to the
+    // answer head, less the upstream's time to its head).
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     let cfg = work.path().join("unikgate.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{ug_port}\"\npublic_url = \"http://127.0.0.1:{ug_port}\"\n[upstream]\nurl = \"{}\"\n[provider]\nissuer = \"none\"\nauthorize_url = \"http://127.0.0.1:9/oidc/authorize\"\ntoken_url = \"http://127.0.0.1:9/oidc/accessToken\"\nuserinfo_url = \"http://127.0.0.1:9/oidc/profile\"\nclient_id = \"bench\"\nclient_secret = \"bench-secret\"\n[store]\nurl = \"sqlite://{}/unikgate.db\"\n[matomo]\nminter = \"signed\"\nshared_secret = \"{SHARED_SECRET}\"\n",
+            "[server]\nlisten = \"127.0.0.1:{ug_port}\"\npublic_url = \"http://127.0.0.1:{ug_port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n[upstream]\nurl = \"{}\"\n[provider]\nissuer = \"none\"\nauthorize_url = \"http://127.0.0.1:9/oidc/authorize\"\ntoken_url = \"http://127.0.0.1:9/oidc/accessToken\"\nuserinfo_url = \"http://127.0.0.1:9/oidc/profile\"\nclient_id = \"bench\"\nclient_secret = \"bench-secret\"\n[store]\nurl = \"sqlite://{}/unikgate.db\"\n[matomo]\nminter = \"signed\"\nshared_secret = \"{SHARED_SECRET}\"\n",
             m.apache,
             work.path().display()
         ),
@@ -352,6 +379,20 @@ async fn main() {
     // [dashboard, api] → per round: (direct median, through median, median of differences,
     // median of the second direct connection's differences)
     let mut paired: [Vec<(f64, f64, f64, f64)>; 2] = Default::default();
+    // [dashboard, api] → per round: unikgate's own mean µs to the answer head.
+    let mut own: [Vec<f64>; 2] = Default::default();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let scrape = || async {
+        let page = client
+            .get(&metrics_url)
+            .send()
+            .await
+            .expect("unikgate's metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        own_time_counters(&page)
+    };
     let mut track: [Vec<(f64, f64, f64, u64)>; 3] = Default::default();
     let mut dash: [Vec<(f64, f64, f64, u64)>; 2] = Default::default();
     let mut api: [Vec<(f64, f64, f64, u64)>; 2] = Default::default();
@@ -391,6 +432,7 @@ async fn main() {
         {
             let (mut d, mut t, mut diff, mut floor) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let before = scrape().await;
             for p in 0..pairs {
                 // The three in turn, each first, second and last as often as the others.
                 let mut order = [0usize, 1, 2];
@@ -430,6 +472,16 @@ async fn main() {
                 diff.push(ms[1] - ms[0]);
                 floor.push(ms[2] - ms[0]);
             }
+            let after = scrape().await;
+            let requests = after.1 - before.1;
+            if after.3 - before.3 != requests {
+                eprintln!(
+                    "note: {} requests through unikgate made {} to Matomo (a mint?): its own time is an estimate this round",
+                    requests,
+                    after.3 - before.3
+                );
+            }
+            own[k].push(((after.0 - before.0) - (after.2 - before.2)) / requests * 1e6);
             paired[k].push((
                 spread(&d).1,
                 spread(&t).1,
@@ -492,18 +544,21 @@ async fn main() {
     println!();
     println!("Paired, {pairs} triples per round: direct, through unikgate, and direct again on a second keep-alive connection, one after the other in a rotating order. The last column is what two identical direct paths differ by (each keep-alive connection is served by its own Apache process): an added time inside that range cannot be told apart from which process answered.");
     println!();
-    println!("| signed in as alice | direct p50 ms | through unikgate p50 ms | added ms (median of the pairs' differences) | a second direct connection, same measure |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| signed in as alice | direct p50 ms | through unikgate p50 ms | added ms (median of the pairs' differences) | a second direct connection, same measure | unikgate's own time to the answer head, mean µs |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for (k, what) in ["dashboard page", "widget API call"].iter().enumerate() {
         let col = |f: fn(&(f64, f64, f64, f64)) -> f64| paired[k].iter().map(f).collect::<Vec<_>>();
         println!(
-            "| {what} | {} | {} | {} | {} |",
+            "| {what} | {} | {} | {} | {} | {} |",
             fmt3(&col(|x| x.0), 2),
             fmt3(&col(|x| x.1), 2),
             fmt3(&col(|x| x.2), 2),
-            fmt3(&col(|x| x.3), 2)
+            fmt3(&col(|x| x.3), 2),
+            fmt3(&own[k], 0)
         );
     }
+    println!();
+    println!("unikgate's own time is read from its metrics listener around the paired requests: the time from a request's arrival to its answer head, less the time from sending it to Matomo to Matomo's answer head (`unikgate_request_seconds` − `unikgate_upstream_seconds`), averaged. The answer's body is passed on as it comes; its forwarding is not in that figure.");
     println!();
     drop(children);
     for leftover in m.stop() {
