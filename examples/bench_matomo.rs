@@ -442,30 +442,12 @@ async fn main() {
                 }
                 let mut ms = [0f64; 3];
                 for which in order {
-                    ms[which] = match which {
-                        0 => {
-                            timed(
-                                &direct_client,
-                                format!("{}{path}", m.apache),
-                                direct.clone(),
-                                api,
-                            )
-                            .await
-                        }
-                        1 => {
-                            timed(&through_client, format!("{ug}{path}"), through.clone(), api)
-                                .await
-                        }
-                        _ => {
-                            timed(
-                                &control_client,
-                                format!("{}{path}", m.apache),
-                                direct.clone(),
-                                api,
-                            )
-                            .await
-                        }
+                    let (client, base, cookie) = match which {
+                        0 => (&direct_client, &m.apache, &direct),
+                        1 => (&through_client, &ug, &through),
+                        _ => (&control_client, &m.apache, &direct),
                     };
+                    ms[which] = timed(client, format!("{base}{path}"), cookie.clone(), api).await;
                 }
                 d.push(ms[0]);
                 t.push(ms[1]);

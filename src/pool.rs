@@ -165,7 +165,7 @@ impl Inner {
         // The oldest idle connections, reused last, are where Matomo's closes gather: each
         // return looks at two of them, so a closed socket is not held until it would be reused.
         for _ in 0..2 {
-            match idle.front_mut() {
+            match idle.front() {
                 Some((c, since)) if since.elapsed() >= self.idle_timeout || !c.is_reusable() => {
                     idle.pop_front();
                 }
@@ -199,21 +199,11 @@ enum Outgoing {
     },
 }
 
-/// How an answer's body is delimited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    /// To the end of the connection.
-    Close,
-}
-
-/// A parsed answer head: the response without its body, its framing, and whether the
-/// connection can carry another request after it.
+/// A parsed answer head: the response without its body, where reading its body starts (how it
+/// is delimited), and whether the connection can carry another request after it.
 struct Head {
     res: Response<()>,
-    framing: Framing,
+    body: State,
     keep_alive: bool,
 }
 
@@ -322,9 +312,7 @@ impl Pool {
                 Ok(Outgoing::Buffered(head))
             }
             Some(n) if n <= BUFFERED_BODY => {
-                head.extend_from_slice(b"content-length: ");
-                head.extend_from_slice(n.to_string().as_bytes());
-                head.extend_from_slice(b"\r\n\r\n");
+                put_length(&mut head, n);
                 let start = head.len() as u64;
                 while let Some(frame) = body.frame().await {
                     let frame = frame.map_err(|e| PoolError::RequestBody(e.to_string()))?;
@@ -345,9 +333,7 @@ impl Pool {
                 Ok(Outgoing::Buffered(head))
             }
             Some(n) => {
-                head.extend_from_slice(b"content-length: ");
-                head.extend_from_slice(n.to_string().as_bytes());
-                head.extend_from_slice(b"\r\n\r\n");
+                put_length(&mut head, n);
                 Ok(Outgoing::Streamed {
                     head,
                     body,
@@ -388,12 +374,7 @@ impl Pool {
             conn: Some(conn),
             pool: self.inner.clone(),
             keep_alive: head.keep_alive,
-            state: match head.framing {
-                Framing::Empty => State::Done,
-                Framing::Length(n) => State::Length(n),
-                Framing::Chunked => State::ChunkSize,
-                Framing::Close => State::Close,
-            },
+            state: head.body,
             trailers: 0,
             failed: None,
         };
@@ -412,6 +393,13 @@ impl Pool {
     fn idle_count(&self) -> usize {
         self.inner.idle().len()
     }
+}
+
+/// The `Content-Length` line and the end of the head.
+fn put_length(head: &mut Vec<u8>, n: u64) {
+    head.extend_from_slice(b"content-length: ");
+    head.extend_from_slice(n.to_string().as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
 }
 
 fn put_header(head: &mut Vec<u8>, name: &str, value: &HeaderValue) {
@@ -578,7 +566,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, PoolE
             .map_err(|_| PoolError::Protocol("bad header value"))?;
         map.append(name, value);
     }
-    let (framing, mut keep_alive) = framing_of(&mut map, status, method, version)?;
+    let (body, mut keep_alive) = framing_of(&mut map, status, method, version)?;
     keep_alive &= match version {
         Version::HTTP_11 => !has_token(&map, header::CONNECTION, "close"),
         _ => has_token(&map, header::CONNECTION, "keep-alive"),
@@ -589,7 +577,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, PoolE
     *res.headers_mut() = map;
     Ok(Some(Head {
         res,
-        framing,
+        body,
         keep_alive,
     }))
 }
@@ -602,13 +590,13 @@ fn framing_of(
     status: StatusCode,
     method: &Method,
     version: Version,
-) -> Result<(Framing, bool), PoolError> {
+) -> Result<(State, bool), PoolError> {
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok((Framing::Empty, true));
+        return Ok((State::Done, true));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
@@ -620,10 +608,10 @@ fn framing_of(
             .rfind(|t| !t.is_empty());
         let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
         if chunked && version == Version::HTTP_11 {
-            return Ok((Framing::Chunked, !had_length));
+            return Ok((State::ChunkSize, !had_length));
         }
         // Not chunked last (or an HTTP/1.0 answer claiming it): the body runs to the close.
-        return Ok((Framing::Close, false));
+        return Ok((State::Close, false));
     }
     let mut length: Option<u64> = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
@@ -643,9 +631,9 @@ fn framing_of(
         }
     }
     Ok(match length {
-        Some(0) => (Framing::Empty, true),
-        Some(n) => (Framing::Length(n), true),
-        None => (Framing::Close, false),
+        Some(0) => (State::Done, true),
+        Some(n) => (State::Length(n), true),
+        None => (State::Close, false),
     })
 }
 
@@ -1128,6 +1116,20 @@ mod tests {
         }
     }
 
+    /// A whole answer that leaves its connection reusable.
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// The next request gets `OK`, and `connections` have been opened in all by then (one more
+    /// than before when the last connection was not kept).
+    async fn next_is_ok_after(p: &Pool, s: &Scripted, connections: usize, what: &str) {
+        assert_eq!(
+            body_of(p.send(get()).await.unwrap()).await.unwrap(),
+            "ok",
+            "{what}"
+        );
+        assert_eq!(s.accepted.load(Ordering::SeqCst), connections, "{what}");
+    }
+
     async fn body_of(res: Response<Body>) -> Result<String, String> {
         res.into_body()
             .collect()
@@ -1152,7 +1154,7 @@ mod tests {
                 b"1\r\n",
                 b"!\r\n0\r\n\r\n",
             ],
-            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+            vec![OK],
         ])
         .await;
         let p = pool(s.port);
@@ -1161,8 +1163,7 @@ mod tests {
         assert_eq!(p.idle_count(), 1);
         let res = p.send(get()).await.unwrap();
         assert_eq!(unstalled(body_of(res)).await.unwrap(), "hello world!");
-        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+        next_is_ok_after(&p, &s, 1, "kept").await;
     }
 
     #[tokio::test]
@@ -1210,11 +1211,7 @@ mod tests {
             ("head too large", long.as_bytes()),
         ];
         for (what, answer) in bad {
-            let s = scripted(vec![
-                vec![answer],
-                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".as_slice()],
-            ])
-            .await;
+            let s = scripted(vec![vec![answer], vec![OK]]).await;
             let p = pool(s.port);
             let failed = match p.send(get()).await {
                 Err(_) => true,
@@ -1222,12 +1219,7 @@ mod tests {
             };
             assert!(failed, "{what}: taken as a good answer");
             assert_eq!(p.idle_count(), 0, "{what}: connection kept");
-            assert_eq!(
-                body_of(p.send(get()).await.unwrap()).await.unwrap(),
-                "ok",
-                "{what}"
-            );
-            assert_eq!(s.accepted.load(Ordering::SeqCst), 2, "{what}");
+            next_is_ok_after(&p, &s, 2, what).await;
         }
     }
 
@@ -1253,7 +1245,7 @@ mod tests {
     async fn length_and_chunked_together_is_read_chunked_without_its_length_and_not_reused() {
         let s = scripted(vec![
             vec![b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
-            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+            vec![OK],
         ])
         .await;
         let p = pool(s.port);
@@ -1261,23 +1253,21 @@ mod tests {
         assert!(res.headers().get(http::header::CONTENT_LENGTH).is_none());
         assert_eq!(body_of(res).await.unwrap(), "hello");
         assert_eq!(p.idle_count(), 0);
-        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+        next_is_ok_after(&p, &s, 2, "not kept").await;
     }
 
     #[tokio::test]
     async fn bytes_after_the_body_end_it_and_the_connection() {
         let s = scripted(vec![
             vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nforge"],
-            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+            vec![OK],
         ])
         .await;
         let p = pool(s.port);
         assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
         assert_eq!(p.idle_count(), 0);
         // The smuggled answer is never taken for the next request's.
-        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+        next_is_ok_after(&p, &s, 2, "not kept").await;
     }
 
     #[tokio::test]
@@ -1286,13 +1276,10 @@ mod tests {
             vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"],
             vec![b"HTTP/1.1 204 No Content\r\n\r\n"],
             vec![b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n"],
-            vec![
-                b"HTTP/1.1 100 Continue\r\n\r\n",
-                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-            ],
+            vec![b"HTTP/1.1 100 Continue\r\n\r\n", OK],
             vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the close"],
             vec![],
-            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"],
+            vec![OK],
         ])
         .await;
         let p = pool(s.port);
@@ -1323,8 +1310,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_request_framing_comes_from_its_body_never_from_its_headers() {
-        let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        let s = scripted(vec![vec![ok], vec![ok], vec![ok]]).await;
+        let s = scripted(vec![vec![OK], vec![OK], vec![OK]]).await;
         let p = pool(s.port);
         let forged = |body: Body| {
             Request::builder()
@@ -1372,14 +1358,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_reused_connection_closing_under_a_request_repeats_only_what_is_safe() {
-        let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         // Each second request on a connection is read, then the connection closes unanswered.
-        let s = scripted(vec![vec![ok], vec![], vec![ok], vec![ok], vec![]]).await;
+        let s = scripted(vec![vec![OK], vec![], vec![OK], vec![OK], vec![]]).await;
         let p = pool(s.port);
         assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
         // A GET is sent again on a new connection.
-        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+        next_is_ok_after(&p, &s, 2, "not kept").await;
         assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "ok");
         // A POST that Matomo may have acted on is not.
         let mut post = get();

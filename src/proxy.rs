@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolError};
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
 /// Largest Matomo answer unikgate reads whole (its own calls: AutoLogin, API, who-am-i page).
@@ -296,22 +295,20 @@ impl Upstream {
     }
 
     /// Sends a request to Matomo; the response body streams. `headers` must already be sanitized.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, Error> {
-        // Origin-form (`/path?query`), whatever form the client used.
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            *req.uri_mut() = Uri::from(pq);
-        }
-        *req.version_mut() = http::Version::HTTP_11;
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, Error> {
+        // The pool writes HTTP/1.1 in origin-form (`/path?query`), whatever form the client used.
         let start = self.metrics.then(Instant::now);
         let res = match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
             Err(_) => {
                 tracing::warn!(timeout = ?self.timeout, "Matomo did not answer in time");
                 return Err(Error::UpstreamTimeout);
+            }
+            // The browser's own body broke off (it went away mid-upload): not Matomo's doing.
+            Ok(Err(PoolError::RequestBody(e))) => {
+                tracing::info!(error = %e, "the request body broke off before it reached Matomo");
+                return Err(Error::BadRequest(
+                    "the request's body broke off before it was complete; send it again".into(),
+                ));
             }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %self.upstream_origin, error = %e, "Matomo unreachable");
@@ -491,6 +488,44 @@ mod tests {
         )
         .unwrap();
         Upstream::new(&cfg)
+    }
+
+    #[tokio::test]
+    async fn a_browser_body_that_breaks_off_is_a_bad_request_not_matomo_unreachable() {
+        // Matomo listens (and would answer); the browser's upload fails halfway.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut s = s;
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut s, &mut sink).await;
+                });
+            }
+        });
+        let cfg = crate::config::Config::from_toml(
+            &format!("[server]\npublic_url = \"https://analytics.example.com\"\n[upstream]\nurl = \"http://127.0.0.1:{port}\"\n"),
+            &std::collections::HashMap::<String, String>::new(),
+        )
+        .unwrap();
+        let body = Body::from_stream(futures_util::stream::iter(vec![
+            Ok(bytes::Bytes::from_static(b"idSite=1&")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "browser gone",
+            )),
+        ]));
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri("/index.php?module=API")
+            .header(header::HOST, "analytics.example.com")
+            .body(body)
+            .unwrap();
+        match Upstream::new(&cfg).send(req).await {
+            Err(Error::BadRequest(msg)) => assert!(msg.contains("body"), "{msg}"),
+            other => panic!("{:?}", other.map(|r| r.status())),
+        }
     }
 
     #[test]

@@ -908,12 +908,17 @@ mod tests {
     }
 
     fn sessions(key: &Key) -> Sessions {
+        sessions_on(Arc::new(NoStore), key, Duration::from_secs(3600))
+    }
+
+    /// Sessions on `store` with an idle timeout of `idle` (a day's absolute timeout).
+    fn sessions_on(store: Arc<dyn SessionStore>, key: &Key, idle: Duration) -> Sessions {
         Sessions::new(
-            Arc::new(NoStore),
+            store,
             key.clone(),
             "unikgate_session",
             false,
-            Duration::from_secs(3600),
+            idle,
             Duration::from_secs(86400),
             Duration::from_secs(3600),
         )
@@ -950,15 +955,7 @@ mod tests {
         let key = Key::generate();
         let store = Arc::new(OneRecord::default());
         // idle 2 s: touch_every is 100 ms.
-        let s = Sessions::new(
-            store.clone(),
-            key.clone(),
-            "unikgate_session",
-            false,
-            Duration::from_secs(2),
-            Duration::from_secs(86400),
-            Duration::from_secs(3600),
-        );
+        let s = sessions_on(store.clone(), &key, Duration::from_secs(2));
         assert_eq!(s.touch_every(), Duration::from_millis(100));
         let id = Id::default();
         let data = SessionData {
