@@ -132,6 +132,56 @@ fn fmt3(v: &[f64], digits: usize) -> String {
     format!("{med:.digits$} ({lo:.digits$}–{hi:.digits$})")
 }
 
+/// A unikgate config (signed minter, SQLite store shared by every config of `dir`, so one seeded
+/// session serves them all) listening on `port` in front of `upstream`, with a metrics listener:
+/// (config path, metrics port).
+fn unikgate_config(
+    dir: &std::path::Path,
+    name: &str,
+    port: u16,
+    upstream: &str,
+) -> (std::path::PathBuf, u16) {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n[upstream]\nurl = \"{upstream}\"\n[provider]\nissuer = \"none\"\nauthorize_url = \"http://127.0.0.1:9/oidc/authorize\"\ntoken_url = \"http://127.0.0.1:9/oidc/accessToken\"\nuserinfo_url = \"http://127.0.0.1:9/oidc/profile\"\nclient_id = \"bench\"\nclient_secret = \"bench-secret\"\n[store]\nurl = \"sqlite://{}/unikgate.db\"\n[matomo]\nminter = \"signed\"\nshared_secret = \"{SHARED_SECRET}\"\n",
+            dir.display()
+        ),
+    )
+    .expect("config");
+    (cfg, metrics_port)
+}
+
+/// From an Apache log of benchmark requests (`%q %D` lines): request id → ms Apache took to
+/// serve it.
+fn served_ms(log: &std::path::Path) -> std::collections::HashMap<u64, f64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (query, us) = line.rsplit_once(' ')?;
+            let id = query
+                .split(['?', '&'])
+                .find_map(|p| p.strip_prefix("ugbench="))?;
+            Some((id.parse().ok()?, us.parse::<f64>().ok()? / 1000.0))
+        })
+        .collect()
+}
+
+fn start_unikgate(binary: &str, cfg: &std::path::Path) -> Child {
+    Command::new(binary)
+        .args(["serve", "-c"])
+        .arg(cfg)
+        .env("UNIKGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("unikgate")
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -180,27 +230,14 @@ async fn main() {
             .expect("nginx"),
     );
 
-    // unikgate (release binary, signed minter) on a port Matomo trusts.
+    // unikgate (release binary, signed minter) on a port Matomo trusts, with its metrics
+    // listener: its own time per request is read there (request time to the answer head, less
+    // the upstream's time to its head).
     let ug_port = {
         let l = m.gate_listener();
         l.local_addr().expect("addr").port()
     };
-    // unikgate's metrics listener: its own time per request is read there (request time to the
-    // answer head, less the upstream's time to its head).
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let cfg = work.path().join("unikgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{ug_port}\"\npublic_url = \"http://127.0.0.1:{ug_port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n[upstream]\nurl = \"{}\"\n[provider]\nissuer = \"none\"\nauthorize_url = \"http://127.0.0.1:9/oidc/authorize\"\ntoken_url = \"http://127.0.0.1:9/oidc/accessToken\"\nuserinfo_url = \"http://127.0.0.1:9/oidc/profile\"\nclient_id = \"bench\"\nclient_secret = \"bench-secret\"\n[store]\nurl = \"sqlite://{}/unikgate.db\"\n[matomo]\nminter = \"signed\"\nshared_secret = \"{SHARED_SECRET}\"\n",
-            m.apache,
-            work.path().display()
-        ),
-    )
-    .expect("config");
+    let (cfg, metrics_port) = unikgate_config(work.path(), "unikgate", ug_port, &m.apache);
     // A linked session for alice (the seeded Matomo cookie is a placeholder: the first request
     // through unikgate mints the real one).
     let out = Command::new(&bench_session)
@@ -210,26 +247,37 @@ async fn main() {
         .expect("bench_session");
     let seeded = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let session = seeded.split(';').next().unwrap_or("").to_string();
-    children.0.push(
-        Command::new(&unikgate)
-            .args(["serve", "-c"])
-            .arg(&cfg)
-            .env("UNIKGATE_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("unikgate"),
-    );
+    children.0.push(start_unikgate(&unikgate, &cfg));
+    // The same Matomo behind an Apache with one PHP process and no keep-alive, and a second
+    // unikgate (same store, so the same session) in front of it: the paired measurement again,
+    // with every request served by that one process.
+    let apache_one = m
+        .one_process_apache()
+        .await
+        .unwrap_or_else(|e| panic!("the one-process Apache: {e}"));
+    let ug_one_port = {
+        let l = m.gate_listener();
+        l.local_addr().expect("addr").port()
+    };
+    let (cfg_one, metrics_one_port) =
+        unikgate_config(work.path(), "unikgate-one", ug_one_port, &apache_one);
+    children.0.push(start_unikgate(&unikgate, &cfg_one));
     let ug = format!("http://127.0.0.1:{ug_port}");
     let ngx = format!("http://127.0.0.1:{ngx_port}");
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
+    let ug_one = format!("http://127.0.0.1:{ug_one_port}");
     let mut up = false;
     for _ in 0..200 {
         let ready = client.get(format!("{ug}/_unikgate/healthz")).send().await;
+        let ready_one = client
+            .get(format!("{ug_one}/_unikgate/healthz"))
+            .send()
+            .await;
         let nginx = client.get(format!("{ngx}/robots.txt")).send().await;
-        if ready.is_ok() && nginx.is_ok() {
+        if ready.is_ok() && ready_one.is_ok() && nginx.is_ok() {
             up = true;
             break;
         }
@@ -271,8 +319,13 @@ async fn main() {
         .to_string();
     let through = format!("{session}; MATOMO_SESSID={matomo_cookie}");
     let direct = format!("MATOMO_SESSID={matomo_cookie}");
-    // Both paths answer as alice before anything is measured.
-    for (base, cookie) in [(&m.apache, &direct), (&ug, &through)] {
+    // Every path answers as alice before anything is measured.
+    for (base, cookie) in [
+        (&m.apache, &direct),
+        (&ug, &through),
+        (&apache_one, &direct),
+        (&ug_one, &through),
+    ] {
         let res = client
             .post(format!("{base}{WIDGET_API}"))
             .header("cookie", cookie.as_str())
@@ -287,6 +340,7 @@ async fn main() {
         println!("direct (Apache):  {}  cookie: {direct}", m.apache);
         println!("through unikgate: {ug}  cookie: {through}");
         println!("through nginx:    {ngx}");
+        println!("one Apache process: {apache_one} (direct), {ug_one} (through unikgate)");
         println!("dashboard: {DASHBOARD}\nwidget API (POST token_auth={token}&force_api_session=1): {WIDGET_API}\ntracking: {TRACK}");
         println!("holding; interrupt to stop");
         let _ = tokio::signal::ctrl_c().await;
@@ -324,7 +378,12 @@ async fn main() {
             Some(&track_script),
         );
     }
-    for (base, cookie) in [(&m.apache, &direct), (&ug, &through)] {
+    for (base, cookie) in [
+        (&m.apache, &direct),
+        (&ug, &through),
+        (&apache_one, &direct),
+        (&ug_one, &through),
+    ] {
         wrk(&format!("{base}{DASHBOARD}"), 1, secs, Some(cookie), None);
         wrk(
             &format!("{base}{WIDGET_API}"),
@@ -357,9 +416,13 @@ async fn main() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let timed = |client: &reqwest::Client, url: String, cookie: String, api: bool| {
+    // Each measured request carries `ugbench=<id>` in its query: Apache logs the time it took
+    // to serve it, which is subtracted from the time the client measured.
+    let mut next_id = 0u64;
+    let timed = |client: &reqwest::Client, url: String, cookie: String, api: bool, id: u64| {
         let client = client.clone();
         let token = token.clone();
+        let url = format!("{url}&ugbench={id}");
         async move {
             let t = std::time::Instant::now();
             let req = if api {
@@ -376,15 +439,32 @@ async fn main() {
             t.elapsed().as_secs_f64() * 1000.0
         }
     };
-    // [dashboard, api] → per round: (direct median, through median, median of differences,
-    // median of the second direct connection's differences)
-    let mut paired: [Vec<(f64, f64, f64, f64)>; 2] = Default::default();
-    // [dashboard, api] → per round: unikgate's own mean µs to the answer head.
-    let mut own: [Vec<f64>; 2] = Default::default();
-    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
-    let scrape = || async {
+    // The two setups: (direct base, through-unikgate base, unikgate's metrics): Apache as
+    // installed (a process per keep-alive connection), and the one-process Apache.
+    let setups = [
+        (
+            &m.apache,
+            &ug,
+            format!("http://127.0.0.1:{metrics_port}/metrics"),
+        ),
+        (
+            &apache_one,
+            &ug_one,
+            format!("http://127.0.0.1:{metrics_one_port}/metrics"),
+        ),
+    ];
+    // [setup][dashboard, api] → per round: (direct median, through median, median of
+    // differences, median of the second direct connection's differences)
+    let mut paired: [[Vec<(f64, f64, f64, f64)>; 2]; 2] = Default::default();
+    // [setup][dashboard, api] → per round: (median over the pairs of the time outside Apache
+    // through unikgate less direct's, the same for the second direct connection, median time
+    // outside Apache direct).
+    let mut outside: [[Vec<(f64, f64, f64)>; 2]; 2] = Default::default();
+    // [setup][dashboard, api] → per round: unikgate's own mean µs to the answer head.
+    let mut own: [[Vec<f64>; 2]; 2] = Default::default();
+    let scrape = |url: String| async {
         let page = client
-            .get(&metrics_url)
+            .get(url)
             .send()
             .await
             .expect("unikgate's metrics")
@@ -426,50 +506,88 @@ async fn main() {
                 Some(&script),
             ));
         }
-        for (k, (path, api)) in [(DASHBOARD, false), (WIDGET_API, true)]
-            .into_iter()
-            .enumerate()
-        {
-            let (mut d, mut t, mut diff, mut floor) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let before = scrape().await;
-            for p in 0..pairs {
-                // The three in turn, each first, second and last as often as the others.
-                let mut order = [0usize, 1, 2];
-                order.rotate_left(p % 3);
-                if (p / 3) % 2 == 1 {
-                    order.reverse();
+        for (setup, (direct_base, through_base, metrics_url)) in setups.iter().enumerate() {
+            let apache_log = m
+                .root
+                .join(["apache", "apache-one"][setup])
+                .join("bench.log");
+            for (k, (path, api)) in [(DASHBOARD, false), (WIDGET_API, true)]
+                .into_iter()
+                .enumerate()
+            {
+                let (mut d, mut t, mut diff, mut floor) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                let mut triples: Vec<([u64; 3], [f64; 3])> = Vec::new();
+                let before = scrape(metrics_url.clone()).await;
+                for p in 0..pairs {
+                    // The three in turn, each first, second and last as often as the others.
+                    let mut order = [0usize, 1, 2];
+                    order.rotate_left(p % 3);
+                    if (p / 3) % 2 == 1 {
+                        order.reverse();
+                    }
+                    let mut ms = [0f64; 3];
+                    let ids = [next_id, next_id + 1, next_id + 2];
+                    next_id += 3;
+                    for which in order {
+                        let (client, base, cookie) = match which {
+                            0 => (&direct_client, *direct_base, &direct),
+                            1 => (&through_client, *through_base, &through),
+                            _ => (&control_client, *direct_base, &direct),
+                        };
+                        ms[which] = timed(
+                            client,
+                            format!("{base}{path}"),
+                            cookie.clone(),
+                            api,
+                            ids[which],
+                        )
+                        .await;
+                    }
+                    triples.push((ids, ms));
+                    d.push(ms[0]);
+                    t.push(ms[1]);
+                    diff.push(ms[1] - ms[0]);
+                    floor.push(ms[2] - ms[0]);
                 }
-                let mut ms = [0f64; 3];
-                for which in order {
-                    let (client, base, cookie) = match which {
-                        0 => (&direct_client, &m.apache, &direct),
-                        1 => (&through_client, &ug, &through),
-                        _ => (&control_client, &m.apache, &direct),
-                    };
-                    ms[which] = timed(client, format!("{base}{path}"), cookie.clone(), api).await;
+                let after = scrape(metrics_url.clone()).await;
+                let requests = after.1 - before.1;
+                if after.3 - before.3 != requests {
+                    eprintln!(
+                        "note: {} requests through unikgate made {} to Matomo (a mint?): its own time is an estimate this round",
+                        requests,
+                        after.3 - before.3
+                    );
                 }
-                d.push(ms[0]);
-                t.push(ms[1]);
-                diff.push(ms[1] - ms[0]);
-                floor.push(ms[2] - ms[0]);
+                let served = served_ms(&apache_log);
+                let out_of_apache = |id: u64, ms: f64| {
+                    ms - served.get(&id).copied().unwrap_or_else(|| {
+                        panic!(
+                            "request {id} is not in Apache's log {}",
+                            apache_log.display()
+                        )
+                    })
+                };
+                let (mut added, mut control, mut direct_out) = (Vec::new(), Vec::new(), Vec::new());
+                for (ids, ms) in &triples {
+                    let o = [0, 1, 2].map(|i| out_of_apache(ids[i], ms[i]));
+                    added.push(o[1] - o[0]);
+                    control.push(o[2] - o[0]);
+                    direct_out.push(o[0]);
+                }
+                outside[setup][k].push((
+                    spread(&added).1,
+                    spread(&control).1,
+                    spread(&direct_out).1,
+                ));
+                own[setup][k].push(((after.0 - before.0) - (after.2 - before.2)) / requests * 1e6);
+                paired[setup][k].push((
+                    spread(&d).1,
+                    spread(&t).1,
+                    spread(&diff).1,
+                    spread(&floor).1,
+                ));
             }
-            let after = scrape().await;
-            let requests = after.1 - before.1;
-            if after.3 - before.3 != requests {
-                eprintln!(
-                    "note: {} requests through unikgate made {} to Matomo (a mint?): its own time is an estimate this round",
-                    requests,
-                    after.3 - before.3
-                );
-            }
-            own[k].push(((after.0 - before.0) - (after.2 - before.2)) / requests * 1e6);
-            paired[k].push((
-                spread(&d).1,
-                spread(&t).1,
-                spread(&diff).1,
-                spread(&floor).1,
-            ));
         }
     }
     let col = |v: &[(f64, f64, f64, u64)], f: fn(&(f64, f64, f64, u64)) -> f64| -> Vec<f64> {
@@ -524,23 +642,54 @@ async fn main() {
         }
     }
     println!();
-    println!("Paired, {pairs} triples per round: direct, through unikgate, and direct again on a second keep-alive connection, one after the other in a rotating order. The last column is what two identical direct paths differ by (each keep-alive connection is served by its own Apache process): an added time inside that range cannot be told apart from which process answered.");
+    println!("Paired, {pairs} triples per round: direct, through unikgate, and direct again on a second connection, one after the other in a rotating order; the added time is the median of the differences between the first two, the control the median of the differences between the two direct ones. Two setups: Apache as installed, where each keep-alive connection is served by its own Apache process for its life (the control shows what that alone differs by), and the same Matomo behind an Apache with **one** PHP process and no keep-alive, so that every request of the three paths is served by the same process (each direct request then opens a connection, as unikgate does towards that Apache).");
     println!();
-    println!("| signed in as alice | direct p50 ms | through unikgate p50 ms | added ms (median of the pairs' differences) | a second direct connection, same measure | unikgate's own time to the answer head, mean µs |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (k, what) in ["dashboard page", "widget API call"].iter().enumerate() {
-        let col = |f: fn(&(f64, f64, f64, f64)) -> f64| paired[k].iter().map(f).collect::<Vec<_>>();
-        println!(
-            "| {what} | {} | {} | {} | {} | {} |",
-            fmt3(&col(|x| x.0), 2),
-            fmt3(&col(|x| x.1), 2),
-            fmt3(&col(|x| x.2), 2),
-            fmt3(&col(|x| x.3), 2),
-            fmt3(&own[k], 0)
-        );
+    println!("| signed in as alice | Apache | direct p50 ms | through unikgate p50 ms | added ms (median of the pairs' differences) | a second direct connection, same measure | unikgate's own time to the answer head, mean µs |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (setup, how) in [
+        "as installed (keep-alive, a process per connection)",
+        "one process, no keep-alive",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for (k, what) in ["dashboard page", "widget API call"].iter().enumerate() {
+            let col = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+                paired[setup][k].iter().map(f).collect::<Vec<_>>()
+            };
+            println!(
+                "| {what} | {how} | {} | {} | {} | {} | {} |",
+                fmt3(&col(|x| x.0), 2),
+                fmt3(&col(|x| x.1), 2),
+                fmt3(&col(|x| x.2), 2),
+                fmt3(&col(|x| x.3), 2),
+                fmt3(&own[setup][k], 0)
+            );
+        }
     }
     println!();
-    println!("unikgate's own time is read from its metrics listener around the paired requests: the time from a request's arrival to its answer head, less the time from sending it to Matomo to Matomo's answer head (`unikgate_request_seconds` − `unikgate_upstream_seconds`), averaged. The answer's body is passed on as it comes; its forwarding is not in that figure.");
+    println!("Time outside Apache: from each measured request's time at the client, the time Apache logged for serving that request (`%D`, from reading the request to handing the whole answer to the socket) is taken away, which leaves the path (connecting, unikgate, passing the body on) and not PHP's time, which moves by milliseconds from one request to the next. Added = median over the pairs of (through unikgate − direct); the control is the same for the second direct connection.");
+    println!();
+    println!("| signed in as alice | Apache | direct, time outside Apache ms | added by unikgate ms | control: a second direct connection ms |");
+    println!("|---|---|---:|---:|---:|");
+    for (setup, how) in ["as installed", "one process, no keep-alive"]
+        .iter()
+        .enumerate()
+    {
+        for (k, what) in ["dashboard page", "widget API call"].iter().enumerate() {
+            let col = |f: fn(&(f64, f64, f64)) -> f64| {
+                outside[setup][k].iter().map(f).collect::<Vec<_>>()
+            };
+            println!(
+                "| {what} | {how} | {} | {} | {} |",
+                fmt3(&col(|x| x.2), 3),
+                fmt3(&col(|x| x.0), 3),
+                fmt3(&col(|x| x.1), 3),
+            );
+        }
+    }
+    println!();
+    println!("unikgate's own time is read from its metrics listener around the paired requests: the time from a request's arrival to its answer head, less the time from sending it to Matomo to Matomo's answer head (`unikgate_request_seconds` − `unikgate_upstream_seconds`), averaged. The answer's body is passed on as it comes; its forwarding is not in that figure (it is in the added time).");
     println!();
     drop(children);
     for leftover in m.stop() {

@@ -475,13 +475,29 @@ impl RealMatomo {
 
     async fn start_apache(&mut self) -> R<()> {
         let tree = self.tree.clone();
-        self.apache = self.apache_for(&tree, "apache").await?;
+        self.apache = self
+            .apache_for(&tree, "apache", free_port()?, PREFORK)
+            .await?;
         Ok(())
     }
 
-    /// An Apache + mod_php serving `tree` on a free loopback port, its files in `<root>/<name>`.
-    async fn apache_for(&self, tree: &Path, name: &str) -> R<String> {
-        let port = free_port()?;
+    /// A second Apache + mod_php for the installed Matomo with **one** PHP process and no
+    /// keep-alive, on a port Matomo trusts: every request, whichever connection carries it, is
+    /// served by the same process (for benchmarks pairing two paths to Matomo, where prefork's
+    /// one-process-per-connection would otherwise decide a difference of milliseconds).
+    pub async fn one_process_apache(&self) -> R<String> {
+        let port = {
+            let l = self.gate_listener();
+            l.local_addr().map_err(|e| e.to_string())?.port()
+        };
+        let tree = self.tree.clone();
+        self.apache_for(&tree, "apache-one", port, ONE_PROCESS)
+            .await
+    }
+
+    /// An Apache + mod_php serving `tree` on loopback `port`, its files in `<root>/<name>`, with
+    /// the given prefork settings.
+    async fn apache_for(&self, tree: &Path, name: &str, port: u16, mpm: &str) -> R<String> {
         let d = self.root.join(name);
         std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
         let m = "/usr/lib/apache2/modules";
@@ -512,11 +528,7 @@ LoadModule setenvif_module {m}/mod_setenvif.so
 LoadModule rewrite_module {m}/mod_rewrite.so
 LoadModule alias_module {m}/mod_alias.so
 LoadModule php_module {m}/libphp8.2.so
-StartServers 2
-MinSpareServers 2
-MaxSpareServers 6
-MaxRequestWorkers 24
-KeepAlive On
+{mpm}
 TypesConfig /etc/mime.types
 DocumentRoot "{tree}"
 DirectoryIndex index.php index.html
@@ -534,6 +546,10 @@ DirectoryIndex index.php index.html
 </FilesMatch>
 php_admin_value opcache.revalidate_freq 0
 php_admin_value error_log "{d}/php.log"
+# Benchmarks mark their requests with `ugbench=<id>` in the query: for those only, the time
+# Apache took to serve each (µs), so that a client can subtract it from what it measured.
+LogFormat "%q %D" ugbench
+CustomLog "{d}/bench.log" ugbench "expr=%{{QUERY_STRING}} =~ /(^|&)ugbench=/"
 "#,
             d = d.display(),
             tree = tree.display(),
@@ -577,7 +593,7 @@ php_admin_value error_log "{d}/php.log"
             "CREATE DATABASE {db} CHARACTER SET utf8mb4; GRANT ALL PRIVILEGES ON {db}.* TO '{u}'@'127.0.0.1';",
             u = DB.1
         ))?;
-        let url = self.apache_for(&tree, name).await?;
+        let url = self.apache_for(&tree, name, free_port()?, PREFORK).await?;
         Ok(FreshSite { tree, url, db })
     }
 
@@ -1053,6 +1069,12 @@ http {{
         left
     }
 }
+
+/// Apache's prefork settings for the harness's Matomo.
+const PREFORK: &str =
+    "StartServers 2\nMinSpareServers 2\nMaxSpareServers 6\nMaxRequestWorkers 24\nKeepAlive On";
+/// One process serving every request, one request per connection.
+const ONE_PROCESS: &str = "ServerLimit 1\nStartServers 1\nMinSpareServers 1\nMaxSpareServers 1\nMaxRequestWorkers 1\nKeepAlive Off";
 
 /// The TCP sockets listened on by processes whose command line names `dir`: (pid: command,
 /// local address).
