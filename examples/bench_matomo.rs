@@ -157,6 +157,10 @@ fn unikgate_config(
     (cfg, metrics_port)
 }
 
+/// One round of paired requests: (direct median, through median, median of differences, median
+/// of the second direct connection's differences), ms.
+type Paired = (f64, f64, f64, f64);
+
 /// From an Apache log of benchmark requests (`%q %D` lines): request id → ms Apache took to
 /// serve it.
 fn served_ms(log: &std::path::Path) -> std::collections::HashMap<u64, f64> {
@@ -455,7 +459,7 @@ async fn main() {
     ];
     // [setup][dashboard, api] → per round: (direct median, through median, median of
     // differences, median of the second direct connection's differences)
-    let mut paired: [[Vec<(f64, f64, f64, f64)>; 2]; 2] = Default::default();
+    let mut paired: [[Vec<Paired>; 2]; 2] = Default::default();
     // [setup][dashboard, api] → per round: (median over the pairs of the time outside Apache
     // through unikgate less direct's, the same for the second direct connection, median time
     // outside Apache direct).
@@ -654,9 +658,7 @@ async fn main() {
     .enumerate()
     {
         for (k, what) in ["dashboard page", "widget API call"].iter().enumerate() {
-            let col = |f: fn(&(f64, f64, f64, f64)) -> f64| {
-                paired[setup][k].iter().map(f).collect::<Vec<_>>()
-            };
+            let col = |f: fn(&Paired) -> f64| paired[setup][k].iter().map(f).collect::<Vec<_>>();
             println!(
                 "| {what} | {how} | {} | {} | {} | {} | {} |",
                 fmt3(&col(|x| x.0), 2),
