@@ -38,7 +38,8 @@ pub struct Params {
 }
 
 fn decode(s: &str) -> Cow<'_, str> {
-    if !s.contains(['+', '%']) {
+    // Bytes, not chars: the usual short parameter is scanned in a few instructions.
+    if !s.bytes().any(|b| b == b'+' || b == b'%') {
         return Cow::Borrowed(s);
     }
     let plus = s.replace('+', " ");
@@ -46,8 +47,31 @@ fn decode(s: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// `s.split(sep)` for an ASCII separator (always a character boundary), as a plain byte scan:
+/// the usual query string's pieces are a few bytes long, shorter than a char searcher's set-up.
+pub fn split_ascii(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|b| b == sep) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
 /// Splits a decoded key into PHP's top-level name and whether it is an array assignment.
 fn php_name(key: &str) -> Option<(String, bool)> {
+    // The usual name (`module`, `idSite`): nothing PHP changes, taken as it is.
+    if !key.is_empty() && !key.bytes().any(|b| matches!(b, b' ' | b'.' | b'[' | b'\0')) {
+        return Some((key.to_owned(), false));
+    }
     // PHP drops leading spaces of names, and stops at a NUL byte.
     let key = key.trim_start_matches(' ');
     let key = key.split('\0').next().unwrap_or("");
@@ -82,7 +106,7 @@ impl Params {
     pub fn parse(input: &str) -> Params {
         let mut p = Params::default();
         let mut count = 0usize;
-        for pair in input.split('&') {
+        for pair in split_ascii(input, b'&') {
             if pair.is_empty() {
                 continue;
             }
@@ -91,8 +115,8 @@ impl Params {
                 p.too_many = true;
                 break;
             }
-            let (k, v) = match pair.split_once('=') {
-                Some((k, v)) => (k, v),
+            let (k, v) = match pair.bytes().position(|b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => (pair, ""),
             };
             let Some((name, is_array)) = php_name(&decode(k)) else {
@@ -250,6 +274,44 @@ impl Request<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_ascii_is_str_split() {
+        for s in [
+            "",
+            "&",
+            "&&",
+            "a",
+            "a&",
+            "&a",
+            "a&b",
+            "a&&b",
+            "é&ü=ß&",
+            "module=CoreHome&action=index",
+            "x=1&%26=2&&y",
+            "日本&語",
+        ] {
+            for sep in [b'&', b'=', b';'] {
+                assert_eq!(
+                    split_ascii(s, sep).collect::<Vec<_>>(),
+                    s.split(sep as char).collect::<Vec<_>>(),
+                    "{s:?} on {}",
+                    sep as char
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn plain_and_changed_names() {
+        // The fast path (nothing PHP changes) and the others agree with PHP.
+        assert_eq!(php_name("idSite"), Some(("idSite".into(), false)));
+        assert_eq!(php_name(""), None);
+        assert_eq!(php_name(" "), None);
+        assert_eq!(php_name("a.b"), Some(("a_b".into(), false)));
+        assert_eq!(php_name("a\0b"), Some(("a".into(), false)));
+        assert_eq!(php_name("a[]"), Some(("a".into(), true)));
+    }
 
     #[test]
     fn last_duplicate_wins() {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::php::split_ascii;
 use crate::pool::{Pool, PoolError};
 use axum::body::Body;
 use bytes::Bytes;
@@ -106,6 +107,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + 
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// An address as a header value; IPv4 written by hand (every proxied request sets one, and the
 /// formatting machinery costs more than the rest of the header policy).
@@ -242,7 +244,7 @@ impl Upstream {
         if let Some(v) = ip_header_value(client_ip) {
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        headers.insert("x-forwarded-proto", self.public_proto.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), self.public_proto.clone());
         // No X-Forwarded-Host: Host already is the public host, and Matomo's installer, seeing
         // one, writes `proxy_host_headers[]`, a header Matomo never checks against trusted_hosts.
     }
@@ -265,12 +267,16 @@ impl Upstream {
                 changed = true;
                 continue;
             };
-            for part in s.split(';') {
+            for part in split_ascii(s, b';') {
                 let p = part.trim();
                 if p.is_empty() {
                     continue;
                 }
-                let name = p.split_once('=').map_or(p, |(n, _)| n).trim();
+                let name = p
+                    .bytes()
+                    .position(|b| b == b'=')
+                    .map_or(p, |i| &p[..i])
+                    .trim();
                 if name == self.session_cookie
                     || (matomo.is_some() && php_cookie_name_is(name, "MATOMO_SESSID"))
                 {

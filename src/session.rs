@@ -23,6 +23,7 @@ use sha2::Sha256;
 
 use crate::error::Error;
 use crate::now_ms;
+use crate::php::split_ascii;
 
 /// The session store behind a trait object, so one type serves every backend.
 #[derive(Debug, Clone)]
@@ -303,10 +304,10 @@ pub fn cookie_values<'a>(
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(';'))
+        .flat_map(|s| split_ascii(s, b';'))
         .filter_map(move |pair| {
-            let (n, v) = pair.split_once('=')?;
-            (n.trim() == name).then(|| v.trim())
+            let eq = pair.bytes().position(|b| b == b'=')?;
+            (pair[..eq].trim() == name).then(|| pair[eq + 1..].trim())
         })
 }
 
