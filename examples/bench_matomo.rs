@@ -69,14 +69,19 @@ fn own_time_counters(page: &str) -> (f64, f64, f64, f64) {
     v
 }
 
-/// One wrk run: (req/s, p50 ms, p99 ms, non-2xx).
-fn wrk(
-    url: &str,
-    conns: u32,
-    secs: u32,
-    cookie: Option<&str>,
-    script: Option<&str>,
-) -> (f64, f64, f64, u64) {
+/// One wrk run.
+struct Run {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    /// The longest request, ms (a stall of Matomo's shows here before it moves a percentile).
+    max: f64,
+    /// Answers not 2xx or 3xx, and socket errors (timeouts: a request still unanswered after
+    /// wrk's 10 s).
+    errors: u64,
+}
+
+fn wrk(url: &str, conns: u32, secs: u32, cookie: Option<&str>, script: Option<&str>) -> Run {
     let mut cmd = Command::new("taskset");
     cmd.args([
         "-c",
@@ -85,6 +90,8 @@ fn wrk(
         "-t1",
         &format!("-c{conns}"),
         &format!("-d{secs}s"),
+        "--timeout",
+        "10s",
         "--latency",
     ]);
     if let Some(c) = cookie {
@@ -101,13 +108,28 @@ fn wrk(
             .and_then(|l| l.split_whitespace().nth(idx).map(str::to_string))
             .unwrap_or_default()
     };
-    let rps = field("Requests/sec:", 1).parse().unwrap_or(f64::NAN);
-    let errs = text
+    let non_2xx: u64 = text
         .lines()
         .find(|l| l.contains("Non-2xx or 3xx"))
         .and_then(|l| l.split_whitespace().last().and_then(|n| n.parse().ok()))
         .unwrap_or(0);
-    (rps, ms(&field("50%", 1)), ms(&field("99%", 1)), errs)
+    // "Socket errors: connect 0, read 0, write 0, timeout 3"
+    let socket: u64 = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("Socket errors:"))
+        .map(|rest| {
+            rest.split([',', ' '])
+                .filter_map(|w| w.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Run {
+        rps: field("Requests/sec:", 1).parse().unwrap_or(f64::NAN),
+        p50: ms(&field("50%", 1)),
+        p99: ms(&field("99%", 1)),
+        max: ms(&field("Latency", 3)),
+        errors: non_2xx + socket,
+    }
 }
 
 fn spread(v: &[f64]) -> (f64, f64, f64) {
@@ -477,9 +499,9 @@ async fn main() {
             .unwrap_or_default();
         own_time_counters(&page)
     };
-    let mut track: [Vec<(f64, f64, f64, u64)>; 3] = Default::default();
-    let mut dash: [Vec<(f64, f64, f64, u64)>; 2] = Default::default();
-    let mut api: [Vec<(f64, f64, f64, u64)>; 2] = Default::default();
+    let mut track: [Vec<Run>; 3] = Default::default();
+    let mut dash: [Vec<Run>; 2] = Default::default();
+    let mut api: [Vec<Run>; 2] = Default::default();
     for r in 1..=rounds {
         eprintln!("real Matomo round {r}/{rounds}");
         for (i, base) in [&m.apache, &ngx, &ug].into_iter().enumerate() {
@@ -594,10 +616,8 @@ async fn main() {
             }
         }
     }
-    let col = |v: &[(f64, f64, f64, u64)], f: fn(&(f64, f64, f64, u64)) -> f64| -> Vec<f64> {
-        v.iter().map(f).collect()
-    };
-    let errs = |v: &[(f64, f64, f64, u64)]| v.iter().map(|x| x.3).sum::<u64>();
+    let col = |v: &[Run], f: fn(&Run) -> f64| -> Vec<f64> { v.iter().map(f).collect() };
+    let errs = |v: &[Run]| v.iter().map(|x| x.errors).sum::<u64>();
     println!(
         "## In front of the real Matomo {}",
         support::real::MATOMO_VERSION
@@ -605,46 +625,50 @@ async fn main() {
     println!();
     println!("Matomo 5.1.2 installed by the test harness (MariaDB, Apache 2.4 + mod_php, loopback), the release `unikgate` (signed minter) and nginx (1 worker, keep-alive to Apache) in front; wrk on CPU 1, the servers unpinned. Tracking hits carry a random visitor id each (as real traffic, and so that they do not queue on one visit row). One unmeasured warm-up pass, then {rounds} rounds of {secs} s, interleaved; each figure is the median (min–max) across rounds.");
     println!();
-    println!("| tracking hits (`matomo.php`, 16 conns) | req/s | p50 ms | p99 ms | req/s ÷ direct | non-2xx |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    let base = spread(&col(&track[0], |x| x.0)).1;
+    println!("| tracking hits (`matomo.php`, 16 conns) | req/s | p50 ms | p99 ms | longest ms | req/s ÷ direct | non-2xx or socket errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let base = spread(&col(&track[0], |x| x.rps)).1;
     for (i, name) in ["direct to Apache", "through nginx", "through unikgate"]
         .iter()
         .enumerate()
     {
-        let rps = col(&track[i], |x| x.0);
+        let rps = col(&track[i], |x| x.rps);
         println!(
-            "| {name} | {} | {} | {} | {:.3} | {} |",
+            "| {name} | {} | {} | {} | {} | {:.3} | {} |",
             fmt3(&rps, 0),
-            fmt3(&col(&track[i], |x| x.1), 2),
-            fmt3(&col(&track[i], |x| x.2), 2),
+            fmt3(&col(&track[i], |x| x.p50), 2),
+            fmt3(&col(&track[i], |x| x.p99), 2),
+            fmt3(&col(&track[i], |x| x.max), 0),
             spread(&rps).1 / base,
             errs(&track[i])
         );
     }
     println!();
-    println!("| signed in as alice, 1 conn | p50 ms | p99 ms | req/s | added p50 ms | non-2xx |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| signed in as alice, 1 conn | p50 ms | p99 ms | longest ms | req/s | added p50 ms | non-2xx or socket errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (what, rows) in [
         ("dashboard page", &dash),
         ("widget API call (POST module=API)", &api),
     ] {
-        let base = spread(&col(&rows[0], |x| x.1)).1;
+        let base = spread(&col(&rows[0], |x| x.p50)).1;
         for (i, how) in ["direct, Matomo cookie", "through unikgate"]
             .iter()
             .enumerate()
         {
-            let p50 = col(&rows[i], |x| x.1);
+            let p50 = col(&rows[i], |x| x.p50);
             println!(
-                "| {what}, {how} | {} | {} | {} | {:+.2} | {} |",
+                "| {what}, {how} | {} | {} | {} | {} | {:+.2} | {} |",
                 fmt3(&p50, 2),
-                fmt3(&col(&rows[i], |x| x.2), 2),
-                fmt3(&col(&rows[i], |x| x.0), 1),
+                fmt3(&col(&rows[i], |x| x.p99), 2),
+                fmt3(&col(&rows[i], |x| x.max), 0),
+                fmt3(&col(&rows[i], |x| x.rps), 1),
                 spread(&p50).1 - base,
                 errs(&rows[i])
             );
         }
     }
+    println!();
+    println!("With one connection, req/s is the requests over the whole run, so time between requests counts too (wrk's POST runs leave gaps of about the request's own length between requests, direct as well as through unikgate); the percentiles and the longest request are per request.");
     println!();
     println!("Paired, {pairs} triples per round: direct, through unikgate, and direct again on a second connection, one after the other in a rotating order; the added time is the median of the differences between the first two, the control the median of the differences between the two direct ones. Two setups: Apache as installed, where each keep-alive connection is served by its own Apache process for its life (the control shows what that alone differs by), and the same Matomo behind an Apache with **one** PHP process and no keep-alive, so that every request of the three paths is served by the same process (each direct request then opens a connection, as unikgate does towards that Apache).");
     println!();
