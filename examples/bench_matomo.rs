@@ -668,7 +668,7 @@ async fn main() {
         }
     }
     println!();
-    println!("With one connection, req/s is the requests over the whole run, so time between requests counts too (wrk's POST runs leave gaps of about the request's own length between requests, direct as well as through unikgate); the percentiles and the longest request are per request.");
+    println!("With one connection, req/s is the requests over the whole run, so time between requests counts too: wrk's POST runs often leave gaps between requests (up to about a request's own length; in some rounds none), direct as well as through unikgate; the percentiles and the longest request are per request.");
     println!();
     println!("Paired, {pairs} triples per round: direct, through unikgate, and direct again on a second connection, one after the other in a rotating order; the added time is the median of the differences between the first two, the control the median of the differences between the two direct ones. Two setups: Apache as installed, where each keep-alive connection is served by its own Apache process for its life (the control shows what that alone differs by), and the same Matomo behind an Apache with **one** PHP process and no keep-alive, so that every request of the three paths is served by the same process (each direct request then opens a connection, as unikgate does towards that Apache).");
     println!();
