@@ -18,6 +18,7 @@
 //! that cannot repeat it (it was not written, or an idempotent request got no byte of answer).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -91,6 +92,8 @@ struct Inner {
     host_header: HeaderValue,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// The longest pause allowed between two reads of an answer's body.
+    body_pause: Duration,
     max_idle: usize,
     /// Most recently returned last (reused first: its socket is the least likely to be closed).
     idle: Mutex<VecDeque<(Conn, Instant)>>,
@@ -221,6 +224,7 @@ impl Pool {
         port: u16,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        body_pause: Duration,
         max_idle: usize,
     ) -> Pool {
         let authority = if host.contains(':') {
@@ -236,6 +240,7 @@ impl Pool {
                     .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
                 connect_timeout,
                 idle_timeout,
+                body_pause,
                 max_idle,
                 idle: Mutex::new(VecDeque::new()),
             }),
@@ -377,6 +382,7 @@ impl Pool {
             state: head.body,
             trailers: 0,
             failed: None,
+            pause: None,
         };
         if body.state == State::Done {
             body.release();
@@ -673,6 +679,11 @@ struct PooledBody {
     trailers: usize,
     /// An error met while reading ahead, given on the next poll.
     failed: Option<&'static str>,
+    /// Armed when a read finds nothing to take, pushed back whenever bytes come: Matomo pausing
+    /// within a body for longer than `body_pause` ends it (a stalled backend must not hold the
+    /// browser's connection for ever). Made on the first wait only, so a body that arrives with
+    /// its head costs no timer.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 fn protocol(what: &'static str) -> io::Error {
@@ -855,7 +866,25 @@ impl http_body::Body for PooledBody {
             };
             // No data in the buffer, and the framing there is consumed: read more.
             match conn.poll_fill(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    let limit = this.pool.body_pause;
+                    let pause = this
+                        .pause
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if pause.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    tracing::warn!(
+                        limit = ?limit,
+                        "Matomo paused within an answer's body for longer than upstream.timeout: the answer was cut"
+                    );
+                    this.conn = None;
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "Matomo paused within the body for too long",
+                    ))));
+                }
                 Poll::Ready(Ok(0)) => {
                     this.conn = None;
                     if this.state == State::Close {
@@ -868,7 +897,13 @@ impl http_body::Body for PooledBody {
                         "Matomo closed the connection within the body",
                     ))));
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => {
+                    if let Some(pause) = this.pause.as_mut() {
+                        pause
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + this.pool.body_pause);
+                    }
+                }
                 Poll::Ready(Err(e)) => {
                     this.conn = None;
                     this.state = State::Done;
@@ -946,6 +981,7 @@ mod tests {
             "127.0.0.1",
             port,
             Duration::from_secs(2),
+            Duration::from_secs(60),
             Duration::from_secs(60),
             8,
         )
@@ -1373,5 +1409,86 @@ mod tests {
             other => panic!("{:?}", other.map(|r| r.status())),
         }
         assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A server answering one request with `pieces`, `gap` apart, then holding the connection
+    /// open without a byte more.
+    async fn paced(pieces: Vec<&'static [u8]>, gap: Duration) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while request_end(&buf).is_none() {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            for (i, piece) in pieces.into_iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                let _ = s.write_all(piece).await;
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        port
+    }
+
+    fn pool_pausing(port: u16, body_pause: Duration) -> Pool {
+        Pool::new(
+            "127.0.0.1",
+            port,
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+            body_pause,
+            8,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_is_cut_after_the_pause_limit() {
+        let port = paced(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"],
+            Duration::ZERO,
+        )
+        .await;
+        let res = pool_pausing(port, Duration::from_millis(200))
+            .send(get())
+            .await
+            .unwrap();
+        // The server holds the connection for a minute: only the pause limit ends the body.
+        let body = tokio::time::timeout(Duration::from_secs(20), body_of(res))
+            .await
+            .expect("the stalled body was not cut");
+        let err = body.expect_err("a body cut short is an error, not a short answer");
+        assert!(err.contains("paused"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pauses_shorter_than_the_limit_do_not_add_up() {
+        // Six pauses of 100 ms (600 ms in all) under a 500 ms limit: the limit is per pause.
+        let port = paced(
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n",
+                b"a",
+                b"b",
+                b"c",
+                b"d",
+                b"e",
+                b"f",
+            ],
+            Duration::from_millis(100),
+        )
+        .await;
+        let res = pool_pausing(port, Duration::from_millis(500))
+            .send(get())
+            .await
+            .unwrap();
+        assert_eq!(body_of(res).await.as_deref(), Ok("abcdef"));
     }
 }

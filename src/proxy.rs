@@ -192,6 +192,8 @@ impl Upstream {
             u.port_or_known_default().unwrap_or(80),
             cfg.upstream.connect_timeout,
             Duration::from_secs(60),
+            // The time Matomo has to start answering is also the longest pause within a body.
+            cfg.upstream.timeout,
             256,
         );
         Upstream {
