@@ -6,7 +6,12 @@
 //!     nginx, through unikgate;
 //!   - as a signed-in linked user, 1 connection: the dashboard page, and one widget API call as
 //!     Matomo's UI sends it (POST `module=API` with the session's `token_auth` and
-//!     `force_api_session=1`): direct with the Matomo session cookie, and through unikgate.
+//!     `force_api_session=1`): direct with the Matomo session cookie, and through unikgate;
+//!   - the same two paired request by request (direct, through unikgate, a second direct
+//!     connection as the control), against Apache as installed and against a second Apache with
+//!     one PHP process and no keep-alive; each request marked `ugbench=<id>` so that the time
+//!     Apache logged for it can be taken from the client's time (the time outside Apache);
+//!   - unikgate's own time to the answer head, from its metrics listener.
 //!
 //! Prints a Markdown section (min / median / max across rounds) on stdout.
 //! Usage: bench_matomo UNIKGATE_BINARY BENCH_SESSION_BINARY   (env ROUNDS, DURATION, PAIRS)
