@@ -977,14 +977,7 @@ mod tests {
     }
 
     fn pool(port: u16) -> Pool {
-        Pool::new(
-            "127.0.0.1",
-            port,
-            Duration::from_secs(2),
-            Duration::from_secs(60),
-            Duration::from_secs(60),
-            8,
-        )
+        pool_pausing(port, Duration::from_secs(60))
     }
 
     fn get() -> Request<Body> {
@@ -1066,7 +1059,8 @@ mod tests {
 
     /// A server that answers each request, on whatever connection, with the next answer of the
     /// script: its pieces written a moment apart; an answer of no pieces closes the connection
-    /// instead. Keeps each request as received; counts the connections it accepted.
+    /// instead (after its answers, a connection stays open without a byte more). Keeps each
+    /// request as received; counts the connections it accepted.
     struct Scripted {
         port: u16,
         received: Arc<Mutex<Vec<String>>>,
@@ -1092,6 +1086,11 @@ mod tests {
     }
 
     async fn scripted(answers: Vec<Vec<&'static [u8]>>) -> Scripted {
+        scripted_with_gap(answers, Duration::from_millis(5)).await
+    }
+
+    /// [`scripted`], the pieces of each answer `gap` apart.
+    async fn scripted_with_gap(answers: Vec<Vec<&'static [u8]>>, gap: Duration) -> Scripted {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -1127,7 +1126,7 @@ mod tests {
                             }
                             for piece in answer {
                                 let _ = s.write_all(piece).await;
-                                tokio::time::sleep(Duration::from_millis(5)).await;
+                                tokio::time::sleep(gap).await;
                             }
                         }
                     }
@@ -1411,34 +1410,6 @@ mod tests {
         assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
     }
 
-    /// A server answering one request with `pieces`, `gap` apart, then holding the connection
-    /// open without a byte more.
-    async fn paced(pieces: Vec<&'static [u8]>, gap: Duration) -> u16 {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while request_end(&buf).is_none() {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            for (i, piece) in pieces.into_iter().enumerate() {
-                if i > 0 {
-                    tokio::time::sleep(gap).await;
-                }
-                let _ = s.write_all(piece).await;
-            }
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        });
-        port
-    }
-
     fn pool_pausing(port: u16, body_pause: Duration) -> Pool {
         Pool::new(
             "127.0.0.1",
@@ -1452,16 +1423,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_that_stalls_is_cut_after_the_pause_limit() {
-        let port = paced(
-            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"],
-            Duration::ZERO,
-        )
+        let s = scripted(vec![vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        ]])
         .await;
-        let res = pool_pausing(port, Duration::from_millis(200))
+        let res = pool_pausing(s.port, Duration::from_millis(200))
             .send(get())
             .await
             .unwrap();
-        // The server holds the connection for a minute: only the pause limit ends the body.
+        // The server holds the connection open: only the pause limit ends the body.
         let body = tokio::time::timeout(Duration::from_secs(20), body_of(res))
             .await
             .expect("the stalled body was not cut");
@@ -1472,8 +1442,8 @@ mod tests {
     #[tokio::test]
     async fn pauses_shorter_than_the_limit_do_not_add_up() {
         // Six pauses of 100 ms (600 ms in all) under a 500 ms limit: the limit is per pause.
-        let port = paced(
-            vec![
+        let s = scripted_with_gap(
+            vec![vec![
                 b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n",
                 b"a",
                 b"b",
@@ -1481,11 +1451,11 @@ mod tests {
                 b"d",
                 b"e",
                 b"f",
-            ],
+            ]],
             Duration::from_millis(100),
         )
         .await;
-        let res = pool_pausing(port, Duration::from_millis(500))
+        let res = pool_pausing(s.port, Duration::from_millis(500))
             .send(get())
             .await
             .unwrap();
