@@ -21,6 +21,14 @@ pub enum Error {
     BadRequest(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("the request's body did not come in time")]
+    RequestTimeout,
+    #[error("too many request bodies are being read at once")]
+    Busy,
+    #[error("this method is not served here")]
+    MethodNotAllowed,
+    #[error("unsupported Expect")]
+    ExpectationFailed,
     #[error("URL too long")]
     UriTooLong,
     #[error("request headers too large")]
@@ -105,6 +113,10 @@ impl Error {
             }
             BadRequest(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Busy => StatusCode::SERVICE_UNAVAILABLE,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             UriTooLong => StatusCode::URI_TOO_LONG,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             NotFound => StatusCode::NOT_FOUND,
@@ -124,6 +136,10 @@ impl Error {
             Forbidden(_) => "forbidden",
             BadRequest(_) => "bad_request",
             PayloadTooLarge => "payload_too_large",
+            RequestTimeout => "request_timeout",
+            Busy => "busy",
+            MethodNotAllowed => "method_not_allowed",
+            ExpectationFailed => "expectation_failed",
             UriTooLong => "uri_too_long",
             HeadersTooLarge => "headers_too_large",
             NotFound => "not_found",

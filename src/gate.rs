@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use tracing::Instrument;
 
 use crate::classify::{BodyRule, Class};
@@ -81,6 +81,11 @@ struct GateInner {
 }
 
 impl Gate {
+    /// What the gate serves with (the listener reads its limits from the configuration).
+    pub fn app(&self) -> &Arc<App> {
+        &self.inner.app
+    }
+
     pub fn new(app: Arc<App>) -> Gate {
         Gate {
             inner: Arc::new(GateInner {
@@ -113,6 +118,11 @@ impl Gate {
         let res = entry(app, peer, req).instrument(span.clone()).await;
         let mut res = crate::pages::render_error(&app.pages, res, id_str, accept.as_ref());
         span.in_scope(|| tracing::debug!(status = res.status().as_u16(), "answered"));
+        if res.status() == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a late body may still come: the connection cannot carry another request.
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(v) = id {
             res.headers_mut().insert(REQUEST_ID.clone(), v);
         }
@@ -142,7 +152,63 @@ async fn entry(app: &Arc<App>, peer: SocketAddr, req: Request) -> Response {
 
 type Outcome = Result<(&'static str, Response), (&'static str, Error)>;
 
-async fn handle(app: &Arc<App>, ctx: &Ctx, req: Request) -> Outcome {
+/// What a request must be before anything looks at it (RFC 9110 / 9112): a method unikgate
+/// serves, one `Host` on HTTP/1.1, an expectation it can meet, an origin-form target.
+fn well_formed(req: &mut Request) -> Result<(), Error> {
+    // CONNECT asks for a tunnel and TRACE echoes the request back (its cookies included):
+    // neither is Matomo's, on any path.
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        return Err(Error::MethodNotAllowed);
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == http::Version::HTTP_11 => {
+            return Err(Error::BadRequest(
+                "an HTTP/1.1 request must carry a Host header".into(),
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::BadRequest(
+                "a request must carry one Host header, not several".into(),
+            ))
+        }
+        _ => {}
+    }
+    // `100-continue` is met by the server itself (it answers 100 when the body is first read)
+    // and never forwarded; nothing else can be.
+    for v in req.headers().get_all(header::EXPECT) {
+        if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+            return Err(Error::ExpectationFailed);
+        }
+    }
+    // Absolute-form (`GET http://host?x HTTP/1.1`): the target becomes origin-form, with `/`
+    // when it has no path, before it is classified or forwarded.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let origin_form = if pq.starts_with('/') {
+            pq.to_string()
+        } else {
+            format!("/{pq}")
+        };
+        *req.uri_mut() = origin_form
+            .parse()
+            .map_err(|_| Error::BadRequest("the request target is not a valid path".into()))?;
+    }
+    Ok(())
+}
+
+async fn handle(app: &Arc<App>, ctx: &Ctx, mut req: Request) -> Outcome {
+    if let Err(e) = well_formed(&mut req) {
+        if matches!(e, Error::MethodNotAllowed) {
+            let mut res = e.into_response();
+            res.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            return Ok(("invalid", res));
+        }
+        return Err(("invalid", e));
+    }
     let uri_len = req
         .uri()
         .path_and_query()
@@ -183,9 +249,15 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, req: Request) -> Outcome {
             }
             BodyRule::ReadForm => {
                 let (parts, body) = req.into_parts();
-                let bytes = match Limited::new(body, MAX_CLASSIFY_BODY).collect().await {
-                    Ok(c) => c.to_bytes(),
-                    Err(_) => return Err(("invalid", Error::PayloadTooLarge)),
+                let bytes = match crate::limits::read_body(
+                    body,
+                    MAX_CLASSIFY_BODY,
+                    app.cfg.server.body_timeout,
+                )
+                .await
+                {
+                    Ok(b) => b,
+                    Err(e) => return Err(("invalid", e)),
                 };
                 let params = Params::parse(&String::from_utf8_lossy(&bytes));
                 (
@@ -446,11 +518,17 @@ async fn retry_as_anonymous(
     mut headers: HeaderMap,
 ) -> Result<(Response, Option<String>), Error> {
     let (rparts, rbody) = res.into_parts();
-    let bytes = Limited::new(rbody, MAX_403_BODY)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_else(|_| Bytes::new());
+    let bytes = match read_prefix(rbody, MAX_403_BODY).await {
+        Ok(Prefix::Whole(b)) => b,
+        // Larger than any sign-in page: Matomo's own page, passed on whole.
+        Ok(Prefix::Longer(body)) => return Ok((Response::from_parts(rparts, body), None)),
+        Err(e) => {
+            tracing::warn!(error = %e, "Matomo's 403 answer broke off while unikgate read it");
+            return Err(Error::MatomoUnexpected(
+                "Matomo's answer (a 403) broke off before its end; reload the page".into(),
+            ));
+        }
+    };
     if !matomo::is_anonymous_page(rparts.status, &bytes) {
         return Ok((Response::from_parts(rparts, Body::from(bytes)), None));
     }
@@ -464,6 +542,32 @@ async fn retry_as_anonymous(
     *retry.headers_mut() = headers;
     let res = app.upstream.send(retry).await?;
     Ok((res, Some(v)))
+}
+
+/// The start of an answer's body, read to recognise it.
+enum Prefix {
+    /// The whole body, no longer than the limit.
+    Whole(Bytes),
+    /// Longer: the body as it came (what was read, then the rest).
+    Longer(Body),
+}
+
+async fn read_prefix(mut body: Body, max: usize) -> Result<Prefix, axum::Error> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        if buf.len() > max {
+            use futures_util::StreamExt;
+            let read = buf.freeze();
+            let whole = futures_util::stream::once(async move { Ok::<_, axum::Error>(read) })
+                .chain(body.into_data_stream());
+            return Ok(Prefix::Longer(Body::from_stream(whole)));
+        }
+    }
+    Ok(Prefix::Whole(buf.freeze()))
 }
 
 /// Forwards without touching sessions (password-login browsers).

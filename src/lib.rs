@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod error;
 pub mod gate;
 pub mod i18n;
+pub mod limits;
 pub mod links;
 pub mod matomo;
 pub mod oidc;

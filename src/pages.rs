@@ -209,7 +209,7 @@ pub fn render_error(
         let mut page = env.error_page(&err, request_id, t);
         // Keep what the handler set besides the body (e.g. Set-Cookie clearing a session).
         for (name, value) in res.headers() {
-            if name == header::SET_COOKIE || name == header::RETRY_AFTER {
+            if name == header::SET_COOKIE || name == header::RETRY_AFTER || name == header::ALLOW {
                 page.headers_mut().append(name.clone(), value.clone());
             }
         }

@@ -260,14 +260,14 @@ impl Pool {
         );
         while let Some(mut conn) = self.inner.checkout() {
             match exchange(&mut conn, &method, &mut out, true, idempotent).await {
-                Ok(head) => return Ok(self.respond(conn, head)),
+                Ok(head) => return self.respond(conn, head).await,
                 Err(Failed::Retry) => continue,
                 Err(Failed::Fatal(e)) => return Err(e),
             }
         }
         let mut conn = self.connect().await?;
         match exchange(&mut conn, &method, &mut out, false, idempotent).await {
-            Ok(head) => Ok(self.respond(conn, head)),
+            Ok(head) => self.respond(conn, head).await,
             Err(Failed::Retry) => Err(PoolError::Closed),
             Err(Failed::Fatal(e)) => Err(e),
         }
@@ -283,13 +283,13 @@ impl Pool {
         let mut head = Vec::with_capacity(256 + parts.headers.len() * 48);
         head.extend_from_slice(parts.method.as_str().as_bytes());
         head.push(b' ');
-        head.extend_from_slice(
-            parts
-                .uri
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .as_bytes(),
-        );
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        // Origin-form always: a target without its path (`?x`, from an absolute-form request)
+        // gets `/` before it.
+        if !target.starts_with('/') && target != "*" {
+            head.push(b'/');
+        }
+        head.extend_from_slice(target.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
         if !parts.headers.contains_key(header::HOST) {
             put_header(&mut head, "host", &self.inner.host_header);
@@ -372,8 +372,25 @@ impl Pool {
         Ok(Conn::new(stream))
     }
 
-    /// The response whose body reads the rest of the answer from `conn`.
-    fn respond(&self, conn: Conn, head: Head) -> Response<Body> {
+    /// The response whose body reads the rest of the answer from `conn`. A chunked answer's
+    /// first chunk-size line is awaited first, so that a malformed one is a 502 while no byte of
+    /// the answer has gone to the browser.
+    async fn respond(&self, mut conn: Conn, head: Head) -> Result<Response<Body>, PoolError> {
+        if head.body == State::ChunkSize {
+            while !conn
+                .buf
+                .iter()
+                .take(MAX_CHUNK_LINE + 2)
+                .any(|b| *b == b'\n')
+                && conn.buf.len() < MAX_CHUNK_LINE + 2
+            {
+                match conn.fill().await {
+                    Ok(0) => return Err(PoolError::Protocol("closed before the first chunk")),
+                    Ok(_) => {}
+                    Err(e) => return Err(PoolError::Io(e)),
+                }
+            }
+        }
         let (parts, ()) = head.res.into_parts();
         let mut body = PooledBody {
             conn: Some(conn),
@@ -386,12 +403,15 @@ impl Pool {
         };
         if body.state == State::Done {
             body.release();
-            return Response::from_parts(parts, Body::empty());
+            return Ok(Response::from_parts(parts, Body::empty()));
         }
         // Frames already in the buffer are ready at once; the framing after them is read ahead
         // so that the end is seen as soon as it is there.
         body.read_ahead();
-        Response::from_parts(parts, Body::new(body))
+        if let Some(what) = body.failed {
+            return Err(PoolError::Protocol(what));
+        }
+        Ok(Response::from_parts(parts, Body::new(body)))
     }
 
     /// Idle connections held now.
@@ -442,6 +462,7 @@ async fn exchange(
         }
     }
     let retry_ok = reused && idempotent && matches!(out, Outgoing::Buffered(_));
+    let mut interim = false;
     loop {
         let head = loop {
             match parse_head(&mut conn.buf, method) {
@@ -465,8 +486,13 @@ async fn exchange(
                     "101 Switching Protocols to a request that asked for none",
                 )));
             }
+            interim = true;
             continue;
         }
+        let mut head = head;
+        // An upstream that sent an interim answer is one whose answers are counted loosely:
+        // its connection carries nothing more.
+        head.keep_alive &= !interim;
         return Ok(head);
     }
 }
@@ -579,7 +605,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, PoolE
     };
     let mut res = Response::new(());
     *res.status_mut() = status;
-    *res.version_mut() = version;
+    // The browser is answered in unikgate's own version (an HTTP/1.0 Matomo's is not passed on).
+    *res.version_mut() = Version::HTTP_11;
     *res.headers_mut() = map;
     Ok(Some(Head {
         res,
@@ -597,27 +624,53 @@ fn framing_of(
     method: &Method,
     version: Version,
 ) -> Result<(State, bool), PoolError> {
-    if method == Method::HEAD
-        || status.is_informational()
+    // A 2xx to CONNECT is a tunnel (RFC 9110 §9.3.6): nothing after it is HTTP. unikgate never
+    // forwards CONNECT; if it ever did, that connection could not go back.
+    if method == Method::CONNECT && status.is_success() {
+        return Err(PoolError::Protocol("a tunnel (2xx to CONNECT)"));
+    }
+    // An answer to HEAD has no body, but a broken upstream may send one anyway, late: its
+    // connection is not reused (HEAD is rare; the next user must not read that body).
+    if method == Method::HEAD {
+        return Ok((State::Done, false));
+    }
+    if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok((State::Done, true));
+        // No body, whatever the headers say; one that announces a body anyway may send it, so
+        // its connection is not reused.
+        let announces = headers.contains_key(header::TRANSFER_ENCODING)
+            || headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .any(|v| v.as_bytes().trim_ascii() != b"0");
+        return Ok((State::Done, !announces));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
-        let last = headers
+        let mut codings = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
             .map(|t| t.trim_ascii())
-            .rfind(|t| !t.is_empty());
-        let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        if chunked && version == Version::HTTP_11 {
-            return Ok((State::ChunkSize, !had_length));
+            .filter(|t| !t.is_empty());
+        let only_chunked = codings
+            .next()
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none();
+        // Any other coding (`gzip, chunked`) would reach the browser decoded of its chunks and
+        // still gzip, unlabelled; an HTTP/1.0 answer cannot carry Transfer-Encoding at all
+        // (RFC 9112 §6.1: faulty framing). Both are refused.
+        if !only_chunked {
+            return Err(PoolError::Protocol("Transfer-Encoding other than chunked"));
         }
-        // Not chunked last (or an HTTP/1.0 answer claiming it): the body runs to the close.
-        return Ok((State::Close, false));
+        if version != Version::HTTP_11 {
+            return Err(PoolError::Protocol(
+                "Transfer-Encoding in an HTTP/1.0 answer",
+            ));
+        }
+        return Ok((State::ChunkSize, !had_length));
     }
     let mut length: Option<u64> = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
@@ -693,7 +746,10 @@ fn protocol(what: &'static str) -> io::Error {
 impl PooledBody {
     fn release(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if self.keep_alive && conn.buf.is_empty() {
+            // `is_reusable`: nothing unread, in the buffer or already in the socket (an answer
+            // that ended exactly where a read ended may have more behind it). Costs no system
+            // call unless the socket is readable.
+            if self.keep_alive && conn.is_reusable() {
                 self.pool.put(conn);
             }
         }
@@ -843,6 +899,10 @@ impl http_body::Body for PooledBody {
         let this = &mut *self;
         loop {
             if let Some(what) = this.failed.take() {
+                tracing::warn!(
+                    error = what,
+                    "Matomo's answer broke HTTP/1.1 within its body: the answer was cut"
+                );
                 this.state = State::Done;
                 return Poll::Ready(Some(Err(protocol(what))));
             }
@@ -892,6 +952,7 @@ impl http_body::Body for PooledBody {
                         return Poll::Ready(None);
                     }
                     this.state = State::Done;
+                    tracing::warn!("Matomo closed the connection within an answer's body: the answer was cut");
                     return Poll::Ready(Some(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "Matomo closed the connection within the body",
@@ -1031,19 +1092,45 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_closed_while_idle_is_let_go_when_another_returns() {
-        let (port, accepted) = server(Some(1)).await;
+        // The first connection is closed by Matomo a moment after its answer (after it went back
+        // to the pool); the second stays open.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for close_later in [true, false] {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+                    if close_later {
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                });
+            }
+        });
         let p = pool(port);
-        // Two connections at once; Matomo closes each after its answer.
-        let (a, b) = tokio::join!(p.send(get()), p.send(get()));
-        let (a, b) = (a.unwrap(), b.unwrap());
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        let a = p.send(get()).await.unwrap();
+        let b = p.send(get()).await.unwrap();
         assert_eq!(text(a).await, "hello");
         assert_eq!(p.idle_count(), 1);
-        // Let the pool's sockets see the closes, then return the other connection: the closed
-        // one that waited is let go then, not when it would be reused.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Let the pool's socket see the close, then return the other connection: the closed one
+        // that waited is let go then, not when it would be reused.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(text(b).await, "hello");
         assert_eq!(p.idle_count(), 1);
+        let held = p.inner.idle().pop_back().map(|(c, _)| c.is_reusable());
+        assert_eq!(held, Some(true), "the one kept is the open one");
     }
 
     #[tokio::test]
@@ -1331,7 +1418,10 @@ mod tests {
         let res = p.send(get()).await.unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(body_of(res).await.unwrap(), "ok");
-        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+        // Not reused after the answer to HEAD, nor after the 304 that announced a body, nor
+        // after an interim answer (a broken upstream's stray body must not become the next
+        // answer); the 204 without one was reused: HEAD | 204, 304 | 100 + 200.
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 3);
         // No framing: the body runs to the close, and the connection is not reused. (The server
         // closes it when the next request comes.)
         let res = p.send(get()).await.unwrap();
@@ -1340,6 +1430,99 @@ mod tests {
         assert_eq!(first, "until the close");
         assert!(!http_body::Body::is_end_stream(&body));
         drop(body);
+        assert_eq!(p.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn transfer_codings_other_than_chunked_are_refused_and_versions_are_unikgates() {
+        let s = scripted(vec![
+            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"],
+            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nhi"],
+            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n"],
+            vec![b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"],
+            vec![b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nhi"],
+        ])
+        .await;
+        let p = pool(s.port);
+        for what in ["gzip, chunked", "gzip", "chunked twice", "HTTP/1.0 with chunked"] {
+            match p.send(get()).await {
+                Err(PoolError::Protocol(_)) => {}
+                Err(e) => panic!("{what}: {e}"),
+                Ok(r) => panic!("{what}: passed on as {}", r.status()),
+            }
+        }
+        let res = p.send(get()).await.unwrap();
+        assert_eq!(res.version(), Version::HTTP_11, "the browser gets unikgate's version");
+        assert_eq!(body_of(res).await.unwrap(), "hi");
+        assert_eq!(p.idle_count(), 0, "an HTTP/1.0 answer without keep-alive is not reused");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_first_chunk_is_an_error_before_any_byte_is_passed_on() {
+        // The head comes first, the broken chunk-size line a moment later.
+        let s = scripted(vec![
+            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"zz\r\nhello\r\n0\r\n\r\n"],
+            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"],
+        ])
+        .await;
+        let p = pool(s.port);
+        assert!(matches!(p.send(get()).await, Err(PoolError::Protocol(_))));
+        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "hello");
+    }
+
+    #[tokio::test]
+    async fn a_stray_body_sent_late_after_an_answer_without_one_is_never_the_next_answer() {
+        // A broken upstream: a body after its answer to HEAD, and after a 204 that announced one,
+        // each sent 20 ms late, when the connection would already be back in the pool.
+        const STRAY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray";
+        let s = scripted_with_gap(
+            vec![
+                vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", STRAY],
+                vec![OK],
+                vec![b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n", STRAY],
+                vec![OK],
+            ],
+            Duration::from_millis(20),
+        )
+        .await;
+        let p = pool(s.port);
+        let mut head = get();
+        *head.method_mut() = Method::HEAD;
+        assert_eq!(body_of(p.send(head).await.unwrap()).await.unwrap(), "");
+        next_is_ok_after(&p, &s, 2, "after HEAD").await;
+        let res = p.send(get()).await.unwrap();
+        assert_eq!(res.status(), 204);
+        assert_eq!(body_of(res).await.unwrap(), "");
+        // The 204 came on the connection of the request after HEAD (the scripted server
+        // answers in order, whatever the connection): that one was reused, this one is not.
+        next_is_ok_after(&p, &s, 3, "after a 204 announcing a body").await;
+    }
+
+    #[tokio::test]
+    async fn a_target_without_a_path_is_written_in_origin_form() {
+        let s = scripted(vec![vec![OK]]).await;
+        let p = pool(s.port);
+        let req = Request::builder()
+            .uri("http://matomo?module=API")
+            .header(http::header::HOST, "matomo")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(body_of(p.send(req).await.unwrap()).await.unwrap(), "ok");
+        let got = s.received.lock().unwrap()[0].clone();
+        assert!(got.starts_with("GET /?module=API HTTP/1.1\r\n"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_answer_is_an_error_and_never_goes_back() {
+        let s = scripted(vec![vec![b"HTTP/1.1 200 Connection established\r\ncontent-length: 0\r\n\r\n"]]).await;
+        let p = pool(s.port);
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri("/matomo.php")
+            .header(http::header::HOST, "matomo")
+            .body(Body::empty())
+            .unwrap();
+        assert!(matches!(p.send(req).await, Err(PoolError::Protocol(_))));
         assert_eq!(p.idle_count(), 0);
     }
 

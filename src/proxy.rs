@@ -29,6 +29,9 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "proxy-authorization",
     "proxy-authenticate",
+    // Met by unikgate's server (100 Continue as the body is first read), never forwarded: the
+    // body reaches Matomo already sent, or read whole before it.
+    "expect",
 ];
 
 /// Headers that say where a request came from; believed only from `server.trusted_proxies`.
@@ -53,6 +56,8 @@ const END_TO_END: &[&str] = &[
     "authorization",
     "content-type",
     "content-length",
+    // unikgate's own, set before the policy runs.
+    "x-request-id",
 ];
 
 /// Compares a header name with a lower-case `-` spelling the way PHP's `getallheaders()` /
@@ -214,7 +219,8 @@ impl Upstream {
         }
     }
 
-    /// The request header policy: drops hop-by-hop headers and those named in `Connection`, every
+    /// The request header policy: drops hop-by-hop headers (and `Expect`, which unikgate met)
+    /// and those named in `Connection`, every
     /// spelling of `matomo-*`, client-sent forwarding headers and unikgate's own cookie; then sets
     /// `Host` and `X-Forwarded-*` from the public URL and the client address.
     pub fn sanitize_request(&self, headers: &mut HeaderMap, client_ip: IpAddr) {

@@ -12,7 +12,6 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
 use crate::error::Error;
 use crate::i18n::Texts;
@@ -37,12 +36,8 @@ fn parse_pairs(s: &str) -> Form {
     form_urlencoded::parse(s.as_bytes()).into_owned().collect()
 }
 
-async fn read_form(body: Body) -> Result<Form, Error> {
-    let bytes = Limited::new(body, MAX_FORM)
-        .collect()
-        .await
-        .map_err(|_| Error::PayloadTooLarge)?
-        .to_bytes();
+async fn read_form(app: &App, body: Body) -> Result<Form, Error> {
+    let bytes = crate::limits::read_body(body, MAX_FORM, app.cfg.server.body_timeout).await?;
     Ok(parse_pairs(&String::from_utf8_lossy(&bytes)))
 }
 
@@ -76,7 +71,7 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
     let mut sess = app.sessions.open(&parts.headers);
     let res = match (m, ep) {
         (&Method::GET, "sign_in") | (&Method::GET, "") => sign_in(app, &mut sess, &query, t).await,
-        (&Method::POST, "start") => match read_form(body).await {
+        (&Method::POST, "start") => match read_form(app, body).await {
             Ok(f) => start(app, &mut sess, &f, true).await,
             Err(e) => Err(e),
         },
@@ -98,17 +93,17 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
             )
             .await
         }
-        (&Method::POST, "link") => match read_form(body).await {
+        (&Method::POST, "link") => match read_form(app, body).await {
             Ok(f) => link_post(app, ctx, &mut sess, &parts.headers, &f, t).await,
             Err(e) => Err(e),
         },
         (&Method::GET, "account") => account(app, &mut sess, t).await,
         (&Method::GET, "status") => status(app, &mut sess, &parts.headers).await,
-        (&Method::POST, "unlink") => match read_form(body).await {
+        (&Method::POST, "unlink") => match read_form(app, body).await {
             Ok(f) => unlink(app, ctx, &mut sess, &parts.headers, &f).await,
             Err(e) => Err(e),
         },
-        (&Method::POST, "sign_out") => match read_form(body).await {
+        (&Method::POST, "sign_out") => match read_form(app, body).await {
             Ok(f) => sign_out(app, ctx, &mut sess, &parts.headers, Some(&f)).await,
             Err(e) => Err(e),
         },
@@ -717,9 +712,12 @@ async fn backchannel_logout(app: &App, body: Body) -> Response {
     let Some(oidc) = &app.oidc else {
         return refuse("unikgate is not configured yet");
     };
-    let form = match read_form(body).await {
+    let form = match read_form(app, body).await {
         Ok(f) => f,
-        Err(_) => return refuse("the body is too large"),
+        Err(Error::PayloadTooLarge) => return refuse("the body is too large"),
+        // Too slow or too busy: the status says so (408 closes the connection).
+        Err(e @ (Error::RequestTimeout | Error::Busy)) => return e.into_response(),
+        Err(e) => return refuse(&e.to_string()),
     };
     let Some(token) = form.get("logout_token").filter(|t| !t.is_empty()) else {
         return refuse("no logout_token");

@@ -1,30 +1,52 @@
-//! The listener: hyper HTTP/1.1 connections with bounded header size and read time, the peer
-//! address handed to the app, and a graceful shutdown that lets requests in flight finish.
+//! The listener: hyper HTTP/1.1 connections with bounded header size and read time, a cap on
+//! connections (in total and per address), the peer address handed to the app, and a graceful
+//! shutdown that lets requests in flight finish.
+//!
+//! Invariant: every connection holds a [`ConnPermit`] for its life; one refused at the cap gets
+//! a 503 and is closed without a byte of it being read; a client that begins a request head and
+//! does not finish it within `server.head_timeout` gets a 408 (an idle keep-alive connection is
+//! closed quietly).
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::gate::Gate;
+use crate::limits::{ConnPermit, Connections, Refused};
 
 /// Largest request head (request line + headers) accepted; larger ones get 431.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// Time a client has to send its request head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time given to requests in flight at shutdown.
 pub const DRAIN: Duration = Duration::from_secs(30);
+
+const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 50\r\nconnection: close\r\n\r\nThe request head did not come in time: send again\n";
+const AT_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 47\r\nretry-after: 5\r\nconnection: close\r\n\r\nToo many connections are open: try again soon\n";
 
 /// Serves `gate` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
     listener: TcpListener,
     gate: Gate,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+) -> io::Result<()> {
+    let cfg = gate.app().cfg.clone();
+    let head_timeout = cfg.server.head_timeout;
+    let conns = Connections::new(
+        cfg.server.max_connections,
+        cfg.server.max_connections_per_ip,
+        cfg.server.trusted_proxies.clone(),
+    );
+    let refusals = RefusalLog::default();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -40,21 +62,38 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let permit = match conns.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                refusals.note(why, peer.ip(), &conns);
+                // Never read, answered at once, closed: a refused client holds nothing.
+                let _ = stream.try_write(AT_CAPACITY);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let gate = gate.clone();
         let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let gate = gate.clone();
             async move { Ok::<_, std::convert::Infallible>(gate.serve(peer, req.map(Body::new)).await) }
         });
+        let io = ClientIo::new(stream, permit);
+        let head_timed_out = io.head_timed_out.clone();
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .max_buf_size(MAX_HEAD)
-            .header_read_timeout(HEAD_TIMEOUT)
+            .header_read_timeout(head_timeout)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), svc);
+            .serve_connection(TokioIo::new(io), svc);
         let fut = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = fut.await {
+            tokio::pin!(fut);
+            if let Err(e) = (&mut fut).await {
+                if e.is_timeout() {
+                    // The connection (and its socket) is dropped below: it answers 408 then if
+                    // a head had begun.
+                    head_timed_out.store(true, Ordering::Relaxed);
+                }
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -65,6 +104,120 @@ pub async fn serve(
         _ = tokio::time::sleep(DRAIN) => tracing::warn!("drain time over; closing the remaining connections"),
     }
     Ok(())
+}
+
+/// Refused connections: counted, and logged at most once a second (a flood must not flood the
+/// log too).
+#[derive(Default)]
+struct RefusalLog {
+    last_logged: AtomicU64,
+    since: AtomicU64,
+}
+
+impl RefusalLog {
+    fn note(&self, why: Refused, ip: std::net::IpAddr, conns: &Connections) {
+        metrics::counter!("unikgate_connections_refused_total", "reason" => why.as_str())
+            .increment(1);
+        let now = crate::now_ms() as u64;
+        let since = self.since.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = self.last_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .last_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.since.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                limit = why.as_str(),
+                client_ip = %ip,
+                open = conns.open(),
+                refused_since_last_line = since,
+                "connection refused with 503: server.{} reached",
+                why.as_str()
+            );
+        }
+    }
+}
+
+/// A client's socket as hyper sees it, with the connection's permit, and what it needs to answer
+/// a head that timed out: whether bytes of a head have come since the last answer.
+struct ClientIo {
+    stream: TcpStream,
+    _permit: ConnPermit,
+    /// Bytes were read since the last write: a request head has begun (or a body is coming).
+    reading: bool,
+    /// Set by the connection's task when hyper gave up waiting for the head.
+    head_timed_out: Arc<AtomicBool>,
+}
+
+impl ClientIo {
+    fn new(stream: TcpStream, permit: ConnPermit) -> ClientIo {
+        ClientIo {
+            stream,
+            _permit: permit,
+            reading: false,
+            head_timed_out: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Drop for ClientIo {
+    fn drop(&mut self) {
+        if self.reading && self.head_timed_out.load(Ordering::Relaxed) {
+            tracing::info!("a client did not finish its request head within server.head_timeout (408)");
+            metrics::counter!("unikgate_timeouts_total", "what" => "head").increment(1);
+            // Nothing else is being written on this socket: the small answer fits its buffer.
+            let _ = self.stream.try_write(TIMED_OUT);
+        }
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.reading = true;
+        }
+        r
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.reading = false;
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.reading = false;
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -44,6 +44,18 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// `text` (default) or `json` log lines.
     pub log_format: LogFormat,
+    /// Time a client has to send a request head once it has begun one; also how long an idle
+    /// keep-alive connection is kept. Default `30s`. A head begun and not finished gets 408.
+    pub head_timeout: Duration,
+    /// Time a client has to send a body that unikgate reads itself (forms posted to `index.php`,
+    /// which are classified, and unikgate's own forms), counted from the end of the head, in
+    /// total. Default `30s`; late bodies get 408 and the connection is closed.
+    pub body_timeout: Duration,
+    /// Most client connections open at once; further ones get 503 and are closed. Default 4096.
+    pub max_connections: usize,
+    /// Most client connections open at once from one address (peers in `trusted_proxies` are
+    /// exempt: they carry everybody's traffic). Default 256.
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -498,6 +510,17 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
         "json" => LogFormat::Json,
         _ => LogFormat::Text,
     };
+    let head_timeout = r.duration("head_timeout", Duration::from_secs(30));
+    let body_timeout = r.duration("body_timeout", Duration::from_secs(30));
+    let max_connections = r.u64("max_connections", 4096, 1, 1 << 20) as usize;
+    let max_connections_per_ip =
+        r.u64("max_connections_per_ip", 256, 1, 1 << 20) as usize;
+    if max_connections_per_ip > max_connections {
+        r.error(
+            "max_connections_per_ip",
+            format!("{max_connections_per_ip} is more than max_connections ({max_connections}): lower it, or raise max_connections"),
+        );
+    }
     Some(ServerConfig {
         listen: listen?,
         public_url: public_url?,
@@ -505,6 +528,10 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
         trusted_proxies,
         metrics_listen,
         log_format,
+        head_timeout,
+        body_timeout,
+        max_connections,
+        max_connections_per_ip,
     })
 }
 
