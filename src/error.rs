@@ -222,6 +222,14 @@ pub struct ErrorPage(pub Error);
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let mut res = self.status().into_response();
+        // A body left unread (too slow, too large, no room to read it): the connection cannot
+        // carry another request.
+        if matches!(self, Error::RequestTimeout | Error::PayloadTooLarge | Error::Busy) {
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         res.extensions_mut().insert(ErrorPage(self));
         res
     }

@@ -118,11 +118,6 @@ impl Gate {
         let res = entry(app, peer, req).instrument(span.clone()).await;
         let mut res = crate::pages::render_error(&app.pages, res, id_str, accept.as_ref());
         span.in_scope(|| tracing::debug!(status = res.status().as_u16(), "answered"));
-        if res.status() == StatusCode::REQUEST_TIMEOUT {
-            // The rest of a late body may still come: the connection cannot carry another request.
-            res.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
         if let Some(v) = id {
             res.headers_mut().insert(REQUEST_ID.clone(), v);
         }
@@ -595,5 +590,35 @@ mod tests {
             ids.next.store(n, std::sync::atomic::Ordering::Relaxed);
             assert_eq!(ids.next().unwrap(), format!("a1b2c3d4-{n:x}").as_str());
         }
+    }
+
+    #[tokio::test]
+    async fn a_large_403_page_is_passed_on_whole_and_a_cut_one_is_an_error() {
+        // Longer than any sign-in page: passed on as it came, every byte.
+        let big = vec![b'p'; MAX_403_BODY + 10];
+        let pieces: Vec<Result<Bytes, std::io::Error>> = big
+            .chunks(64 * 1024)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let body = Body::from_stream(futures_util::stream::iter(pieces));
+        let Ok(Prefix::Longer(whole)) = read_prefix(body, MAX_403_BODY).await else {
+            panic!("not passed on");
+        };
+        let got = whole.collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), big.len());
+        assert!(got.iter().all(|b| *b == b'p'));
+        // A short one is read whole, to be recognised.
+        let body = Body::from("<html>login</html>");
+        assert!(matches!(
+            read_prefix(body, MAX_403_BODY).await,
+            Ok(Prefix::Whole(b)) if b == "<html>login</html>"
+        ));
+        // One that breaks off is an error (a page of its own), not an empty 403.
+        let cut: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"<html>")),
+            Err(std::io::Error::other("reset")),
+        ];
+        let body = Body::from_stream(futures_util::stream::iter(cut));
+        assert!(read_prefix(body, MAX_403_BODY).await.is_err());
     }
 }

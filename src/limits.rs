@@ -83,9 +83,93 @@ async fn read_body_within(
     }
 }
 
+/// Bodies up to this size are read into an ordinary buffer; larger ones (or of unknown size)
+/// into an anonymous mapping of their own, which the system fills with pages only as bytes come
+/// and takes back whole when the body is dropped: a burst of large slow bodies leaves nothing
+/// behind in the allocator.
+const SMALL_BODY: usize = 32 * 1024;
+
+/// Where a body is read to.
+enum Sink {
+    Small(BytesMut),
+    Mapped { map: memmap2::MmapMut, len: usize },
+}
+
+/// A mapping's first `len` bytes, as the bytes of a [`Bytes`].
+struct Mapped {
+    map: memmap2::MmapMut,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[..self.len]
+    }
+}
+
+impl Sink {
+    fn for_body(declared: Option<usize>, max: usize) -> Result<Sink, Error> {
+        match declared {
+            Some(n) if n <= SMALL_BODY => Ok(Sink::Small(BytesMut::with_capacity(n))),
+            _ => {
+                let size = declared.unwrap_or(max).max(1);
+                let map = memmap2::MmapMut::map_anon(size).map_err(|e| {
+                    tracing::error!(error = %e, size, "cannot map memory for a request body");
+                    Error::Busy
+                })?;
+                Ok(Sink::Mapped { map, len: 0 })
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Sink::Small(b) => b.len(),
+            Sink::Mapped { len, .. } => *len,
+        }
+    }
+
+    /// Appends `data`; false when it does not fit (longer than declared).
+    fn put(&mut self, data: &[u8]) -> bool {
+        match self {
+            Sink::Small(b) => {
+                b.extend_from_slice(data);
+                true
+            }
+            Sink::Mapped { map, len } => match map.get_mut(*len..*len + data.len()) {
+                Some(room) => {
+                    room.copy_from_slice(data);
+                    *len += data.len();
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Sink::Small(b) => b.freeze(),
+            Sink::Mapped { map, len } => Bytes::from_owner(Mapped { map, len }),
+        }
+    }
+}
+
 async fn collect(budget: &Budget, mut body: Body, max: usize) -> Result<Bytes, Error> {
-    let mut buf = BytesMut::new();
+    let busy = || {
+        tracing::warn!(
+            budget = budget.max,
+            "the request bodies being read hold the whole body budget: one refused with 503"
+        );
+        metrics::counter!("unikgate_refused_total", "reason" => "body_budget").increment(1);
+        Error::Busy
+    };
+    // The budget is charged with the bytes that came (a mapping's untouched pages cost nothing):
+    // a body that declares a large length and trickles holds only what it sent, and cannot
+    // reserve the budget away from others.
+    let declared = http_body::Body::size_hint(&body).exact().map(|n| n as usize);
     let mut share = BudgetShare { budget, held: 0 };
+    let mut sink = Sink::for_body(declared, max)?;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
             Error::BadRequest("the request's body broke off before it was complete".into())
@@ -93,20 +177,19 @@ async fn collect(budget: &Budget, mut body: Body, max: usize) -> Result<Bytes, E
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if buf.len() + data.len() > max {
+        if sink.len() + data.len() > max {
             return Err(Error::PayloadTooLarge);
         }
         if !share.grow(data.len()) {
-            tracing::warn!(
-                budget = budget.max,
-                "the request bodies being read hold the whole body budget: one refused with 503"
-            );
-            metrics::counter!("unikgate_refused_total", "reason" => "body_budget").increment(1);
-            return Err(Error::Busy);
+            return Err(busy());
         }
-        buf.extend_from_slice(&data);
+        if !sink.put(&data) {
+            return Err(Error::BadRequest(
+                "the request's body is longer than its Content-Length".into(),
+            ));
+        }
     }
-    Ok(buf.freeze())
+    Ok(sink.into_bytes())
 }
 
 /// Counts client connections, in total and per address.

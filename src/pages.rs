@@ -209,7 +209,11 @@ pub fn render_error(
         let mut page = env.error_page(&err, request_id, t);
         // Keep what the handler set besides the body (e.g. Set-Cookie clearing a session).
         for (name, value) in res.headers() {
-            if name == header::SET_COOKIE || name == header::RETRY_AFTER || name == header::ALLOW {
+            if name == header::SET_COOKIE
+                || name == header::RETRY_AFTER
+                || name == header::ALLOW
+                || name == header::CONNECTION
+            {
                 page.headers_mut().append(name.clone(), value.clone());
             }
         }

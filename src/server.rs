@@ -31,7 +31,7 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const DRAIN: Duration = Duration::from_secs(30);
 
 const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 50\r\nconnection: close\r\n\r\nThe request head did not come in time: send again\n";
-const AT_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 47\r\nretry-after: 5\r\nconnection: close\r\n\r\nToo many connections are open: try again soon\n";
+const AT_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 46\r\nretry-after: 5\r\nconnection: close\r\n\r\nToo many connections are open: try again soon\n";
 
 /// Serves `gate` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
@@ -239,5 +239,28 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answers_written_by_hand_are_well_framed() {
+        for answer in [TIMED_OUT, AT_CAPACITY] {
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut res = httparse::Response::new(&mut headers);
+            let Ok(httparse::Status::Complete(head)) = res.parse(answer) else {
+                panic!("not a whole head");
+            };
+            let length: usize = res
+                .headers
+                .iter()
+                .find(|h| h.name == "content-length")
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .unwrap();
+            assert_eq!(answer.len() - head, length);
+        }
     }
 }
