@@ -224,7 +224,10 @@ impl IntoResponse for Error {
         let mut res = self.status().into_response();
         // A body left unread (too slow, too large, no room to read it): the connection cannot
         // carry another request.
-        if matches!(self, Error::RequestTimeout | Error::PayloadTooLarge | Error::Busy) {
+        if matches!(
+            self,
+            Error::RequestTimeout | Error::PayloadTooLarge | Error::Busy
+        ) {
             res.headers_mut().insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),

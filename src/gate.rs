@@ -172,7 +172,11 @@ fn well_formed(req: &mut Request) -> Result<(), Error> {
     // `100-continue` is met by the server itself (it answers 100 when the body is first read)
     // and never forwarded; nothing else can be.
     for v in req.headers().get_all(header::EXPECT) {
-        if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+        if !v
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"100-continue")
+        {
             return Err(Error::ExpectationFailed);
         }
     }

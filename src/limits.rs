@@ -167,7 +167,9 @@ async fn collect(budget: &Budget, mut body: Body, max: usize) -> Result<Bytes, E
     // The budget is charged with the bytes that came (a mapping's untouched pages cost nothing):
     // a body that declares a large length and trickles holds only what it sent, and cannot
     // reserve the budget away from others.
-    let declared = http_body::Body::size_hint(&body).exact().map(|n| n as usize);
+    let declared = http_body::Body::size_hint(&body)
+        .exact()
+        .map(|n| n as usize);
     let mut share = BudgetShare { budget, held: 0 };
     let mut sink = Sink::for_body(declared, max)?;
     while let Some(frame) = body.frame().await {

@@ -280,44 +280,15 @@ impl Pool {
         parts: &http::request::Parts,
         mut body: Body,
     ) -> Result<Outgoing, PoolError> {
-        let mut head = Vec::with_capacity(256 + parts.headers.len() * 48);
-        head.extend_from_slice(parts.method.as_str().as_bytes());
-        head.push(b' ');
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        // Origin-form always: a target without its path (`?x`, from an absolute-form request)
-        // gets `/` before it.
-        if !target.starts_with('/') && target != "*" {
-            head.push(b'/');
-        }
-        head.extend_from_slice(target.as_bytes());
-        head.extend_from_slice(b" HTTP/1.1\r\n");
-        if !parts.headers.contains_key(header::HOST) {
-            put_header(&mut head, "host", &self.inner.host_header);
-        }
-        for (name, value) in &parts.headers {
-            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-                continue;
-            }
-            put_header(&mut head, name.as_str(), value);
-        }
         let length = if http_body::Body::is_end_stream(&body) {
             Some(0)
         } else {
             http_body::Body::size_hint(&body).exact()
         };
+        let mut head = request_head(parts, &self.inner.host_header, length);
         match length {
-            Some(0) => {
-                if !matches!(
-                    parts.method,
-                    Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE
-                ) {
-                    head.extend_from_slice(b"content-length: 0\r\n");
-                }
-                head.extend_from_slice(b"\r\n");
-                Ok(Outgoing::Buffered(head))
-            }
+            Some(0) => Ok(Outgoing::Buffered(head)),
             Some(n) if n <= BUFFERED_BODY => {
-                put_length(&mut head, n);
                 let start = head.len() as u64;
                 while let Some(frame) = body.frame().await {
                     let frame = frame.map_err(|e| PoolError::RequestBody(e.to_string()))?;
@@ -337,22 +308,16 @@ impl Pool {
                 }
                 Ok(Outgoing::Buffered(head))
             }
-            Some(n) => {
-                put_length(&mut head, n);
-                Ok(Outgoing::Streamed {
-                    head,
-                    body,
-                    length: Some(n),
-                })
-            }
-            None => {
-                head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-                Ok(Outgoing::Streamed {
-                    head,
-                    body,
-                    length: None,
-                })
-            }
+            Some(n) => Ok(Outgoing::Streamed {
+                head,
+                body,
+                length: Some(n),
+            }),
+            None => Ok(Outgoing::Streamed {
+                head,
+                body,
+                length: None,
+            }),
         }
     }
 
@@ -396,12 +361,11 @@ impl Pool {
             conn: Some(conn),
             pool: self.inner.clone(),
             keep_alive: head.keep_alive,
-            state: head.body,
-            trailers: 0,
+            framing: Framing::new(head.body),
             failed: None,
             pause: None,
         };
-        if body.state == State::Done {
+        if body.framing.state == State::Done {
             body.release();
             return Ok(Response::from_parts(parts, Body::empty()));
         }
@@ -419,6 +383,59 @@ impl Pool {
     fn idle_count(&self) -> usize {
         self.inner.idle().len()
     }
+}
+
+/// The request head as it goes to Matomo: origin-form target, `Host` (`default_host` when the
+/// request has none), the request's headers but its framing ones, then the framing of a body of
+/// `length` (`None`: chunked), written by unikgate alone. Pure (fuzzed in `fuzz/`).
+fn request_head(
+    parts: &http::request::Parts,
+    default_host: &HeaderValue,
+    length: Option<u64>,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256 + parts.headers.len() * 48);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // Origin-form always: a target without its path (`?x`, from an absolute-form request)
+    // gets `/` before it.
+    if !target.starts_with('/') && target != "*" {
+        head.push(b'/');
+    }
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        put_header(&mut head, "host", default_host);
+    }
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        put_header(&mut head, name.as_str(), value);
+    }
+    match length {
+        Some(0) => {
+            if !matches!(
+                parts.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE
+            ) {
+                head.extend_from_slice(b"content-length: 0\r\n");
+            }
+            head.extend_from_slice(b"\r\n");
+        }
+        Some(n) => put_length(&mut head, n),
+        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n"),
+    }
+    head
+}
+
+/// One chunk of a chunked request body, framed.
+fn chunk_of(data: &[u8]) -> Vec<u8> {
+    let mut chunk = Vec::with_capacity(data.len() + 20);
+    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(b"\r\n");
+    chunk
 }
 
 /// The `Content-Length` line and the end of the head.
@@ -464,36 +481,48 @@ async fn exchange(
     let retry_ok = reused && idempotent && matches!(out, Outgoing::Buffered(_));
     let mut interim = false;
     loop {
-        let head = loop {
-            match parse_head(&mut conn.buf, method) {
-                Ok(Some(h)) => break h,
-                Ok(None) => {}
-                Err(e) => return Err(Failed::Fatal(e)),
-            }
-            let received = !conn.buf.is_empty();
-            match conn.fill().await {
-                Ok(0) if !received && retry_ok => return Err(Failed::Retry),
-                Ok(0) if !received => return Err(Failed::Fatal(PoolError::Closed)),
-                Ok(0) => return Err(Failed::Fatal(PoolError::Protocol("closed within the head"))),
-                Ok(_) => {}
-                Err(_) if !received && retry_ok => return Err(Failed::Retry),
-                Err(e) => return Err(fatal(e)),
-            }
+        match final_head(&mut conn.buf, method, &mut interim) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
+            Err(e) => return Err(Failed::Fatal(e)),
+        }
+        // An interim answer came: the request was seen, it cannot be sent again.
+        let received = interim || !conn.buf.is_empty();
+        match conn.fill().await {
+            Ok(0) if !received && retry_ok => return Err(Failed::Retry),
+            Ok(0) if !received => return Err(Failed::Fatal(PoolError::Closed)),
+            Ok(0) => return Err(Failed::Fatal(PoolError::Protocol("closed within the head"))),
+            Ok(_) => {}
+            Err(_) if !received && retry_ok => return Err(Failed::Retry),
+            Err(e) => return Err(fatal(e)),
+        }
+    }
+}
+
+/// The final answer's head at the start of `buf`, the interim (1xx) heads before it consumed;
+/// `None`: not all there yet. `interim` is set once one was skipped: an upstream that sent one
+/// is one whose answers are counted loosely, and its connection carries nothing more.
+fn final_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    interim: &mut bool,
+) -> Result<Option<Head>, PoolError> {
+    loop {
+        let Some(mut head) = parse_head(buf, method)? else {
+            return Ok(None);
         };
-        if head.res.status().is_informational() {
-            if head.res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(Failed::Fatal(PoolError::Protocol(
+        let status = head.res.status();
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(PoolError::Protocol(
                     "101 Switching Protocols to a request that asked for none",
-                )));
+                ));
             }
-            interim = true;
+            *interim = true;
             continue;
         }
-        let mut head = head;
-        // An upstream that sent an interim answer is one whose answers are counted loosely:
-        // its connection carries nothing more.
-        head.keep_alive &= !interim;
-        return Ok(head);
+        head.keep_alive &= !*interim;
+        return Ok(Some(head));
     }
 }
 
@@ -521,13 +550,7 @@ async fn stream_body(
                 ))
             }
             Some(_) => conn.stream.write_all(&data).await.map_err(io)?,
-            None => {
-                let mut chunk = Vec::with_capacity(data.len() + 20);
-                chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                chunk.extend_from_slice(&data);
-                chunk.extend_from_slice(b"\r\n");
-                conn.stream.write_all(&chunk).await.map_err(io)?;
-            }
+            None => conn.stream.write_all(&chunk_of(&data)).await.map_err(io)?,
         }
     }
     match length {
@@ -706,7 +729,7 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
+pub(crate) enum State {
     /// Bytes of a `Content-Length` body still to come.
     Length(u64),
     /// A chunk-size line is next.
@@ -728,8 +751,7 @@ struct PooledBody {
     conn: Option<Conn>,
     pool: Arc<Inner>,
     keep_alive: bool,
-    state: State,
-    trailers: usize,
+    framing: Framing,
     /// An error met while reading ahead, given on the next poll.
     failed: Option<&'static str>,
     /// Armed when a read finds nothing to take, pushed back whenever bytes come: Matomo pausing
@@ -757,7 +779,47 @@ impl PooledBody {
 
     /// The data at the front of the buffer, if any (as much as the framing allows).
     fn take_data(&mut self) -> Option<Bytes> {
-        let buf = &mut self.conn.as_mut()?.buf;
+        self.framing.take_data(&mut self.conn.as_mut()?.buf)
+    }
+
+    /// Consumes the framing (chunk lines, their CRLF, trailers) that is already in the buffer,
+    /// up to the next data or the end; an error is kept for the next poll.
+    fn read_ahead(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(what) = self.advance() {
+            self.failed = Some(what);
+            self.conn = None;
+        }
+        if self.framing.state == State::Done {
+            self.release();
+        }
+    }
+
+    fn advance(&mut self) -> Result<(), &'static str> {
+        match self.conn.as_mut() {
+            Some(conn) => self.framing.advance(&mut conn.buf),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An answer body's framing as it is read: where in it the next bytes are (RFC 9112 §6, §7).
+/// Pure: it only looks at the buffer it is handed (fuzzed in `fuzz/`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Framing {
+    pub(crate) state: State,
+    trailers: usize,
+}
+
+impl Framing {
+    pub(crate) fn new(state: State) -> Framing {
+        Framing { state, trailers: 0 }
+    }
+
+    /// The data at the front of the buffer, if any (as much as the framing allows).
+    pub(crate) fn take_data(&mut self, buf: &mut BytesMut) -> Option<Bytes> {
         if buf.is_empty() {
             return None;
         }
@@ -791,26 +853,9 @@ impl PooledBody {
         Some(buf.split_to(n as usize).freeze())
     }
 
-    /// Consumes the framing (chunk lines, their CRLF, trailers) that is already in the buffer,
-    /// up to the next data or the end; an error is kept for the next poll.
-    fn read_ahead(&mut self) {
-        if self.failed.is_some() {
-            return;
-        }
-        if let Err(what) = self.advance() {
-            self.failed = Some(what);
-            self.conn = None;
-        }
-        if self.state == State::Done {
-            self.release();
-        }
-    }
-
-    fn advance(&mut self) -> Result<(), &'static str> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(());
-        };
-        let buf = &mut conn.buf;
+    /// Consumes the framing (chunk lines, their CRLF, trailers) at the front of `buf`, up to
+    /// the next data or the end.
+    pub(crate) fn advance(&mut self, buf: &mut BytesMut) -> Result<(), &'static str> {
         loop {
             match self.state {
                 State::ChunkSize => {
@@ -903,10 +948,10 @@ impl http_body::Body for PooledBody {
                     error = what,
                     "Matomo's answer broke HTTP/1.1 within its body: the answer was cut"
                 );
-                this.state = State::Done;
+                this.framing.state = State::Done;
                 return Poll::Ready(Some(Err(protocol(what))));
             }
-            if this.state == State::Done {
+            if this.framing.state == State::Done {
                 this.release();
                 return Poll::Ready(None);
             }
@@ -915,13 +960,13 @@ impl http_body::Body for PooledBody {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             // Framing read ahead may lead to data (or the end) already in the buffer.
-            let before = this.state;
+            let before = this.framing.state;
             this.read_ahead();
-            if this.failed.is_some() || this.state != before {
+            if this.failed.is_some() || this.framing.state != before {
                 continue;
             }
             let Some(conn) = this.conn.as_mut() else {
-                this.state = State::Done;
+                this.framing.state = State::Done;
                 return Poll::Ready(Some(Err(protocol("connection gone"))));
             };
             // No data in the buffer, and the framing there is consumed: read more.
@@ -939,7 +984,7 @@ impl http_body::Body for PooledBody {
                         "Matomo paused within an answer's body for longer than upstream.timeout: the answer was cut"
                     );
                     this.conn = None;
-                    this.state = State::Done;
+                    this.framing.state = State::Done;
                     return Poll::Ready(Some(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "Matomo paused within the body for too long",
@@ -947,12 +992,14 @@ impl http_body::Body for PooledBody {
                 }
                 Poll::Ready(Ok(0)) => {
                     this.conn = None;
-                    if this.state == State::Close {
-                        this.state = State::Done;
+                    if this.framing.state == State::Close {
+                        this.framing.state = State::Done;
                         return Poll::Ready(None);
                     }
-                    this.state = State::Done;
-                    tracing::warn!("Matomo closed the connection within an answer's body: the answer was cut");
+                    this.framing.state = State::Done;
+                    tracing::warn!(
+                        "Matomo closed the connection within an answer's body: the answer was cut"
+                    );
                     return Poll::Ready(Some(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "Matomo closed the connection within the body",
@@ -967,7 +1014,7 @@ impl http_body::Body for PooledBody {
                 }
                 Poll::Ready(Err(e)) => {
                     this.conn = None;
-                    this.state = State::Done;
+                    this.framing.state = State::Done;
                     return Poll::Ready(Some(Err(e)));
                 }
             }
@@ -975,15 +1022,211 @@ impl http_body::Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == State::Done && self.failed.is_none()
+        self.framing.state == State::Done && self.failed.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
+        match self.framing.state {
             State::Length(n) => SizeHint::with_exact(n),
             State::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
+    }
+}
+
+/// Entry points for the fuzz targets (`fuzz/fuzz_targets/answer.rs`, `request.rs`): the pool's
+/// parsers driven without sockets, each checking its invariants and panicking when one breaks.
+/// Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// How an answer read in pieces ended.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Outcome {
+        /// The head is not complete.
+        Incomplete,
+        /// The head or the body broke HTTP/1.1 (the connection is closed).
+        Refused,
+        /// The body is not over when the bytes are (more would be read).
+        Open { data: Vec<u8> },
+        /// The answer is whole; `reused`: its connection would go back to the pool.
+        Whole { data: Vec<u8>, reused: bool },
+    }
+
+    /// Reads `answer` (to a request of `method`) as the pool does, the bytes arriving in pieces
+    /// cut at `cuts` (offsets, in any order). Checks, whatever the bytes and the cuts:
+    /// - the outcome is the same as when all the bytes come at once (no state is lost at a read
+    ///   boundary);
+    /// - the body's data is taken from the bytes after the head, in order, never past the
+    ///   `Content-Length` the answer declared;
+    /// - a connection that would be reused has no byte of the input left unread.
+    pub fn answer(method: &Method, answer: &[u8], cuts: &[usize]) -> Outcome {
+        let whole = read(method, answer, &[]);
+        let pieces = read(method, answer, cuts);
+        assert_eq!(whole, pieces, "cutting the bytes changed the outcome");
+        pieces
+    }
+
+    fn read(method: &Method, answer: &[u8], cuts: &[usize]) -> Outcome {
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (answer.len() + 1)).collect();
+        ends.push(answer.len());
+        ends.sort_unstable();
+        ends.dedup();
+        let mut fed = 0;
+        let mut next = ends.into_iter();
+        let mut buf = BytesMut::new();
+        let mut feed = |buf: &mut BytesMut, fed: &mut usize| -> bool {
+            match next.next() {
+                Some(end) => {
+                    buf.extend_from_slice(&answer[*fed..end]);
+                    *fed = end;
+                    true
+                }
+                None => false,
+            }
+        };
+        feed(&mut buf, &mut fed);
+        let mut interim = false;
+        let head = loop {
+            match final_head(&mut buf, method, &mut interim) {
+                Ok(Some(h)) => break h,
+                Ok(None) => {
+                    if !feed(&mut buf, &mut fed) {
+                        return Outcome::Incomplete;
+                    }
+                }
+                Err(_) => return Outcome::Refused,
+            }
+        };
+        let head_len = fed - buf.len();
+        let declared = match head.body {
+            State::Length(n) => Some(n),
+            _ => None,
+        };
+        let mut framing = Framing::new(head.body);
+        let mut data = Vec::new();
+        loop {
+            if framing.advance(&mut buf).is_err() {
+                return Outcome::Refused;
+            }
+            while let Some(d) = framing.take_data(&mut buf) {
+                data.extend_from_slice(&d);
+                if framing.advance(&mut buf).is_err() {
+                    return Outcome::Refused;
+                }
+            }
+            if framing.state == State::Done {
+                break;
+            }
+            if !feed(&mut buf, &mut fed) {
+                if framing.state == State::Close {
+                    // The end of the connection ends this body.
+                    break;
+                }
+                return Outcome::Open { data };
+            }
+        }
+        if let Some(n) = declared {
+            assert_eq!(data.len() as u64, n, "a whole body is its Content-Length");
+        }
+        if framing.state == State::Close {
+            assert_eq!(
+                data,
+                &answer[head_len..],
+                "a body to the close is the bytes after the head"
+            );
+        }
+        if let State::Length(_) | State::Done = head.body {
+            if !data.is_empty() {
+                assert_eq!(
+                    data,
+                    &answer[head_len..head_len + data.len()],
+                    "a Content-Length body is the bytes after the head"
+                );
+            }
+        }
+        // The pool's rule: back only after a whole answer, kept alive, with nothing unread in
+        // the buffer nor in the socket (the probe at release sees the bytes not yet read: here,
+        // the pieces not yet fed).
+        let reused = head.keep_alive
+            && framing.state == State::Done
+            && buf.is_empty()
+            && fed == answer.len();
+        Outcome::Whole { data, reused }
+    }
+
+    /// Writes a request as the pool does (`chunks` of the body streamed chunked, or with its
+    /// length) and checks that it is exactly one well-formed HTTP/1.1 request, as `httparse`
+    /// reads it: the same method and target (origin-form), one `Host`, the framing of the body
+    /// unikgate wrote and no other, and the body's bytes, with nothing after them.
+    pub fn request(parts: &http::request::Parts, chunks: &[&[u8]], chunked: bool) {
+        let body: Vec<u8> = chunks.concat();
+        let length = (!chunked).then_some(body.len() as u64);
+        let host = HeaderValue::from_static("matomo:80");
+        let mut wire = request_head(parts, &host, length);
+        if chunked {
+            for c in chunks.iter().filter(|c| !c.is_empty()) {
+                wire.extend_from_slice(&chunk_of(c));
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            wire.extend_from_slice(&body);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 256];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(&wire) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!("not one whole request head: {other:?}"),
+        };
+        assert_eq!(req.method, Some(parts.method.as_str()));
+        let path = req.path.unwrap_or("");
+        assert!(
+            path.starts_with('/') || path == "*",
+            "origin-form: {path:?}"
+        );
+        let count = |name: &str| {
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .count()
+        };
+        assert_eq!(
+            count("host"),
+            parts.headers.get_all(header::HOST).iter().count().max(1)
+        );
+        let lengths: Vec<&[u8]> = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| h.value)
+            .collect();
+        let te = count("transfer-encoding");
+        let mut rest = BytesMut::from(&wire[head_len..]);
+        if chunked {
+            assert!(lengths.is_empty() && te == 1, "chunked alone");
+            let mut framing = Framing::new(State::ChunkSize);
+            let mut got = Vec::new();
+            loop {
+                framing.advance(&mut rest).expect("well-formed chunks");
+                match framing.take_data(&mut rest) {
+                    Some(d) => got.extend_from_slice(&d),
+                    None => break,
+                }
+            }
+            assert_eq!(framing.state, State::Done);
+            assert_eq!(got, body);
+        } else {
+            assert_eq!(te, 0, "no Transfer-Encoding beside a length");
+            match lengths.as_slice() {
+                [] => assert!(body.is_empty()),
+                [one] => assert_eq!(*one, body.len().to_string().as_bytes()),
+                more => panic!("{} Content-Length headers", more.len()),
+            }
+            assert_eq!(&rest[..], &body[..]);
+            rest.clear();
+        }
+        assert!(rest.is_empty(), "bytes after the request");
     }
 }
 
@@ -1110,7 +1353,9 @@ mod tests {
                             Ok(n) => got.extend_from_slice(&buf[..n]),
                         }
                     }
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                        .await;
                     if close_later {
                         tokio::time::sleep(Duration::from_millis(30)).await;
                         return;
@@ -1436,7 +1681,9 @@ mod tests {
     #[tokio::test]
     async fn transfer_codings_other_than_chunked_are_refused_and_versions_are_unikgates() {
         let s = scripted(vec![
-            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"],
+            vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            ],
             vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nhi"],
             vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n"],
             vec![b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"],
@@ -1444,7 +1691,12 @@ mod tests {
         ])
         .await;
         let p = pool(s.port);
-        for what in ["gzip, chunked", "gzip", "chunked twice", "HTTP/1.0 with chunked"] {
+        for what in [
+            "gzip, chunked",
+            "gzip",
+            "chunked twice",
+            "HTTP/1.0 with chunked",
+        ] {
             match p.send(get()).await {
                 Err(PoolError::Protocol(_)) => {}
                 Err(e) => panic!("{what}: {e}"),
@@ -1452,22 +1704,39 @@ mod tests {
             }
         }
         let res = p.send(get()).await.unwrap();
-        assert_eq!(res.version(), Version::HTTP_11, "the browser gets unikgate's version");
+        assert_eq!(
+            res.version(),
+            Version::HTTP_11,
+            "the browser gets unikgate's version"
+        );
         assert_eq!(body_of(res).await.unwrap(), "hi");
-        assert_eq!(p.idle_count(), 0, "an HTTP/1.0 answer without keep-alive is not reused");
+        assert_eq!(
+            p.idle_count(),
+            0,
+            "an HTTP/1.0 answer without keep-alive is not reused"
+        );
     }
 
     #[tokio::test]
     async fn a_malformed_first_chunk_is_an_error_before_any_byte_is_passed_on() {
         // The head comes first, the broken chunk-size line a moment later.
         let s = scripted(vec![
-            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"zz\r\nhello\r\n0\r\n\r\n"],
-            vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"],
+            vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                b"zz\r\nhello\r\n0\r\n\r\n",
+            ],
+            vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                b"5\r\nhello\r\n0\r\n\r\n",
+            ],
         ])
         .await;
         let p = pool(s.port);
         assert!(matches!(p.send(get()).await, Err(PoolError::Protocol(_))));
-        assert_eq!(body_of(p.send(get()).await.unwrap()).await.unwrap(), "hello");
+        assert_eq!(
+            body_of(p.send(get()).await.unwrap()).await.unwrap(),
+            "hello"
+        );
     }
 
     #[tokio::test]
@@ -1479,7 +1748,10 @@ mod tests {
             vec![
                 vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", STRAY],
                 vec![OK],
-                vec![b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n", STRAY],
+                vec![
+                    b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+                    STRAY,
+                ],
                 vec![OK],
             ],
             Duration::from_millis(20),
@@ -1514,7 +1786,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_tunnel_answer_is_an_error_and_never_goes_back() {
-        let s = scripted(vec![vec![b"HTTP/1.1 200 Connection established\r\ncontent-length: 0\r\n\r\n"]]).await;
+        let s = scripted(vec![vec![
+            b"HTTP/1.1 200 Connection established\r\ncontent-length: 0\r\n\r\n",
+        ]])
+        .await;
         let p = pool(s.port);
         let req = Request::builder()
             .method(Method::CONNECT)
@@ -1524,6 +1799,39 @@ mod tests {
             .unwrap();
         assert!(matches!(p.send(req).await, Err(PoolError::Protocol(_))));
         assert_eq!(p.idle_count(), 0);
+    }
+
+    #[test]
+    fn every_answer_reads_the_same_whatever_the_read_boundaries() {
+        use super::fuzzing::{answer, Outcome};
+        let cases: &[(&[u8], Outcome)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;x=1\r\none\r\n3\r\ntwo\r\n0\r\nt: 1\r\n\r\n",
+                Outcome::Whole { data: b"onetwo".to_vec(), reused: true },
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                Outcome::Whole { data: b"hello".to_vec(), reused: true },
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+                Outcome::Whole { data: b"ok".to_vec(), reused: false },
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+                Outcome::Whole { data: vec![], reused: false },
+            ),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhiX\r\n0\r\n\r\n", Outcome::Refused),
+        ];
+        for (bytes, want) in cases {
+            // Every single cut, and every pair of cuts.
+            for i in 0..=bytes.len() {
+                assert_eq!(&answer(&Method::GET, bytes, &[i]), want, "cut at {i}");
+                for j in i..=bytes.len() {
+                    answer(&Method::GET, bytes, &[i, j]);
+                }
+            }
+        }
     }
 
     #[tokio::test]

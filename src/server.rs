@@ -165,7 +165,9 @@ impl ClientIo {
 impl Drop for ClientIo {
     fn drop(&mut self) {
         if self.reading && self.head_timed_out.load(Ordering::Relaxed) {
-            tracing::info!("a client did not finish its request head within server.head_timeout (408)");
+            tracing::info!(
+                "a client did not finish its request head within server.head_timeout (408)"
+            );
             metrics::counter!("unikgate_timeouts_total", "what" => "head").increment(1);
             // Nothing else is being written on this socket: the small answer fits its buffer.
             let _ = self.stream.try_write(TIMED_OUT);

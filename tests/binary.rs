@@ -598,7 +598,12 @@ async fn slow_bodies_get_408_the_signed_in_user_is_served_and_memory_comes_back(
     let res = support::link_password_at(&b, &base, "/", "alice", "alice-password").await;
     assert_eq!(res.status(), 302, "linked");
     for _ in 0..20 {
-        assert_eq!(b.get(&format!("{base}/index.php?module=CoreHome")).await.status(), 200);
+        assert_eq!(
+            b.get(&format!("{base}/index.php?module=CoreHome"))
+                .await
+                .status(),
+            200
+        );
     }
     let start_kib = rss_kib(pid);
 
@@ -609,8 +614,14 @@ async fn slow_bodies_get_408_the_signed_in_user_is_served_and_memory_comes_back(
         tokio::spawn(async move {
             let mut served = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = b.get(&format!("{base}/index.php?module=CoreHome&action=index")).await;
-                assert_eq!(r.status(), 200, "the signed-in user is served during the flood");
+                let r = b
+                    .get(&format!("{base}/index.php?module=CoreHome&action=index"))
+                    .await;
+                assert_eq!(
+                    r.status(),
+                    200,
+                    "the signed-in user is served during the flood"
+                );
                 served += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -646,8 +657,13 @@ async fn slow_bodies_get_408_the_signed_in_user_is_served_and_memory_comes_back(
             .unwrap_or(0)
     }
     let mut peak_kib = 0;
-    for (what, first, trickle) in [("trickling", 8, true), ("nearly 1 MiB then stalled", 1048575, false)] {
-        let floods: Vec<_> = (0..200).map(|_| tokio::spawn(slow(addr, first, trickle))).collect();
+    for (what, first, trickle) in [
+        ("trickling", 8, true),
+        ("nearly 1 MiB then stalled", 1048575, false),
+    ] {
+        let floods: Vec<_> = (0..200)
+            .map(|_| tokio::spawn(slow(addr, first, trickle)))
+            .collect();
         let mut statuses = std::collections::BTreeMap::new();
         let mut sampling = tokio::time::interval(Duration::from_millis(200));
         let mut all = futures_util::future::join_all(floods);
@@ -660,10 +676,18 @@ async fn slow_bodies_get_408_the_signed_in_user_is_served_and_memory_comes_back(
         for r in results {
             *statuses.entry(r.unwrap()).or_insert(0) += 1;
         }
-        eprintln!("{what}: statuses {statuses:?}, peak RSS {} MiB, now {} MiB", peak_kib / 1024, rss_kib(pid) / 1024);
+        eprintln!(
+            "{what}: statuses {statuses:?}, peak RSS {} MiB, now {} MiB",
+            peak_kib / 1024,
+            rss_kib(pid) / 1024
+        );
         let timeouts = statuses.get(&408).copied().unwrap_or(0);
         let busy = statuses.get(&503).copied().unwrap_or(0);
-        assert_eq!(timeouts + busy, 200, "{what}: every one answered 408 or 503: {statuses:?}");
+        assert_eq!(
+            timeouts + busy,
+            200,
+            "{what}: every one answered 408 or 503: {statuses:?}"
+        );
         if trickle {
             assert_eq!(timeouts, 200, "{what}: {statuses:?}");
         }
@@ -678,7 +702,10 @@ async fn slow_bodies_get_408_the_signed_in_user_is_served_and_memory_comes_back(
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("unikgate_timeouts_total{what=\"body\"}"), "{metrics}");
+    assert!(
+        metrics.contains("unikgate_timeouts_total{what=\"body\"}"),
+        "{metrics}"
+    );
     // Memory given back: within 10 MiB of the start, once the connections are gone.
     // The allocator gives freed memory back as the server goes on working: a few requests.
     let mut end_kib = rss_kib(pid);
@@ -686,7 +713,9 @@ async fn slow_bodies_get_408_the_signed_in_user_is_served_and_memory_comes_back(
         if end_kib <= start_kib + 10 * 1024 {
             break;
         }
-        reqwest::get(format!("{base}/matomo.php?idsite=1")).await.unwrap();
+        reqwest::get(format!("{base}/matomo.php?idsite=1"))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         end_kib = rss_kib(pid);
     }

@@ -16,10 +16,8 @@ use tokio::net::{TcpSocket, TcpStream};
 async fn setup(extra_server: &str) -> (StandIn, FakeProvider, TestApp) {
     let m = StandIn::start().await;
     let p = FakeProvider::start().await;
-    let cfg = config(&m.url(), &p.config(), "").replace(
-        "[server]\n",
-        &format!("[server]\n{extra_server}\n"),
-    );
+    let cfg = config(&m.url(), &p.config(), "")
+        .replace("[server]\n", &format!("[server]\n{extra_server}\n"));
     let app = TestApp::start(&cfg).await;
     (m, p, app)
 }
@@ -65,7 +63,9 @@ async fn connect_and_trace_are_refused_on_every_path() {
         let answer = exchange(app.addr, c).await;
         assert_eq!(status_of(&answer), "405", "{c:?} → {answer:.200}");
         assert!(
-            answer.to_ascii_lowercase().contains("\r\nallow: get, head, post"),
+            answer
+                .to_ascii_lowercase()
+                .contains("\r\nallow: get, head, post"),
             "{answer:.300}"
         );
         assert!(!answer.contains("secret"), "nothing echoed");
@@ -118,7 +118,10 @@ async fn an_absolute_form_target_reaches_matomo_in_origin_form() {
             format!("http://{host}?module=API&method=API.getPiwikVersion&token_auth=t"),
             "/?module=API&method=API.getPiwikVersion&token_auth=t",
         ),
-        (format!("http://{host}/matomo.php?idsite=1"), "/matomo.php?idsite=1"),
+        (
+            format!("http://{host}/matomo.php?idsite=1"),
+            "/matomo.php?idsite=1",
+        ),
     ] {
         m.state.clear_log();
         let answer = exchange(
@@ -156,7 +159,10 @@ async fn expect_is_met_by_unikgate_and_never_forwarded() {
     let log = m.state.log();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].body_len, 11);
-    assert!(log[0].headers.get("expect").is_none(), "Expect reached Matomo");
+    assert!(
+        log[0].headers.get("expect").is_none(),
+        "Expect reached Matomo"
+    );
     // An expectation unikgate cannot meet is refused before anything is read or forwarded.
     let answer = exchange(
         app.addr,
@@ -178,7 +184,10 @@ async fn a_client_cannot_strip_unikgates_request_id() {
     .await;
     assert_eq!(status_of(&answer), "200", "{answer:.200}");
     let log = m.state.log();
-    let id = log[0].headers.get("x-request-id").expect("the request id reached Matomo");
+    let id = log[0]
+        .headers
+        .get("x-request-id")
+        .expect("the request id reached Matomo");
     assert_ne!(id, "forged");
     assert!(
         answer.contains(&format!("x-request-id: {}", id.to_str().unwrap())),
@@ -195,7 +204,10 @@ async fn bodies_unikgate_reads_itself_get_408_when_they_trickle() {
         ("/index.php", "application/x-www-form-urlencoded"),
         // unikgate's own forms.
         ("/_unikgate/start", "application/x-www-form-urlencoded"),
-        ("/_unikgate/backchannel_logout", "application/x-www-form-urlencoded"),
+        (
+            "/_unikgate/backchannel_logout",
+            "application/x-www-form-urlencoded",
+        ),
     ] {
         let mut s = TcpStream::connect(app.addr).await.unwrap();
         s.write_all(format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\nContent-Length: 1000\r\n\r\nmodule=").as_bytes()).await.unwrap();
@@ -215,7 +227,9 @@ async fn bodies_unikgate_reads_itself_get_408_when_they_trickle() {
         let answer = String::from_utf8_lossy(&answer);
         assert_eq!(status_of(&answer), "408", "{path}: {answer:.300}");
         assert!(
-            answer.to_ascii_lowercase().contains("\r\nconnection: close"),
+            answer
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close"),
             "{answer:.300}"
         );
     }

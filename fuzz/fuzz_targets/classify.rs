@@ -16,12 +16,20 @@ fuzz_target!(|data: &[u8]| {
     let query = parts.next();
     let body = parts.next();
     let c = Classifier::new("/_unikgate", &["/custom/".to_string()], false);
-    let _ = c.body_rule(&http::Method::POST, path, query, Some("application/x-www-form-urlencoded"));
+    let _ = c.body_rule(
+        &http::Method::POST,
+        path,
+        query,
+        Some("application/x-www-form-urlencoded"),
+    );
     let body_params = body.map(Params::parse);
     let class = c.classify(path, query, body_params.as_ref());
     assert_eq!(class, c.classify(path, query, body_params.as_ref()));
     let get = Params::parse(query.unwrap_or(""));
-    let req = Request { get: &get, post: body_params.as_ref() };
+    let req = Request {
+        get: &get,
+        post: body_params.as_ref(),
+    };
     let is_index = unikgate::classify::normalize_path(path)
         .as_deref()
         .and_then(unikgate::classify::php_script)
@@ -32,19 +40,31 @@ fuzz_target!(|data: &[u8]| {
             m.eq_ignore_ascii_case("autologin") || m.eq_ignore_ascii_case("unikgate")
         })
     };
-    let is = |name: &str, want: &str| req.matomo(name).is_some_and(|v| v.eq_ignore_ascii_case(want));
+    let is = |name: &str, want: &str| {
+        req.matomo(name)
+            .is_some_and(|v| v.eq_ignore_ascii_case(want))
+    };
     let autologin = plugin("module")
         || (is("module", "Widgetize") && is("action", "iframe") && plugin("moduleToWidgetize"))
         || (is("module", "CoreHome") && is("action", "showInContext") && plugin("moduleToLoad"));
     if class == Class::Public && is_index {
         assert!(
-            !req.names().any(|n| n.to_ascii_lowercase().contains("password")),
+            !req.names()
+                .any(|n| n.to_ascii_lowercase().contains("password")),
             "{path:?} {query:?} {body:?} is public with a password"
         );
     }
     let own_or_public_path = matches!(class, Class::Own(_) | Class::UnsVerification);
-    if is_index && autologin && !own_or_public_path && !get.too_many && !body_params.as_ref().is_some_and(|b| b.too_many) {
-        assert!(matches!(class, Class::Forbidden(_)), "{path:?} {query:?} {body:?} → {class:?}");
+    if is_index
+        && autologin
+        && !own_or_public_path
+        && !get.too_many
+        && !body_params.as_ref().is_some_and(|b| b.too_many)
+    {
+        assert!(
+            matches!(class, Class::Forbidden(_)),
+            "{path:?} {query:?} {body:?} → {class:?}"
+        );
     }
     let _ = BodyRule::Stream;
 });

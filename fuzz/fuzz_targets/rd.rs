@@ -6,9 +6,15 @@ fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);
     let out = unikgate::redirect::safe_rd(&s, "/_unikgate");
     assert!(out.starts_with('/'), "{s:?} → {out:?}");
-    assert!(!out.starts_with("//") && !out.starts_with("/\\"), "{s:?} → {out:?}");
+    assert!(
+        !out.starts_with("//") && !out.starts_with("/\\"),
+        "{s:?} → {out:?}"
+    );
     assert!(out.is_ascii() && !out.contains('\\'), "{s:?} → {out:?}");
-    assert!(!out.chars().any(|c| c.is_control() || c.is_whitespace()), "{s:?} → {out:?}");
+    assert!(
+        !out.chars().any(|c| c.is_control() || c.is_whitespace()),
+        "{s:?} → {out:?}"
+    );
     let base = url::Url::parse("https://analytics.example.com/").unwrap();
     let joined = base.join(&out).expect("a local path parses");
     assert_eq!(joined.origin(), base.origin(), "{s:?} → {out:?}");

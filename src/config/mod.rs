@@ -513,8 +513,7 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
     let head_timeout = r.duration("head_timeout", Duration::from_secs(30));
     let body_timeout = r.duration("body_timeout", Duration::from_secs(30));
     let max_connections = r.u64("max_connections", 4096, 1, 1 << 20) as usize;
-    let max_connections_per_ip =
-        r.u64("max_connections_per_ip", 256, 1, 1 << 20) as usize;
+    let max_connections_per_ip = r.u64("max_connections_per_ip", 256, 1, 1 << 20) as usize;
     if max_connections_per_ip > max_connections {
         r.error(
             "max_connections_per_ip",
