@@ -388,25 +388,37 @@ impl Classifier {
             .controllers
             .iter()
             .any(|(m, _)| m.trim().eq_ignore_ascii_case("Login"));
+        // With password_login off, nothing public carries a Matomo password (nor asks for a
+        // token made from one): not the token-authenticated API and Widgetize, and not the
+        // opt-out page either, whose form never has one (a password there could only be aimed at
+        // Matomo's login, rendered where an action throws NoAccessException).
+        let carries_password = || {
+            !self.password_login
+                && (req.names().any(is_password_param)
+                    || d.nested_names.iter().any(|n| is_password_param(n))
+                    || d.methods.iter().any(|m| {
+                        m.trim()
+                            .rsplit('.')
+                            .next()
+                            .is_some_and(|f| f.eq_ignore_ascii_case("createAppSpecificTokenAuth"))
+                    }))
+        };
+        const NO_PASSWORD: &str =
+            "a Matomo password is accepted only after an @unikname sign-in here";
         match module.as_ref() {
-            "CoreAdminHome" if action == "optOut" || action == "optOutJS" => Class::Public,
+            "CoreAdminHome" if action == "optOut" || action == "optOutJS" => {
+                if carries_password() {
+                    return Class::Forbidden(NO_PASSWORD);
+                }
+                Class::Public
+            }
             "API" | "Widgetize" if req.string("token_auth").is_some_and(|t| !t.is_empty()) => {
                 if reaches_login {
                     // Matomo's Login module is never public, in any spelling or chain.
                     return Class::Ui { login_module: true };
                 }
-                if !self.password_login
-                    && (req.names().any(is_password_param)
-                        || d.nested_names.iter().any(|n| is_password_param(n))
-                        || d.methods.iter().any(|m| {
-                            m.trim().rsplit('.').next().is_some_and(|f| {
-                                f.eq_ignore_ascii_case("createAppSpecificTokenAuth")
-                            })
-                        }))
-                {
-                    return Class::Forbidden(
-                        "a Matomo password is accepted only after an @unikname sign-in here",
-                    );
+                if carries_password() {
+                    return Class::Forbidden(NO_PASSWORD);
                 }
                 Class::Public
             }
@@ -735,6 +747,16 @@ mod tests {
             (
                 format!("module=Widgetize&action=iframe&moduleToWidgetize=UsersManager&{w}"),
                 "form_login=alice&form_password=x",
+            ),
+            // The opt-out page is public, and never carries a password (found by the fuzzer:
+            // a name PHP cuts at its NUL byte, `password\0module`).
+            (
+                "module=CoreAdminHome&action=optOut".to_string(),
+                "form_login=alice&form_password=x",
+            ),
+            (
+                "module=CoreAdminHome&action=optOutJS".to_string(),
+                "password%00module=x",
             ),
         ];
         for (q, body) in &cases {

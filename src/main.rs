@@ -33,6 +33,17 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Ask the running proxy of this configuration whether it is alive (GET <prefix>/healthz on
+    /// server.listen); exit 0 when it answers 200. The container image's HEALTHCHECK.
+    Healthcheck {
+        #[arg(
+            short,
+            long,
+            env = "UNIKGATE_CONFIG",
+            default_value = "config/unikgate.toml"
+        )]
+        config: PathBuf,
+    },
     /// Check a configuration file offline and list every problem.
     Check {
         #[arg(
@@ -188,6 +199,19 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
+        Command::Healthcheck { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            match unikgate::server::probe_health(&cfg).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("unikgate is not healthy: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Check { config } => {
             let cfg = match load(&config) {
                 Ok(c) => c,

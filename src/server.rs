@@ -222,6 +222,45 @@ impl AsyncWrite for ClientIo {
     }
 }
 
+/// Asks the proxy listening on `cfg`'s `server.listen` for `<prefix>/healthz` (an unspecified
+/// address is asked on loopback): `Ok` when it answers 200 within 5 s.
+pub async fn probe_health(cfg: &crate::config::Config) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = cfg.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let ask = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let req = format!(
+            "GET {}/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            cfg.server.prefix
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("cannot ask {addr}: {e}"))?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)
+            .await
+            .map_err(|e| format!("no answer from {addr}: {e}"))?;
+        match &head {
+            b"HTTP/1.1 200" => Ok(()),
+            other => Err(format!(
+                "{addr} answered {:?}",
+                String::from_utf8_lossy(other)
+            )),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), ask)
+        .await
+        .map_err(|_| format!("{addr} did not answer within 5 s"))?
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

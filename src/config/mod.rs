@@ -390,6 +390,10 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "trusted_proxies",
             "metrics_listen",
             "log_format",
+            "head_timeout",
+            "body_timeout",
+            "max_connections",
+            "max_connections_per_ip",
         ],
     ),
     ("upstream", &["url", "connect_timeout", "timeout"]),
@@ -928,6 +932,31 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_key_of_the_reference_file_can_be_set_from_the_environment() {
+        // The reference configuration names every key; each must be a known environment name.
+        let reference: toml::Table = include_str!("../../config/unikgate.toml").parse().unwrap();
+        let mut names = Vec::new();
+        for (section, keys) in &reference {
+            for key in keys.as_table().unwrap().keys() {
+                names.push(format!(
+                    "UNIKGATE_{}__{}",
+                    section.to_ascii_uppercase(),
+                    key.to_ascii_uppercase()
+                ));
+            }
+        }
+        assert!(names.len() > 20, "{names:?}");
+        for name in &names {
+            let errs = Config::from_toml(MIN, &env(&[(name.as_str(), "1")])).err();
+            let unknown = errs
+                .iter()
+                .flatten()
+                .any(|e| e.message.contains("names no config key"));
+            assert!(!unknown, "{name} is not a known key: {errs:?}");
         }
     }
 }
