@@ -3,7 +3,7 @@
 // discovery under /oidc, client_secret_basic, RS256 ID tokens, opaque per-application subjects.
 // Its login page asks for an @unikname and offers Approve / Decline (Unikname approves on a phone).
 //
-// Env: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URIS, POST_LOGOUT_REDIRECT_URIS (space-separated),
+// Env: PORT, ISSUER and LISTEN (default http://127.0.0.1:PORT/oidc on 127.0.0.1), CLIENT_ID, CLIENT_SECRET, REDIRECT_URIS, POST_LOGOUT_REDIRECT_URIS (space-separated),
 // BACKCHANNEL_LOGOUT_URI (optional, one URL): turns on OpenID Connect Back-Channel Logout 1.0 for the
 // client (ID tokens and logout tokens then carry `sid`; RP-initiated logout sends a logout token).
 //
@@ -17,7 +17,9 @@ import Provider from 'oidc-provider';
 import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
 
 const port = Number(process.env.PORT || 9090);
-const issuer = `http://127.0.0.1:${port}/oidc`;
+// ISSUER and LISTEN: the test provider inside a container (tests/containers/compose.provider.yml).
+const issuer = process.env.ISSUER || `http://127.0.0.1:${port}/oidc`;
+const listenHost = process.env.LISTEN || '127.0.0.1';
 const prefix = '/oidc';
 const split = (s) => (s || '').split(' ').filter(Boolean);
 const backchannelLogoutUri = process.env.BACKCHANNEL_LOGOUT_URI || '';
@@ -184,5 +186,5 @@ const server = http.createServer(async (req, res) => {
     res.end('provider error');
   }
 });
-server.listen(port, '127.0.0.1', () => console.log(`oidc-provider listening on ${issuer}`));
+server.listen(port, listenHost, () => console.log(`oidc-provider listening on ${issuer}`));
 for (const s of ['SIGTERM', 'SIGINT']) process.on(s, () => process.exit(0));

@@ -158,8 +158,17 @@ impl Browser {
         Self::speaking("")
     }
 
+    /// A browser that finds `host` at `addr` (a name the compose tests' containers know).
+    pub fn resolving(host: &str, addr: std::net::SocketAddr) -> Browser {
+        Self::build("", Some((host, addr)))
+    }
+
     /// A browser that sends `Accept-Language: <lang>` (none when empty).
     pub fn speaking(lang: &str) -> Browser {
+        Self::build(lang, None)
+    }
+
+    fn build(lang: &str, resolve: Option<(&str, std::net::SocketAddr)>) -> Browser {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let mut headers = reqwest::header::HeaderMap::new();
         if !lang.is_empty() {
@@ -168,13 +177,15 @@ impl Browser {
                 reqwest::header::HeaderValue::from_str(lang).unwrap(),
             );
         }
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .default_headers(headers)
             .cookie_provider(jar.clone())
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
+            .timeout(Duration::from_secs(20));
+        if let Some((host, addr)) = resolve {
+            client = client.resolve(host, addr);
+        }
+        let client = client.build().unwrap();
         Browser { client, jar }
     }
 

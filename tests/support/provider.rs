@@ -435,40 +435,52 @@ impl NodeProvider {
         login: &str,
         approve: bool,
     ) -> reqwest::Response {
-        let mut res = b.get(authorize_url).await;
-        // Follow the provider's own redirects to its interaction page; a provider that remembers
-        // the person (its session and grant) sends the browser straight back instead.
-        for _ in 0..6 {
-            if !res.status().is_redirection() {
-                break;
-            }
-            let next = res.url().join(&super::location(&res)).unwrap();
-            if next.port() != Some(self.port) {
-                return res;
-            }
-            res = b.get(next.as_str()).await;
-        }
-        let page_url = res.url().clone();
-        let html = res.text().await.unwrap();
-        assert!(html.contains("name=\"login\""), "interaction page: {html}");
-        let decision = if approve { "approve" } else { "decline" };
-        let mut res = b
-            .post(
-                page_url.as_str(),
-                &[("login", login), ("decision", decision)],
-            )
-            .await;
-        for _ in 0..6 {
-            if !res.status().is_redirection() {
-                break;
-            }
-            let next = res.url().join(&super::location(&res)).unwrap();
-            if next.port() != Some(self.port) {
-                // Leaving the provider: hand the redirect back to the caller.
-                return res;
-            }
-            res = b.get(next.as_str()).await;
-        }
-        panic!("the provider did not redirect back: {}", res.status());
+        interact_at(b, self.port, authorize_url, login, approve).await
     }
+}
+
+/// [`NodeProvider::interact`] with the provider listening on `port` wherever it runs (in a
+/// container, for the compose tests).
+pub async fn interact_at(
+    b: &super::Browser,
+    port: u16,
+    authorize_url: &str,
+    login: &str,
+    approve: bool,
+) -> reqwest::Response {
+    let mut res = b.get(authorize_url).await;
+    // Follow the provider's own redirects to its interaction page; a provider that remembers
+    // the person (its session and grant) sends the browser straight back instead.
+    for _ in 0..6 {
+        if !res.status().is_redirection() {
+            break;
+        }
+        let next = res.url().join(&super::location(&res)).unwrap();
+        if next.port() != Some(port) {
+            return res;
+        }
+        res = b.get(next.as_str()).await;
+    }
+    let page_url = res.url().clone();
+    let html = res.text().await.unwrap();
+    assert!(html.contains("name=\"login\""), "interaction page: {html}");
+    let decision = if approve { "approve" } else { "decline" };
+    let mut res = b
+        .post(
+            page_url.as_str(),
+            &[("login", login), ("decision", decision)],
+        )
+        .await;
+    for _ in 0..6 {
+        if !res.status().is_redirection() {
+            break;
+        }
+        let next = res.url().join(&super::location(&res)).unwrap();
+        if next.port() != Some(port) {
+            // Leaving the provider: hand the redirect back to the caller.
+            return res;
+        }
+        res = b.get(next.as_str()).await;
+    }
+    panic!("the provider did not redirect back: {}", res.status());
 }

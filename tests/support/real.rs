@@ -750,137 +750,18 @@ http {{
     /// page, as a person would fill it: database `dbname`, the superuser [`ADMIN`], site 1.
     /// Returns `[General] salt`.
     pub async fn web_installer(&self, base: &str, dbname: &str, tree: &Path) -> R<String> {
-        let b = Browser::new();
-        let page = |path: &str| format!("{base}/{path}");
-        // Welcome, then the system check.
-        let res = b.get(&page("index.php")).await;
-        let body = res.text().await.unwrap_or_default();
-        if !body.contains("Matomo") {
-            return Err(format!(
-                "the installer's welcome page is not Matomo's:\n{}",
-                clip(&body)
-            ));
-        }
-        let res = b.get(&page("index.php?action=systemCheck")).await;
-        let status = res.status();
-        let body = res.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(format!("system check answered {status}:\n{}", clip(&body)));
-        }
-        // Database.
-        let html = self
-            .installer_get(&b, &page("index.php?action=databaseSetup"))
-            .await?;
-        let (action, mut f) = form_fields(&html);
-        set(&mut f, "host", &format!("127.0.0.1:{}", self.db_port));
-        set(&mut f, "username", DB.1);
-        set(&mut f, "password", DB.2);
-        set(&mut f, "dbname", dbname);
-        set(&mut f, "tables_prefix", "matomo_");
-        set(&mut f, "adapter", "PDO\\MYSQL");
-        self.installer_post(&b, base, &action, "databaseSetup", &f)
-            .await?;
-        // Tables, then the superuser.
-        self.installer_get(&b, &page("index.php?action=tablesCreation"))
-            .await?;
-        let html = self
-            .installer_get(&b, &page("index.php?action=setupSuperUser"))
-            .await?;
-        let (action, mut f) = form_fields(&html);
-        set(&mut f, "login", ADMIN.0);
-        set(&mut f, "password", ADMIN.1);
-        set(&mut f, "password_bis", ADMIN.1);
-        set(&mut f, "email", "admin@example.com");
-        f.retain(|(k, _)| {
-            k != "subscribe_newsletter_piwikorg" && k != "subscribe_newsletter_professionalservices"
-        });
-        self.installer_post(&b, base, &action, "setupSuperUser", &f)
-            .await?;
-        let html = self
-            .installer_get(&b, &page("index.php?action=firstWebsiteSetup"))
-            .await?;
-        let (action, mut f) = form_fields(&html);
-        set(&mut f, "siteName", "Example");
-        set(&mut f, "url", "https://www.example.com");
-        set(&mut f, "timezone", "UTC");
-        set(&mut f, "ecommerce", "0");
-        self.installer_post(&b, base, &action, "firstWebsiteSetup", &f)
-            .await?;
-        self.installer_get(
-            &b,
-            &page("index.php?action=trackingCode&site_idSite=1&site_name=Example"),
-        )
-        .await?;
-        let html = self
-            .installer_get(
-                &b,
-                &page("index.php?action=finished&site_idSite=1&site_name=Example"),
-            )
-            .await?;
-        let (action, f) = form_fields(&html);
-        self.installer_post(&b, base, &action, "finished", &f)
-            .await?;
-        let config = std::fs::read_to_string(tree.join("config/config.ini.php"))
-            .map_err(|e| format!("the installer wrote no config.ini.php: {e}"))?;
-        if !config.contains("installation_in_progress") && !config.contains("[database]") {
-            return Err("config.ini.php has no [database] section".into());
-        }
-        if config.contains("installation_in_progress") {
-            return Err(format!("the installer did not finish:\n{config}"));
-        }
-        Ok(config
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("salt = "))
-            .map(|s| s.trim_matches('"').to_string())
-            .unwrap_or_default())
-    }
-
-    async fn installer_get(&self, b: &Browser, url: &str) -> R<String> {
-        let res = b.get(url).await;
-        let (res, at) = b.follow(res, 5).await;
-        let status = res.status();
-        let body = res.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(format!(
-                "installer {at} answered {status}:\n{}",
-                clip(&body)
-            ));
-        }
-        Ok(body)
-    }
-
-    async fn installer_post(
-        &self,
-        b: &Browser,
-        base: &str,
-        action: &str,
-        step: &str,
-        fields: &[(String, String)],
-    ) -> R<()> {
-        let url = if action.is_empty() {
-            format!("{base}/index.php?action={step}")
-        } else if action.starts_with("http") {
-            action.to_string()
-        } else if action.starts_with('?') {
-            format!("{base}/index.php{action}")
-        } else {
-            format!("{base}/{}", action.trim_start_matches('/'))
+        let db = Database::Set {
+            host: format!("127.0.0.1:{}", self.db_port),
+            user: DB.1.to_string(),
+            password: DB.2.to_string(),
+            dbname: dbname.to_string(),
         };
-        let pairs: Vec<(&str, &str)> = fields
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let res = b.post(&url, &pairs).await;
-        let status = res.status();
-        if status.is_redirection() {
-            return Ok(());
-        }
-        let body = res.text().await.unwrap_or_default();
-        // A form answered with itself carries its error.
-        Err(format!(
-            "installer step {step} did not move on ({status}):\n{}",
-            clip(&body)
-        ))
+        let config = tree.join("config/config.ini.php");
+        web_installer_at(base, db, || {
+            std::fs::read_to_string(&config)
+                .map_err(|e| format!("the installer wrote no config.ini.php: {e}"))
+        })
+        .await
     }
 
     /// Calls Matomo's API as the superuser (POST, token in the body).
@@ -1239,4 +1120,176 @@ pub async fn api_call(base: &str, method: &str, form: &[(&str, &str)]) -> R<serd
             clip(&text)
         )
     })
+}
+
+/// The database page of Matomo's installer: what to fill in, or what Matomo must have prefilled
+/// from the container's `MATOMO_DATABASE_*` (the official image's contract; the password field
+/// then shows a mask, and Matomo takes the real one from the environment).
+pub enum Database {
+    Set {
+        host: String,
+        user: String,
+        password: String,
+        dbname: String,
+    },
+    Prefilled {
+        host: String,
+        user: String,
+        dbname: String,
+    },
+}
+
+/// Matomo's web installer at `base`, page after page, as a person would fill it: the database,
+/// the superuser [`ADMIN`], site 1; `config` reads `config/config.ini.php` afterwards. Returns
+/// `[General] salt`.
+pub async fn web_installer_at(
+    base: &str,
+    database: Database,
+    config: impl Fn() -> R<String>,
+) -> R<String> {
+    let b = Browser::new();
+    let page = |path: &str| format!("{base}/{path}");
+    // Welcome, then the system check.
+    let res = b.get(&page("index.php")).await;
+    let body = res.text().await.unwrap_or_default();
+    if !body.contains("Matomo") {
+        return Err(format!(
+            "the installer's welcome page is not Matomo's:\n{}",
+            clip(&body)
+        ));
+    }
+    let res = b.get(&page("index.php?action=systemCheck")).await;
+    let status = res.status();
+    let body = res.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(format!("system check answered {status}:\n{}", clip(&body)));
+    }
+    // Database.
+    let html = installer_get(&b, &page("index.php?action=databaseSetup")).await?;
+    let (action, mut f) = form_fields(&html);
+    match &database {
+        Database::Set {
+            host,
+            user,
+            password,
+            dbname,
+        } => {
+            set(&mut f, "host", host);
+            set(&mut f, "username", user);
+            set(&mut f, "password", password);
+            set(&mut f, "dbname", dbname);
+        }
+        Database::Prefilled { host, user, dbname } => {
+            let value = |name: &str| {
+                f.iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            for (name, want) in [("host", host), ("username", user), ("dbname", dbname)] {
+                if &value(name) != want {
+                    return Err(format!(
+                        "the installer's {name} is {:?}, not {want:?} from MATOMO_DATABASE_*",
+                        value(name)
+                    ));
+                }
+            }
+            if value("password").is_empty() {
+                return Err("the installer's password is not prefilled".into());
+            }
+        }
+    }
+    set(&mut f, "tables_prefix", "matomo_");
+    set(&mut f, "adapter", "PDO\\MYSQL");
+    installer_post(&b, base, &action, "databaseSetup", &f).await?;
+    // Tables, then the superuser.
+    installer_get(&b, &page("index.php?action=tablesCreation")).await?;
+    let html = installer_get(&b, &page("index.php?action=setupSuperUser")).await?;
+    let (action, mut f) = form_fields(&html);
+    set(&mut f, "login", ADMIN.0);
+    set(&mut f, "password", ADMIN.1);
+    set(&mut f, "password_bis", ADMIN.1);
+    set(&mut f, "email", "admin@example.com");
+    f.retain(|(k, _)| {
+        k != "subscribe_newsletter_piwikorg" && k != "subscribe_newsletter_professionalservices"
+    });
+    installer_post(&b, base, &action, "setupSuperUser", &f).await?;
+    let html = installer_get(&b, &page("index.php?action=firstWebsiteSetup")).await?;
+    let (action, mut f) = form_fields(&html);
+    set(&mut f, "siteName", "Example");
+    set(&mut f, "url", "https://www.example.com");
+    set(&mut f, "timezone", "UTC");
+    set(&mut f, "ecommerce", "0");
+    installer_post(&b, base, &action, "firstWebsiteSetup", &f).await?;
+    installer_get(
+        &b,
+        &page("index.php?action=trackingCode&site_idSite=1&site_name=Example"),
+    )
+    .await?;
+    let html = installer_get(
+        &b,
+        &page("index.php?action=finished&site_idSite=1&site_name=Example"),
+    )
+    .await?;
+    let (action, f) = form_fields(&html);
+    installer_post(&b, base, &action, "finished", &f).await?;
+    let config = config()?;
+    if !config.contains("installation_in_progress") && !config.contains("[database]") {
+        return Err("config.ini.php has no [database] section".into());
+    }
+    if config.contains("installation_in_progress") {
+        return Err(format!("the installer did not finish:\n{config}"));
+    }
+    Ok(config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("salt = "))
+        .map(|s| s.trim_matches('"').to_string())
+        .unwrap_or_default())
+}
+
+async fn installer_get(b: &Browser, url: &str) -> R<String> {
+    let res = b.get(url).await;
+    let (res, at) = b.follow(res, 5).await;
+    let status = res.status();
+    let body = res.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(format!(
+            "installer {at} answered {status}:\n{}",
+            clip(&body)
+        ));
+    }
+    Ok(body)
+}
+
+async fn installer_post(
+    b: &Browser,
+    base: &str,
+    action: &str,
+    step: &str,
+    fields: &[(String, String)],
+) -> R<()> {
+    let url = if action.is_empty() {
+        format!("{base}/index.php?action={step}")
+    } else if action.starts_with("http") {
+        action.to_string()
+    } else if action.starts_with('?') {
+        format!("{base}/index.php{action}")
+    } else {
+        format!("{base}/{}", action.trim_start_matches('/'))
+    };
+    let pairs: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let res = b.post(&url, &pairs).await;
+    let status = res.status();
+    if status.is_redirection() {
+        return Ok(());
+    }
+    let body = res.text().await.unwrap_or_default();
+    // A form answered with itself carries its error.
+    Err(format!(
+        "installer step {step} did not move on ({status}):\n{}",
+        clip(&body)
+    ))
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+set -euo pipefail
+bin=/usr/lib/postgresql/15/bin
+chown -R postgres:postgres "$PGDATA"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  pw=$(mktemp)
+  printf %s "$POSTGRES_PASSWORD" > "$pw"
+  chown postgres "$pw"
+  su postgres -c "$bin/initdb -D '$PGDATA' -U '$POSTGRES_USER' --pwfile='$pw' --auth-local=trust --auth-host=scram-sha-256" >/dev/null
+  rm -f "$pw"
+  echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+  su postgres -c "$bin/pg_ctl -D '$PGDATA' -o '-c listen_addresses=' -w start" >/dev/null
+  if [ "${POSTGRES_DB:-$POSTGRES_USER}" != "$POSTGRES_USER" ]; then
+    su postgres -c "psql -U '$POSTGRES_USER' -d postgres -c 'CREATE DATABASE \"$POSTGRES_DB\"'" >/dev/null
+  fi
+  su postgres -c "$bin/pg_ctl -D '$PGDATA' -m fast -w stop" >/dev/null
+fi
+exec su postgres -c "exec $bin/postgres -D '$PGDATA' -c listen_addresses='*'"
