@@ -52,7 +52,13 @@ impl Stack {
     fn new(files: &[&str]) -> R<Stack> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let list = Command::new("git")
-            .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+            .args([
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ])
             .current_dir(repo())
             .output()
             .map_err(|e| format!("git ls-files: {e}"))?;
@@ -83,8 +89,9 @@ impl Stack {
     /// `docker-compose -f FILE… ARGS` in the copy, the way the README says it; the output, or
     /// the error with the output.
     fn compose(&self, args: &[&str]) -> R<String> {
+        // The project's name comes from deploy/.env (COMPOSE_PROJECT_NAME), as in the README.
         let mut cmd = Command::new("docker-compose");
-        cmd.current_dir(self.root()).env("COMPOSE_PROJECT_NAME", &self.project);
+        cmd.current_dir(self.root());
         for f in &self.files {
             cmd.args(["-f", f]);
         }
@@ -154,7 +161,9 @@ async fn wait_for(url: &str, want: u16, secs: u64) -> R<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Err(format!("{url} did not answer {want} in {secs} s (last: {last})"))
+    Err(format!(
+        "{url} did not answer {want} in {secs} s (last: {last})"
+    ))
 }
 
 /// The login Matomo serves a page as, and the page's status.
@@ -166,7 +175,8 @@ async fn page_user(b: &Browser, url: &str) -> (u16, Option<String>) {
     (status, unikgate::matomo::parse_user_login(&body))
 }
 
-const DASHBOARD: &str = "/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday";
+const DASHBOARD: &str =
+    "/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday";
 
 /// Signs in at `base` through the provider in the stack (as `login`), returning the answer of
 /// unikgate's callback.
@@ -184,24 +194,42 @@ async fn sign_in(b: &Browser, base: &str, provider_port: u16, login: &str) -> re
         )
         .await;
     assert_eq!(res.status(), 303, "start redirects to the provider");
-    let res =
-        support::provider::interact_at(b, provider_port, &location(&res), login, true).await;
+    let res = support::provider::interact_at(b, provider_port, &location(&res), login, true).await;
     b.get(&location(&res)).await
 }
 
-/// What one run of the README's compose section needs: the stack's files, and where Matomo's
-/// database is for the installer's prefilled page.
-async fn readme_compose_steps(files: &[&str], what: &str) -> R<()> {
+/// How a stack serves: one unikgate, or two replicas behind the compose file's balancer.
+#[derive(Clone, Copy, PartialEq)]
+enum Gates {
+    One,
+    Replicas,
+}
+
+impl Gates {
+    /// The service `exec` runs unikgate's commands in.
+    fn service(self) -> &'static str {
+        match self {
+            Gates::One => "unikgate",
+            Gates::Replicas => "unikgate-1",
+        }
+    }
+}
+
+/// The README's compose section, step by step, on the stack of `files`.
+async fn readme_compose_steps(files: &[&str], what: &str, gates: Gates) -> R<()> {
     let mut stack = Stack::new(files)?;
-    let result = readme_compose_steps_in(&mut stack).await;
+    let result = readme_compose_steps_in(&mut stack, gates).await;
     if let Err(e) = &result {
-        eprintln!("{what}: {e}\n--- the stack's last log lines:\n{}", stack.logs());
+        eprintln!(
+            "{what}: {e}\n--- the stack's last log lines:\n{}",
+            stack.logs()
+        );
     }
     stack.take_down();
     result.map_err(|e| format!("{what}: {e}"))
 }
 
-async fn readme_compose_steps_in(stack: &mut Stack) -> R<()> {
+async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
     let port = free_port();
     let provider_port = free_port();
     let public_host = format!("127.0.0.1:{port}");
@@ -229,17 +257,18 @@ async fn readme_compose_steps_in(stack: &mut Stack) -> R<()> {
             "PROVIDER_CLIENT_SECRET",
             support::provider::CLIENT_SECRET.into(),
         ),
-        (
-            "E2E_DIR",
-            repo().join("tests/e2e").display().to_string(),
-        ),
+        ("E2E_DIR", repo().join("tests/e2e").display().to_string()),
     ] {
         env.insert(k.into(), v);
     }
     stack.write_env(&env)?;
-    // 2. The secrets (the shared one readable by www-data inside the Matomo container).
-    stack.secret("client_secret", support::provider::CLIENT_SECRET, 0o600)?;
+    // 2. The secrets, readable by the containers' users (uid 10001, www-data) as the README says.
+    stack.secret("client_secret", support::provider::CLIENT_SECRET, 0o644)?;
     stack.secret("shared_secret", &shared_secret, 0o644)?;
+    if gates == Gates::Replicas {
+        // The key every replica signs cookies with (the replicas file's header says how).
+        stack.secret("session_key", &unikgate::random_token().repeat(2), 0o644)?;
+    }
     // 3. Start.
     stack.compose(&["up", "-d", "--build"])?;
     wait_for(&format!("{base}/_unikgate/healthz"), 200, 120).await?;
@@ -319,7 +348,7 @@ async fn readme_compose_steps_in(stack: &mut Stack) -> R<()> {
     let out = stack.compose(&[
         "exec",
         "-T",
-        "unikgate",
+        gates.service(),
         "unikgate",
         "doctor",
         "-c",
@@ -363,6 +392,20 @@ async fn readme_compose_steps_in(stack: &mut Stack) -> R<()> {
         res.status(),
         location(&res)
     );
+    if gates == Gates::Replicas {
+        // Signed in through one replica, going on through the other: each in turn alone behind
+        // the balancer, the same browser is Matomo's admin.
+        for (stop, alone) in [("unikgate-1", "unikgate-2"), ("unikgate-2", "unikgate-1")] {
+            stack.compose(&["stop", stop])?;
+            let (status, user) = page_user(&b, &format!("{base}{DASHBOARD}")).await;
+            ensure!(
+                status == 200 && user.as_deref() == Some(ADMIN.0),
+                "through {alone} alone: {status} {user:?}"
+            );
+            stack.compose(&["start", stop])?;
+            wait_for(&format!("{base}/_unikgate/readyz"), 200, 60).await?;
+        }
+    }
     // 10. down, then up: the link and this browser's session are on their volumes.
     stack.compose(&["down"])?;
     stack.compose(&["up", "-d"])?;
@@ -380,7 +423,42 @@ const PROVIDER: &str = "tests/containers/compose.provider.yml";
 #[tokio::test]
 #[ignore = "needs a Docker Engine and the stand-in images: tests/containers/compose runs it"]
 async fn the_readme_compose_steps_with_apache() {
-    readme_compose_steps(&["deploy/docker-compose.yml", PROVIDER], "docker-compose.yml")
-        .await
-        .unwrap();
+    readme_compose_steps(
+        &["deploy/docker-compose.yml", PROVIDER],
+        "docker-compose.yml",
+        Gates::One,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs a Docker Engine and the stand-in images: tests/containers/compose runs it"]
+async fn the_readme_compose_steps_with_php_fpm_behind_nginx() {
+    readme_compose_steps(
+        &[
+            "deploy/docker-compose.yml",
+            "deploy/docker-compose.fpm.yml",
+            PROVIDER,
+        ],
+        "docker-compose.yml + docker-compose.fpm.yml",
+        Gates::One,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs a Docker Engine and the stand-in images: tests/containers/compose runs it"]
+async fn the_replicas_file_two_unikgates_on_postgresql_and_redis() {
+    readme_compose_steps(
+        &[
+            "deploy/docker-compose.replicas.yml",
+            "tests/containers/compose.provider.replicas.yml",
+        ],
+        "docker-compose.replicas.yml",
+        Gates::Replicas,
+    )
+    .await
+    .unwrap();
 }
