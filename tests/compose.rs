@@ -145,15 +145,16 @@ impl Drop for Stack {
     }
 }
 
-/// Waits until `url` answers `want` (up to `secs` seconds), returning the last status seen.
+/// Waits until `url` answers `want`, for `secs` seconds at the most (a guard, not a measure).
 async fn wait_for(url: &str, want: u16, secs: u64) -> R<()> {
     let c = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     let mut last = String::new();
-    for _ in 0..secs * 2 {
+    while std::time::Instant::now() < deadline {
         match c.get(url).send().await {
             Ok(r) if r.status().as_u16() == want => return Ok(()),
             Ok(r) => last = r.status().to_string(),
@@ -161,9 +162,7 @@ async fn wait_for(url: &str, want: u16, secs: u64) -> R<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Err(format!(
-        "{url} did not answer {want} in {secs} s (last: {last})"
-    ))
+    Err(format!("{url} did not answer {want} in {secs} s (last: {last})"))
 }
 
 /// The login Matomo serves a page as, and the page's status.
@@ -374,15 +373,35 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
         status == 200 && user.as_deref() == Some(ADMIN.0),
         "Matomo as admin after linking: {status} {user:?}"
     );
-    // 9. Matomo's own "Sign out" ends on unikgate's page.
+    // 9. Matomo's own "Sign out": unikgate's sign-out, then the provider's (RP-initiated logout,
+    // which the provider asks to confirm), back on unikgate's "signed out" page.
     let res = b
         .get(&format!("{base}/index.php?module=Login&action=logout"))
         .await;
     let (res, at) = b.follow(res, 6).await;
     ensure!(
-        res.status() == 200 && at.contains("/_unikgate/"),
-        "Matomo's sign-out ended on {at} ({})",
+        res.status() == 200 && at.contains("/oidc/logout"),
+        "Matomo's sign-out should reach the provider's logout: {at} ({})",
         res.status()
+    );
+    let page = reqwest::Url::parse(&at).map_err(|e| e.to_string())?;
+    let (action, mut fields) = support::real::form_fields(&res.text().await.unwrap_or_default());
+    fields.push(("logout".into(), "yes".into()));
+    let confirm = page.join(&action).map_err(|e| e.to_string())?;
+    let pairs: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let res = b.post(confirm.as_str(), &pairs).await;
+    let (res, at) = b.follow(res, 6).await;
+    ensure!(
+        res.status() == 200 && at.contains("/_unikgate/signed_out"),
+        "the provider's sign-out should end on unikgate's page: {at} ({})",
+        res.status()
+    );
+    ensure!(
+        page_user(&b, &format!("{base}{DASHBOARD}")).await.1.is_none(),
+        "signed out, Matomo is not served as anybody"
     );
     // Signed in again (the link is known now: straight into Matomo).
     let res = sign_in(&b, &base, provider_port, "compose-admin").await;

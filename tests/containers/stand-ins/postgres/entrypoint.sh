@@ -10,8 +10,10 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   rm -f "$pw"
   echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
   su postgres -c "$bin/pg_ctl -D '$PGDATA' -o '-c listen_addresses=' -w start" >/dev/null
-  if [ "${POSTGRES_DB:-$POSTGRES_USER}" != "$POSTGRES_USER" ]; then
-    su postgres -c "psql -U '$POSTGRES_USER' -d postgres -c 'CREATE DATABASE \"$POSTGRES_DB\"'" >/dev/null
+  # POSTGRES_DB, by default the user's name, as the official image creates it.
+  db=${POSTGRES_DB:-$POSTGRES_USER}
+  if [ "$db" != postgres ]; then
+    su postgres -c "psql -U '$POSTGRES_USER' -d postgres -c 'CREATE DATABASE \"$db\"'" >/dev/null
   fi
   su postgres -c "$bin/pg_ctl -D '$PGDATA' -m fast -w stop" >/dev/null
 fi
