@@ -162,7 +162,23 @@ async fn wait_for(url: &str, want: u16, secs: u64) -> R<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Err(format!("{url} did not answer {want} in {secs} s (last: {last})"))
+    Err(format!(
+        "{url} did not answer {want} in {secs} s (last: {last})"
+    ))
+}
+
+/// Waits until unikgate in `service` says it is healthy (`unikgate healthcheck` inside it).
+async fn healthy(stack: &Stack, service: &str, secs: u64) -> R<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match stack.compose(&["exec", "-T", service, "unikgate", "healthcheck"]) {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(format!("{service} is not healthy after {secs} s: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
 }
 
 /// The login Matomo serves a page as, and the page's status.
@@ -180,19 +196,7 @@ const DASHBOARD: &str =
 /// Signs in at `base` through the provider in the stack (as `login`), returning the answer of
 /// unikgate's callback.
 async fn sign_in(b: &Browser, base: &str, provider_port: u16, login: &str) -> reqwest::Response {
-    let html = b
-        .get(&format!("{base}/_unikgate/sign_in?rd=/"))
-        .await
-        .text()
-        .await
-        .unwrap_or_default();
-    let res = b
-        .post(
-            &format!("{base}/_unikgate/start"),
-            &[("csrf", &support::csrf_of(&html)), ("rd", "/")],
-        )
-        .await;
-    assert_eq!(res.status(), 303, "start redirects to the provider");
+    let res = support::start_sign_in(b, base, "/").await;
     let res = support::provider::interact_at(b, provider_port, &location(&res), login, true).await;
     b.get(&location(&res)).await
 }
@@ -400,7 +404,10 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
         res.status()
     );
     ensure!(
-        page_user(&b, &format!("{base}{DASHBOARD}")).await.1.is_none(),
+        page_user(&b, &format!("{base}{DASHBOARD}"))
+            .await
+            .1
+            .is_none(),
         "signed out, Matomo is not served as anybody"
     );
     // Signed in again (the link is known now: straight into Matomo).
@@ -422,7 +429,8 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
                 "through {alone} alone: {status} {user:?}"
             );
             stack.compose(&["start", stop])?;
-            wait_for(&format!("{base}/_unikgate/readyz"), 200, 60).await?;
+            // Up again itself (the balancer's answer may come from the other one).
+            healthy(stack, stop, 60).await?;
         }
     }
     // 10. down, then up: the link and this browser's session are on their volumes.

@@ -286,6 +286,14 @@ pub async fn sign_in_at(
     rd: &str,
 ) -> reqwest::Response {
     p.set_sub(sub);
+    let res = start_sign_in(b, base, rd).await;
+    let res = b.get(&location(&res)).await;
+    b.get(&location(&res)).await
+}
+
+/// The sign-in page's form at `base`, returning to `rd`, posted: the answer is the redirect to
+/// the provider (checked).
+pub async fn start_sign_in(b: &Browser, base: &str, rd: &str) -> reqwest::Response {
     let html = b
         .get(&format!("{base}/_unikgate/sign_in?rd={}", enc(rd)))
         .await
@@ -299,8 +307,7 @@ pub async fn sign_in_at(
         )
         .await;
     assert_eq!(res.status(), 303, "start redirects to the provider");
-    let res = b.get(&location(&res)).await;
-    b.get(&location(&res)).await
+    res
 }
 
 /// The link page's form, posted with a Matomo login and password.
