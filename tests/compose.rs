@@ -181,6 +181,33 @@ async fn healthy(stack: &Stack, service: &str, secs: u64) -> R<()> {
     }
 }
 
+/// Waits until the balancer at `base` hands requests to two different replicas: their request
+/// ids begin with a prefix of their own (random per process).
+async fn both_in_rotation(base: &str, secs: u64) -> R<()> {
+    let c = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut seen = std::collections::BTreeSet::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(r) = c.get(format!("{base}/_unikgate/healthz")).send().await {
+            if let Some(prefix) = r
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split('-').next())
+            {
+                seen.insert(prefix.to_string());
+                if seen.len() == 2 {
+                    return Ok(());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!(
+        "the balancer did not hand requests to both replicas in {secs} s (seen: {seen:?})"
+    ))
+}
+
 /// The login Matomo serves a page as, and the page's status.
 async fn page_user(b: &Browser, url: &str) -> (u16, Option<String>) {
     let res = b.get(url).await;
@@ -429,8 +456,10 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
                 "through {alone} alone: {status} {user:?}"
             );
             stack.compose(&["start", stop])?;
-            // Up again itself (the balancer's answer may come from the other one).
+            // Up again itself (the balancer's answer may come from the other one), and back in
+            // the balancer's rotation (it re-reads the replicas' addresses every 5 s).
             healthy(stack, stop, 60).await?;
+            both_in_rotation(&base, 60).await?;
         }
     }
     // 10. down, then up: the link and this browser's session are on their volumes.
