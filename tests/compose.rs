@@ -332,15 +332,7 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
         read_config,
     )
     .await?;
-    let ini = read_config()?;
-    ensure!(
-        ini.contains("proxy_client_headers[] = \"HTTP_X_FORWARDED_FOR\""),
-        "the installer did not take X-Forwarded-For:\n{ini}"
-    );
-    ensure!(
-        !ini.contains("proxy_host_headers"),
-        "the installer wrote proxy_host_headers:\n{ini}"
-    );
+    support::real::check_installed_behind_unikgate(&read_config()?)?;
     // 5. matomo-setup.sh as www-data (idempotent; prints no secret).
     let setup = [
         "exec",
@@ -362,12 +354,7 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
         read_config()? == once,
         "a second matomo-setup.sh run changed config.ini.php"
     );
-    ensure!(
-        once.matches(&format!("trusted_hosts[] = \"{public_host}\""))
-            .count()
-            == 1,
-        "trusted_hosts is not the public host, once:\n{once}"
-    );
+    support::real::check_set_up(&once, &public_host)?;
     // 6. PASSWORD_LOGIN=false in deploy/.env, then up -d.
     env.insert("PASSWORD_LOGIN".into(), "false".into());
     stack.write_env(&env)?;

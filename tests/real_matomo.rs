@@ -1606,14 +1606,7 @@ fn compose_rehearsal_as_the_readme_says(m: &RealMatomo) -> Fut<'_> {
         // 4. Matomo's web installer, through unikgate.
         m.web_installer(&gate.base, &site.db, &site.tree).await?;
         let ini = site.config_ini();
-        ensure!(
-            ini.contains("proxy_client_headers[] = \"HTTP_X_FORWARDED_FOR\""),
-            "the installer did not take X-Forwarded-For:\n{ini}"
-        );
-        ensure!(
-            !ini.contains("proxy_host_headers"),
-            "the installer wrote proxy_host_headers:\n{ini}"
-        );
+        support::real::check_installed_behind_unikgate(&ini)?;
         ensure!(
             ini.contains(&format!("trusted_hosts[] = \"{public_host}\"")),
             "the installer did not trust the public host:\n{ini}"
@@ -1637,16 +1630,7 @@ fn compose_rehearsal_as_the_readme_says(m: &RealMatomo) -> Fut<'_> {
             site.config_ini() == once,
             "a second matomo-setup.sh run changed config.ini.php"
         );
-        ensure!(
-            once.matches(&format!("trusted_hosts[] = \"{public_host}\""))
-                .count()
-                == 1,
-            "trusted_hosts twice:\n{once}"
-        );
-        ensure!(
-            once.matches("proxy_client_headers[]").count() == 1,
-            "proxy_client_headers twice:\n{once}"
-        );
+        support::real::check_set_up(&once, &public_host)?;
         // 6. PASSWORD_LOGIN=false, docker compose up -d.
         gate.set("UNIKGATE_MATOMO__PASSWORD_LOGIN", "false");
         gate.up().await?;

@@ -1293,3 +1293,35 @@ async fn installer_post(
         clip(&body)
     ))
 }
+
+/// What Matomo's installer must have written when it ran behind unikgate: the client address from
+/// `X-Forwarded-For`, and no `proxy_host_headers[]` (unikgate sends no `X-Forwarded-Host`).
+pub fn check_installed_behind_unikgate(ini: &str) -> R<()> {
+    if !ini.contains("proxy_client_headers[] = \"HTTP_X_FORWARDED_FOR\"") {
+        return Err(format!(
+            "the installer did not take X-Forwarded-For:\n{ini}"
+        ));
+    }
+    if ini.contains("proxy_host_headers") {
+        return Err(format!("the installer wrote proxy_host_headers:\n{ini}"));
+    }
+    Ok(())
+}
+
+/// What `matomo-setup.sh` leaves in `config.ini.php`: the public host trusted once, the client
+/// header once (a second run changes nothing, which the caller compares).
+pub fn check_set_up(ini: &str, public_host: &str) -> R<()> {
+    if ini
+        .matches(&format!("trusted_hosts[] = \"{public_host}\""))
+        .count()
+        != 1
+    {
+        return Err(format!(
+            "trusted_hosts is not the public host, once:\n{ini}"
+        ));
+    }
+    if ini.matches("proxy_client_headers[]").count() != 1 {
+        return Err(format!("proxy_client_headers twice:\n{ini}"));
+    }
+    Ok(())
+}
