@@ -3,12 +3,18 @@
 # user (files Matomo's console creates as root under tmp/ break the web UI); in the compose setup:
 #   docker compose -f deploy/docker-compose.yml exec -u www-data matomo bash /unikgate/matomo-setup.sh
 # 1. Matomo behind unikgate: the public host trusted, the real client IP read from X-Forwarded-For,
-#    no X-Forwarded-Host honoured (unikgate keeps Host as the public host).
-# 2. The minter's plugin: UnikGate (signed assertions, the default) or AutoLogin.
+#    the scheme read from X-Forwarded-Proto (Matomo 5.7 and later ignore it unless
+#    proxy_scheme_headers[] names it, and then believe their URL is http:// behind TLS), no
+#    X-Forwarded-Host honoured (unikgate keeps Host as the public host).
+# 2. The minter's plugin: UnikGate (signed assertions, the default; with PUBLIC_URL, the audience
+#    of unikgate's assertions is written down instead of guessed) or AutoLogin.
 # Idempotent: a second run changes nothing. It never prints the shared secret.
 #
 # Variables (the container's paths are the defaults):
 #   PUBLIC_HOST         the host people type (required)
+#   PUBLIC_URL          unikgate's server.public_url, e.g. https://analytics.example.com (the
+#                       compose file passes it); unset: the plugin checks assertions against the
+#                       URL Matomo computes for each request
 #   MINTER              signed (default) or autologin
 #   MATOMO_DIR          Matomo's folder                 (/var/www/html)
 #   SHARED_SECRET_FILE  the secret shared with unikgate (/run/secrets/shared_secret)
@@ -35,9 +41,20 @@ add_general() {
   fi
 }
 
+PUBLIC_URL=${PUBLIC_URL:-}
+if [ -n "$PUBLIC_URL" ] && ! printf %s "$PUBLIC_URL" | grep -qE '^https?://[A-Za-z0-9.:-]+(/[A-Za-z0-9._~/-]*)?$'; then
+  echo "PUBLIC_URL must be unikgate's server.public_url, e.g. https://analytics.example.com (got $PUBLIC_URL)" >&2
+  exit 1
+fi
+
 add_general trusted_hosts "$PUBLIC_HOST"
 # unikgate sends the client address as X-Forwarded-For (Matomo reads its last address).
 add_general proxy_client_headers HTTP_X_FORWARDED_FOR
+# unikgate sends the public URL's scheme as X-Forwarded-Proto. Matomo up to 5.6 read it unasked;
+# 5.7 and later read it only when this names it (their installer writes it when it sees the
+# header, their upgrade only where proxy settings existed before). Without it, a Matomo behind TLS
+# builds http:// URLs for itself and refuses every assertion signed for https://.
+add_general proxy_scheme_headers HTTP_X_FORWARDED_PROTO
 # Matomo's installer writes this on its own when it sees X-Forwarded-Host; Matomo does not check
 # that header against trusted_hosts, so it must not be honoured.
 if console config:get General.proxy_host_headers --format=json 2>/dev/null | grep -q HTTP_; then
@@ -57,6 +74,10 @@ case "${MINTER:-signed}" in
     # matomo.deny_superusers refuses them earlier, with a clearer page).
     console config:set 'UnikGate.allow_superusers=1' >/dev/null
     echo "[UnikGate] allow_superusers = 1"
+    if [ -n "$PUBLIC_URL" ]; then
+      console config:set "UnikGate.public_url=\"${PUBLIC_URL%/}\"" >/dev/null
+      echo "[UnikGate] public_url = ${PUBLIC_URL%/}"
+    fi
     console plugin:activate UnikGate | grep -v '^$' || true
     ;;
   autologin)

@@ -117,13 +117,80 @@ fn unix_now() -> u64 {
 
 /// The one-line reason of a UnikGate refusal.
 pub fn unikgate_reason(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+    let text = String::from_utf8_lossy(&body[..body.len().min(1024)]);
     let line = text.lines().next().unwrap_or("").trim();
     line.strip_prefix("UnikGate: ")
         .unwrap_or(line)
         .chars()
-        .take(200)
+        .take(400)
         .collect()
+}
+
+/// What the UnikGate plugin says of its Matomo after a refused assertion whose signature was good
+/// (the `UnikGate-Facts:` line: only a holder of the shared secret reads it). Plugins before
+/// unikgate 0.x's version checks send none.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Facts {
+    /// Matomo's version, e.g. `5.14.1`.
+    pub matomo: String,
+    /// The URL Matomo computes for itself on this request (`Url::getCurrentUrlWithoutFileName`).
+    pub sees: String,
+    /// `[UnikGate] public_url` (the audience when set), `""` when unset.
+    #[serde(default)]
+    pub public_url: String,
+    #[serde(default)]
+    pub proxy_scheme_headers: Vec<String>,
+    #[serde(default)]
+    pub proxy_client_headers: Vec<String>,
+    #[serde(default)]
+    pub proxy_host_headers: Vec<String>,
+    /// `UsersManager.logoutUser` exists (Matomo 5.9 and later).
+    #[serde(default)]
+    pub logout_user: bool,
+}
+
+impl Facts {
+    /// `(major, minor, patch)` of [`Facts::matomo`] (`5.14.0-b2` → `(5, 14, 0)`).
+    pub fn version(&self) -> Option<(u16, u16, u16)> {
+        let mut it = self.matomo.split(['.', '-']);
+        let n = |p: Option<&str>| p.and_then(|p| p.parse::<u16>().ok());
+        Some((n(it.next())?, n(it.next())?, n(it.next()).unwrap_or(0)))
+    }
+}
+
+/// The facts line of a plugin refusal, if any.
+pub fn unikgate_facts(body: &[u8]) -> Option<Facts> {
+    let text = String::from_utf8_lossy(&body[..body.len().min(8192)]);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("UnikGate-Facts: "))?;
+    serde_json::from_str(line.trim()).ok()
+}
+
+/// What to change when the plugin refused an assertion for its audience (`audience`: what
+/// unikgate signed, `server.public_url` + `/`): the lines of `config.ini.php` that make Matomo
+/// take it, the scheme one named first when Matomo sees the same host over plain http (Matomo
+/// 5.7 and later ignore `X-Forwarded-Proto` unless `proxy_scheme_headers[]` names it).
+pub fn audience_advice(reason: &str, audience: &str) -> Option<String> {
+    if !reason.starts_with("wrong audience") {
+        return None;
+    }
+    let public = audience.trim_end_matches('/');
+    let plain = public
+        .strip_prefix("https://")
+        .map(|rest| format!("http://{rest}/"));
+    let scheme_guessed = plain.as_deref().is_some_and(|p| reason.contains(p));
+    let scheme_line = "[General] proxy_scheme_headers[] = \"HTTP_X_FORWARDED_PROTO\"";
+    let url_line = format!("[UnikGate] public_url = \"{public}\"");
+    Some(if scheme_guessed {
+        format!(
+            "Matomo believes its URL is http:// behind TLS: add {scheme_line} to its config.ini.php (Matomo 5.7 and later ignore X-Forwarded-Proto without it), and {url_line}; deploy/matomo-setup.sh writes both"
+        )
+    } else {
+        format!(
+            "Matomo does not take {public} as its own URL: add {url_line} and {scheme_line} to its config.ini.php, and the public host to [General] trusted_hosts[]; deploy/matomo-setup.sh writes them"
+        )
+    })
 }
 
 #[async_trait]
@@ -140,7 +207,11 @@ impl Minter for Signed {
             StatusCode::FOUND | StatusCode::SEE_OTHER => set_cookie_value(&a.headers, MATOMO_COOKIE)
                 .ok_or_else(|| Error::PluginMintFailed("the UnikGate plugin redirected without a session cookie".into())),
             StatusCode::FORBIDDEN if a.body.starts_with(b"UnikGate: ") => {
-                Err(Error::PluginMintFailed(format!("the UnikGate plugin refused: {}", unikgate_reason(&a.body))))
+                let reason = unikgate_reason(&a.body);
+                Err(Error::PluginMintFailed(match audience_advice(&reason, &self.audience) {
+                    Some(advice) => format!("the UnikGate plugin refused: {reason} — {advice}"),
+                    None => format!("the UnikGate plugin refused: {reason}"),
+                }))
             }
             s => Err(Error::PluginMintFailed(format!(
                 "Matomo answered {} to the UnikGate plugin's login (is the plugin installed and activated?)",
@@ -474,6 +545,40 @@ pub fn is_anonymous_page(status: StatusCode, body: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn facts_are_read_from_the_second_line() {
+        let body = b"UnikGate: expired (server time 5)\nUnikGate-Facts: {\"matomo\":\"5.14.0-b2\",\"sees\":\"http://a/\",\"proxy_scheme_headers\":[\"HTTP_X_FORWARDED_PROTO\"],\"logout_user\":true}\n";
+        let f = unikgate_facts(body).unwrap();
+        assert_eq!(f.version(), Some((5, 14, 0)));
+        assert_eq!(f.sees, "http://a/");
+        assert!(f.logout_user && f.public_url.is_empty());
+        assert_eq!(unikgate_reason(body), "expired (server time 5)");
+        assert!(unikgate_facts(b"UnikGate: bad signature\n").is_none());
+        assert!(unikgate_facts(b"UnikGate: x\nUnikGate-Facts: {not json\n").is_none());
+    }
+
+    #[test]
+    fn a_wrong_audience_names_the_lines_to_add() {
+        let a = audience_advice(
+            "wrong audience: the assertion is for https://a.example/, this Matomo is http://a.example/ (the URL Matomo computes for this request)",
+            "https://a.example/",
+        )
+        .unwrap();
+        assert!(a.starts_with("Matomo believes its URL is http://"), "{a}");
+        assert!(a.contains("[General] proxy_scheme_headers[] = \"HTTP_X_FORWARDED_PROTO\""));
+        assert!(a.contains("[UnikGate] public_url = \"https://a.example\""));
+        let a = audience_advice(
+            "wrong audience: the assertion is for https://a.example/, this Matomo is https://b.example/",
+            "https://a.example/",
+        )
+        .unwrap();
+        assert!(a.contains("trusted_hosts"), "{a}");
+        assert_eq!(
+            audience_advice("expired (server time 1)", "https://a.example/"),
+            None
+        );
+    }
 
     #[test]
     fn user_login_is_a_js_string() {

@@ -241,6 +241,15 @@ fn setup_script_configured_the_tree(m: &RealMatomo) -> Fut<'_> {
             "proxy_host_headers must not be set:\n{ini}"
         );
         ensure!(
+            ini.matches("proxy_scheme_headers[] = \"HTTP_X_FORWARDED_PROTO\"")
+                .count()
+                == 1,
+            "proxy_scheme_headers:\n{ini}"
+        );
+        // Without PUBLIC_URL (the gates of this suite listen on many ports), no public_url: the
+        // plugin checks against the URL Matomo computes.
+        ensure!(!ini.contains("public_url"), "public_url:\n{ini}");
+        ensure!(
             ini.contains("[UnikGate]") && ini.contains(SHARED_SECRET),
             "UnikGate section:\n{ini}"
         );
@@ -637,6 +646,36 @@ fn superusers_link_and_deny_superusers_refuses_them(m: &RealMatomo) -> Fut<'_> {
 
 /// The plugin's own refusals, straight to Matomo: replay, forged, expired, unknown login, wrong
 /// audience; a good assertion opens a session of that login.
+/// Posts an assertion to the plugin as unikgate does: (status, MATOMO_SESSID set, body + the
+/// session cookie's attributes, lower-cased).
+async fn post_assertion(base: &str, a: String) -> Result<(u16, Option<String>, String), String> {
+    let res = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?
+        .post(format!("{base}/index.php?module=UnikGate&action=login"))
+        .form(&[("assertion", a)])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let cookie = unikgate::matomo::set_cookie_value(res.headers(), "MATOMO_SESSID");
+    let raw: Vec<String> = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| v.starts_with("MATOMO_SESSID=") && !v.starts_with("MATOMO_SESSID=;"))
+        .map(|v| v.to_ascii_lowercase())
+        .collect();
+    let body = format!(
+        "{}\n{}",
+        res.text().await.unwrap_or_default(),
+        raw.join("\n")
+    );
+    Ok((status, cookie, body))
+}
+
 async fn plugin_refusals(base: &str) -> Result<(), String> {
     use secrecy::SecretString;
     let now = std::time::SystemTime::now()
@@ -644,33 +683,7 @@ async fn plugin_refusals(base: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .as_secs();
     let signer = unikgate::matomo::Signed::new(SecretString::from(SHARED_SECRET), base);
-    let post = |a: String| async move {
-        let res = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| e.to_string())?
-            .post(format!("{base}/index.php?module=UnikGate&action=login"))
-            .form(&[("assertion", a)])
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = res.status().as_u16();
-        let cookie = unikgate::matomo::set_cookie_value(res.headers(), "MATOMO_SESSID");
-        let raw: Vec<String> = res
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter(|v| v.starts_with("MATOMO_SESSID=") && !v.starts_with("MATOMO_SESSID=;"))
-            .map(|v| v.to_ascii_lowercase())
-            .collect();
-        let body = format!(
-            "{}\n{}",
-            res.text().await.unwrap_or_default(),
-            raw.join("\n")
-        );
-        Ok::<_, String>((status, cookie, body))
-    };
+    let post = |a: String| post_assertion(base, a);
     let good = signer.assertion("alice", now, "/index.php");
     let (status, cookie, body) = post(good.clone()).await?;
     ensure!(
@@ -724,6 +737,80 @@ async fn plugin_refusals(base: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `[UnikGate] public_url`: the audience is the configured URL, not the one Matomo computes (which
+/// from Matomo 5.7 on is http:// behind TLS without proxy_scheme_headers); a refusal names both,
+/// and only a caller with the secret reads the facts line.
+fn plugin_audience_is_the_configured_public_url(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        use secrecy::SecretString;
+        const PUBLIC: &str = "https://analytics.example.test";
+        m.console(&format!("config:set 'UnikGate.public_url=\"{PUBLIC}\"'"))?;
+        let result = async {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| e.to_string())?
+                .as_secs();
+            let base = m.apache.as_str();
+            let for_matomos_url =
+                unikgate::matomo::Signed::new(SecretString::from(SHARED_SECRET), base);
+            let (status, cookie, body) =
+                post_assertion(base, for_matomos_url.assertion("alice", now, "/index.php")).await?;
+            if let Some(c) = cookie {
+                ensure!(
+                    whoami_direct(base, &c).await?.is_none(),
+                    "a refused assertion left a session"
+                );
+            }
+            ensure!(
+                status == 403
+                    && body.contains(&format!(
+                        "wrong audience: the assertion is for {base}/, this Matomo is {PUBLIC}/ (from [UnikGate] public_url; Matomo sees its own URL as {base}/)"
+                    )),
+                "an assertion for the URL Matomo computes: {status}\n{body}"
+            );
+            // The version of the tree under test (5.1.2 unless MATOMO_ARCHIVE names another).
+            let version_php = std::fs::read_to_string(m.tree.join("core/Version.php"))
+                .map_err(|e| e.to_string())?;
+            let version = version_php
+                .split("const VERSION = '")
+                .nth(1)
+                .and_then(|r| r.split('\'').next())
+                .ok_or("no VERSION in core/Version.php")?;
+            ensure!(
+                body.contains(&format!("UnikGate-Facts: {{\"matomo\":\"{version}\""))
+                    && body.contains(&format!("\"sees\":\"{base}/\""))
+                    && body.contains(&format!("\"public_url\":\"{PUBLIC}/\""))
+                    && body.contains("\"proxy_scheme_headers\":[\"HTTP_X_FORWARDED_PROTO\"]")
+                    && body.contains("\"logout_user\":false"),
+                "the facts for the secret's holder: {body}"
+            );
+            let for_public = unikgate::matomo::Signed::new(SecretString::from(SHARED_SECRET), PUBLIC);
+            let (status, cookie, body) =
+                post_assertion(base, for_public.assertion("alice", now, "/index.php")).await?;
+            ensure!(status == 302, "an assertion for public_url: {status}\n{body}");
+            let cookie = cookie.ok_or("no session cookie")?;
+            ensure!(
+                whoami_direct(base, &cookie).await?.as_deref() == Some("alice"),
+                "the session is not alice's"
+            );
+            let forged = unikgate::matomo::Signed::new(
+                SecretString::from("another-secret-of-at-least-32-bytes!!"),
+                PUBLIC,
+            );
+            let (status, _, body) =
+                post_assertion(base, forged.assertion("alice", now, "/")).await?;
+            ensure!(
+                status == 403 && body.contains("bad signature") && !body.contains("UnikGate-Facts"),
+                "a forged assertion reads no facts: {status}\n{body}"
+            );
+            Ok(())
+        }
+        .await;
+        m.console("config:delete UnikGate.public_url")?;
+        result
+    })
 }
 
 fn plugin_refusals_apache(m: &RealMatomo) -> Fut<'_> {
@@ -1611,11 +1698,13 @@ fn compose_rehearsal_as_the_readme_says(m: &RealMatomo) -> Fut<'_> {
             ini.contains(&format!("trusted_hosts[] = \"{public_host}\"")),
             "the installer did not trust the public host:\n{ini}"
         );
-        // 5. matomo-setup.sh, as www-data, with the container's environment (PUBLIC_HOST, MINTER).
+        // 5. matomo-setup.sh, as www-data, with the container's environment (PUBLIC_HOST,
+        // PUBLIC_URL, MINTER).
         let script = format!(
-            "MATOMO_DIR='{}' SHARED_SECRET_FILE='{}' PUBLIC_HOST='{public_host}' MINTER='{}' bash '{}'",
+            "MATOMO_DIR='{}' SHARED_SECRET_FILE='{}' PUBLIC_HOST='{public_host}' PUBLIC_URL='{}' MINTER='{}' bash '{}'",
             site.tree.display(),
             m.secret_file.display(),
+            gate.base,
             dotenv["MINTER"],
             compose::deploy_dir().join("matomo-setup.sh").display()
         );
@@ -1630,7 +1719,7 @@ fn compose_rehearsal_as_the_readme_says(m: &RealMatomo) -> Fut<'_> {
             site.config_ini() == once,
             "a second matomo-setup.sh run changed config.ini.php"
         );
-        support::real::check_set_up(&once, &public_host)?;
+        support::real::check_set_up(&once, &public_host, Some(&gate.base))?;
         // 6. PASSWORD_LOGIN=false, docker compose up -d.
         gate.set("UNIKGATE_MATOMO__PASSWORD_LOGIN", "false");
         gate.up().await?;
@@ -2109,6 +2198,10 @@ fn main() {
             superusers_link_and_deny_superusers_refuses_them,
         ),
         ("plugin_refusals_apache", plugin_refusals_apache),
+        (
+            "plugin_audience_is_the_configured_public_url",
+            plugin_audience_is_the_configured_public_url,
+        ),
         ("plugin_refusals_fpm", plugin_refusals_fpm),
         (
             "plugin_refusals_are_pages_that_say_what_to_check",

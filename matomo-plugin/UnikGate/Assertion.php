@@ -3,7 +3,8 @@
  * Verification of unikgate's login assertions: a compact JWS, HS256 only.
  *
  * Plain PHP, no Matomo dependency, so that it is unit-tested on its own (tests/AssertionTest.php).
- * Claims: iss = "unikgate", aud = Matomo's base URL, sub = the Matomo login, iat, exp (at most
+ * Claims: iss = "unikgate", aud = Matomo's public base URL (the caller says which: [UnikGate]
+ * public_url, else the URL Matomo computes for the request), sub = the Matomo login, iat, exp (at most
  * 60 s after iat; 30 s of clock skew allowed), jti (single use), rd (a relative path).
  */
 
@@ -11,6 +12,14 @@ namespace Piwik\Plugins\UnikGate;
 
 final class AssertionException extends \Exception
 {
+    /** @var bool true when the token's signature was good: the caller holds the shared secret. */
+    public $signed;
+
+    public function __construct(string $message, bool $signed = false)
+    {
+        parent::__construct($message);
+        $this->signed = $signed;
+    }
 }
 
 final class Assertion
@@ -81,47 +90,50 @@ final class Assertion
         }
         $c = json_decode(self::b64decode($p64), true);
         if (!is_array($c)) {
-            throw new AssertionException('malformed claims');
+            throw new AssertionException('malformed claims', true);
         }
         foreach (['iss', 'aud', 'sub', 'jti', 'rd'] as $k) {
             if (!isset($c[$k]) || !is_string($c[$k]) || $c[$k] === '') {
-                throw new AssertionException("missing claim $k");
+                throw new AssertionException("missing claim $k", true);
             }
         }
         foreach (['iat', 'exp'] as $k) {
             if (!isset($c[$k]) || !is_int($c[$k])) {
-                throw new AssertionException("missing claim $k");
+                throw new AssertionException("missing claim $k", true);
             }
         }
         if ($c['iss'] !== self::ISSUER) {
-            throw new AssertionException('wrong issuer');
+            throw new AssertionException('wrong issuer', true);
         }
         if (rtrim($c['aud'], '/') . '/' !== $this->audience) {
-            // The audience is no secret; naming it tells an operator what Matomo believes its URL is.
-            throw new AssertionException('wrong audience: Matomo sees its own URL as ' . $this->audience);
+            // Only a holder of the secret gets here; naming both tells the operator what differs.
+            throw new AssertionException(
+                'wrong audience: the assertion is for ' . rtrim($c['aud'], '/') . '/, this Matomo is ' . $this->audience,
+                true
+            );
         }
         if ($c['exp'] <= $c['iat'] || $c['exp'] - $c['iat'] > self::MAX_LIFETIME) {
-            throw new AssertionException('lifetime longer than 60 s');
+            throw new AssertionException('lifetime longer than 60 s', true);
         }
         if ($c['iat'] > $now + self::SKEW) {
-            throw new AssertionException("not yet valid (server time $now)");
+            throw new AssertionException("not yet valid (server time $now)", true);
         }
         if ($c['exp'] + self::SKEW <= $now) {
-            throw new AssertionException("expired (server time $now)");
+            throw new AssertionException("expired (server time $now)", true);
         }
         if (preg_match('/^[A-Za-z0-9_.@+\-ÄäÖöÜüß]{1,100}$/u', $c['sub']) !== 1) {
-            throw new AssertionException('sub is not a Matomo login');
+            throw new AssertionException('sub is not a Matomo login', true);
         }
         $rd = $c['rd'];
         if ($rd[0] !== '/' || (strlen($rd) > 1 && ($rd[1] === '/' || $rd[1] === '\\'))
             || preg_match('/[\\\\\s\x00-\x1f\x7f]/', $rd) === 1) {
-            throw new AssertionException('rd is not a relative path');
+            throw new AssertionException('rd is not a relative path', true);
         }
         if (preg_match('/^[A-Za-z0-9_-]{16,128}$/', $c['jti']) !== 1) {
-            throw new AssertionException('malformed jti');
+            throw new AssertionException('malformed jti', true);
         }
         if (!$remember($c['jti'], $c['exp'] + self::SKEW)) {
-            throw new AssertionException('replayed assertion');
+            throw new AssertionException('replayed assertion', true);
         }
         return ['sub' => $c['sub'], 'rd' => $rd, 'jti' => $c['jti'], 'exp' => $c['exp']];
     }

@@ -7,6 +7,10 @@
  *   shared_secret = "…at least 32 bytes, the same as unikgate's matomo.shared_secret…"
  *   allow_superusers = 1
  *   prefix = "/_unikgate"                                  ; unikgate's server.prefix
+ *   public_url = "https://analytics.example.com"          ; unikgate's server.public_url: the
+ *                          ; audience of its assertions (default: the URL Matomo computes for the
+ *                          ; request, which from Matomo 5.7 on is http:// behind TLS unless
+ *                          ; [General] proxy_scheme_headers[] names X-Forwarded-Proto)
  *   login_button = "…"     ; the button on Matomo's login page (default: the translated
  *                          ; "Connect with your private @unikname")
  * Texts: lang/<language>.json, in the language Matomo uses for the person.
@@ -36,6 +40,22 @@ class UnikGate extends \Piwik\Plugin
     {
         $section = Config::getInstance()->UnikGate;
         return is_array($section) ? $section : [];
+    }
+
+    /**
+     * `[UnikGate] public_url` as an audience ("https://host/"), '' when unset, null when it is set
+     * but is not an http(s) URL without query or fragment.
+     */
+    public static function publicUrl(): ?string
+    {
+        $u = trim((string) (self::settings()['public_url'] ?? ''));
+        if ($u === '') {
+            return '';
+        }
+        if (preg_match('#^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~!$&\'()*+,;=:@%/-]*)?$#', $u) !== 1) {
+            return null;
+        }
+        return rtrim($u, '/') . '/';
     }
 
     /** unikgate's path prefix: a plain absolute path, else the default. */

@@ -1308,9 +1308,10 @@ pub fn check_installed_behind_unikgate(ini: &str) -> R<()> {
     Ok(())
 }
 
-/// What `matomo-setup.sh` leaves in `config.ini.php`: the public host trusted once, the client
-/// header once (a second run changes nothing, which the caller compares).
-pub fn check_set_up(ini: &str, public_host: &str) -> R<()> {
+/// What `matomo-setup.sh` leaves in `config.ini.php`: the public host trusted once, the client and
+/// scheme headers once, and with `public_url` the plugin's audience (a second run changes nothing,
+/// which the caller compares).
+pub fn check_set_up(ini: &str, public_host: &str, public_url: Option<&str>) -> R<()> {
     if ini
         .matches(&format!("trusted_hosts[] = \"{public_host}\""))
         .count()
@@ -1322,6 +1323,20 @@ pub fn check_set_up(ini: &str, public_host: &str) -> R<()> {
     }
     if ini.matches("proxy_client_headers[]").count() != 1 {
         return Err(format!("proxy_client_headers twice:\n{ini}"));
+    }
+    if ini
+        .matches("proxy_scheme_headers[] = \"HTTP_X_FORWARDED_PROTO\"")
+        .count()
+        != 1
+    {
+        return Err(format!(
+            "proxy_scheme_headers does not name X-Forwarded-Proto once:\n{ini}"
+        ));
+    }
+    if let Some(url) = public_url {
+        if !ini.contains(&format!("public_url = \"{url}\"")) {
+            return Err(format!("[UnikGate] public_url is not {url}:\n{ini}"));
+        }
     }
     Ok(())
 }

@@ -96,7 +96,27 @@ final class AssertionTest extends TestCase
 
     public function testWrongAudience(): void
     {
-        $this->refused(self::token(self::claims(['aud' => 'https://evil.example/'])), 'wrong audience');
+        $this->refused(
+            self::token(self::claims(['aud' => 'https://evil.example'])),
+            'wrong audience: the assertion is for https://evil.example/, this Matomo is ' . self::AUD
+        );
+    }
+
+    /** Only a refusal after a good signature says the caller holds the secret (it may read facts). */
+    public function testSignedMarksOnlyRefusalsAfterTheSignature(): void
+    {
+        $signed = function (string $token): bool {
+            try {
+                $this->verify($token);
+            } catch (AssertionException $e) {
+                return $e->signed;
+            }
+            $this->fail('accepted');
+        };
+        $this->assertTrue($signed(self::token(self::claims(['aud' => 'https://evil.example/']))));
+        $this->assertTrue($signed(self::token(self::claims(['exp' => self::NOW - 100, 'iat' => self::NOW - 120]))));
+        $this->assertFalse($signed(self::token(self::claims(), ['alg' => 'HS256', 'typ' => 'JWT'], 'another-secret-of-at-least-32-bytes!!!')));
+        $this->assertFalse($signed('a.b.c'));
     }
 
     public function testWrongIssuer(): void
