@@ -41,6 +41,26 @@ pub struct Classifier {
 /// Modules whose actions run another controller or API method named by a parameter, or read
 /// their target from the body: a form body is read before classifying a post to them.
 const DISPATCHERS: &[&str] = &["API", "Widgetize", "CoreHome", "PagePerformance"];
+/// `Proxy` actions that serve Matomo's compiled assets (plugins/Proxy/Controller.php, 5.1.2:
+/// getCss, getCoreJs, getNonCoreJs, getUmdJs, getPluginUmdJs), compared exactly: another case
+/// (which PHP would also run) is only stricter, as the UI.
+const PROXY_ASSETS: &[&str] = &[
+    "getCss",
+    "getCoreJs",
+    "getNonCoreJs",
+    "getUmdJs",
+    "getPluginUmdJs",
+];
+
+/// True when `Authorization` carries a token as Matomo 5.4 and later read it
+/// (core/Request/AuthenticationToken.php): `$_SERVER['HTTP_AUTHORIZATION']`, that is the first
+/// header's value (Apache joins several with ", "), starting with exactly `Bearer ` and more.
+pub fn is_bearer(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes().len() > 7 && v.as_bytes().starts_with(b"Bearer "))
+}
+
 /// How many controllers one request may chain (Widgetize → showInContext → …) before unikgate
 /// stops following and refuses.
 const MAX_CHAIN: usize = 4;
@@ -326,8 +346,22 @@ impl Classifier {
         BodyRule::Stream
     }
 
-    /// Classifies a request. `body` is the parsed form body when [`Self::needs_body`] said so.
+    /// Classifies a request without an `Authorization: Bearer` header: see
+    /// [`Classifier::classify_with`].
     pub fn classify(&self, raw_path: &str, query: Option<&str>, body: Option<&Params>) -> Class {
+        self.classify_with(raw_path, query, body, false)
+    }
+
+    /// Classifies a request. `body` is the parsed form body when [`Self::body_rule`] said so.
+    /// `bearer`: the request carries a token as `Authorization: Bearer <token>` the way Matomo
+    /// (5.4 and later, [`is_bearer`]) reads it; to API and Widgetize it counts as `token_auth`.
+    pub fn classify_with(
+        &self,
+        raw_path: &str,
+        query: Option<&str>,
+        body: Option<&Params>,
+        bearer: bool,
+    ) -> Class {
         let Some(path) = normalize_path(raw_path) else {
             return Class::BadRequest("the path is not valid");
         };
@@ -412,7 +446,18 @@ impl Classifier {
                 }
                 Class::Public
             }
-            "API" | "Widgetize" if req.string("token_auth").is_some_and(|t| !t.is_empty()) => {
+            // The compiled script and style bundles (what every page, the login page and a
+            // Widgetize iframe load; since 5.10 widgets render from them): the same for
+            // everybody, served by Matomo without an access check.
+            "Proxy" if d.controllers.len() == 1 && PROXY_ASSETS.contains(&action.as_ref()) => {
+                if carries_password() {
+                    return Class::Forbidden(NO_PASSWORD);
+                }
+                Class::Public
+            }
+            "API" | "Widgetize"
+                if bearer || req.string("token_auth").is_some_and(|t| !t.is_empty()) =>
+            {
                 if reaches_login {
                     // Matomo's Login module is never public, in any spelling or chain.
                     return Class::Ui { login_module: true };
@@ -653,6 +698,107 @@ mod tests {
             c().classify(UNS_VERIFICATION_PATH, None, None),
             Class::UnsVerification
         );
+    }
+
+    #[test]
+    fn bearer_tokens_are_token_auth_to_the_api_and_widgetize_only() {
+        let b = |q: &str| c().classify_with("/index.php", Some(q), None, true);
+        assert_eq!(
+            b("module=API&method=VisitsSummary.get&idSite=1"),
+            Class::Public
+        );
+        assert_eq!(
+            b("module=Widgetize&action=iframe&moduleToWidgetize=VisitsSummary&actionToWidgetize=getEvolutionGraph"),
+            Class::Public
+        );
+        // The same rules as token_auth: the UI, Login, the plugins and passwords.
+        assert_eq!(b("module=CoreHome&action=index"), ui());
+        assert_eq!(
+            b("module=Widgetize&action=iframe&moduleToWidgetize=Login&actionToWidgetize=login"),
+            Class::Ui { login_module: true }
+        );
+        assert!(matches!(
+            b("module=API&method=AutoLogin.getUsers"),
+            Class::Forbidden(_)
+        ));
+        assert!(matches!(
+            b("module=API&method=API.getBulkRequest&urls[0]=method%3DUnikGate.x"),
+            Class::Forbidden(_)
+        ));
+        assert!(matches!(
+            b("module=API&method=UsersManager.createAppSpecificTokenAuth&userLogin=a"),
+            Class::Forbidden(_)
+        ));
+        assert!(matches!(
+            b("module=API&method=X.y&passwordConfirmation=p"),
+            Class::Forbidden(_)
+        ));
+        assert_eq!(
+            c().classify(
+                "/index.php",
+                Some("module=API&method=VisitsSummary.get"),
+                None
+            ),
+            ui()
+        );
+        let h = |v: &[&str]| {
+            let mut m = http::HeaderMap::new();
+            for v in v {
+                m.append(
+                    http::header::AUTHORIZATION,
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            is_bearer(&m)
+        };
+        assert!(h(&["Bearer abc"]));
+        assert!(h(&["Bearer abc", "Basic x"]));
+        for no in [
+            &[][..],
+            &["bearer abc"],
+            &["Bearer "],
+            &["Bearerabc"],
+            &["Basic x", "Bearer abc"],
+            &[" Bearer abc"],
+        ] {
+            assert!(!h(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn matomos_asset_bundles_are_public() {
+        for a in [
+            "getCss",
+            "getCoreJs",
+            "getNonCoreJs",
+            "getUmdJs",
+            "getPluginUmdJs",
+        ] {
+            assert_eq!(
+                c().classify(
+                    "/index.php",
+                    Some(&format!("module=Proxy&action={a}&cb=1")),
+                    None
+                ),
+                Class::Public,
+                "{a}"
+            );
+        }
+        for q in [
+            "module=Proxy&action=redirect&url=x",
+            "module=Proxy&action=GETCSS",
+            "module=Proxy",
+        ] {
+            assert_eq!(c().classify("/index.php", Some(q), None), ui(), "{q}");
+        }
+        assert!(matches!(
+            c().classify(
+                "/index.php",
+                Some("module=Proxy&action=getCss&form_password=x"),
+                None
+            ),
+            Class::Forbidden(_)
+        ));
     }
 
     #[test]

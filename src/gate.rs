@@ -265,9 +265,12 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, mut req: Request) -> Outcome {
                 )
             }
         };
-    let class = app
-        .classifier
-        .classify(&path, query.as_deref(), body_params.as_ref());
+    let class = app.classifier.classify_with(
+        &path,
+        query.as_deref(),
+        body_params.as_ref(),
+        crate::classify::is_bearer(req.headers()),
+    );
     match class {
         // unikgate's own endpoints (sign-in, link, …) are boxed: their futures are large (HTTP
         // calls to the provider and Matomo) and would otherwise make every proxied request's

@@ -149,6 +149,9 @@ pub struct Upstream {
     upstream_origin: String,
     upstream_host: String,
     public_origin: String,
+    /// With an https public URL, `http://` + the public host: the URL a Matomo that ignores
+    /// `X-Forwarded-Proto` (5.7 and later without `proxy_scheme_headers[]`) builds for itself.
+    plain_public_origin: Option<String>,
     public_host: HeaderValue,
     public_proto: HeaderValue,
     timeout: Duration,
@@ -206,6 +209,9 @@ impl Upstream {
             upstream_origin,
             upstream_host: u.host_str().unwrap_or("").to_string(),
             public_origin: cfg.public_origin(),
+            plain_public_origin: cfg
+                .public_is_https()
+                .then(|| format!("http://{}", cfg.public_host())),
             public_host: HeaderValue::from_str(&cfg.public_host())
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             public_proto: HeaderValue::from_static(if cfg.public_is_https() {
@@ -228,7 +234,9 @@ impl Upstream {
     }
 
     /// [`Upstream::sanitize_request`], forwarding `matomo_cookie` as the request's only
-    /// `MATOMO_SESSID` (the signed-in UI path).
+    /// `MATOMO_SESSID` (the signed-in UI path). There the browser's `Authorization` goes too:
+    /// Matomo 5.4 and later authenticate a `Bearer` token on every module and then ignore the
+    /// session, so the signed-in UI would act as the token's owner, not as the linked login.
     pub fn sanitize_request_as(
         &self,
         headers: &mut HeaderMap,
@@ -243,6 +251,9 @@ impl Upstream {
             if HOP_BY_HOP.contains(&s) || is_matomo_header(s) || is_forwarding(s) {
                 drop.push(name.clone());
             }
+        }
+        if matomo_cookie.is_some() {
+            drop.push(header::AUTHORIZATION);
         }
         for n in drop {
             headers.remove(&n);
@@ -339,8 +350,9 @@ impl Upstream {
     }
 
     /// The response header policy: hop-by-hop headers go, `Location` and cookie domains that
-    /// name the internal Matomo address are moved to the public origin, and Matomo may not set
-    /// unikgate's own cookie.
+    /// name the internal Matomo address are moved to the public origin (so is a `Location` on the
+    /// public host over plain http when the public URL is https: a Matomo that ignores
+    /// `X-Forwarded-Proto` sends those), and Matomo may not set unikgate's own cookie.
     pub fn fix_response_headers(&self, headers: &mut HeaderMap) {
         // One pass over the (few) response headers; only the names present are removed.
         let mut drop: Vec<HeaderName> = connection_tokens(headers).collect();
@@ -354,7 +366,12 @@ impl Upstream {
             headers.remove(&n);
         }
         if let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
-            if let Some(rest) = loc.strip_prefix(&self.upstream_origin) {
+            let rest = loc.strip_prefix(&self.upstream_origin).or_else(|| {
+                self.plain_public_origin
+                    .as_deref()
+                    .and_then(|o| loc.strip_prefix(o))
+            });
+            if let Some(rest) = rest {
                 if rest.is_empty() || rest.starts_with('/') || rest.starts_with('?') {
                     let new = format!(
                         "{}{}",
@@ -599,6 +616,31 @@ mod tests {
         assert_eq!(cookies.len(), 1, "Matomo cannot set unikgate's cookie");
         assert_eq!(cookies[0], "MATOMO_SESSID=abc; path=/; HttpOnly");
         assert!(!h.contains_key("x-secret"));
+        // The public host over plain http (a Matomo that ignores X-Forwarded-Proto) goes to https;
+        // another port or host stays.
+        for (from, to) in [
+            (
+                "http://analytics.example.com/index.php?module=CoreHome",
+                "https://analytics.example.com/index.php?module=CoreHome",
+            ),
+            (
+                "http://analytics.example.com",
+                "https://analytics.example.com/",
+            ),
+            (
+                "http://analytics.example.com:8080/x",
+                "http://analytics.example.com:8080/x",
+            ),
+            (
+                "http://analytics.example.com.evil/x",
+                "http://analytics.example.com.evil/x",
+            ),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::LOCATION, HeaderValue::from_static(from));
+            up.fix_response_headers(&mut h);
+            assert_eq!(h[header::LOCATION], to, "{from}");
+        }
         // Relative and foreign Locations are left alone.
         let mut h = HeaderMap::new();
         h.insert(
@@ -607,6 +649,26 @@ mod tests {
         );
         up.fix_response_headers(&mut h);
         assert_eq!(h[header::LOCATION], "index.php?module=CoreHome&action=");
+    }
+
+    #[test]
+    fn authorization_reaches_matomo_on_public_traffic_only() {
+        let up = upstream();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let with = || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_static("Bearer a-token"),
+            );
+            h
+        };
+        let mut h = with();
+        up.sanitize_request(&mut h, ip);
+        assert_eq!(h[header::AUTHORIZATION], "Bearer a-token");
+        let mut h = with();
+        up.sanitize_request_as(&mut h, ip, Some("minted"));
+        assert!(!h.contains_key(header::AUTHORIZATION));
     }
 
     #[test]

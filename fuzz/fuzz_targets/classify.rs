@@ -3,7 +3,8 @@
 //! read as Matomo reads them), directly or as Widgetize's `moduleToWidgetize` or CoreHome's
 //! `moduleToLoad`, is never classified as anything but Forbidden; a public request never carries a
 //! password parameter (password_login off); classification is deterministic.
-//! Input: method byte, then path, query and body separated by NUL bytes.
+//! Input: path, query and body separated by NUL bytes; a path starting with `B` is classified as
+//! carrying an `Authorization: Bearer` token (the rest of the path is the path).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use unikgate::classify::{BodyRule, Class, Classifier};
@@ -13,6 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);
     let mut parts = s.splitn(3, '\0');
     let path = parts.next().unwrap_or("");
+    let (path, bearer) = match path.strip_prefix('B') {
+        Some(p) => (p, true),
+        None => (path, false),
+    };
     let query = parts.next();
     let body = parts.next();
     let c = Classifier::new("/_unikgate", &["/custom/".to_string()], false);
@@ -23,8 +28,11 @@ fuzz_target!(|data: &[u8]| {
         Some("application/x-www-form-urlencoded"),
     );
     let body_params = body.map(Params::parse);
-    let class = c.classify(path, query, body_params.as_ref());
-    assert_eq!(class, c.classify(path, query, body_params.as_ref()));
+    let class = c.classify_with(path, query, body_params.as_ref(), bearer);
+    assert_eq!(
+        class,
+        c.classify_with(path, query, body_params.as_ref(), bearer)
+    );
     let get = Params::parse(query.unwrap_or(""));
     let req = Request {
         get: &get,
