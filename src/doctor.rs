@@ -263,64 +263,189 @@ async fn signed_steps(app: &App, secret: &secrecy::SecretString) -> Vec<Step> {
         }
     }
     let signer = crate::matomo::Signed::new(secret.clone(), &app.cfg.public_origin());
+    let audience = format!("{}/", app.cfg.public_origin());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let expired = signer.assertion("unikgate-doctor", now.saturating_sub(120), "/");
-    match signer.post(&app.upstream, &expired, LOCAL).await {
-        Ok(a) => {
-            let reason = crate::matomo::unikgate_reason(&a.body);
-            if a.status.as_u16() == 403 && reason.starts_with("expired") {
-                out.push(step(
-                    "shared secret",
-                    true,
-                    "agreed (an expired assertion was refused for its expiry)",
-                ));
-                // "expired (server time N)": Matomo's clock against ours.
-                let server: Option<i64> = reason
-                    .split("server time ")
-                    .nth(1)
-                    .and_then(|r| r.trim_end_matches(')').trim().parse().ok());
-                match server {
-                    Some(t) => {
-                        let skew = t - now as i64;
-                        out.push(step(
-                            "clock skew",
-                            skew.abs() < 20,
-                            format!("Matomo's clock is {skew:+} s from unikgate's (assertions live 30 s, 30 s of skew allowed)"),
-                        ));
-                    }
-                    None => out.push(step("clock skew", true, "not reported by the plugin")),
-                }
-            } else if reason.contains("signature") {
-                out.push(step(
-                    "shared secret",
-                    false,
-                    "refused for its signature: matomo.shared_secret differs from [UnikGate] shared_secret in Matomo's config.ini.php",
-                ));
-            } else if reason.contains("shared secret") {
-                out.push(step(
-                    "shared secret",
-                    false,
-                    format!("the plugin says: {reason}"),
-                ));
-            } else if reason.contains("audience") {
-                out.push(step(
-                    "shared secret",
-                    false,
-                    format!("refused for its audience: Matomo does not see server.public_url as its own URL: add the public host to trusted_hosts[] and let nothing rewrite Host or X-Forwarded-Proto on the way ({reason})"),
-                ));
-            } else {
-                out.push(step(
-                    "shared secret",
-                    false,
-                    format!("unexpected answer {}: {reason}", a.status.as_u16()),
-                ));
-            }
+    let a = match signer.post(&app.upstream, &expired, LOCAL).await {
+        Ok(a) => a,
+        Err(e) => {
+            out.push(step("shared secret", false, e.to_string()));
+            return out;
         }
-        Err(e) => out.push(step("shared secret", false, e.to_string())),
+    };
+    let reason = crate::matomo::unikgate_reason(&a.body);
+    let refused = a.status.as_u16() == 403;
+    // The plugin checks the audience before the expiry: either means the signature was good.
+    let wrong_audience = refused && reason.starts_with("wrong audience");
+    if refused && (reason.starts_with("expired") || wrong_audience) {
+        out.push(step(
+            "shared secret",
+            true,
+            "agreed (an expired assertion was refused for something else than its signature)",
+        ));
+    } else if reason.contains("signature") {
+        out.push(step(
+            "shared secret",
+            false,
+            "refused for its signature: matomo.shared_secret differs from [UnikGate] shared_secret in Matomo's config.ini.php",
+        ));
+        return out;
+    } else if reason.contains("shared secret") || reason.contains("public_url") {
+        out.push(step(
+            "shared secret",
+            false,
+            format!("the plugin says: {reason}"),
+        ));
+        return out;
+    } else {
+        out.push(step(
+            "shared secret",
+            false,
+            format!("unexpected answer {}: {reason}", a.status.as_u16()),
+        ));
+        return out;
     }
+    match crate::matomo::unikgate_facts(&a.body) {
+        Some(f) => out.extend(version_steps(app, &f)),
+        None => out.push(step(
+            "Matomo version",
+            false,
+            "not reported: the UnikGate plugin in Matomo is older than this unikgate; copy this version's matomo-plugin/UnikGate into Matomo's plugins/",
+        )),
+    }
+    if wrong_audience {
+        let advice = crate::matomo::audience_advice(&reason, &audience).unwrap_or_default();
+        out.push(step("audience", false, format!("{reason}: {advice}")));
+        return out;
+    }
+    out.push(step(
+        "audience",
+        true,
+        format!("Matomo takes assertions for {audience}"),
+    ));
+    // "expired (server time N)": Matomo's clock against ours.
+    let server: Option<i64> = reason
+        .split("server time ")
+        .nth(1)
+        .and_then(|r| r.trim_end_matches(')').trim().parse().ok());
+    match server {
+        Some(t) => {
+            let skew = t - now as i64;
+            out.push(step(
+                "clock skew",
+                skew.abs() < 20,
+                format!("Matomo's clock is {skew:+} s from unikgate's (assertions live 30 s, 30 s of skew allowed)"),
+            ));
+        }
+        None => out.push(step("clock skew", true, "not reported by the plugin")),
+    }
+    out
+}
+
+/// Where a Matomo version stands in what unikgate's suite proves (README "Which Matomo").
+pub fn coverage(v: (u16, u16, u16)) -> &'static str {
+    match v {
+        (5, 1, 2) => "proved against the real Matomo by unikgate's suite",
+        (5, minor, _) if minor <= 14 => {
+            "modelled from Matomo's source by unikgate's suite, on the stand-in's version profiles"
+        }
+        _ => "not checked by this unikgate version: read Matomo's changelog for proxy, API and session changes",
+    }
+}
+
+/// The checks that depend on the Matomo version, from what the plugin reported.
+fn version_steps(app: &App, f: &crate::matomo::Facts) -> Vec<Step> {
+    let mut out = Vec::new();
+    let Some(v) = f.version() else {
+        out.push(step(
+            "Matomo version",
+            false,
+            format!("the plugin reported {:?}, not a version", f.matomo),
+        ));
+        return out;
+    };
+    out.push(step(
+        "Matomo version",
+        true,
+        format!("Matomo {} ({})", f.matomo, coverage(v)),
+    ));
+    let at_least = |major: u16, minor: u16| (v.0, v.1) >= (major, minor);
+    let has = |list: &[String], h: &str| list.iter().any(|x| x.trim() == h);
+    const SCHEME_LINE: &str = "[General] proxy_scheme_headers[] = \"HTTP_X_FORWARDED_PROTO\"";
+    let named = has(&f.proxy_scheme_headers, "HTTP_X_FORWARDED_PROTO");
+    let public = app.cfg.public_origin();
+    out.push(if !app.cfg.public_is_https() {
+        step(
+            "scheme header",
+            true,
+            format!("the public URL is http: nothing to read (from Matomo 5.7 on, behind TLS, Matomo needs {SCHEME_LINE})"),
+        )
+    } else if at_least(5, 7) && !named {
+        step(
+            "scheme header",
+            false,
+            format!("Matomo {} ignores X-Forwarded-Proto unless proxy_scheme_headers[] names it, and computes {} for itself: add {SCHEME_LINE} to config.ini.php (deploy/matomo-setup.sh writes it)", f.matomo, f.sees),
+        )
+    } else if !f.sees.starts_with("https://") {
+        step(
+            "scheme header",
+            false,
+            format!("Matomo computes {} for itself although unikgate sends X-Forwarded-Proto: https: does something between unikgate and Matomo replace it, or does [General] proxy_scheme_headers[] name another header first?", f.sees),
+        )
+    } else if at_least(5, 7) {
+        step(
+            "scheme header",
+            true,
+            format!("{SCHEME_LINE} is set: Matomo computes {}", f.sees),
+        )
+    } else {
+        step(
+            "scheme header",
+            true,
+            format!("Matomo {} reads X-Forwarded-Proto unasked (from 5.7 on it needs {SCHEME_LINE}: {})", f.matomo, if named { "set already" } else { "deploy/matomo-setup.sh writes it" }),
+        )
+    });
+    out.push(if has(&f.proxy_client_headers, "HTTP_X_FORWARDED_FOR") {
+        step("client address header", true, "Matomo reads the visitor's address from X-Forwarded-For")
+    } else {
+        step(
+            "client address header",
+            false,
+            "add [General] proxy_client_headers[] = \"HTTP_X_FORWARDED_FOR\": without it Matomo records unikgate's address for every visit and counts failed logins against it",
+        )
+    });
+    out.push(if f.proxy_host_headers.is_empty() {
+        step("host header", true, "no proxy_host_headers: Matomo takes Host, which unikgate sets to the public host")
+    } else {
+        step(
+            "host header",
+            false,
+            format!("remove [General] proxy_host_headers ({}): Matomo does not check those headers against trusted_hosts, and unikgate sends none", f.proxy_host_headers.join(", ")),
+        )
+    });
+    out.push(step(
+        "plugin audience",
+        true,
+        if f.public_url.is_empty() {
+            format!("[UnikGate] public_url is unset: the plugin checks assertions against the URL Matomo computes ({}); set it to {public} (matomo-setup.sh with PUBLIC_URL) so that it does not hang on that guess", f.sees)
+        } else {
+            format!("[UnikGate] public_url = {}", f.public_url)
+        },
+    ));
+    out.push(step(
+        "logoutUser",
+        true,
+        if f.logout_user {
+            "UsersManager.logoutUser is there (Matomo 5.9 and later): a Matomo superuser can end every Matomo session of a login; unlink and sign-out end the sessions unikgate opened".to_string()
+        } else if at_least(5, 9) {
+            "UsersManager.logoutUser is missing although Matomo is 5.9 or later: unlink and sign-out end the sessions unikgate opened".to_string()
+        } else {
+            format!("Matomo {} has no UsersManager.logoutUser (5.9 and later): unlink and sign-out end the sessions unikgate opened", f.matomo)
+        },
+    ));
     out
 }
 

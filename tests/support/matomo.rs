@@ -5,6 +5,11 @@
 //!
 //! Used in-process by the Rust tests and as its own process (`cargo run --example matomo-standin`)
 //! by the browser journey and the benchmarks. Nothing in `src/` may use it.
+//!
+//! **Version profiles.** The contract was measured on the real 5.1.2; newer Matomo 5 changed parts
+//! of it. [`Version`] (env `STANDIN_MATOMO`, default 5.1.2; or [`StandInState::set_version`])
+//! selects which rules the stand-in follows, each modelled on Matomo's source as
+//! `tests/CONTRACT.md` "By Matomo version" cites it.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -77,9 +82,57 @@ pub struct StandInState {
     pub unikgate_allow_superusers: AtomicBool,
     /// Seconds added to the stand-in's clock (clock skew).
     pub clock_offset: std::sync::atomic::AtomicI64,
+    /// Which Matomo this is.
+    pub version: Mutex<Version>,
+    /// `[General] proxy_scheme_headers[]` (from 5.7 on the only headers that give the scheme).
+    pub proxy_scheme_headers: Mutex<Vec<String>>,
+    /// `[General] assume_secure_protocol`.
+    pub assume_secure_protocol: AtomicBool,
+    /// `[UnikGate] public_url` (the plugin's audience when set).
+    pub unikgate_public_url: Mutex<Option<String>>,
+    /// Apache's `CGIPassAuth On`: without it Apache hands PHP no `HTTP_AUTHORIZATION` (mod_php
+    /// as CGI; Matomo issue #24572). PHP-FPM behind nginx always gets it.
+    pub cgi_pass_auth: AtomicBool,
 }
 
 pub type Shared = Arc<StandInState>;
+
+/// A Matomo version, `major.minor.patch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u16, pub u16, pub u16);
+
+impl Version {
+    /// The one the contract was measured on.
+    pub const MEASURED: Version = Version(5, 1, 2);
+    /// The profiles the suite runs (tests/run loops over them with `STANDIN_MATOMO`).
+    pub const PROFILES: &'static [Version] =
+        &[Version(5, 1, 2), Version(5, 7, 0), Version(5, 14, 1)];
+
+    pub fn parse(s: &str) -> Option<Version> {
+        let mut it = s.trim().split('.').map(|p| p.parse::<u16>().ok());
+        let v = Version(it.next()??, it.next()??, it.next().unwrap_or(Some(0))?);
+        Some(v)
+    }
+
+    /// `STANDIN_MATOMO`, else [`Version::MEASURED`].
+    pub fn from_env() -> Version {
+        match std::env::var("STANDIN_MATOMO") {
+            Ok(s) if !s.is_empty() => Version::parse(&s)
+                .unwrap_or_else(|| panic!("STANDIN_MATOMO={s:?} is not a Matomo version")),
+            _ => Version::MEASURED,
+        }
+    }
+
+    pub fn at_least(self, major: u16, minor: u16) -> bool {
+        self >= Version(major, minor, 0)
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
 
 fn token_hex() -> String {
     let mut b = [0u8; 16];
@@ -123,6 +176,11 @@ pub fn new_state() -> Shared {
         unikgate_secret: Mutex::new(None),
         unikgate_allow_superusers: AtomicBool::new(true),
         clock_offset: std::sync::atomic::AtomicI64::new(0),
+        version: Mutex::new(Version::from_env()),
+        proxy_scheme_headers: Mutex::new(Vec::new()),
+        assume_secure_protocol: AtomicBool::new(false),
+        unikgate_public_url: Mutex::new(None),
+        cgi_pass_auth: AtomicBool::new(false),
     })
 }
 
@@ -194,10 +252,75 @@ fn client_ip(peer: IpAddr, h: &HeaderMap) -> IpAddr {
         .unwrap_or(peer)
 }
 
-fn is_https(h: &HeaderMap) -> bool {
-    ["x-forwarded-proto", "x-forwarded-scheme", "x-url-scheme"]
+/// `$_SERVER['HTTP_…']` for `key` (`HTTP_X_FORWARDED_PROTO`): Apache joins duplicates with ", ".
+fn server_var(h: &HeaderMap, key: &str) -> Option<String> {
+    let name = key
+        .strip_prefix("HTTP_")?
+        .replace('_', "-")
+        .to_ascii_lowercase();
+    let values: Vec<&str> = h
+        .get_all(name.as_str())
         .iter()
-        .any(|n| h.get(*n).and_then(|v| v.to_str().ok()) == Some("https"))
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+impl StandInState {
+    /// `ProxyHttp::isHttps()` (the stand-in is reached over plain http: `$_SERVER['HTTPS']` is
+    /// never on).
+    ///
+    /// - up to 5.6 (`core/Url.php` getCurrentScheme, as in 5.1.2): `X-Forwarded-Scheme` or
+    ///   `X-Url-Scheme` equal to https (any case), or `X-Forwarded-Proto` exactly `https`;
+    ///   nothing to configure.
+    /// - from 5.7 (PR #23968): `assume_secure_protocol`, else the first header that
+    ///   `proxy_scheme_headers[]` names whose value, trimmed and lower-cased, is `http` or
+    ///   `https` (other values are skipped); no such header: http.
+    fn is_https(&self, h: &HeaderMap) -> bool {
+        if self.assume_secure_protocol.load(Ordering::Relaxed) {
+            return true;
+        }
+        if !self.version().at_least(5, 7) {
+            let ci = |n: &str| {
+                h.get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+            };
+            return ci("x-forwarded-scheme")
+                || ci("x-url-scheme")
+                || h.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https");
+        }
+        for key in self.proxy_scheme_headers.lock().unwrap().iter() {
+            if let Some(v) = server_var(h, key) {
+                match v.trim().to_ascii_lowercase().as_str() {
+                    "https" => return true,
+                    "http" => return false,
+                    _ => {}
+                }
+            }
+        }
+        false
+    }
+
+    pub fn version(&self) -> Version {
+        *self.version.lock().unwrap()
+    }
+
+    pub fn set_version(&self, v: Version) {
+        *self.version.lock().unwrap() = v;
+    }
+
+    /// What `deploy/matomo-setup.sh` writes that the stand-in models: the scheme header, and the
+    /// plugin's audience when `public_url` is given.
+    pub fn run_setup_script(&self, public_url: Option<&str>) {
+        let mut headers = self.proxy_scheme_headers.lock().unwrap();
+        if !headers.iter().any(|h| h == "HTTP_X_FORWARDED_PROTO") {
+            headers.push("HTTP_X_FORWARDED_PROTO".into());
+        }
+        if let Some(u) = public_url {
+            *self.unikgate_public_url.lock().unwrap() = Some(u.trim_end_matches('/').to_string());
+        }
+    }
 }
 
 fn cookie_header(id: &str, https: bool, long: bool) -> HeaderValue {
@@ -254,6 +377,26 @@ fn json(v: serde_json::Value) -> Response {
 
 fn api_error(msg: &str) -> Response {
     json(serde_json::json!({"result": "error", "message": msg}))
+}
+
+/// An API answer: from 5.14 with `SecurityHeaders::sendForDataResponse()`'s headers (one value
+/// each: PHP's header() replaces).
+fn api_json(version: Version, v: serde_json::Value) -> Response {
+    let mut r = json(v);
+    if version.at_least(5, 14) {
+        let h = r.headers_mut();
+        h.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        h.insert("x-frame-options", HeaderValue::from_static("deny"));
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none';"),
+        );
+    }
+    r
 }
 
 impl StandInState {
@@ -351,7 +494,7 @@ async fn handle(
     let query = parts.uri.query().unwrap_or("").to_string();
     let h = parts.headers.clone();
     let ip = client_ip(peer.ip(), &h);
-    let https = is_https(&h);
+    let https = st.is_https(&h);
     let host = h
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -538,15 +681,43 @@ async fn handle(
             .unwrap()
             .as_secs() as i64
             + st.clock_offset.load(Ordering::Relaxed);
+        // Controller.php: the audience is [UnikGate] public_url, else the URL Matomo computes.
+        let seen = format!("{scheme}://{host}/");
+        let configured = st
+            .unikgate_public_url
+            .lock()
+            .unwrap()
+            .clone()
+            .map(|u| format!("{}/", u.trim_end_matches('/')));
         let claims = match verify_assertion(
             &post.get("assertion").cloned().unwrap_or_default(),
             &secret,
-            &format!("{scheme}://{host}/"),
+            configured.as_deref().unwrap_or(&seen),
             now,
             &mut inner.jtis,
         ) {
             Ok(c) => c,
-            Err(why) => {
+            Err((mut why, signed)) => {
+                if why.starts_with("wrong audience") {
+                    why.push_str(&match &configured {
+                        Some(_) => format!(
+                            " (from [UnikGate] public_url; Matomo sees its own URL as {seen})"
+                        ),
+                        None => " (the URL Matomo computes for this request)".to_string(),
+                    });
+                }
+                let v = st.version();
+                let facts = signed.then(|| {
+                    serde_json::json!({
+                        "matomo": v.to_string(),
+                        "sees": seen,
+                        "public_url": configured.clone().unwrap_or_default(),
+                        "proxy_scheme_headers": *st.proxy_scheme_headers.lock().unwrap(),
+                        "proxy_client_headers": ["HTTP_X_FORWARDED_FOR"],
+                        "proxy_host_headers": [],
+                        "logout_user": v.at_least(5, 9),
+                    })
+                });
                 drop(inner);
                 record(
                     &st,
@@ -556,7 +727,7 @@ async fn handle(
                     body_len,
                     None,
                 );
-                return unikgate_refuse(&why);
+                return unikgate_refuse_with(&why, facts);
             }
         };
         let (sub, rd) = claims;
@@ -711,11 +882,70 @@ async fn handle(
         return r;
     }
 
+    let version = st.version();
+    // 5.4 (PR #23335, core/Request/AuthenticationToken.php): `$_SERVER['HTTP_AUTHORIZATION']`
+    // starting with exactly "Bearer " is a token_auth, on every module.
+    let bearer = if version.at_least(5, 4) && (fpm || st.cgi_pass_auth.load(Ordering::Relaxed)) {
+        h.get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+    } else {
+        None
+    };
+    // 5.8 (validateNoConflictingAuthParameters, on the root request): two different non-empty
+    // token_auth values among the header, the body and the query, or force_api_session differing
+    // between the query and the body, are a 400 before anything runs.
+    if version.at_least(5, 8) {
+        let mut tokens: Vec<&str> = [
+            bearer.as_deref(),
+            post.get("token_auth").map(String::as_str),
+            get.get("token_auth").map(String::as_str),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| !t.is_empty())
+        .collect();
+        tokens.dedup();
+        let truthy = |v: Option<&String>| v.is_some_and(|v| !v.is_empty() && v != "0");
+        let forced_differs = get.contains_key("force_api_session")
+            && post.contains_key("force_api_session")
+            && truthy(get.get("force_api_session")) != truthy(post.get("force_api_session"));
+        if tokens.len() > 1 || forced_differs {
+            drop(inner);
+            record(
+                &st,
+                &parts.method,
+                &parts.uri.to_string(),
+                &h,
+                body_len,
+                None,
+            );
+            return (
+                StatusCode::BAD_REQUEST,
+                api_error("Conflicting authentication parameters were provided in the request."),
+            )
+                .into_response();
+        }
+    }
+
     // API and Widgetize authenticate by token_auth (Matomo checks it itself).
     if module == "API" || module == "Widgetize" {
         let method = var("method");
         match method.as_str() {
             "UsersManager.createAppSpecificTokenAuth" => {
+                // 5.13 (PR #24821/#24843): a signed-in caller may make a token only for itself;
+                // an anonymous caller still exchanges a login and password for that user's token.
+                if version.at_least(5, 13) {
+                    let acting = st.session_login(&mut inner, cookie.as_deref());
+                    let who = var("userLogin");
+                    if acting.is_some_and(|a| a != who) {
+                        return api_error(
+                            "You can only create an app specific token for yourself.",
+                        );
+                    }
+                }
                 if st.blocked(&mut inner, ip) {
                     return api_error("You are currently not allowed to log in because you had too many failed logins, try again later.");
                 }
@@ -744,7 +974,21 @@ async fn handle(
                 }
             }
             _ => {
-                let token = var("token_auth");
+                // Which token Matomo runs the request as: up to 5.3 the parameter; 5.4 to 5.7 a
+                // token_auth parameter wins over the header (query before body); from 5.8 they
+                // cannot differ (above), the header first.
+                let token = match (&bearer, version.at_least(5, 8)) {
+                    (Some(b), true) => b.clone(),
+                    (Some(b), false) => {
+                        let t = var("token_auth");
+                        if t.is_empty() {
+                            b.clone()
+                        } else {
+                            t
+                        }
+                    }
+                    (None, _) => var("token_auth"),
+                };
                 let owner = inner
                     .tokens
                     .get(&token)
@@ -777,6 +1021,28 @@ async fn handle(
                     )
                         .into_response();
                 };
+                // 5.9 (PR #24226): a superuser ends every Matomo session of a login.
+                if method == "UsersManager.logoutUser" {
+                    if !version.at_least(5, 9) {
+                        return api_error("The method 'logoutUser' does not exist or is not available in the module 'UsersManager'.");
+                    }
+                    if !inner.users.get(&owner).is_some_and(|u| u.superuser) {
+                        return api_error(
+                            "You can't access this resource as it requires Super User access.",
+                        );
+                    }
+                    let target = var("userLogin");
+                    if !inner.users.contains_key(&target) {
+                        return api_error(&format!("The user '{target}' doesn't exist."));
+                    }
+                    inner
+                        .sessions
+                        .retain(|_, s| s.login.as_deref() != Some(target.as_str()));
+                    return api_json(
+                        version,
+                        serde_json::json!({"result": "success", "message": "ok"}),
+                    );
+                }
                 if method == "UsersManager.getUser" {
                     let target = var("userLogin");
                     let owner_user = inner.users.get(&owner).cloned();
@@ -807,7 +1073,7 @@ async fn handle(
                     body_len,
                     Some(owner.clone()),
                 );
-                return json(serde_json::json!({"method": method, "as": owner}));
+                return api_json(version, serde_json::json!({"method": method, "as": owner}));
             }
         }
     }
@@ -864,7 +1130,22 @@ async fn handle(
         return r;
     }
 
-    let login = st.session_login(&mut inner, cookie.as_deref());
+    // 5.4: a Bearer token authenticates every module and switches the session off
+    // (makeSessionAuthenticator() is null); outside the API a superuser's token is refused
+    // (checkTokenAuthIsNotLimited).
+    let login = match &bearer {
+        Some(t) => {
+            let owner = inner
+                .users
+                .values()
+                .find(|u| format!("tok-{}", u.login) == *t)
+                .or_else(|| inner.tokens.get(t).and_then(|(l, _)| inner.users.get(l)))
+                .filter(|u| !u.superuser)
+                .map(|u| u.login.clone());
+            owner
+        }
+        None => st.session_login(&mut inner, cookie.as_deref()),
+    };
     // Who-am-i: the login page names its user, and with no valid session makes a new anonymous one.
     if module == "Login" {
         let mut r = match &login {
@@ -1003,83 +1284,98 @@ fn apache_path(raw: &str) -> String {
 }
 
 fn unikgate_refuse(reason: &str) -> Response {
+    unikgate_refuse_with(reason, None)
+}
+
+/// The plugin's 403: the reason, then for a caller who proved the secret the facts line.
+fn unikgate_refuse_with(reason: &str, facts: Option<serde_json::Value>) -> Response {
+    let mut body = format!("UnikGate: {reason}\n");
+    if let Some(f) = facts {
+        body.push_str(&format!("UnikGate-Facts: {f}\n"));
+    }
     (
         StatusCode::FORBIDDEN,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("UnikGate: {reason}\n"),
+        body,
     )
         .into_response()
 }
 
 /// The UnikGate plugin's verification rules (matomo-plugin/UnikGate/Assertion.php), written
-/// independently of unikgate's signer: returns (sub, rd) or the one-line reason.
+/// independently of unikgate's signer: returns (sub, rd) or the one-line reason and whether the
+/// signature was good (then the refusal carries the facts).
 fn verify_assertion(
     token: &str,
     secret: &str,
     audience: &str,
     now: i64,
     seen: &mut std::collections::HashSet<String>,
-) -> Result<(String, String), String> {
+) -> Result<(String, String), (String, bool)> {
+    let unsigned = |e: String| (e, false);
+    let signed = |e: String| (e, true);
     use base64::Engine;
     use hmac::Mac;
     let dec = |p: &str| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(p)
-            .map_err(|_| "malformed token".to_string())
+            .map_err(|_| unsigned("malformed token".to_string()))
     };
     let parts: Vec<&str> = token.split('.').collect();
     if parts.len() != 3 || parts.iter().take(2).any(|p| p.is_empty()) {
-        return Err("malformed token".into());
+        return Err(unsigned("malformed token".into()));
     }
     let header: serde_json::Value =
-        serde_json::from_slice(&dec(parts[0])?).map_err(|_| "malformed token")?;
+        serde_json::from_slice(&dec(parts[0])?).map_err(|_| unsigned("malformed token".into()))?;
     if header != serde_json::json!({"alg": "HS256", "typ": "JWT"}) {
-        return Err("unsupported header: only {\"alg\":\"HS256\",\"typ\":\"JWT\"}".into());
+        return Err(unsigned(
+            "unsupported header: only {\"alg\":\"HS256\",\"typ\":\"JWT\"}".into(),
+        ));
     }
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{}.{}", parts[0], parts[1]).as_bytes());
     if mac.verify_slice(&dec(parts[2])?).is_err() {
-        return Err("bad signature".into());
+        return Err(unsigned("bad signature".into()));
     }
-    let c: serde_json::Value =
-        serde_json::from_slice(&dec(parts[1])?).map_err(|_| "malformed claims")?;
+    let c: serde_json::Value = serde_json::from_slice(&dec(parts[1]).map_err(|(e, _)| signed(e))?)
+        .map_err(|_| signed("malformed claims".into()))?;
     let s = |k: &str| {
         c.get(k)
             .and_then(|v| v.as_str())
             .filter(|v| !v.is_empty())
             .map(str::to_string)
-            .ok_or(format!("missing claim {k}"))
+            .ok_or(signed(format!("missing claim {k}")))
     };
     let n = |k: &str| {
         c.get(k)
             .and_then(|v| v.as_i64())
-            .ok_or(format!("missing claim {k}"))
+            .ok_or(signed(format!("missing claim {k}")))
     };
     let (iss, aud, sub, jti, rd) = (s("iss")?, s("aud")?, s("sub")?, s("jti")?, s("rd")?);
     let (iat, exp) = (n("iat")?, n("exp")?);
     if iss != "unikgate" {
-        return Err("wrong issuer".into());
+        return Err(signed("wrong issuer".into()));
     }
     if format!("{}/", aud.trim_end_matches('/')) != audience {
-        return Err(format!(
-            "wrong audience: Matomo sees its own URL as {audience}"
-        ));
+        return Err(signed(format!(
+            "wrong audience: the assertion is for {}/, this Matomo is {audience}",
+            aud.trim_end_matches('/')
+        )));
     }
     if exp <= iat || exp - iat > 60 {
-        return Err("lifetime longer than 60 s".into());
+        return Err(signed("lifetime longer than 60 s".into()));
     }
     if iat > now + 30 {
-        return Err(format!("not yet valid (server time {now})"));
+        return Err(signed(format!("not yet valid (server time {now})")));
     }
     if exp + 30 <= now {
-        return Err(format!("expired (server time {now})"));
+        return Err(signed(format!("expired (server time {now})")));
     }
     if sub.len() > 100
         || !sub
             .chars()
             .all(|ch| ch.is_ascii_alphanumeric() || "_.@+-ÄäÖöÜüß".contains(ch))
     {
-        return Err("sub is not a Matomo login".into());
+        return Err(signed("sub is not a Matomo login".into()));
     }
     if !rd.starts_with('/')
         || rd.starts_with("//")
@@ -1088,10 +1384,10 @@ fn verify_assertion(
             .chars()
             .any(|ch| ch == '\\' || ch.is_whitespace() || ch.is_control())
     {
-        return Err("rd is not a relative path".into());
+        return Err(signed("rd is not a relative path".into()));
     }
     if !seen.insert(jti) {
-        return Err("replayed assertion".into());
+        return Err(signed("replayed assertion".into()));
     }
     Ok((sub, rd))
 }
