@@ -275,6 +275,8 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
         ("PUBLIC_HOST", public_host.clone()),
         // No TLS in front yet: the stack on this machine, over http.
         ("PUBLIC_SCHEME", "http".into()),
+        // The stand-in images hold the real Matomo 5.1.2 (tests/containers/images).
+        ("MATOMO_VERSION", "5.1.2".into()),
         ("UNIKNAME_CLIENT_ID", support::provider::CLIENT_ID.into()),
         ("MATOMO_DB_PASSWORD", unikgate::random_token()),
         ("POSTGRES_PASSWORD", unikgate::random_token()),
@@ -354,7 +356,7 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
         read_config()? == once,
         "a second matomo-setup.sh run changed config.ini.php"
     );
-    support::real::check_set_up(&once, &public_host)?;
+    support::real::check_set_up(&once, &public_host, Some(&base))?;
     // 6. PASSWORD_LOGIN=false in deploy/.env, then up -d.
     env.insert("PASSWORD_LOGIN".into(), "false".into());
     stack.write_env(&env)?;
