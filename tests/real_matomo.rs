@@ -889,13 +889,25 @@ async fn doctor(
     minter: Minter,
     args: &[&str],
 ) -> Result<(bool, String), String> {
+    doctor_as(m, web, minter, "http", args).await
+}
+
+/// [`doctor`] with a public URL of `scheme` (the loopback port stays: no TLS is served, doctor
+/// only talks to Matomo and the provider).
+async fn doctor_as(
+    m: &RealMatomo,
+    web: Web,
+    minter: Minter,
+    scheme: &str,
+    args: &[&str],
+) -> Result<(bool, String), String> {
     let p = FakeProvider::start().await;
     let l = m.gate_listener();
     let addr = l.local_addr().map_err(|e| e.to_string())?;
     drop(l);
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let toml = config(upstream(m, web), &p.config(), &matomo_section(minter, ""))
-        .replace("{public}", &format!("http://{addr}"))
+        .replace("{public}", &format!("{scheme}://{addr}"))
         .replace("{dir}", &dir.path().display().to_string());
     let cfg = dir.path().join("unikgate.toml");
     std::fs::write(&cfg, toml).map_err(|e| e.to_string())?;
@@ -943,6 +955,27 @@ fn doctor_as_alice_mints_and_logs_out(m: &RealMatomo) -> Fut<'_> {
             !ok && out.contains("FAIL mint") && out.contains("unknown login"),
             "doctor --as an unknown login:\n{out}"
         );
+        Ok(())
+    })
+}
+
+/// Matomo 5.1.2 reads X-Forwarded-Proto without configuration: behind TLS (an https public URL)
+/// it computes its https URL, and doctor prints the version and the checks for it.
+fn doctor_prints_the_real_matomos_version_and_checks(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        for web in [Web::Apache, Web::Fpm] {
+            let (ok, out) = doctor_as(m, web, Minter::Signed, "https", &[]).await?;
+            for want in [
+                "ok   Matomo version       Matomo 5.1.2 (proved against the real Matomo",
+                "ok   scheme header        Matomo 5.1.2 reads X-Forwarded-Proto unasked",
+                "ok   client address header",
+                "ok   host header",
+                "ok   logoutUser           Matomo 5.1.2 has no UsersManager.logoutUser",
+                "ok   audience             Matomo takes assertions for https://",
+            ] {
+                ensure!(ok && out.contains(want), "{web:?}: {want:?}:\n{out}");
+            }
+        }
         Ok(())
     })
 }
@@ -2214,6 +2247,10 @@ fn main() {
         (
             "doctor_as_fails_with_the_old_plugin",
             doctor_as_fails_with_the_old_plugin,
+        ),
+        (
+            "doctor_prints_the_real_matomos_version_and_checks",
+            doctor_prints_the_real_matomos_version_and_checks,
         ),
         (
             "doctor_explains_autologin_under_php_fpm",
