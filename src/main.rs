@@ -54,7 +54,8 @@ enum Command {
         )]
         config: PathBuf,
     },
-    /// Check the configuration, then reach the provider and Matomo step by step.
+    /// Check the configuration, then reach the provider and Matomo step by step (with the
+    /// signed minter also Matomo's version and the settings that version needs).
     Doctor {
         #[arg(
             short,

@@ -535,6 +535,23 @@ fn tracking_hit_is_a_visit_with_the_client_ip_and_token_api_passes(m: &RealMatom
             body.contains("\"result\":\"error\""),
             "a wrong token: {body}"
         );
+        // A Bearer client (Matomo 5.4 and later read the header; 5.1.2 does not) gets Matomo's
+        // own answer through unikgate, not the sign-in: here 5.1.2's "no access".
+        let res = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?
+            .get(app.url("/index.php?module=API&method=UsersManager.getUsersLogin&format=json"))
+            .bearer_auth(&m.admin_token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        ensure!(
+            !status.is_redirection() && body.contains("\"result\":\"error\""),
+            "a Bearer client: {status} {body}"
+        );
         Ok(())
     })
 }
