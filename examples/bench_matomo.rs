@@ -338,7 +338,7 @@ async fn main() {
         .to_string();
     let body = res.text().await.unwrap_or_default();
     assert_eq!(
-        unikgate::matomo::parse_user_login(&body).as_deref(),
+        unikgate::upstream::matomo::parse_user_login(&body).as_deref(),
         Some(ALICE.0),
         "the dashboard is alice's"
     );

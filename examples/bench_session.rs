@@ -28,7 +28,7 @@ async fn main() {
     let link = match app.links.get(&issuer, "uns-bench").await.expect("store") {
         Some(l) => l,
         None => {
-            let l = unikgate::links::Link {
+            let l = unikgate::store::links::Link {
                 id: unikgate::random_token(),
                 issuer: issuer.clone(),
                 subject: "uns-bench".into(),
@@ -60,7 +60,7 @@ async fn main() {
             id_token: Some(id_token.clone()),
             sid: Some("3c5d7e9f-0a1b-4c2d-8e3f-405162738495".into()),
             id_sub: Some("uns-bench".into()),
-            link: Some(unikgate::web::link_ref(&link)),
+            link: Some(unikgate::context::link_ref(&link)),
             matomo: Some(MatomoSession {
                 login: "alice".into(),
                 cookie_hash: cookie_hash(MATOMO_COOKIE_VALUE),

@@ -9,9 +9,9 @@ use std::net::IpAddr;
 
 use http::Method;
 
+use crate::app::App;
 use crate::error::Error;
-use crate::matomo;
-use crate::App;
+use crate::upstream::matomo;
 
 /// One step's verdict.
 #[derive(Debug, Clone)]
@@ -262,7 +262,7 @@ async fn signed_steps(app: &App, secret: &secrecy::SecretString) -> Vec<Step> {
             return out;
         }
     }
-    let signer = crate::matomo::Signed::new(secret.clone(), &app.cfg.public_origin());
+    let signer = crate::upstream::matomo::Signed::new(secret.clone(), &app.cfg.public_origin());
     let audience = format!("{}/", app.cfg.public_origin());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -276,7 +276,7 @@ async fn signed_steps(app: &App, secret: &secrecy::SecretString) -> Vec<Step> {
             return out;
         }
     };
-    let reason = crate::matomo::unikgate_reason(&a.body);
+    let reason = crate::upstream::matomo::unikgate_reason(&a.body);
     let refused = a.status.as_u16() == 403;
     // The plugin checks the audience before the expiry: either means the signature was good.
     let wrong_audience = refused && reason.starts_with("wrong audience");
@@ -308,7 +308,7 @@ async fn signed_steps(app: &App, secret: &secrecy::SecretString) -> Vec<Step> {
         ));
         return out;
     }
-    match crate::matomo::unikgate_facts(&a.body) {
+    match crate::upstream::matomo::unikgate_facts(&a.body) {
         Some(f) => out.extend(version_steps(app, &f)),
         None => out.push(step(
             "Matomo version",
@@ -317,7 +317,8 @@ async fn signed_steps(app: &App, secret: &secrecy::SecretString) -> Vec<Step> {
         )),
     }
     if wrong_audience {
-        let advice = crate::matomo::audience_advice(&reason, &audience).unwrap_or_default();
+        let advice =
+            crate::upstream::matomo::audience_advice(&reason, &audience).unwrap_or_default();
         out.push(step("audience", false, format!("{reason}: {advice}")));
         return out;
     }
@@ -357,7 +358,7 @@ pub fn coverage(v: (u16, u16, u16)) -> &'static str {
 }
 
 /// The checks that depend on the Matomo version, from what the plugin reported.
-fn version_steps(app: &App, f: &crate::matomo::Facts) -> Vec<Step> {
+fn version_steps(app: &App, f: &crate::upstream::matomo::Facts) -> Vec<Step> {
     let mut out = Vec::new();
     let Some(v) = f.version() else {
         out.push(step(
@@ -450,7 +451,8 @@ fn version_steps(app: &App, f: &crate::matomo::Facts) -> Vec<Step> {
 }
 
 async fn autologin_step(app: &App) -> Step {
-    let probe = format!("unikgate-doctor-{}", &crate::random_token()[..12]).to_ascii_lowercase();
+    let probe =
+        format!("unikgate-doctor-{}", &crate::util::random_token()[..12]).to_ascii_lowercase();
     let Ok(v) = http::HeaderValue::from_str(&probe) else {
         return step("AutoLogin", false, "internal: probe name");
     };

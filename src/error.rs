@@ -1,11 +1,9 @@
 //! Every failure a user can hit, as a value: its status, and the page that says what happened and
-//! what to check. Handlers return `Err(Error)`; [`crate::pages::render_error`] turns the marker
+//! what to check (`pages::errors`). Handlers return `Err(Error)`; [`crate::pages::render_error`] turns the marker
 //! this leaves in the response into the page, so no handler formats an error by hand.
 
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-
-use crate::i18n::Texts;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -75,24 +73,6 @@ pub enum Error {
     Internal(String),
 }
 
-/// The parts of a page, attached to an error response for `pages::render_error` to fill in.
-#[derive(Debug, Clone)]
-pub struct PageSpec {
-    pub title: String,
-    pub message: String,
-    pub hint: Option<String>,
-    /// (label, target): a retry link or button.
-    pub action: Option<(String, ActionTarget)>,
-}
-
-#[derive(Debug, Clone)]
-pub enum ActionTarget {
-    /// A path under the prefix, e.g. `sign_in`.
-    Own(&'static str),
-    /// The sign-in page, returning to this path afterwards.
-    SignIn(String),
-}
-
 impl Error {
     pub fn status(&self) -> StatusCode {
         use Error::*;
@@ -160,57 +140,6 @@ impl Error {
             LoginAlreadyLinked => "login_already_linked",
             SuperuserDenied => "superuser_denied",
             Internal(_) => "internal",
-        }
-    }
-
-    /// The page of this error in the language of `t`. Details that come from elsewhere (the
-    /// provider's error code, Matomo's refusal) are shown as they came.
-    pub fn spec(&self, provider: &str, t: &Texts) -> PageSpec {
-        use Error::*;
-        let key = self.page_key();
-        let detail: String = match self {
-            Forbidden(why) | SignInRejected(why) => (*why).to_string(),
-            BadRequest(d) | ProviderError(d) | ProviderBadAnswer(d) | MintFailed(d)
-            | PluginMintFailed(d) | MatomoUnexpected(d) => d.clone(),
-            _ => String::new(),
-        };
-        let text = |part: &str, detail: &str, login: &str| -> Option<String> {
-            let k = format!("error.{key}.{part}");
-            let s = t.fmt(
-                &k,
-                &[("provider", provider), ("detail", detail), ("login", login)],
-            );
-            (s != k).then_some(s)
-        };
-        if let LinkedButMintFailed(login, cause) = self {
-            let inner = cause.spec(provider, t);
-            return PageSpec {
-                title: text("title", "", login).unwrap_or_default(),
-                message: text("message", &inner.message, login).unwrap_or_default(),
-                hint: text("hint", &inner.hint.unwrap_or_default(), login),
-                action: None,
-            };
-        }
-        let action = match self {
-            ProviderUnreachable | SignInRejected(_) => Some((
-                t.get("action.try_again").to_string(),
-                ActionTarget::Own("sign_in"),
-            )),
-            AccessDenied(rd) => Some((
-                t.get("action.try_again").to_string(),
-                ActionTarget::SignIn(rd.clone()),
-            )),
-            Csrf => Some((
-                t.get("action.start_again").to_string(),
-                ActionTarget::Own("sign_in"),
-            )),
-            _ => None,
-        };
-        PageSpec {
-            title: text("title", &detail, "").unwrap_or_default(),
-            message: text("message", &detail, "").unwrap_or_default(),
-            hint: text("hint", &detail, ""),
-            action,
         }
     }
 }

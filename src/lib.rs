@@ -3,119 +3,37 @@
 //! `build_app` assembles exactly what the binary serves; tests and benchmarks use it too.
 //! See ARCHITECTURE.md for the map of modules and the life of a request.
 
-pub mod classify;
-pub mod config;
-pub mod doctor;
-pub mod error;
-pub mod gate;
-pub mod i18n;
-pub mod limits;
-pub mod links;
-pub mod matomo;
-pub mod oidc;
-pub mod pages;
-pub mod php;
-pub mod pool;
-pub mod proxy;
-pub mod redirect;
-pub mod routes;
-pub mod server;
-pub mod session;
-pub mod store;
-pub mod web;
+// The rooms (ARCHITECTURE.md draws them and the way a request goes through them).
+pub mod app; // what every request may need, built once
+pub mod config; // every key, read and validated once
+pub mod context; // the per-request context, and what the gate and the endpoints answer with
+pub mod doctor; // `unikgate doctor`
+pub mod endpoints; // unikgate's own pages and APIs under the prefix
+pub mod error; // every failure a user can meet, as a value
+pub mod gate; // the phases every request goes through
+pub mod limits; // what one client may hold: connections, bodies being read
+pub mod oidc; // the provider: discovery, code flow, tokens, back-channel logout
+pub mod pages; // HTML pages, error pages and their texts
+pub mod request; // what a request is: pure, fuzzed (PHP's reading, classification, `rd`)
+pub mod server; // the listener and what one client may hold
+pub mod session; // unikgate's session: cookie, record, lifetimes
+pub mod store; // where sessions, links and their indexes live
+pub mod upstream; // Matomo: the connection pool, the header policy, the contract's calls
+pub mod util; // the clock, random tokens
+
+pub use app::App;
+pub use util::{now_ms, random_token, QUERY_VALUE};
 
 use std::sync::Arc;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-
-use crate::classify::Classifier;
 use crate::config::Config;
 use crate::config::MinterKind;
-use crate::links::LinkStore;
-use crate::matomo::{AutoLogin, Minter, Signed};
 use crate::oidc::Oidc;
 use crate::pages::PageEnv;
-use crate::proxy::Upstream;
+use crate::request::classify::Classifier;
 use crate::session::Sessions;
-
-/// Characters escaped in a query value (`rd=`).
-pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~')
-    .remove(b'/');
-
-/// A random URL-safe token (32 bytes of OS randomness).
-pub fn random_token() -> String {
-    use base64::Engine;
-    let mut b = [0u8; 32];
-    rand::Rng::fill(&mut rand::rngs::OsRng, &mut b[..]);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Everything a request may need, built once.
-pub struct App {
-    pub cfg: Arc<Config>,
-    pub pages: Arc<PageEnv>,
-    pub classifier: Classifier,
-    pub upstream: Upstream,
-    pub sessions: Sessions,
-    pub links: Arc<dyn LinkStore>,
-    /// Both stores, for readiness.
-    pub stores: Arc<store::Stores>,
-    /// None until the provider credentials are configured: unikgate then fails closed.
-    pub oidc: Option<Oidc>,
-    pub minter: Arc<dyn Minter>,
-}
-
-impl App {
-    /// Removes the link of an identity and ends every session of it, on every replica (the
-    /// sessions are deleted from the shared store). The web's unlink and the CLI both use this.
-    pub async fn unlink(&self, issuer: &str, subject: &str) -> Result<bool, error::Error> {
-        let removed = self.links.remove(issuer, subject).await?;
-        let ids = self.links.take_sessions(issuer, subject).await?;
-        self.end_sessions(&ids).await?;
-        Ok(removed)
-    }
-
-    /// Ends these unikgate sessions (their records are deleted from the shared store, so every
-    /// replica sees it at once) and logs the Matomo session minted for each out of Matomo.
-    /// Returns how many sessions were still there. A Matomo that cannot be reached is logged,
-    /// not an error: the unikgate sessions are gone either way, and with them every way to use
-    /// those Matomo cookies through unikgate.
-    pub async fn end_sessions(&self, ids: &[String]) -> Result<usize, error::Error> {
-        let mut ended = 0;
-        for id in ids {
-            let (had, cookie) = self.sessions.end_id(id).await?;
-            if let Some(cookie) = cookie {
-                let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
-                if let Err(e) = matomo::logout(&self.upstream, &cookie, loopback).await {
-                    tracing::warn!(error = %e, "could not log a Matomo session out");
-                }
-            }
-            ended += usize::from(had);
-        }
-        Ok(ended)
-    }
-
-    /// [`App::unlink`] by Matomo login.
-    pub async fn unlink_login(&self, login: &str) -> Result<bool, error::Error> {
-        match self.links.get_by_login(login).await? {
-            Some(l) => self.unlink(&l.issuer, &l.subject).await,
-            None => Ok(false),
-        }
-    }
-}
+use crate::upstream::matomo::{AutoLogin, Minter, Signed};
+use crate::upstream::proxy::Upstream;
 
 /// Opens the stores and assembles the application.
 pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {

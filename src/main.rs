@@ -11,6 +11,10 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use unikgate::config::{Config, LogFormat};
 
+mod cli;
+use cli::links::LinksAction;
+use cli::sessions::SessionsAction;
+
 /// Sign in to Matomo with your private @unikname: an authentication reverse proxy for Unikname
 /// Connect (OpenID Connect) in front of Matomo.
 #[derive(Parser)]
@@ -100,50 +104,6 @@ struct AdminArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
-}
-
-#[derive(Subcommand)]
-enum SessionsAction {
-    /// List the live unikgate sessions (never their ids: a short reference instead).
-    List {
-        /// Only the sessions of this @unikname (the provider's subject).
-        #[arg(long, value_name = "SUBJECT")]
-        unikname: Option<String>,
-    },
-    /// End every session of an @unikname, on every replica, and log its Matomo sessions out.
-    End {
-        /// The @unikname (the provider's subject).
-        #[arg(long, value_name = "SUBJECT")]
-        unikname: String,
-        /// The issuer; default: the configured provider's.
-        #[arg(long)]
-        issuer: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum LinksAction {
-    /// List every link.
-    List,
-    /// Link an @unikname (the provider's subject) to a Matomo login.
-    Add {
-        /// The subject (the `sub` of the @unikname at the provider).
-        subject: String,
-        /// The Matomo login.
-        matomo_login: String,
-        /// The issuer; default: the configured provider's.
-        #[arg(long)]
-        issuer: Option<String>,
-    },
-    /// Remove the link of a subject, or of a Matomo login with --login.
-    Remove {
-        /// The subject, or the Matomo login with --login.
-        who: String,
-        #[arg(long)]
-        login: bool,
-        #[arg(long)]
-        issuer: Option<String>,
-    },
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -303,8 +263,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 Err(code) => return Ok(code),
             };
             let (_, app) = unikgate::build_app(cfg).await?;
-            let default_issuer = default_issuer(&app);
-            links_cmd(&app, json, action, &default_issuer).await
+            let default_issuer = cli::default_issuer(&app);
+            cli::links::run(&app, json, action, &default_issuer).await
         }
         Command::Sessions {
             admin: AdminArgs { config, json },
@@ -316,209 +276,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             init_logs(cfg.server.log_format);
             let (_, app) = unikgate::build_app(cfg).await?;
-            sessions_cmd(&app, json, action).await
-        }
-    }
-}
-
-/// The configured provider's issuer, as links and sessions record it.
-fn default_issuer(app: &unikgate::App) -> String {
-    app.oidc
-        .as_ref()
-        .map(|o| o.identity_issuer.clone())
-        .or_else(|| {
-            app.cfg
-                .provider
-                .issuer
-                .as_ref()
-                .map(|u| u.as_str().trim_end_matches('/').to_string())
-        })
-        .unwrap_or_default()
-}
-
-fn date_time(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
-async fn sessions_cmd(
-    app: &unikgate::App,
-    json: bool,
-    action: SessionsAction,
-) -> Result<ExitCode, String> {
-    match action {
-        SessionsAction::List { unikname } => {
-            let entries = app
-                .links
-                .list_sessions(unikname.as_deref())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut rows = Vec::new();
-            for e in entries {
-                // The index outlives sessions that lapsed: only the live ones are listed.
-                let Some(data) = app
-                    .sessions
-                    .peek(&e.session_id)
-                    .await
-                    .map_err(|e| e.to_string())?
-                else {
-                    continue;
-                };
-                let Some(user) = data.user else { continue };
-                rows.push(serde_json::json!({
-                    "session": &unikgate::session::cookie_hash(&e.session_id)[..12],
-                    "unikname": e.subject,
-                    "issuer": e.issuer,
-                    "matomo_login": user.link.as_ref().map(|l| l.matomo_login.clone()),
-                    "signed_in": date_time(user.signed_in),
-                    "last_active": date_time(data.touched),
-                    "provider_session": e.sid.is_some(),
-                }));
-            }
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
-                );
-            } else if rows.is_empty() {
-                println!("no sessions");
-            } else {
-                println!(
-                    "{:<14} {:<40} {:<16} {:<26} last active",
-                    "session", "unikname", "matomo_login", "signed in"
-                );
-                for r in &rows {
-                    let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
-                    println!(
-                        "{:<14} {:<40} {:<16} {:<26} {}",
-                        s("session"),
-                        s("unikname"),
-                        s("matomo_login"),
-                        s("signed_in"),
-                        s("last_active")
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        SessionsAction::End { unikname, issuer } => {
-            let issuer = issuer.unwrap_or_else(|| default_issuer(app));
-            let ids = app
-                .links
-                .take_sessions(&issuer, &unikname)
-                .await
-                .map_err(|e| e.to_string())?;
-            let ended = app.end_sessions(&ids).await.map_err(|e| e.to_string())?;
-            tracing::info!(target: "unikgate::audit", event = "sessions_end", subject = %unikname, ended, by = "cli");
-            if json {
-                println!("{{\"ended\":{ended}}}");
-            } else {
-                println!("ended {ended} session(s) of {unikname}, and their Matomo sessions");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-async fn links_cmd(
-    app: &unikgate::App,
-    json: bool,
-    action: LinksAction,
-    default_issuer: &str,
-) -> Result<ExitCode, String> {
-    let store = &app.links;
-    match action {
-        LinksAction::List => {
-            let links = store.list().await.map_err(|e| e.to_string())?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&links).map_err(|e| e.to_string())?
-                );
-            } else if links.is_empty() {
-                println!("no links");
-            } else {
-                println!(
-                    "{:<24} {:<40} {:<10} issuer",
-                    "matomo_login", "subject", "superuser"
-                );
-                for l in links {
-                    println!(
-                        "{:<24} {:<40} {:<10} {}",
-                        l.matomo_login, l.subject, l.superuser, l.issuer
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        LinksAction::Add {
-            subject,
-            matomo_login,
-            issuer,
-        } => {
-            let link = unikgate::links::Link {
-                id: unikgate::random_token(),
-                issuer: issuer.unwrap_or_else(|| default_issuer.to_string()),
-                subject,
-                matomo_login,
-                superuser: false,
-                created_at: unikgate::now_ms(),
-                last_login_at: None,
-            };
-            match store.create(&link).await.map_err(|e| e.to_string())? {
-                Ok(()) => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string(&link).map_err(|e| e.to_string())?
-                        );
-                    } else {
-                        println!("linked {} -> {}", link.subject, link.matomo_login);
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(unikgate::links::LinkConflict::Identity) => {
-                    eprintln!(
-                        "refused: this subject is already linked (unikgate links remove {} first)",
-                        link.subject
-                    );
-                    Ok(ExitCode::from(3))
-                }
-                Err(unikgate::links::LinkConflict::Login) => {
-                    eprintln!(
-                        "refused: the Matomo login {} is already linked to another subject (unikgate links remove --login {} first)",
-                        link.matomo_login, link.matomo_login
-                    );
-                    Ok(ExitCode::from(3))
-                }
-            }
-        }
-        LinksAction::Remove { who, login, issuer } => {
-            // Through the app: the identity's sessions end with its link.
-            let removed = if login {
-                app.unlink_login(&who).await
-            } else {
-                app.unlink(issuer.as_deref().unwrap_or(default_issuer), &who)
-                    .await
-            }
-            .map_err(|e| e.to_string())?;
-            if json {
-                println!("{{\"removed\":{removed}}}");
-            } else if removed {
-                println!("removed the link of {who} and ended its sessions");
-            } else {
-                println!("no link found for {who}");
-            }
-            Ok(if removed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(4)
-            })
+            cli::sessions::run(&app, json, action).await
         }
     }
 }

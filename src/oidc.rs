@@ -22,8 +22,8 @@ use url::Url;
 
 use crate::config::{Config, ProviderConfig, TokenAuthMethod};
 use crate::error::Error;
-use crate::now_ms;
 use crate::session::PendingAuth;
+use crate::util::now_ms;
 
 /// The provider's endpoints as resolved (discovery, else configuration).
 #[derive(Debug, Clone)]
@@ -286,7 +286,7 @@ impl Oidc {
     pub async fn start(&self, rd: String) -> (Url, PendingAuth) {
         let ep = self.endpoints().await;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let state = crate::random_token();
+        let state = crate::util::random_token();
         let nonce = Nonce::new_random();
         let mut url = ep.authorize.clone();
         url.query_pairs_mut()

@@ -214,7 +214,7 @@ async fn page_user(b: &Browser, url: &str) -> (u16, Option<String>) {
     let (res, _) = b.follow(res, 6).await;
     let status = res.status().as_u16();
     let body = res.text().await.unwrap_or_default();
-    (status, unikgate::matomo::parse_user_login(&body))
+    (status, unikgate::upstream::matomo::parse_user_login(&body))
 }
 
 const DASHBOARD: &str =

@@ -436,7 +436,7 @@ async fn unlink_keeps_the_browser_signed_in_and_the_next_page_asks_to_link_again
 #[tokio::test]
 async fn pages_speak_the_browsers_language() {
     let (_m, p, app) = setup_with("").await;
-    let keys: Vec<String> = unikgate::i18n::english()
+    let keys: Vec<String> = unikgate::pages::i18n::english()
         .keys()
         .map(str::to_string)
         .collect();
@@ -519,7 +519,7 @@ async fn pages_speak_the_browsers_language() {
         no_keys(&html, "not-found page");
     }
     // Every error page renders in every language without a key showing.
-    for t in unikgate::i18n::Texts::all() {
+    for t in unikgate::pages::i18n::Texts::all() {
         for e in every_error() {
             let s = e.spec("connect.example", t);
             for part in [
@@ -683,7 +683,7 @@ async fn superusers_can_be_refused() {
 async fn autologin_errors_become_a_clear_page_and_their_cookie_stays_out() {
     let (_m, p, app) = setup_with("").await;
     // A link made by the CLI to a login Matomo does not know.
-    let link = unikgate::links::Link {
+    let link = unikgate::store::links::Link {
         id: "l1".into(),
         issuer: p.issuer(),
         subject: "uns-ghost".into(),

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use support::provider::FakeProvider;
 use support::{config, link_password, location, sign_in, Browser, StandIn, TestApp};
-use unikgate::matomo::{sign_hs256, Signed};
+use unikgate::upstream::matomo::{sign_hs256, Signed};
 
 const SECRET: &str = "unikgate-and-matomo-share-this-32b+";
 
@@ -257,7 +257,7 @@ async fn refusals_of_the_plugin_reach_the_user_as_clear_pages() {
         .unwrap()
         .contains("superusers may not sign in through unikgate"));
     // An unknown login (a link made by the CLI).
-    let l = unikgate::links::Link {
+    let l = unikgate::store::links::Link {
         id: "g".into(),
         issuer: p.issuer(),
         subject: "uns-ghost".into(),

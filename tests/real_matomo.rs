@@ -110,7 +110,7 @@ async fn page_user(b: &Browser, url: &str) -> (u16, Option<String>, String) {
     let body = res.text().await.unwrap_or_default();
     (
         status,
-        unikgate::matomo::parse_user_login(&body),
+        unikgate::upstream::matomo::parse_user_login(&body),
         format!("{at}\n{}", support::real::clip(&body)),
     )
 }
@@ -345,7 +345,7 @@ async fn dashboard_calls(m: &RealMatomo, web: Web) -> Result<(), String> {
         let res = b.get(&app.url(&get)).await;
         let status = res.status();
         let body = res.text().await.unwrap_or_default();
-        ensure!(status == 200 && unikgate::matomo::parse_user_login(&body).as_deref() != Some("anonymous"), "GET {get}: {status}\n{}\n{}", support::real::clip(&body), m.php_errors());
+        ensure!(status == 200 && unikgate::upstream::matomo::parse_user_login(&body).as_deref() != Some("anonymous"), "GET {get}: {status}\n{}\n{}", support::real::clip(&body), m.php_errors());
     }
     for method in [
         "API.getWidgetMetadata&deep=1",
@@ -474,7 +474,7 @@ fn another_users_matomo_cookie_never_works_under_alice(m: &RealMatomo) -> Fut<'_
             .map_err(|e| e.to_string())?;
         let body = res.text().await.unwrap_or_default();
         ensure!(
-            unikgate::matomo::parse_user_login(&body).as_deref() != Some("bob"),
+            unikgate::upstream::matomo::parse_user_login(&body).as_deref() != Some("bob"),
             "MATOMO.SESSID reached Matomo as bob"
         );
         Ok(())
@@ -676,7 +676,7 @@ async fn post_assertion(base: &str, a: String) -> Result<(u16, Option<String>, S
         .await
         .map_err(|e| e.to_string())?;
     let status = res.status().as_u16();
-    let cookie = unikgate::matomo::set_cookie_value(res.headers(), "MATOMO_SESSID");
+    let cookie = unikgate::upstream::matomo::set_cookie_value(res.headers(), "MATOMO_SESSID");
     let raw: Vec<String> = res
         .headers()
         .get_all("set-cookie")
@@ -699,7 +699,7 @@ async fn plugin_refusals(base: &str) -> Result<(), String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| e.to_string())?
         .as_secs();
-    let signer = unikgate::matomo::Signed::new(SecretString::from(SHARED_SECRET), base);
+    let signer = unikgate::upstream::matomo::Signed::new(SecretString::from(SHARED_SECRET), base);
     let post = |a: String| post_assertion(base, a);
     let good = signer.assertion("alice", now, "/index.php");
     let (status, cookie, body) = post(good.clone()).await?;
@@ -720,7 +720,7 @@ async fn plugin_refusals(base: &str) -> Result<(), String> {
     let cases = [
         (good, "replayed assertion"),
         (
-            unikgate::matomo::Signed::new(
+            unikgate::upstream::matomo::Signed::new(
                 SecretString::from("another-secret-of-at-least-32-bytes!!"),
                 base,
             )
@@ -730,8 +730,11 @@ async fn plugin_refusals(base: &str) -> Result<(), String> {
         (signer.assertion("alice", now - 200, "/"), "expired"),
         (signer.assertion("nobody-here", now, "/"), "unknown login"),
         (
-            unikgate::matomo::Signed::new(SecretString::from(SHARED_SECRET), "http://evil.example")
-                .assertion("alice", now, "/"),
+            unikgate::upstream::matomo::Signed::new(
+                SecretString::from(SHARED_SECRET),
+                "http://evil.example",
+            )
+            .assertion("alice", now, "/"),
             "wrong audience",
         ),
         (
@@ -771,7 +774,7 @@ fn plugin_audience_is_the_configured_public_url(m: &RealMatomo) -> Fut<'_> {
                 .as_secs();
             let base = m.apache.as_str();
             let for_matomos_url =
-                unikgate::matomo::Signed::new(SecretString::from(SHARED_SECRET), base);
+                unikgate::upstream::matomo::Signed::new(SecretString::from(SHARED_SECRET), base);
             let (status, cookie, body) =
                 post_assertion(base, for_matomos_url.assertion("alice", now, "/index.php")).await?;
             if let Some(c) = cookie {
@@ -803,7 +806,7 @@ fn plugin_audience_is_the_configured_public_url(m: &RealMatomo) -> Fut<'_> {
                     && body.contains("\"logout_user\":false"),
                 "the facts for the secret's holder: {body}"
             );
-            let for_public = unikgate::matomo::Signed::new(SecretString::from(SHARED_SECRET), PUBLIC);
+            let for_public = unikgate::upstream::matomo::Signed::new(SecretString::from(SHARED_SECRET), PUBLIC);
             let (status, cookie, body) =
                 post_assertion(base, for_public.assertion("alice", now, "/index.php")).await?;
             ensure!(status == 302, "an assertion for public_url: {status}\n{body}");
@@ -812,7 +815,7 @@ fn plugin_audience_is_the_configured_public_url(m: &RealMatomo) -> Fut<'_> {
                 whoami_direct(base, &cookie).await?.as_deref() == Some("alice"),
                 "the session is not alice's"
             );
-            let forged = unikgate::matomo::Signed::new(
+            let forged = unikgate::upstream::matomo::Signed::new(
                 SecretString::from("another-secret-of-at-least-32-bytes!!"),
                 PUBLIC,
             );
@@ -874,7 +877,7 @@ fn plugin_refusals_are_pages_that_say_what_to_check(m: &RealMatomo) -> Fut<'_> {
         let _created = app
             .app
             .links
-            .create(&unikgate::links::Link {
+            .create(&unikgate::store::links::Link {
                 id: unikgate::random_token(),
                 issuer,
                 subject: "uns-ghost".into(),

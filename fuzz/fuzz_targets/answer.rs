@@ -1,5 +1,5 @@
 //! The pool's answer parser and body framing (src/pool.rs): any bytes from Matomo, cut into reads
-//! at any points. `unikgate::pool::fuzzing::answer` panics when an invariant breaks: the outcome
+//! at any points. `unikgate::upstream::pool::fuzzing::answer` panics when an invariant breaks: the outcome
 //! (data, error, reuse) does not depend on where the reads end; a `Content-Length` body is exactly
 //! that many bytes; a connection goes back only after a whole answer with nothing left unread.
 //!
@@ -30,5 +30,5 @@ fuzz_target!(|data: &[u8]| {
         .chunks(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]) as usize)
         .collect();
-    unikgate::pool::fuzzing::answer(&method, answer, &cuts);
+    unikgate::upstream::pool::fuzzing::answer(&method, answer, &cuts);
 });

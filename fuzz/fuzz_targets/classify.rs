@@ -7,8 +7,8 @@
 //! carrying an `Authorization: Bearer` token (the rest of the path is the path).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use unikgate::classify::{BodyRule, Class, Classifier};
-use unikgate::php::{Params, Request};
+use unikgate::request::classify::{BodyRule, Class, Classifier};
+use unikgate::request::php::{Params, Request};
 
 fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);
@@ -38,9 +38,9 @@ fuzz_target!(|data: &[u8]| {
         get: &get,
         post: body_params.as_ref(),
     };
-    let is_index = unikgate::classify::normalize_path(path)
+    let is_index = unikgate::request::classify::normalize_path(path)
         .as_deref()
-        .and_then(unikgate::classify::php_script)
+        .and_then(unikgate::request::classify::php_script)
         == Some("/index.php");
     let plugin = |name: &str| {
         req.matomo(name).is_some_and(|m| {

@@ -4,7 +4,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);
-    let out = unikgate::redirect::safe_rd(&s, "/_unikgate");
+    let out = unikgate::request::redirect::safe_rd(&s, "/_unikgate");
     assert!(out.starts_with('/'), "{s:?} → {out:?}");
     assert!(
         !out.starts_with("//") && !out.starts_with("/\\"),

@@ -1,7 +1,7 @@
 //! The request side of the pool (src/pool.rs): whatever method, target, headers and body a
 //! browser's request carries once hyper has parsed it, what unikgate writes to Matomo is exactly
 //! one well-formed HTTP/1.1 request with unikgate's own framing (checked by
-//! `unikgate::pool::fuzzing::request` with httparse and the pool's chunk decoder).
+//! `unikgate::upstream::pool::fuzzing::request` with httparse and the pool's chunk decoder).
 //!
 //! Input, split at NUL bytes: method, target, then `name: value` header lines, then the body's
 //! pieces (each further NUL starts a new piece); the first byte's low bit chooses chunked.
@@ -43,5 +43,5 @@ fuzz_target!(|data: &[u8]| {
     };
     let (parts, ()) = req.into_parts();
     let chunks: Vec<&[u8]> = fields.collect();
-    unikgate::pool::fuzzing::request(&parts, &chunks, flags & 1 == 1);
+    unikgate::upstream::pool::fuzzing::request(&parts, &chunks, flags & 1 == 1);
 });

@@ -1,6 +1,6 @@
 //! What the gate and unikgate's own endpoints both need to answer a request: the per-request
 //! context, local redirects, saving the session into a response, minting, and the Matomo cookie
-//! headers. Nothing here calls back into `gate` or `routes` (arrows: gate → routes → web).
+//! headers. Nothing here calls back into the gate or the endpoints (arrows: gate → endpoints → context).
 
 use std::net::IpAddr;
 
@@ -8,11 +8,11 @@ use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 
+use crate::app::App;
 use crate::error::Error;
-use crate::links::Link;
-use crate::matomo::MATOMO_COOKIE;
 use crate::session::{LinkRef, Sess};
-use crate::App;
+use crate::store::links::Link;
+use crate::upstream::matomo::MATOMO_COOKIE;
 
 /// Per-request facts every phase may need.
 pub struct Ctx {
@@ -39,7 +39,7 @@ pub fn own_url(app: &App, page: &str, rd: &str) -> String {
     format!(
         "{}/{page}?rd={}",
         app.cfg.server.prefix,
-        percent_encoding::utf8_percent_encode(rd, crate::QUERY_VALUE)
+        percent_encoding::utf8_percent_encode(rd, crate::util::QUERY_VALUE)
     )
 }
 
@@ -136,13 +136,13 @@ pub async fn index_session(
     user: &crate::session::UserSession,
 ) -> Result<(), Error> {
     app.links
-        .index_session(&crate::links::SessionEntry {
+        .index_session(&crate::store::links::SessionEntry {
             issuer: user.issuer.clone(),
             subject: user.subject.clone(),
             session_id: id.to_string(),
             sid: user.sid.clone(),
             id_sub: user.id_sub.clone(),
-            created_at: crate::now_ms(),
+            created_at: crate::util::now_ms(),
         })
         .await
 }

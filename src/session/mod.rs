@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cookie::{Cookie, CookieJar, Key, SameSite};
-use http::header::{HeaderMap, HeaderValue, COOKIE, SET_COOKIE};
-use serde::{Deserialize, Serialize};
+use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 use tower_sessions::{Expiry, Session};
@@ -21,9 +20,20 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+mod cookies;
+mod key;
+mod memo;
+mod model;
+
+use cookies::SIGNATURE_LEN;
+pub use cookies::{cookie_hash, cookie_values};
+pub use key::load_key;
+pub use memo::MemoryPeek;
+use memo::*;
+pub use model::*;
+
 use crate::error::Error;
-use crate::now_ms;
-use crate::php::split_ascii;
+use crate::util::now_ms;
 
 /// The session store behind a trait object, so one type serves every backend.
 #[derive(Debug, Clone)]
@@ -44,275 +54,6 @@ impl SessionStore for DynStore {
         self.0.delete(id).await
     }
 }
-
-/// What unikgate keeps about a browser.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct SessionData {
-    /// CSRF token of this session's forms.
-    pub csrf: String,
-    /// When this session began (ms); the absolute lifetime counts from here.
-    pub created: i64,
-    /// Last time activity was recorded (ms).
-    pub touched: i64,
-    /// Sign-ins under way in this browser (newest last, a few at most).
-    #[serde(default)]
-    pub pending: Vec<PendingAuth>,
-    /// The signed-in @unikname, if any.
-    pub user: Option<UserSession>,
-}
-
-/// Pre-authentication state of one sign-in: single-use, short-lived, bound to this browser.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PendingAuth {
-    pub state: String,
-    pub nonce: String,
-    pub pkce_verifier: String,
-    pub rd: String,
-    pub created: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct UserSession {
-    pub issuer: String,
-    pub subject: String,
-    /// How pages name the person: the email claim when the provider gives one, else the subject.
-    #[serde(default)]
-    pub display: Option<String>,
-    pub signed_in: i64,
-    /// For `id_token_hint` at RP-initiated logout.
-    pub id_token: Option<String>,
-    /// The provider's session id (`sid` of the ID token), for back-channel logout.
-    #[serde(default)]
-    pub sid: Option<String>,
-    /// The ID token's `sub`, for back-channel logout by subject.
-    #[serde(default)]
-    pub id_sub: Option<String>,
-    /// The link this session signed in with. Removing a link ends its sessions (they are deleted
-    /// through the identity → sessions index), so a live session implies a live link.
-    #[serde(default)]
-    pub link: Option<LinkRef>,
-    /// The Matomo session unikgate minted for this browser.
-    pub matomo: Option<MatomoSession>,
-}
-
-/// What a session needs of its link on every request (no link-store read on the hot path).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LinkRef {
-    pub id: String,
-    pub matomo_login: String,
-    pub superuser: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MatomoSession {
-    pub login: String,
-    /// SHA-256 (hex) of the `MATOMO_SESSID` value unikgate minted (compared on every request).
-    pub cookie_hash: String,
-    /// The value itself, so that ending this session elsewhere (back-channel logout, unlink in
-    /// another browser, the CLI) can log that Matomo session out too. The store already holds
-    /// what signs a browser in (this record), so this adds no new secret to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cookie: Option<String>,
-    /// Last activity forwarded with that cookie (ms), recorded coarsely (never later than real).
-    pub seen: i64,
-}
-
-impl MatomoSession {
-    /// The Matomo session unikgate just minted (or saw in use) for `login`, with value `cookie`.
-    pub fn minted(login: &str, cookie: &str, seen: i64) -> MatomoSession {
-        MatomoSession {
-            login: login.to_string(),
-            cookie_hash: cookie_hash(cookie),
-            cookie: Some(cookie.to_string()),
-            seen,
-        }
-    }
-
-    /// True when `browser` is the `MATOMO_SESSID` value this session minted: compared with the
-    /// stored value in constant time (no hash per request), or by hash for sessions written
-    /// before the value was kept.
-    pub fn is_cookie(&self, browser: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        match &self.cookie {
-            Some(v) => v.as_bytes().ct_eq(browser.as_bytes()).into(),
-            None => cookie_hash(browser) == self.cookie_hash,
-        }
-    }
-}
-
-const DATA_KEY: &str = "d";
-
-/// The session data is kept in the record as one JSON string, not as a JSON tree: reading a
-/// cached record then copies one string instead of cloning a tree node by node (hot path).
-fn encode(data: &SessionData) -> Result<serde_json::Value, Error> {
-    serde_json::to_string(data)
-        .map(serde_json::Value::String)
-        .map_err(|e| Error::Internal(format!("session data: {e}")))
-}
-
-/// Reads what [`encode`] wrote (or the tree form of earlier versions). Unreadable data is no
-/// session at all, not an error page.
-fn decode(v: Option<serde_json::Value>) -> Option<SessionData> {
-    match v? {
-        serde_json::Value::String(s) => serde_json::from_str(&s).ok(),
-        other => serde_json::from_value(other).ok(),
-    }
-}
-/// A session store that can lend a record it holds in memory, with no copy and no await (the
-/// embedded store's read cache). `peek` calls `f` with the record and returns true only when the
-/// record is fresh enough to be served from memory; otherwise the caller loads as usual.
-pub trait MemoryPeek: Send + Sync {
-    fn peek(&self, id: &Id, f: &mut dyn FnMut(&Record)) -> bool;
-}
-
-/// What a peek at the stored data found. Lives on the stack for one read: boxing the large
-/// variant would add an allocation to every request.
-#[allow(clippy::large_enum_variant)]
-enum Peeked {
-    Decoded(Option<Arc<SessionData>>),
-    /// Not in the memo: decoded after the store's lock is released.
-    Json(String),
-}
-
-/// Most entries [`DecodeMemo`] keeps (a few MiB at most; cleared when full).
-const MEMO_MAX: usize = 1024;
-
-/// The last decoded data of recently used sessions, each with the exact JSON it was decoded
-/// from: a read whose stored JSON is the same string copies the decoded data instead of parsing
-/// it again (JSON decoding was the largest cost of a signed-in request). Correct with any store
-/// and any writer (another replica, the CLI): a different string is decoded afresh.
-#[derive(Default)]
-struct DecodeMemo {
-    entries: std::sync::Mutex<std::collections::HashMap<Id, (String, Arc<SessionData>)>>,
-}
-
-impl DecodeMemo {
-    fn entries(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Id, (String, Arc<SessionData>)>> {
-        // A panic while holding the lock leaves a plain map behind: still usable.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Reads a stored value (owned: the store's usual load).
-    fn decode(&self, id: Id, v: Option<serde_json::Value>) -> Option<Arc<SessionData>> {
-        self.finish(id, self.peek(&id, v.as_ref()))
-    }
-
-    /// Reads a stored value in place: a memo hit copies nothing (the decoded data is shared).
-    fn peek(&self, id: &Id, v: Option<&serde_json::Value>) -> Peeked {
-        let Some(serde_json::Value::String(json)) = v else {
-            return Peeked::Decoded(decode(v.cloned()).map(Arc::new));
-        };
-        match self.entries().get(id) {
-            Some((seen, data)) if seen == json => Peeked::Decoded(Some(Arc::clone(data))),
-            _ => Peeked::Json(json.clone()),
-        }
-    }
-
-    /// Decodes what a peek could not answer from the memo (outside the store's lock).
-    fn finish(&self, id: Id, peeked: Peeked) -> Option<Arc<SessionData>> {
-        match peeked {
-            Peeked::Decoded(d) => d,
-            Peeked::Json(json) => self.decode_new(id, json),
-        }
-    }
-
-    fn decode_new(&self, id: Id, json: String) -> Option<Arc<SessionData>> {
-        let data: Arc<SessionData> = Arc::new(serde_json::from_str(&json).ok()?);
-        let mut entries = self.entries();
-        if entries.len() >= MEMO_MAX {
-            entries.clear();
-        }
-        entries.insert(id, (json, data.clone()));
-        Some(data)
-    }
-
-    fn forget(&self, id: &Id) {
-        self.entries().remove(id);
-    }
-
-    #[cfg(test)]
-    fn decode_owned(&self, id: Id, v: Option<serde_json::Value>) -> Option<SessionData> {
-        self.decode(id, v).map(|d| (*d).clone())
-    }
-}
-
-/// Most cookie values [`ActivityChecks`] remembers (cleared when full).
-const ACTIVITY_MAX: usize = 4096;
-
-/// When each unikgate cookie value seen on public traffic was last looked at for activity
-/// bookkeeping. A tracking hit or an asset from a signed-in browser would otherwise verify and
-/// read the session on every request to record activity that is written at most every
-/// `touch_every` anyway. Keyed by the raw cookie value (before its signature is checked, so
-/// that a skipped request costs no HMAC), as a 64-bit hash under a per-process random key: the
-/// map's memory does not depend on what clients send (4,096 × 16 bytes at most), a forged value
-/// only earns itself one ordinary check, and a collision only delays one activity write.
-#[derive(Default)]
-struct ActivityChecks {
-    keys: std::collections::hash_map::RandomState,
-    last: std::sync::Mutex<std::collections::HashMap<u64, i64>>,
-}
-
-/// Longest cookie value unikgate signs (a base64 HMAC and a session id), with room to spare.
-const SIGNED_COOKIE_MAX: usize = SIGNATURE_LEN + 64;
-
-impl ActivityChecks {
-    /// True when `value` was not looked at in the last `every_ms` (and records that it is now).
-    /// Never for a value too long to be a cookie unikgate signed.
-    fn due(&self, value: &str, now: i64, every_ms: i64) -> bool {
-        use std::hash::BuildHasher;
-        if value.len() > SIGNED_COOKIE_MAX {
-            return false;
-        }
-        self.due_hashed(self.keys.hash_one(value), now, every_ms)
-    }
-
-    /// The same for a session id (already verified: its length is fixed).
-    fn due_id(&self, id: &Id, now: i64, every_ms: i64) -> bool {
-        use std::hash::BuildHasher;
-        self.due_hashed(self.keys.hash_one(id), now, every_ms)
-    }
-
-    fn due_hashed(&self, key: u64, now: i64, every_ms: i64) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = last.get_mut(&key) {
-            if now - *t < every_ms {
-                return false;
-            }
-            *t = now;
-            return true;
-        }
-        if last.len() >= ACTIVITY_MAX {
-            last.clear();
-        }
-        last.insert(key, now);
-        true
-    }
-}
-
-const MAX_PENDING: usize = 5;
-pub const PENDING_TTL: Duration = Duration::from_secs(600);
-
-/// The values of the cookies called `name` in a request, in order (`name=value` pairs of every
-/// `Cookie` header; whitespace around names and values ignored). No allocation (hot path).
-pub fn cookie_values<'a>(
-    headers: &'a HeaderMap,
-    name: &'a str,
-) -> impl Iterator<Item = &'a str> + 'a {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| split_ascii(s, b';'))
-        .filter_map(move |pair| {
-            let eq = pair.bytes().position(|b| b == b'=')?;
-            (pair[..eq].trim() == name).then(|| pair[eq + 1..].trim())
-        })
-}
-
-/// Length of the base64 HMAC-SHA256 that starts a value signed by the `cookie` crate.
-const SIGNATURE_LEN: usize = 44;
 
 /// The session manager: store, key and lifetimes.
 #[derive(Clone)]
@@ -490,7 +231,7 @@ impl Sessions {
             let fresh = d.is_none();
             let mut data = d.unwrap_or_else(|| {
                 Arc::new(SessionData {
-                    csrf: crate::random_token(),
+                    csrf: crate::util::random_token(),
                     created: now,
                     touched: now,
                     pending: Vec::new(),
@@ -671,109 +412,10 @@ impl Sess {
     }
 }
 
-/// SHA-256 hex of a cookie value.
-pub fn cookie_hash(value: &str) -> String {
-    use sha2::Digest;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Hex by hand: `hex::encode` collects chars one by one, and this runs on every request.
-    let mut out = String::with_capacity(64);
-    for b in sha2::Sha256::digest(value.as_bytes()) {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
-    }
-    out
-}
-
-/// Reads or creates the session key. From config when set; else a 64-byte key generated once
-/// into `<data_dir>/session.key` (mode 0600).
-pub fn load_key(
-    configured: Option<&secrecy::SecretString>,
-    data_dir: Option<&std::path::Path>,
-) -> Result<Key, String> {
-    use secrecy::ExposeSecret;
-    if let Some(k) = configured {
-        return Key::try_from(k.expose_secret().as_bytes())
-            .map_err(|_| "session.key must be at least 64 bytes".to_string());
-    }
-    let dir = data_dir
-        .ok_or("session.key (or key_file) is required when the store is not a SQLite file")?;
-    let path = dir.join("session.key");
-    match std::fs::read_to_string(&path) {
-        Ok(s) => {
-            let bytes = hex::decode(s.trim()).map_err(|_| {
-                format!(
-                    "{} is not a hex key; delete it to make a new one",
-                    path.display()
-                )
-            })?;
-            Key::try_from(bytes.as_slice()).map_err(|_| {
-                format!(
-                    "{} is shorter than 64 bytes; delete it to make a new one",
-                    path.display()
-                )
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let mut bytes = [0u8; 64];
-            rand::Rng::fill(&mut rand::rngs::OsRng, &mut bytes[..]);
-            write_private(&path, hex::encode(bytes).as_bytes())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            tracing::info!(path = %path.display(), "generated a new session key");
-            Key::try_from(&bytes[..]).map_err(|_| "key generation failed".to_string())
-        }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
-}
-
-fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(contents)?;
-    f.sync_all()
-}
-
-impl SessionData {
-    /// Adds a pending sign-in, dropping expired and surplus ones.
-    pub fn push_pending(&mut self, p: PendingAuth) {
-        let now = now_ms();
-        self.pending
-            .retain(|x| now - x.created < PENDING_TTL.as_millis() as i64);
-        self.pending.push(p);
-        while self.pending.len() > MAX_PENDING {
-            self.pending.remove(0);
-        }
-    }
-
-    /// Takes the pending sign-in with this state, once; expired ones are not returned.
-    pub fn take_pending(&mut self, state: &str) -> Option<PendingAuth> {
-        use subtle::ConstantTimeEq;
-        let i = self
-            .pending
-            .iter()
-            .position(|p| bool::from(p.state.as_bytes().ct_eq(state.as_bytes())))?;
-        let p = self.pending.remove(i);
-        (now_ms() - p.created < PENDING_TTL.as_millis() as i64).then_some(p)
-    }
-
-    /// Constant-time CSRF check.
-    pub fn csrf_ok(&self, token: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        !self.csrf.is_empty() && bool::from(self.csrf.as_bytes().ct_eq(token.as_bytes()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::COOKIE;
 
     #[test]
     fn the_decode_memo_answers_only_for_the_same_stored_json() {

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::now_ms;
+use crate::util::now_ms;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Link {

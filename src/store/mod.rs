@@ -6,6 +6,8 @@
 //! `Arc<dyn SessionStore>` and `Arc<dyn LinkStore>` (and, for the embedded default, the read
 //! cache's `MemoryPeek`).
 
+pub mod links;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use tower_sessions::ExpiredDeletion;
 
 use crate::config::{sqlite_path, store_kind, StoreConfig, StoreKind};
 use crate::error::Error;
-use crate::links::{open_sqlite, LinkStore, PgLinks, SqliteLinks};
+use crate::store::links::{open_sqlite, LinkStore, PgLinks, SqliteLinks};
 
 /// How long a request may wait for a database connection or a Redis answer before the store
 /// counts as unavailable (503).

@@ -1,13 +1,13 @@
-//! Phase 1 of every request: decide what it is, the way Apache + PHP + Matomo would dispatch it.
+//! The first decision on every request: what it is, the way Apache + PHP + Matomo would dispatch it.
 //!
 //! Invariant: a pure function over method, path, query and (for form posts to `index.php`) the
 //! parsed body. No I/O, no session, no config beyond the prefix and `public_paths`.
 //! The path is normalised like Apache does it (percent-decoding, dot segments, merged slashes) and
-//! parameters are read like PHP ([`crate::php`]), never with a pattern over the raw URL.
+//! parameters are read like PHP ([`crate::request::php`]), never with a pattern over the raw URL.
 
 use std::borrow::Cow;
 
-use crate::php::{matomo_decode, Params, Request};
+use crate::request::php::{matomo_decode, Params, Request};
 
 /// What a request is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,8 +19,8 @@ pub struct Texts {
 
 /// The catalogues as shipped: (language tag, TOML source). English first: it is the fallback.
 pub const SOURCES: &[(&str, &str)] = &[
-    ("en", include_str!("../locales/en.toml")),
-    ("fr", include_str!("../locales/fr.toml")),
+    ("en", include_str!("../../locales/en.toml")),
+    ("fr", include_str!("../../locales/fr.toml")),
 ];
 
 static CATALOGUES: LazyLock<Vec<Texts>> = LazyLock::new(|| {

@@ -19,16 +19,16 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tracing::Instrument;
 
-use crate::classify::{BodyRule, Class};
-use crate::error::Error;
-use crate::matomo::{self, MATOMO_COOKIE};
-use crate::now_ms;
-use crate::php::Params;
-use crate::session::{MatomoSession, Sess, UserSession};
-use crate::web::{
+use crate::app::App;
+use crate::context::{
     append_matomo_cookie, finish, mint, own_url, redirect_local, set_matomo_cookie_header, Ctx,
 };
-use crate::App;
+use crate::error::Error;
+use crate::request::classify::{BodyRule, Class};
+use crate::request::php::Params;
+use crate::session::{MatomoSession, Sess, UserSession};
+use crate::upstream::matomo::{self, MATOMO_COOKIE};
+use crate::util::now_ms;
 
 /// Longest path + query accepted.
 pub const MAX_URI: usize = 8 * 1024;
@@ -91,7 +91,7 @@ impl Gate {
             inner: Arc::new(GateInner {
                 app,
                 ids: RequestIds {
-                    prefix: crate::random_token()[..8].to_string(),
+                    prefix: crate::util::random_token()[..8].to_string(),
                     next: std::sync::atomic::AtomicU64::new(1),
                 },
             }),
@@ -127,7 +127,7 @@ impl Gate {
 
 async fn entry(app: &Arc<App>, peer: SocketAddr, req: Request) -> Response {
     let ctx = Ctx {
-        client_ip: crate::proxy::client_ip(peer.ip(), req.headers(), &app.cfg),
+        client_ip: crate::upstream::proxy::client_ip(peer.ip(), req.headers(), &app.cfg),
     };
     // Timed only when a metrics listener is configured (no clock read per request otherwise).
     let started = app.cfg.server.metrics_listen.is_some().then(Instant::now);
@@ -269,7 +269,7 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, mut req: Request) -> Outcome {
         &path,
         query.as_deref(),
         body_params.as_ref(),
-        crate::classify::is_bearer(req.headers()),
+        crate::request::classify::is_bearer(req.headers()),
     );
     match class {
         // unikgate's own endpoints (sign-in, link, …) are boxed: their futures are large (HTTP
@@ -277,7 +277,7 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, mut req: Request) -> Outcome {
         // future that large, copied at each await level.
         Class::Own(ep) => Ok((
             "own",
-            Box::pin(crate::routes::own(app, ctx, &ep, req)).await,
+            Box::pin(crate::endpoints::own(app, ctx, &ep, req)).await,
         )),
         Class::UnsVerification => match &app.cfg.matomo.uns_verification_file {
             Some(f) => match Box::pin(tokio::fs::read(f)).await {
@@ -306,7 +306,7 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, mut req: Request) -> Outcome {
         Class::BadRequest(why) => Err(("invalid", Error::BadRequest(why.into()))),
         Class::Logout => Ok((
             "own",
-            Box::pin(crate::routes::own(app, ctx, "sign_out", req)).await,
+            Box::pin(crate::endpoints::own(app, ctx, "sign_out", req)).await,
         )),
         Class::Ui { login_module } => Ok(("ui", ui(app, ctx, req, login_module).await)),
     }
@@ -370,7 +370,7 @@ async fn ui_inner(
     let uri = req.uri().clone();
     let rd = || {
         let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        crate::redirect::safe_rd(pq, &app.cfg.server.prefix)
+        crate::request::redirect::safe_rd(pq, &app.cfg.server.prefix)
     };
     // Read shared (no copy of the session); the user is copied only when this request changes
     // it, and then goes back into the session, which is saved.
@@ -498,9 +498,9 @@ async fn linked_since(
         return Ok(None);
     };
     if let Some(id) = sess.id() {
-        crate::web::index_session(app, &id, user).await?;
+        crate::context::index_session(app, &id, user).await?;
     }
-    let r = crate::web::link_ref(&l);
+    let r = crate::context::link_ref(&l);
     user.link = Some(r.clone());
     Ok(Some(r))
 }

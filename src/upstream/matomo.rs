@@ -1,5 +1,5 @@
 //! unikgate's own calls to Matomo, exactly as `matomo-contract.md` describes them: minting a
-//! session (the [`Minter`] seam; AutoLogin now), proving an account by password, asking who owns a
+//! session (the [`Minter`] seam: the UnikGate plugin's signed assertions, or AutoLogin), proving an account by password, asking who owns a
 //! Matomo session, and logging a session out.
 //!
 //! Invariants: `matomo` never touches unikgate's session or the provider; a password or an API
@@ -14,7 +14,7 @@ use http::header::{HeaderMap, HeaderValue, COOKIE, SET_COOKIE};
 use http::{Method, StatusCode};
 
 use crate::error::Error;
-use crate::proxy::{Answer, Upstream};
+use crate::upstream::proxy::{Answer, Upstream};
 
 pub use crate::config::MATOMO_COOKIE;
 
@@ -84,7 +84,7 @@ impl Signed {
             "sub": login,
             "iat": iat,
             "exp": iat + ASSERTION_LIFETIME,
-            "jti": crate::random_token(),
+            "jti": crate::util::random_token(),
             "rd": rd,
         });
         sign_hs256(&claims, self.secret.expose_secret().as_bytes())

@@ -3,15 +3,19 @@
 //!
 //! Invariant: the only place that turns data into HTML; askama escapes every value.
 
+pub mod errors;
+pub mod i18n;
+
 use askama::Template;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 
-use crate::error::{ActionTarget, Error, ErrorPage};
-use crate::i18n::Texts;
+use crate::error::{Error, ErrorPage};
+use crate::pages::i18n::Texts;
+pub use errors::{ActionTarget, PageSpec};
 
-pub const STYLESHEET: &str = include_str!("../templates/unikgate.css");
+pub const STYLESHEET: &str = include_str!("../../templates/unikgate.css");
 
 /// What every page needs to know about the deployment.
 #[derive(Debug, Clone)]
@@ -100,7 +104,7 @@ impl PageEnv {
                 ActionTarget::SignIn(rd) => format!(
                     "{}/sign_in?rd={}",
                     self.prefix,
-                    percent_encoding::utf8_percent_encode(&rd, crate::QUERY_VALUE)
+                    percent_encoding::utf8_percent_encode(&rd, crate::util::QUERY_VALUE)
                 ),
             },
         });
@@ -205,7 +209,7 @@ pub fn render_error(
     accept_language: Option<&HeaderValue>,
 ) -> Response {
     if let Some(ErrorPage(err)) = res.extensions_mut().remove::<ErrorPage>() {
-        let t = crate::i18n::negotiate(accept_language.and_then(|v| v.to_str().ok()));
+        let t = crate::pages::i18n::negotiate(accept_language.and_then(|v| v.to_str().ok()));
         let mut page = env.error_page(&err, request_id, t);
         // Keep what the handler set besides the body (e.g. Set-Cookie clearing a session).
         for (name, value) in res.headers() {
@@ -232,7 +236,7 @@ pub fn fragment_script() -> Response {
     static_file(FRAGMENT_SCRIPT, "text/javascript; charset=utf-8")
 }
 
-const FRAGMENT_SCRIPT: &str = include_str!("../templates/fragment.js");
+const FRAGMENT_SCRIPT: &str = include_str!("../../templates/fragment.js");
 
 fn static_file(body: &'static str, content_type: &'static str) -> Response {
     let mut res = Response::new(Body::from(body));

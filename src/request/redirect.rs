@@ -39,7 +39,7 @@ pub fn safe_rd(rd: &str, prefix: &str) -> String {
         level = decoded;
     }
     let path = level.split(['?', '#']).next().unwrap_or("");
-    if let Some(normalized) = crate::classify::normalize_path(path) {
+    if let Some(normalized) = crate::request::classify::normalize_path(path) {
         if normalized == prefix || normalized.starts_with(&format!("{prefix}/")) {
             return "/".into();
         }

@@ -1,4 +1,4 @@
-//! Phase 4 and 5: forward a request to Matomo and fix the response, streaming both bodies.
+//! Forwarding to Matomo and fixing its answer (the gate's last two phases), streaming both bodies.
 //!
 //! Invariant: `proxy` never reads a session and never decides who may pass; it applies the header
 //! policy (what a client may not say to Matomo) and moves bytes. The gate decides before it.
@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::php::split_ascii;
-use crate::pool::{Pool, PoolError};
+use crate::request::php::split_ascii;
+use crate::upstream::pool::{Pool, PoolError};
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

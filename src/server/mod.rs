@@ -118,7 +118,7 @@ impl RefusalLog {
     fn note(&self, why: Refused, ip: std::net::IpAddr, conns: &Connections) {
         metrics::counter!("unikgate_connections_refused_total", "reason" => why.as_str())
             .increment(1);
-        let now = crate::now_ms() as u64;
+        let now = crate::util::now_ms() as u64;
         let since = self.since.fetch_add(1, Ordering::Relaxed) + 1;
         let last = self.last_logged.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= 1000

@@ -1,0 +1,252 @@
+//! Linking an @unikname to a Matomo account once: the link page and its post (password, two-factor
+//! code, or the browser's Matomo session), rate-limited.
+
+use super::*;
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn link_page(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    headers: &HeaderMap,
+    q: &Form,
+    error: Option<&str>,
+    code_needed: bool,
+    status: StatusCode,
+    t: &Texts,
+) -> Result<Response, Error> {
+    let rd = rd_of(app, q);
+    let user = match require_user(app, sess, &rd).await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
+    };
+    if app.links.get(&user.issuer, &user.subject).await?.is_some() {
+        return Ok(redirect_local(app, &rd));
+    }
+    // Offer the Matomo session the browser already holds (password login), by its owner.
+    let session_login = match matomo::request_cookie(headers, MATOMO_COOKIE) {
+        Some(c) if !app.cfg.matomo.deny_superusers => app
+            .minter
+            .who_am_i(&app.upstream, &c, ctx.client_ip)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "who-am-i probe failed");
+                None
+            }),
+        _ => None,
+    };
+    let data = app.sessions.load(sess).await?;
+    let csrf = data.csrf.clone();
+    let login = q.get("login").cloned().unwrap_or_default();
+    Ok(app.pages.render(
+        status,
+        &LinkPage {
+            t,
+            title: t.get("link.title"),
+            prefix: &app.cfg.server.prefix,
+            identity: user.display.as_deref().unwrap_or(&user.subject),
+            csrf: &csrf,
+            rd: &rd,
+            login: &login,
+            error: error.map(|key| t.get(key)),
+            session_login: session_login.as_deref(),
+            code_needed,
+        },
+    ))
+}
+
+pub(super) async fn link_post(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    headers: &HeaderMap,
+    f: &Form,
+    t: &Texts,
+) -> Result<Response, Error> {
+    check_csrf(app, sess, f).await?;
+    let rd = rd_of(app, f);
+    let mut user = match require_user(app, sess, &rd).await? {
+        Ok(u) => u,
+        Err(r) => return Ok(r),
+    };
+    if app.links.get(&user.issuer, &user.subject).await?.is_some() {
+        return Err(Error::IdentityAlreadyLinked);
+    }
+    let by_identity = format!("link:sub:{}:{}", user.issuer, user.subject);
+    let by_ip = format!("link:ip:{}", ctx.client_ip);
+    let ok_identity = app
+        .links
+        .attempt(&by_identity, LINK_ATTEMPTS, LINK_WINDOW)
+        .await?;
+    let ok_ip = app
+        .links
+        .attempt(&by_ip, LINK_ATTEMPTS, LINK_WINDOW)
+        .await?;
+    if !ok_identity || !ok_ip {
+        tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "link rate limit");
+        let mut r = Error::RateLimited.into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
+        return Ok(r);
+    }
+    let (login, superuser) = match f.get("mode").map(String::as_str) {
+        Some("session") => {
+            if app.cfg.matomo.deny_superusers {
+                return Err(Error::BadRequest(
+                    "linking by session is off here; use the password".into(),
+                ));
+            }
+            let Some(c) = matomo::request_cookie(headers, MATOMO_COOKIE) else {
+                return again(app, ctx, sess, headers, f, t, "link.err_no_session").await;
+            };
+            match app
+                .minter
+                .who_am_i(&app.upstream, &c, ctx.client_ip)
+                .await?
+            {
+                Some(l) => (l, false),
+                None => {
+                    return again(app, ctx, sess, headers, f, t, "link.err_session_ended").await
+                }
+            }
+        }
+        _ => {
+            let login = f.get("login").map(|s| s.trim()).unwrap_or("");
+            let password = f.get("password").map(String::as_str).unwrap_or("");
+            if login.is_empty() || password.is_empty() {
+                return again(app, ctx, sess, headers, f, t, "link.err_empty").await;
+            }
+            // The two-factor code, when the account has one: digits only (spaces people type
+            // between groups are dropped); anything else is not sent.
+            let code: String = f
+                .get("code")
+                .map(|c| c.chars().filter(|c| !c.is_whitespace()).collect())
+                .unwrap_or_default();
+            if !code.is_empty() && (code.len() > 10 || !code.bytes().all(|b| b.is_ascii_digit())) {
+                return again_with(app, ctx, sess, headers, f, t, "link.err_code_format", true)
+                    .await;
+            }
+            let code = (!code.is_empty()).then_some(code.as_str());
+            match matomo::prove_password(&app.upstream, login, password, code, ctx.client_ip)
+                .await?
+            {
+                Proof::Valid { login, superuser } => (login, superuser),
+                Proof::CodeRequired => {
+                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "two-factor code required");
+                    return again_with(
+                        app,
+                        ctx,
+                        sess,
+                        headers,
+                        f,
+                        t,
+                        "link.err_code_required",
+                        true,
+                    )
+                    .await;
+                }
+                Proof::WrongCode => {
+                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong two-factor code");
+                    return again_with(app, ctx, sess, headers, f, t, "link.err_code_wrong", true)
+                        .await;
+                }
+                Proof::TwoFactorSetupRequired => {
+                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "two-factor setup required by Matomo");
+                    return again(app, ctx, sess, headers, f, t, "link.err_setup_2fa").await;
+                }
+                Proof::Blocked => {
+                    tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "blocked by Matomo's brute-force protection");
+                    return again(app, ctx, sess, headers, f, t, "link.err_blocked").await;
+                }
+                Proof::WrongPassword => {
+                    tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong Matomo password or unknown user");
+                    return again(app, ctx, sess, headers, f, t, "link.err_wrong_password").await;
+                }
+                Proof::NotTheLogin => {
+                    return again(app, ctx, sess, headers, f, t, "link.err_email").await;
+                }
+            }
+        }
+    };
+    if superuser && app.cfg.matomo.deny_superusers {
+        tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, matomo_login = %login, reason = "superuser");
+        return Err(Error::SuperuserDenied);
+    }
+    let link = Link {
+        id: crate::util::random_token(),
+        issuer: user.issuer.clone(),
+        subject: user.subject.clone(),
+        matomo_login: login.clone(),
+        superuser,
+        created_at: now_ms(),
+        last_login_at: Some(now_ms()),
+    };
+    match app.links.create(&link).await? {
+        Ok(()) => {}
+        Err(LinkConflict::Identity) => return Err(Error::IdentityAlreadyLinked),
+        Err(LinkConflict::Login) => {
+            tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, matomo_login = %login, reason = "login linked to another identity");
+            return Err(Error::LoginAlreadyLinked);
+        }
+    }
+    tracing::info!(target: "unikgate::audit", event = "link", subject = %user.subject, matomo_login = %login, client_ip = %ctx.client_ip);
+    let v = match mint(app, ctx, &login, &user.subject, "link").await {
+        Ok(v) => v,
+        Err(e @ (Error::MintFailed(_) | Error::PluginMintFailed(_))) => {
+            return Err(Error::LinkedButMintFailed(login, Box::new(e)))
+        }
+        Err(e) => return Err(e),
+    };
+    user.link = Some(crate::context::link_ref(&link));
+    user.matomo = Some(MatomoSession::minted(&login, &v, now_ms()));
+    let data = app.sessions.load(sess).await?;
+    data.user = Some(user);
+    sess.changed();
+    let mut res = redirect_local(app, &rd);
+    append_matomo_cookie(app, res.headers_mut(), &v);
+    Ok(res)
+}
+
+/// The link page again, with a message (`msg`: a `link.err_*` catalogue key).
+pub(super) async fn again(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    headers: &HeaderMap,
+    f: &Form,
+    t: &Texts,
+    msg: &str,
+) -> Result<Response, Error> {
+    again_with(app, ctx, sess, headers, f, t, msg, false).await
+}
+
+/// The link page again, with a message; `code_needed` asks for the two-factor code. Neither the
+/// password nor the code is written back into the page: unikgate keeps no password between
+/// requests, so a two-factor account types it again with its code.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn again_with(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    headers: &HeaderMap,
+    f: &Form,
+    t: &Texts,
+    msg: &str,
+    code_needed: bool,
+) -> Result<Response, Error> {
+    let mut q = f.clone();
+    q.remove("password");
+    q.remove("code");
+    link_page(
+        app,
+        ctx,
+        sess,
+        headers,
+        &q,
+        Some(msg),
+        code_needed,
+        StatusCode::UNAUTHORIZED,
+        t,
+    )
+    .await
+}

@@ -1,0 +1,162 @@
+//! Signing in: the sign-in page, `start` (PKCE, state and nonce into the session, 303 to the
+//! provider) and the provider's `callback` (code exchange, identity, session cycled and indexed,
+//! link looked up, first Matomo session).
+
+use super::*;
+
+pub(super) async fn sign_in(
+    app: &App,
+    sess: &mut Sess,
+    q: &Form,
+    t: &Texts,
+) -> Result<Response, Error> {
+    oidc(app)?;
+    let rd = rd_of(app, q);
+    let data = app.sessions.load(sess).await?;
+    if data.user.is_some() && !q.contains_key("signed_out") {
+        // Already signed in: nothing to do here.
+        return Ok(redirect_local(app, &rd));
+    }
+    let csrf = data.csrf.clone();
+    sess.changed();
+    let password_url = app
+        .cfg
+        .matomo
+        .password_login
+        .then(|| "/index.php?module=Login&action=login".to_string());
+    let notice = q
+        .contains_key("signed_out")
+        .then(|| t.get("sign_in.signed_out_notice"));
+    // The default label is the seed's, in the page's language; a configured one is shown as set.
+    let button = if app.cfg.provider.name == crate::config::DEFAULT_BUTTON {
+        t.get("sign_in.button")
+    } else {
+        app.cfg.provider.name.as_str()
+    };
+    Ok(app.pages.render(
+        StatusCode::OK,
+        &SignInPage {
+            t,
+            title: t.get("sign_in.title"),
+            prefix: &app.cfg.server.prefix,
+            button,
+            csrf: &csrf,
+            rd: &rd,
+            password_url: password_url.as_deref(),
+            notice,
+        },
+    ))
+}
+
+pub(super) async fn start(
+    app: &App,
+    sess: &mut Sess,
+    f: &Form,
+    posted: bool,
+) -> Result<Response, Error> {
+    let oidc = oidc(app)?;
+    if posted {
+        check_csrf(app, sess, f).await?;
+    }
+    let rd = rd_of(app, f);
+    let (url, pending) = oidc.start(rd).await;
+    let data = app.sessions.load(sess).await?;
+    data.push_pending(pending);
+    sess.changed();
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    let loc =
+        HeaderValue::from_str(url.as_str()).map_err(|_| Error::Internal("authorize URL".into()))?;
+    res.headers_mut().insert(header::LOCATION, loc);
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+pub(super) async fn callback(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    q: &Form,
+) -> Result<Response, Error> {
+    let oidc = oidc(app)?;
+    let state = q.get("state").map(String::as_str).unwrap_or("");
+    let data = app.sessions.load(sess).await?;
+    let pending = data.take_pending(state);
+    sess.changed();
+    let Some(pending) = pending else {
+        // Missing, expired, replayed, or started in another browser: quietly start over.
+        tracing::info!(target: "unikgate::audit", event = "refused", client_ip = %ctx.client_ip, reason = "unknown or used state");
+        return Ok(redirect_local(
+            app,
+            &format!("{}/sign_in", app.cfg.server.prefix),
+        ));
+    };
+    if let Some(err) = q.get("error") {
+        tracing::info!(target: "unikgate::audit", event = "refused", client_ip = %ctx.client_ip, reason = "provider error", error = %err.chars().take(64).collect::<String>());
+        return Err(match err.as_str() {
+            "access_denied" => Error::AccessDenied(pending.rd),
+            e => Error::ProviderError(
+                e.chars()
+                    .filter(|c| c.is_ascii_graphic())
+                    .take(64)
+                    .collect(),
+            ),
+        });
+    }
+    let code = q.get("code").map(String::as_str).unwrap_or("");
+    if code.is_empty() {
+        return Err(Error::ProviderBadAnswer(
+            "the callback carries no code".into(),
+        ));
+    }
+    let id = oidc.finish(&pending, code).await?;
+    // A new session id at sign-in: whatever id the browser had before (possibly planted) is gone.
+    sess.cycle().await?;
+    let data = app.sessions.load(sess).await?;
+    let now = now_ms();
+    data.pending.clear();
+    data.csrf = crate::util::random_token();
+    data.created = now;
+    data.touched = now;
+    let mut user = UserSession {
+        issuer: id.issuer.clone(),
+        subject: id.subject.clone(),
+        display: id.email.clone(),
+        signed_in: now,
+        id_token: id.id_token.clone(),
+        sid: id.sid.clone(),
+        id_sub: id.id_sub.clone(),
+        link: None,
+        matomo: None,
+    };
+    tracing::info!(target: "unikgate::audit", event = "sign_in", subject = %id.subject, client_ip = %ctx.client_ip);
+    let link = app.links.get(&id.issuer, &id.subject).await?;
+    let Some(link) = link else {
+        data.user = Some(user);
+        index_this_session(app, sess).await?;
+        return Ok(redirect_local(app, &own_url(app, "link", &pending.rd)));
+    };
+    if link.superuser && app.cfg.matomo.deny_superusers {
+        data.user = None;
+        tracing::warn!(target: "unikgate::audit", event = "refused", subject = %id.subject, matomo_login = %link.matomo_login, reason = "superuser");
+        return Err(Error::SuperuserDenied);
+    }
+    let v = mint(app, ctx, &link.matomo_login, &id.subject, "sign_in").await;
+    let v = match v {
+        Ok(v) => v,
+        Err(e) => {
+            data.user = Some(user);
+            return Err(e);
+        }
+    };
+    user.link = Some(crate::context::link_ref(&link));
+    user.matomo = Some(MatomoSession::minted(&link.matomo_login, &v, now));
+    data.user = Some(user);
+    index_this_session(app, sess).await?;
+    if let Err(e) = app.links.touch(&link.id).await {
+        tracing::warn!(error = %e, "could not record the last sign-in time");
+    }
+    let mut res = redirect_local(app, &pending.rd);
+    append_matomo_cookie(app, res.headers_mut(), &v);
+    Ok(res)
+}
