@@ -142,8 +142,8 @@ pub async fn run(app: &App, as_login: Option<&str>) -> Vec<Step> {
         }
     };
     if matomo_ok {
-        match (&app.cfg.matomo.minter, &app.cfg.matomo.shared_secret) {
-            (crate::config::MinterKind::Signed, Some(secret)) => {
+        match &app.cfg.matomo.minter {
+            crate::config::MinterConfig::Signed(secret) => {
                 out.extend(signed_steps(app, secret).await)
             }
             _ => out.push(autologin_step(app).await),
@@ -166,8 +166,8 @@ pub async fn run(app: &App, as_login: Option<&str>) -> Vec<Step> {
 /// The minter's hints for a failure, by kind.
 fn mint_advice(app: &App) -> &'static str {
     match app.cfg.matomo.minter {
-        crate::config::MinterKind::Signed => "check that the UnikGate plugin of this unikgate version is in Matomo's plugins/ and activated, [UnikGate] shared_secret, the clocks, and Matomo's error log",
-        crate::config::MinterKind::AutoLogin => "check that AutoLogin is activated and that Matomo runs under Apache with mod_php",
+        crate::config::MinterConfig::Signed(_) => "check that the UnikGate plugin of this unikgate version is in Matomo's plugins/ and activated, [UnikGate] shared_secret, the clocks, and Matomo's error log",
+        crate::config::MinterConfig::AutoLogin => "check that AutoLogin is activated and that Matomo runs under Apache with mod_php",
     }
 }
 

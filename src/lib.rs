@@ -27,7 +27,7 @@ pub use util::{now_ms, random_token, QUERY_VALUE};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::config::MinterKind;
+use crate::config::MinterConfig;
 use crate::oidc::Oidc;
 use crate::pages::PageEnv;
 use crate::request::classify::Classifier;
@@ -84,14 +84,9 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
             }
         });
     }
-    let minter: Arc<dyn Minter> = match (cfg.matomo.minter, &cfg.matomo.shared_secret) {
-        (MinterKind::Signed, Some(secret)) => {
-            Arc::new(Signed::new(secret.clone(), &cfg.public_origin()))
-        }
-        (MinterKind::Signed, None) => {
-            return Err("matomo.shared_secret is required with minter = \"signed\"".into())
-        }
-        (MinterKind::AutoLogin, _) => Arc::new(AutoLogin),
+    let minter: Arc<dyn Minter> = match &cfg.matomo.minter {
+        MinterConfig::Signed(secret) => Arc::new(Signed::new(secret.clone(), &cfg.public_origin())),
+        MinterConfig::AutoLogin => Arc::new(AutoLogin),
     };
     let app = Arc::new(App {
         classifier: Classifier::new(

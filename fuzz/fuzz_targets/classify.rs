@@ -28,10 +28,10 @@ fuzz_target!(|data: &[u8]| {
         Some("application/x-www-form-urlencoded"),
     );
     let body_params = body.map(Params::parse);
-    let class = c.classify_with(path, query, body_params.as_ref(), bearer);
+    let class = c.classify_with(path, query, body_params.as_ref(), || bearer);
     assert_eq!(
         class,
-        c.classify_with(path, query, body_params.as_ref(), bearer)
+        c.classify_with(path, query, body_params.as_ref(), || bearer)
     );
     let get = Params::parse(query.unwrap_or(""));
     let req = Request {

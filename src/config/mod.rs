@@ -165,11 +165,9 @@ pub fn store_kind(url: &str) -> Option<StoreKind> {
 #[derive(Debug, Clone)]
 pub struct MatomoConfig {
     /// How a Matomo session is minted: `autologin` (the AutoLogin plugin) or `signed` (this
-    /// repository's UnikGate plugin, which accepts only signed, single-use assertions).
-    pub minter: MinterKind,
-    /// The secret shared with the UnikGate plugin (`signed` minter), at least 32 bytes, from
-    /// `shared_secret` or `shared_secret_file`.
-    pub shared_secret: Option<SecretString>,
+    /// repository's UnikGate plugin, which accepts only signed, single-use assertions), with the
+    /// secret it needs: a `signed` minter without one cannot be built.
+    pub minter: MinterConfig,
     /// Let Matomo's own password login and the sessions it makes pass through. Default false.
     pub password_login: bool,
     /// Matomo's idle timeout for sessions (`login_session_not_remembered_idle_timeout`); unikgate
@@ -183,10 +181,23 @@ pub struct MatomoConfig {
     pub deny_superusers: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MinterKind {
+/// `matomo.minter`, with what each needs.
+#[derive(Debug, Clone)]
+pub enum MinterConfig {
     AutoLogin,
-    Signed,
+    /// The secret shared with the UnikGate plugin, at least 32 bytes, from `shared_secret` or
+    /// `shared_secret_file`.
+    Signed(SecretString),
+}
+
+impl MinterConfig {
+    /// The key's value: `autologin` or `signed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MinterConfig::AutoLogin => "autologin",
+            MinterConfig::Signed(_) => "signed",
+        }
+    }
 }
 
 /// Matomo's session cookie: no setting may reuse its name (and `matomo.rs` reads it from here, so
@@ -764,27 +775,33 @@ fn read_store(r: &mut Reader<'_>) -> Option<StoreConfig> {
 }
 
 fn read_matomo(r: &mut Reader<'_>) -> Option<MatomoConfig> {
-    let minter = match r
+    let signed = r
         .choice("minter", "autologin", &["autologin", "signed"])
         .as_str()
-    {
-        "signed" => MinterKind::Signed,
-        _ => MinterKind::AutoLogin,
-    };
+        == "signed";
     let shared_secret = read_secret(r, "shared_secret", "shared_secret_file");
-    {
+    let minter = {
         use secrecy::ExposeSecret;
-        match (&minter, &shared_secret) {
-            (MinterKind::Signed, None) => r.error(
-                "shared_secret",
-                "is required with minter = \"signed\": the same value as [UnikGate] shared_secret in Matomo's config.ini.php (make one: head -c 32 /dev/urandom | base64)",
-            ),
-            (_, Some(s)) if s.expose_secret().len() < 32 => {
-                r.error("shared_secret", "is shorter than 32 bytes; make one: head -c 32 /dev/urandom | base64")
+        match (signed, shared_secret) {
+            (true, None) => {
+                r.error(
+                    "shared_secret",
+                    "is required with minter = \"signed\": the same value as [UnikGate] shared_secret in Matomo's config.ini.php (make one: head -c 32 /dev/urandom | base64)",
+                );
+                // Never used: the configuration is refused with the error above.
+                MinterConfig::AutoLogin
             }
-            _ => {}
+            (_, Some(s)) if s.expose_secret().len() < 32 => {
+                r.error(
+                    "shared_secret",
+                    "is shorter than 32 bytes; make one: head -c 32 /dev/urandom | base64",
+                );
+                MinterConfig::AutoLogin
+            }
+            (true, Some(s)) => MinterConfig::Signed(s),
+            (false, _) => MinterConfig::AutoLogin,
         }
-    }
+    };
     let password_login = r.bool("password_login", false);
     let idle_timeout = r.duration("idle_timeout", Duration::from_secs(3600));
     let public_paths = r.list("public_paths", &[]);
@@ -808,7 +825,6 @@ fn read_matomo(r: &mut Reader<'_>) -> Option<MatomoConfig> {
     let deny_superusers = r.bool("deny_superusers", false);
     Some(MatomoConfig {
         minter,
-        shared_secret,
         password_login,
         idle_timeout,
         public_paths,

@@ -4,9 +4,11 @@
 use super::*;
 
 pub(super) async fn account(app: &App, sess: &mut Sess, t: &Texts) -> Result<Response, Error> {
-    let user = match require_user(app, sess, &format!("{}/account", app.cfg.server.prefix)).await? {
-        Ok(u) => u,
-        Err(r) => return Ok(r),
+    let Some(user) = signed_in_user(app, sess).await? else {
+        return Ok(to_sign_in(
+            app,
+            &format!("{}/account", app.cfg.server.prefix),
+        ));
     };
     let link = app.links.get(&user.issuer, &user.subject).await?;
     let data = app.sessions.load(sess).await?;
@@ -43,9 +45,8 @@ pub(super) async fn unlink(
 ) -> Result<Response, Error> {
     check_csrf(app, sess, f).await?;
     let account = format!("{}/account", app.cfg.server.prefix);
-    let user = match require_user(app, sess, &account).await? {
-        Ok(u) => u,
-        Err(r) => return Ok(r),
+    let Some(user) = signed_in_user(app, sess).await? else {
+        return Ok(to_sign_in(app, &account));
     };
     let rd = match f.get("rd") {
         Some(_) => rd_of(app, f),

@@ -3,22 +3,44 @@
 
 use super::*;
 
-#[allow(clippy::too_many_arguments)]
+/// What the link page says above its form, and with which status.
+pub(super) struct Notice<'a> {
+    /// A `link.err_*` catalogue key.
+    pub error: Option<&'a str>,
+    /// Ask for the two-factor code.
+    pub code_needed: bool,
+    pub status: StatusCode,
+}
+
+impl Notice<'static> {
+    /// The page as first shown.
+    pub const NONE: Notice<'static> = Notice {
+        error: None,
+        code_needed: false,
+        status: StatusCode::OK,
+    };
+}
+
 pub(super) async fn link_page(
-    app: &App,
-    ctx: &Ctx,
+    v: Visit<'_>,
     sess: &mut Sess,
-    headers: &HeaderMap,
     q: &Form,
-    error: Option<&str>,
-    code_needed: bool,
-    status: StatusCode,
-    t: &Texts,
+    notice: Notice<'_>,
 ) -> Result<Response, Error> {
+    let Visit {
+        app,
+        ctx,
+        headers,
+        t,
+    } = v;
+    let Notice {
+        error,
+        code_needed,
+        status,
+    } = notice;
     let rd = rd_of(app, q);
-    let user = match require_user(app, sess, &rd).await? {
-        Ok(u) => u,
-        Err(r) => return Ok(r),
+    let Some(user) = signed_in_user(app, sess).await? else {
+        return Ok(to_sign_in(app, &rd));
     };
     if app.links.get(&user.issuer, &user.subject).await?.is_some() {
         return Ok(redirect_local(app, &rd));
@@ -55,19 +77,14 @@ pub(super) async fn link_page(
     ))
 }
 
-pub(super) async fn link_post(
-    app: &App,
-    ctx: &Ctx,
-    sess: &mut Sess,
-    headers: &HeaderMap,
-    f: &Form,
-    t: &Texts,
-) -> Result<Response, Error> {
+pub(super) async fn link_post(v: Visit<'_>, sess: &mut Sess, f: &Form) -> Result<Response, Error> {
+    let Visit {
+        app, ctx, headers, ..
+    } = v;
     check_csrf(app, sess, f).await?;
     let rd = rd_of(app, f);
-    let mut user = match require_user(app, sess, &rd).await? {
-        Ok(u) => u,
-        Err(r) => return Ok(r),
+    let Some(mut user) = signed_in_user(app, sess).await? else {
+        return Ok(to_sign_in(app, &rd));
     };
     if app.links.get(&user.issuer, &user.subject).await?.is_some() {
         return Err(Error::IdentityAlreadyLinked);
@@ -97,7 +114,7 @@ pub(super) async fn link_post(
                 ));
             }
             let Some(c) = matomo::request_cookie(headers, MATOMO_COOKIE) else {
-                return again(app, ctx, sess, headers, f, t, "link.err_no_session").await;
+                return again(v, sess, f, "link.err_no_session").await;
             };
             match app
                 .minter
@@ -105,16 +122,14 @@ pub(super) async fn link_post(
                 .await?
             {
                 Some(l) => (l, false),
-                None => {
-                    return again(app, ctx, sess, headers, f, t, "link.err_session_ended").await
-                }
+                None => return again(v, sess, f, "link.err_session_ended").await,
             }
         }
         _ => {
             let login = f.get("login").map(|s| s.trim()).unwrap_or("");
             let password = f.get("password").map(String::as_str).unwrap_or("");
             if login.is_empty() || password.is_empty() {
-                return again(app, ctx, sess, headers, f, t, "link.err_empty").await;
+                return again(v, sess, f, "link.err_empty").await;
             }
             // The two-factor code, when the account has one: digits only (spaces people type
             // between groups are dropped); anything else is not sent.
@@ -123,8 +138,7 @@ pub(super) async fn link_post(
                 .map(|c| c.chars().filter(|c| !c.is_whitespace()).collect())
                 .unwrap_or_default();
             if !code.is_empty() && (code.len() > 10 || !code.bytes().all(|b| b.is_ascii_digit())) {
-                return again_with(app, ctx, sess, headers, f, t, "link.err_code_format", true)
-                    .await;
+                return again_with(v, sess, f, "link.err_code_format", true).await;
             }
             let code = (!code.is_empty()).then_some(code.as_str());
             match matomo::prove_password(&app.upstream, login, password, code, ctx.client_ip)
@@ -133,37 +147,26 @@ pub(super) async fn link_post(
                 Proof::Valid { login, superuser } => (login, superuser),
                 Proof::CodeRequired => {
                     tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "two-factor code required");
-                    return again_with(
-                        app,
-                        ctx,
-                        sess,
-                        headers,
-                        f,
-                        t,
-                        "link.err_code_required",
-                        true,
-                    )
-                    .await;
+                    return again_with(v, sess, f, "link.err_code_required", true).await;
                 }
                 Proof::WrongCode => {
                     tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong two-factor code");
-                    return again_with(app, ctx, sess, headers, f, t, "link.err_code_wrong", true)
-                        .await;
+                    return again_with(v, sess, f, "link.err_code_wrong", true).await;
                 }
                 Proof::TwoFactorSetupRequired => {
                     tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "two-factor setup required by Matomo");
-                    return again(app, ctx, sess, headers, f, t, "link.err_setup_2fa").await;
+                    return again(v, sess, f, "link.err_setup_2fa").await;
                 }
                 Proof::Blocked => {
                     tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "blocked by Matomo's brute-force protection");
-                    return again(app, ctx, sess, headers, f, t, "link.err_blocked").await;
+                    return again(v, sess, f, "link.err_blocked").await;
                 }
                 Proof::WrongPassword => {
                     tracing::info!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "wrong Matomo password or unknown user");
-                    return again(app, ctx, sess, headers, f, t, "link.err_wrong_password").await;
+                    return again(v, sess, f, "link.err_wrong_password").await;
                 }
                 Proof::NotTheLogin => {
-                    return again(app, ctx, sess, headers, f, t, "link.err_email").await;
+                    return again(v, sess, f, "link.err_email").await;
                 }
             }
         }
@@ -209,44 +212,31 @@ pub(super) async fn link_post(
 
 /// The link page again, with a message (`msg`: a `link.err_*` catalogue key).
 pub(super) async fn again(
-    app: &App,
-    ctx: &Ctx,
+    v: Visit<'_>,
     sess: &mut Sess,
-    headers: &HeaderMap,
     f: &Form,
-    t: &Texts,
     msg: &str,
 ) -> Result<Response, Error> {
-    again_with(app, ctx, sess, headers, f, t, msg, false).await
+    again_with(v, sess, f, msg, false).await
 }
 
 /// The link page again, with a message; `code_needed` asks for the two-factor code. Neither the
 /// password nor the code is written back into the page: unikgate keeps no password between
 /// requests, so a two-factor account types it again with its code.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn again_with(
-    app: &App,
-    ctx: &Ctx,
+    v: Visit<'_>,
     sess: &mut Sess,
-    headers: &HeaderMap,
     f: &Form,
-    t: &Texts,
     msg: &str,
     code_needed: bool,
 ) -> Result<Response, Error> {
     let mut q = f.clone();
     q.remove("password");
     q.remove("code");
-    link_page(
-        app,
-        ctx,
-        sess,
-        headers,
-        &q,
-        Some(msg),
+    let notice = Notice {
+        error: Some(msg),
         code_needed,
-        StatusCode::UNAUTHORIZED,
-        t,
-    )
-    .await
+        status: StatusCode::UNAUTHORIZED,
+    };
+    link_page(v, sess, &q, notice).await
 }

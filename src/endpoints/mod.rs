@@ -40,6 +40,16 @@ pub const LINK_WINDOW: Duration = Duration::from_secs(600);
 
 pub(super) type Form = HashMap<String, String>;
 
+/// What every handler of one request reads: the app, the client, the request's headers and its
+/// language, handed on as one value.
+#[derive(Clone, Copy)]
+struct Visit<'a> {
+    app: &'a App,
+    ctx: &'a Ctx,
+    headers: &'a HeaderMap,
+    t: &'a Texts,
+}
+
 fn parse_pairs(s: &str) -> Form {
     form_urlencoded::parse(s.as_bytes()).into_owned().collect()
 }
@@ -79,6 +89,12 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
         _ => {}
     }
     let mut sess = app.sessions.open(&parts.headers);
+    let visit = Visit {
+        app,
+        ctx,
+        headers: &parts.headers,
+        t,
+    };
     let res = match (m, ep) {
         (&Method::GET, "sign_in") | (&Method::GET, "") => {
             sign_in::sign_in(app, &mut sess, &query, t).await
@@ -92,21 +108,10 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
         }
         (&Method::GET, "callback") => sign_in::callback(app, ctx, &mut sess, &query).await,
         (&Method::GET, "link") => {
-            link::link_page(
-                app,
-                ctx,
-                &mut sess,
-                &parts.headers,
-                &query,
-                None,
-                false,
-                StatusCode::OK,
-                t,
-            )
-            .await
+            link::link_page(visit, &mut sess, &query, link::Notice::NONE).await
         }
         (&Method::POST, "link") => match read_form(app, body).await {
-            Ok(f) => link::link_post(app, ctx, &mut sess, &parts.headers, &f, t).await,
+            Ok(f) => link::link_post(visit, &mut sess, &f).await,
             Err(e) => Err(e),
         },
         (&Method::GET, "account") => account::account(app, &mut sess, t).await,
@@ -175,16 +180,14 @@ async fn check_csrf(app: &App, sess: &mut Sess, f: &Form) -> Result<(), Error> {
 }
 
 /// The signed-in user, or a redirect to sign in.
-async fn require_user(
-    app: &App,
-    sess: &mut Sess,
-    rd: &str,
-) -> Result<Result<UserSession, Response>, Error> {
-    let data = app.sessions.load(sess).await?;
-    match &data.user {
-        Some(u) => Ok(Ok(u.clone())),
-        None => Ok(Err(redirect_local(app, &own_url(app, "sign_in", rd)))),
-    }
+/// The signed-in user of this session, if any (see [`to_sign_in`] for the others).
+async fn signed_in_user(app: &App, sess: &mut Sess) -> Result<Option<UserSession>, Error> {
+    Ok(app.sessions.load(sess).await?.user.clone())
+}
+
+/// The way to the sign-in page, coming back to `rd`.
+fn to_sign_in(app: &App, rd: &str) -> Response {
+    redirect_local(app, &own_url(app, "sign_in", rd))
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response {

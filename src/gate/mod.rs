@@ -265,12 +265,11 @@ async fn handle(app: &Arc<App>, ctx: &Ctx, mut req: Request) -> Outcome {
                 )
             }
         };
-    let class = app.classifier.classify_with(
-        &path,
-        query.as_deref(),
-        body_params.as_ref(),
-        crate::request::classify::is_bearer(req.headers()),
-    );
+    let class = app
+        .classifier
+        .classify_with(&path, query.as_deref(), body_params.as_ref(), || {
+            crate::request::classify::is_bearer(req.headers())
+        });
     match class {
         // unikgate's own endpoints (sign-in, link, …) are boxed: their futures are large (HTTP
         // calls to the provider and Matomo) and would otherwise make every proxied request's
@@ -459,15 +458,16 @@ async fn signed_in_ui(
     app.upstream
         .sanitize_request_as(&mut parts.headers, ctx.client_ip, Some(&cookie));
     // Kept for the one retry below (GET/HEAD whose Matomo cookie was not just minted).
-    let retry = (minted.is_none() && (method == Method::GET || method == Method::HEAD))
-        .then(|| (parts.uri.clone(), parts.headers.clone()));
+    let retry =
+        (minted.is_none() && (method == Method::GET || method == Method::HEAD)).then(|| Resend {
+            method,
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        });
     let mut res = app.upstream.send(Request::from_parts(parts, body)).await?;
     // Matomo answered as to an anonymous visitor: mint once more and retry once.
-    if let (StatusCode::FORBIDDEN, Some((orig_uri, headers))) = (res.status(), retry) {
-        let retried = Box::pin(retry_as_anonymous(
-            app, ctx, user, &link, res, method, orig_uri, headers,
-        ))
-        .await?;
+    if let (StatusCode::FORBIDDEN, Some(resend)) = (res.status(), retry) {
+        let retried = Box::pin(retry_as_anonymous(app, ctx, user, &link, res, resend)).await?;
         res = retried.0;
         if retried.1.is_some() {
             minted = retried.1;
@@ -505,20 +505,29 @@ async fn linked_since(
     Ok(Some(r))
 }
 
+/// A bodiless request (GET or HEAD) as it went to Matomo, to send once more.
+struct Resend {
+    method: Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+}
+
 /// Matomo answered 403 to a request sent with the Matomo cookie: if the answer is its sign-in
 /// page (the Matomo session is gone), mints a new session and sends the request once more.
 /// Returns the answer to give and the value minted, if any.
-#[allow(clippy::too_many_arguments)]
 async fn retry_as_anonymous(
     app: &Arc<App>,
     ctx: &Ctx,
     user: &mut Cow<'_, UserSession>,
     link: &crate::session::LinkRef,
     res: Response,
-    method: Method,
-    orig_uri: http::Uri,
-    mut headers: HeaderMap,
+    resend: Resend,
 ) -> Result<(Response, Option<String>), Error> {
+    let Resend {
+        method,
+        uri: orig_uri,
+        mut headers,
+    } = resend;
     let (rparts, rbody) = res.into_parts();
     let bytes = match read_prefix(rbody, MAX_403_BODY).await {
         Ok(Prefix::Whole(b)) => b,

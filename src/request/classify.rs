@@ -349,18 +349,19 @@ impl Classifier {
     /// Classifies a request without an `Authorization: Bearer` header: see
     /// [`Classifier::classify_with`].
     pub fn classify(&self, raw_path: &str, query: Option<&str>, body: Option<&Params>) -> Class {
-        self.classify_with(raw_path, query, body, false)
+        self.classify_with(raw_path, query, body, || false)
     }
 
     /// Classifies a request. `body` is the parsed form body when [`Self::body_rule`] said so.
-    /// `bearer`: the request carries a token as `Authorization: Bearer <token>` the way Matomo
-    /// (5.4 and later, [`is_bearer`]) reads it; to API and Widgetize it counts as `token_auth`.
+    /// `bearer`: whether the request carries a token as `Authorization: Bearer <token>` the way
+    /// Matomo (5.4 and later, [`is_bearer`]) reads it; to API and Widgetize it counts as
+    /// `token_auth`. Asked only for those (the UI's hot path never looks the header up).
     pub fn classify_with(
         &self,
         raw_path: &str,
         query: Option<&str>,
         body: Option<&Params>,
-        bearer: bool,
+        bearer: impl Fn() -> bool,
     ) -> Class {
         let Some(path) = normalize_path(raw_path) else {
             return Class::BadRequest("the path is not valid");
@@ -456,7 +457,7 @@ impl Classifier {
                 Class::Public
             }
             "API" | "Widgetize"
-                if bearer || req.string("token_auth").is_some_and(|t| !t.is_empty()) =>
+                if req.string("token_auth").is_some_and(|t| !t.is_empty()) || bearer() =>
             {
                 if reaches_login {
                     // Matomo's Login module is never public, in any spelling or chain.
@@ -702,7 +703,7 @@ mod tests {
 
     #[test]
     fn bearer_tokens_are_token_auth_to_the_api_and_widgetize_only() {
-        let b = |q: &str| c().classify_with("/index.php", Some(q), None, true);
+        let b = |q: &str| c().classify_with("/index.php", Some(q), None, || true);
         assert_eq!(
             b("module=API&method=VisitsSummary.get&idSite=1"),
             Class::Public

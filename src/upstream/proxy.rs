@@ -246,14 +246,16 @@ impl Upstream {
         let mut drop: Vec<HeaderName> = connection_tokens(headers)
             .filter(|n| !END_TO_END.contains(&n.as_str()))
             .collect();
+        let signed_in = matomo_cookie.is_some();
         for name in headers.keys() {
             let s = name.as_str();
-            if HOP_BY_HOP.contains(&s) || is_matomo_header(s) || is_forwarding(s) {
+            if HOP_BY_HOP.contains(&s)
+                || is_matomo_header(s)
+                || is_forwarding(s)
+                || (signed_in && name == header::AUTHORIZATION)
+            {
                 drop.push(name.clone());
             }
-        }
-        if matomo_cookie.is_some() {
-            drop.push(header::AUTHORIZATION);
         }
         for n in drop {
             headers.remove(&n);
