@@ -825,6 +825,14 @@ fn plugin_audience_is_the_configured_public_url(m: &RealMatomo) -> Fut<'_> {
                 status == 403 && body.contains("bad signature") && !body.contains("UnikGate-Facts"),
                 "a forged assertion reads no facts: {status}\n{body}"
             );
+            // A public_url that is no URL is refused as such, whatever the assertion.
+            m.console("config:set 'UnikGate.public_url=\"analytics.example.test\"'")?;
+            let (status, _, body) =
+                post_assertion(base, for_public.assertion("alice", now, "/index.php")).await?;
+            ensure!(
+                status == 403 && body.contains("[UnikGate] public_url is not an http(s) URL"),
+                "a public_url without scheme: {status}\n{body}"
+            );
             Ok(())
         }
         .await;

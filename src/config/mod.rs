@@ -190,16 +190,6 @@ pub enum MinterConfig {
     Signed(SecretString),
 }
 
-impl MinterConfig {
-    /// The key's value: `autologin` or `signed`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            MinterConfig::AutoLogin => "autologin",
-            MinterConfig::Signed(_) => "signed",
-        }
-    }
-}
-
 /// Matomo's session cookie: no setting may reuse its name (and `matomo.rs` reads it from here, so
 /// the configuration depends on nothing else of the crate).
 pub const MATOMO_COOKIE: &str = "MATOMO_SESSID";

@@ -1134,16 +1134,13 @@ async fn handle(
     // (makeSessionAuthenticator() is null); outside the API a superuser's token is refused
     // (checkTokenAuthIsNotLimited).
     let login = match &bearer {
-        Some(t) => {
-            let owner = inner
-                .users
-                .values()
-                .find(|u| format!("tok-{}", u.login) == *t)
-                .or_else(|| inner.tokens.get(t).and_then(|(l, _)| inner.users.get(l)))
-                .filter(|u| !u.superuser)
-                .map(|u| u.login.clone());
-            owner
-        }
+        Some(t) => inner
+            .users
+            .values()
+            .find(|u| format!("tok-{}", u.login) == *t)
+            .or_else(|| inner.tokens.get(t).and_then(|(l, _)| inner.users.get(l)))
+            .filter(|u| !u.superuser)
+            .map(|u| u.login.clone()),
         None => st.session_login(&mut inner, cookie.as_deref()),
     };
     // Who-am-i: the login page names its user, and with no valid session makes a new anonymous one.
