@@ -132,32 +132,94 @@ pub struct SessionConfig {
 pub struct StoreConfig {
     /// `sqlite://data/unikgate.db` (default; the file and folder are created),
     /// `postgres://user:pass@host/db`, or `redis://host:6379/0` (sessions only).
-    pub url: String,
+    pub url: StoreUrl,
     /// Sessions elsewhere than `url` (e.g. Redis while links stay in PostgreSQL).
-    pub sessions_url: String,
+    pub sessions_url: StoreUrl,
     /// Links (and rate-limit counters) elsewhere than `url`: SQLite or PostgreSQL.
-    pub links_url: String,
+    pub links_url: StoreUrl,
     /// Connections per database pool. Default 16.
     pub max_connections: u32,
 }
 
-/// The kind of a store URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreKind {
-    Sqlite,
-    Postgres,
-    Redis,
+/// A store URL, read once here: which backend, and where. `store::open` matches on it.
+///
+/// Shown (`Display`, `Debug`) with its password replaced by `***`; compared with a string by what
+/// that string names (`"sqlite://data/unikgate.db"` equals `Sqlite("data/unikgate.db")`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite://path/to/file.db` (or `sqlite:path`; a `?query` is dropped): the file.
+    Sqlite(PathBuf),
+    /// `postgres://…` or `postgresql://…`, as written (its password included).
+    Postgres(String),
+    /// `redis://…` or `rediss://…`, as written (its password included); sessions only.
+    Redis(String),
 }
 
-/// What a store URL names, if anything unikgate supports.
-pub fn store_kind(url: &str) -> Option<StoreKind> {
-    let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
-    match scheme.as_str() {
-        "sqlite" => sqlite_path(url).map(|_| StoreKind::Sqlite),
-        "postgres" | "postgresql" => Some(StoreKind::Postgres),
-        "redis" | "rediss" => Some(StoreKind::Redis),
-        _ if url.starts_with("sqlite:") => sqlite_path(url).map(|_| StoreKind::Sqlite),
-        _ => None,
+impl StoreUrl {
+    /// What a store URL names, if anything unikgate supports.
+    pub fn parse(url: &str) -> Option<StoreUrl> {
+        let scheme = url.split("://").next().unwrap_or("").to_ascii_lowercase();
+        match scheme.as_str() {
+            "sqlite" => sqlite_path(url).map(StoreUrl::Sqlite),
+            "postgres" | "postgresql" => Some(StoreUrl::Postgres(url.to_string())),
+            "redis" | "rediss" => Some(StoreUrl::Redis(url.to_string())),
+            _ if url.starts_with("sqlite:") => sqlite_path(url).map(StoreUrl::Sqlite),
+            _ => None,
+        }
+    }
+}
+
+/// The file of a `sqlite://` store URL.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            StoreUrl::Postgres(url) | StoreUrl::Redis(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            StoreUrl::Postgres(url) => f.debug_tuple("Postgres").field(&redact(url)).finish(),
+            StoreUrl::Redis(url) => f.debug_tuple("Redis").field(&redact(url)).finish(),
+        }
+    }
+}
+
+impl PartialEq<str> for StoreUrl {
+    fn eq(&self, other: &str) -> bool {
+        StoreUrl::parse(other).as_ref() == Some(self)
+    }
+}
+
+impl PartialEq<&str> for StoreUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self == *other
     }
 }
 
@@ -257,14 +319,15 @@ impl Config {
         let session = section(&root, "session", env, &mut errors, read_session);
         let store = section(&root, "store", env, &mut errors, read_store);
         let matomo = section(&root, "matomo", env, &mut errors, read_matomo);
-        if let (Some(sess), Some(st)) = (&session, &store) {
-            if sess.key.is_none() && store_kind(&st.sessions_url) != Some(StoreKind::Sqlite) {
+        if let (Some(sess), Some((_, sessions_url))) = (&session, &store) {
+            if sess.key.is_none() && !matches!(sessions_url, Some(StoreUrl::Sqlite(_))) {
                 errors.push(ConfigError {
                     key: "session.key".into(),
                     message: "is required when sessions are in PostgreSQL or Redis (every replica must sign cookies with the same key): set session.key or session.key_file".into(),
                 });
             }
         }
+        let store = store.and_then(|(config, _)| config);
         match (server, upstream, provider, session, store, matomo) {
             (
                 Some(server),
@@ -343,11 +406,14 @@ impl Config {
     /// The folder holding the embedded store (and the generated session key), if the store is a
     /// SQLite file.
     pub fn data_dir(&self) -> Option<PathBuf> {
-        sqlite_path(&self.store.sessions_url).map(|p| {
-            p.parent()
-                .map(|d| d.to_path_buf())
-                .unwrap_or_else(|| PathBuf::from("."))
-        })
+        match &self.store.sessions_url {
+            StoreUrl::Sqlite(p) => Some(
+                p.parent()
+                    .map(|d| d.to_path_buf())
+                    .unwrap_or_else(|| PathBuf::from(".")),
+            ),
+            _ => None,
+        }
     }
 }
 
@@ -720,35 +786,28 @@ fn read_session(r: &mut Reader<'_>) -> Option<SessionConfig> {
     })
 }
 
-/// The file of a `sqlite://` store URL.
-pub fn sqlite_path(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or(rest);
-    if path.is_empty() || path == ":memory:" {
-        return None;
-    }
-    Some(PathBuf::from(path))
-}
-
-fn read_store(r: &mut Reader<'_>) -> Option<StoreConfig> {
+/// `[store]`: its config when every URL is supported; and where sessions are, known on its own
+/// (the `session.key` check reads it even when another of the URLs is wrong).
+fn read_store(r: &mut Reader<'_>) -> Option<(Option<StoreConfig>, Option<StoreUrl>)> {
     let url = r.string("url", "sqlite://data/unikgate.db");
     let sessions_url = r.opt_string("sessions_url").unwrap_or_else(|| url.clone());
     let links_url = r.opt_string("links_url").unwrap_or_else(|| url.clone());
-    for (key, value) in [
-        ("url", &url),
-        ("sessions_url", &sessions_url),
-        ("links_url", &links_url),
-    ] {
-        if store_kind(value).is_none() {
+    let mut parse = |key: &'static str, value: &str| {
+        let parsed = StoreUrl::parse(value);
+        if parsed.is_none() {
             r.error(
                 key,
                 "is not a supported store: use sqlite://path/to/file.db, postgres://user:password@host/database or redis://host:6379/0",
             );
         }
-    }
-    if store_kind(&links_url) == Some(StoreKind::Redis) && !r.has_error_for("url") {
+        parsed
+    };
+    let (parsed_url, parsed_sessions, parsed_links) = (
+        parse("url", &url),
+        parse("sessions_url", &sessions_url),
+        parse("links_url", &links_url),
+    );
+    if matches!(parsed_links, Some(StoreUrl::Redis(_))) && !r.has_error_for("url") {
         let key = if links_url == url { "url" } else { "links_url" };
         r.error(
             key,
@@ -756,12 +815,16 @@ fn read_store(r: &mut Reader<'_>) -> Option<StoreConfig> {
         );
     }
     let max_connections = r.u64("max_connections", 16, 1, 1000) as u32;
-    Some(StoreConfig {
-        url,
-        sessions_url,
-        links_url,
-        max_connections,
-    })
+    let config = match (parsed_url, parsed_sessions.clone(), parsed_links) {
+        (Some(url), Some(sessions_url), Some(links_url)) => Some(StoreConfig {
+            url,
+            sessions_url,
+            links_url,
+            max_connections,
+        }),
+        _ => None,
+    };
+    Some((config, parsed_sessions))
 }
 
 fn read_matomo(r: &mut Reader<'_>) -> Option<MatomoConfig> {
@@ -911,6 +974,29 @@ mod tests {
         let ok = format!("{MIN}[store]\nurl = \"redis://cache:6379\"\nlinks_url = \"postgres://db/u\"\n[session]\nkey = \"{}\"\n", "k".repeat(64));
         assert!(Config::from_toml(&ok, &e).is_ok());
         assert!(Config::from_toml(&format!("{MIN}[store]\nurl = \"mysql://x\"\n"), &e).is_err());
+    }
+
+    #[test]
+    fn store_urls_are_read_once_and_shown_without_their_password() {
+        let e = env(&[]);
+        let text = format!("{MIN}[store]\nurl = \"sqlite:data/x.db?mode=rwc\"\nsessions_url = \"redis://:secret@cache:6379/0\"\nlinks_url = \"postgresql://u:secret@db/unikgate\"\n[session]\nkey = \"{}\"\n", "k".repeat(64));
+        let c = Config::from_toml(&text, &e).unwrap();
+        assert_eq!(c.store.url, StoreUrl::Sqlite(PathBuf::from("data/x.db")));
+        assert_eq!(c.store.url, "sqlite://data/x.db");
+        assert!(
+            matches!(&c.store.sessions_url, StoreUrl::Redis(u) if u == "redis://:secret@cache:6379/0")
+        );
+        assert!(
+            matches!(&c.store.links_url, StoreUrl::Postgres(u) if u == "postgresql://u:secret@db/unikgate")
+        );
+        let shown = format!("{} {:?} {:?}", c.store.links_url, c.store.links_url, c);
+        assert!(!shown.contains(":secret@"), "{shown}");
+        assert!(shown.contains("postgresql://u:***@db/unikgate"), "{shown}");
+        // A wrong links_url with sessions in SQLite asks for no session key.
+        let errs = Config::from_toml(&format!("{MIN}[store]\nlinks_url = \"mysql://x\"\n"), &e)
+            .unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["store.links_url"], "{errs:?}");
     }
 
     #[test]

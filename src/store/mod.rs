@@ -9,6 +9,7 @@
 pub mod links;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::SessionStore;
 use tower_sessions::ExpiredDeletion;
 
-use crate::config::{sqlite_path, store_kind, StoreConfig, StoreKind};
+use crate::config::{StoreConfig, StoreUrl};
 use crate::error::Error;
 use crate::store::links::{open_sqlite, LinkStore, PgLinks, SqliteLinks};
 
@@ -300,59 +301,51 @@ enum SessionProbe {
     Redis(RedisPool),
 }
 
+/// One pool per distinct database: `url`, `sessions_url` and `links_url` that name the same one
+/// share it.
 #[derive(Default)]
 struct Pools {
-    sqlite: HashMap<String, SqlitePool>,
+    sqlite: HashMap<PathBuf, SqlitePool>,
     postgres: HashMap<String, PgPool>,
 }
 
 impl Pools {
-    async fn sqlite(&mut self, url: &str) -> Result<SqlitePool, String> {
-        if let Some(p) = self.sqlite.get(url) {
+    async fn sqlite(&mut self, path: &Path) -> Result<SqlitePool, String> {
+        if let Some(p) = self.sqlite.get(path) {
             return Ok(p.clone());
         }
-        let path = sqlite_path(url).ok_or_else(|| format!("{url:?} is not a SQLite file"))?;
-        let pool = open_sqlite(&path).await?;
-        self.sqlite.insert(url.to_string(), pool.clone());
+        let pool = open_sqlite(path).await?;
+        self.sqlite.insert(path.to_path_buf(), pool.clone());
         Ok(pool)
     }
 
-    async fn postgres(&mut self, url: &str, max: u32) -> Result<PgPool, String> {
+    /// `shown` is the URL as messages show it (without its password).
+    async fn postgres(&mut self, url: &str, shown: &StoreUrl, max: u32) -> Result<PgPool, String> {
         if let Some(p) = self.postgres.get(url) {
             return Ok(p.clone());
         }
         let opts: PgConnectOptions = url
             .parse()
-            .map_err(|e| format!("store: {} is not a PostgreSQL URL: {e}", redact(url)))?;
+            .map_err(|e| format!("store: {shown} is not a PostgreSQL URL: {e}"))?;
         let pool = PgPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(STORE_TIMEOUT)
             .connect_with(opts)
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+            .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
         sqlx::migrate!("migrations/postgres")
             .run(&pool)
             .await
-            .map_err(|e| format!("cannot prepare {}: {e}", redact(url)))?;
+            .map_err(|e| format!("cannot prepare {shown}: {e}"))?;
         self.postgres.insert(url.to_string(), pool.clone());
         Ok(pool)
     }
 }
 
-/// A URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
-async fn open_redis(url: &str, max: u32) -> Result<RedisPool, String> {
+/// `shown` is the URL as messages show it (without its password).
+async fn open_redis(url: &str, shown: &StoreUrl, max: u32) -> Result<RedisPool, String> {
     let config = fred::prelude::Config::from_url(url)
-        .map_err(|e| format!("store: {} is not a Redis URL: {e}", redact(url)))?;
+        .map_err(|e| format!("store: {shown} is not a Redis URL: {e}"))?;
     let pool = fred::prelude::Builder::from_config(config)
         .with_connection_config(|c| {
             c.connection_timeout = STORE_TIMEOUT;
@@ -364,75 +357,73 @@ async fn open_redis(url: &str, max: u32) -> Result<RedisPool, String> {
         // Reconnect forever, 100 ms to 2 s apart: the store comes back by itself.
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
         .build_pool((max as usize).clamp(1, 32))
-        .map_err(|e| format!("store: {}: {e}", redact(url)))?;
+        .map_err(|e| format!("store: {shown}: {e}"))?;
     pool.init()
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+        .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
     Ok(pool)
 }
 
 /// Opens every store the configuration names (they must be reachable at start).
 pub async fn open(cfg: &StoreConfig) -> Result<Stores, String> {
     let mut pools = Pools::default();
-    let links: Arc<dyn LinkStore> = match store_kind(&cfg.links_url) {
-        Some(StoreKind::Sqlite) => Arc::new(SqliteLinks::new(pools.sqlite(&cfg.links_url).await?)),
-        Some(StoreKind::Postgres) => Arc::new(PgLinks::new(
-            pools.postgres(&cfg.links_url, cfg.max_connections).await?,
-        )),
-        _ => return Err("store.links_url must be a sqlite:// or postgres:// URL".into()),
+    let max = cfg.max_connections;
+    let links: Arc<dyn LinkStore> = match &cfg.links_url {
+        StoreUrl::Sqlite(path) => Arc::new(SqliteLinks::new(pools.sqlite(path).await?)),
+        u @ StoreUrl::Postgres(url) => Arc::new(PgLinks::new(pools.postgres(url, u, max).await?)),
+        // The configuration refuses it (links need a database).
+        StoreUrl::Redis(_) => {
+            return Err("store.links_url must be a sqlite:// or postgres:// URL".into())
+        }
     };
     let same = cfg.sessions_url == cfg.links_url;
     let mut session_peek: Option<Arc<dyn crate::session::MemoryPeek>> = None;
-    let (sessions, probe): (Arc<dyn SessionStore>, SessionProbe) =
-        match store_kind(&cfg.sessions_url) {
-            Some(StoreKind::Sqlite) => {
-                let pool = pools.sqlite(&cfg.sessions_url).await?;
-                let store = tower_sessions_sqlx_store::SqliteStore::new(pool.clone());
-                store
-                    .migrate()
-                    .await
-                    .map_err(|e| format!("cannot prepare the session table: {e}"))?;
-                spawn_expired_deletion(store.clone());
-                let cached = Arc::new(CachedSessions::new(Arc::new(store), SQLITE_CACHE_TTL));
-                session_peek = Some(cached.clone());
-                (
-                    cached,
-                    if same {
-                        SessionProbe::SameAsLinks
-                    } else {
-                        SessionProbe::Sqlite(pool)
-                    },
-                )
-            }
-            Some(StoreKind::Postgres) => {
-                let pool = pools
-                    .postgres(&cfg.sessions_url, cfg.max_connections)
-                    .await?;
-                let store = tower_sessions_sqlx_store::PostgresStore::new(pool.clone());
-                store
-                    .migrate()
-                    .await
-                    .map_err(|e| format!("cannot prepare the session table: {e}"))?;
-                spawn_expired_deletion(store.clone());
-                (
-                    Arc::new(store),
-                    if same {
-                        SessionProbe::SameAsLinks
-                    } else {
-                        SessionProbe::Postgres(pool)
-                    },
-                )
-            }
-            Some(StoreKind::Redis) => {
-                let pool = open_redis(&cfg.sessions_url, cfg.max_connections).await?;
-                // Redis expires sessions itself (EXAT on every save).
-                (
-                    Arc::new(tower_sessions_redis_store::RedisStore::new(pool.clone())),
-                    SessionProbe::Redis(pool),
-                )
-            }
-            None => return Err("store.sessions_url is not supported".into()),
-        };
+    let (sessions, probe): (Arc<dyn SessionStore>, SessionProbe) = match &cfg.sessions_url {
+        StoreUrl::Sqlite(path) => {
+            let pool = pools.sqlite(path).await?;
+            let store = tower_sessions_sqlx_store::SqliteStore::new(pool.clone());
+            store
+                .migrate()
+                .await
+                .map_err(|e| format!("cannot prepare the session table: {e}"))?;
+            spawn_expired_deletion(store.clone());
+            let cached = Arc::new(CachedSessions::new(Arc::new(store), SQLITE_CACHE_TTL));
+            session_peek = Some(cached.clone());
+            (
+                cached,
+                if same {
+                    SessionProbe::SameAsLinks
+                } else {
+                    SessionProbe::Sqlite(pool)
+                },
+            )
+        }
+        u @ StoreUrl::Postgres(url) => {
+            let pool = pools.postgres(url, u, max).await?;
+            let store = tower_sessions_sqlx_store::PostgresStore::new(pool.clone());
+            store
+                .migrate()
+                .await
+                .map_err(|e| format!("cannot prepare the session table: {e}"))?;
+            spawn_expired_deletion(store.clone());
+            (
+                Arc::new(store),
+                if same {
+                    SessionProbe::SameAsLinks
+                } else {
+                    SessionProbe::Postgres(pool)
+                },
+            )
+        }
+        u @ StoreUrl::Redis(url) => {
+            let pool = open_redis(url, u, max).await?;
+            // Redis expires sessions itself (EXAT on every save).
+            (
+                Arc::new(tower_sessions_redis_store::RedisStore::new(pool.clone())),
+                SessionProbe::Redis(pool),
+            )
+        }
+    };
     Ok(Stores {
         links,
         sessions,
@@ -527,10 +518,11 @@ mod tests {
     #[tokio::test]
     async fn the_embedded_store_is_cached_and_shared_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
+        let file = StoreUrl::Sqlite(dir.path().join("s.db"));
         let cfg = crate::config::StoreConfig {
-            url: format!("sqlite://{}/s.db", dir.path().display()),
-            sessions_url: format!("sqlite://{}/s.db", dir.path().display()),
-            links_url: format!("sqlite://{}/s.db", dir.path().display()),
+            url: file.clone(),
+            sessions_url: file.clone(),
+            links_url: file,
             max_connections: 2,
         };
         let stores = open(&cfg).await.unwrap();
