@@ -28,7 +28,7 @@ async fn main() {
     let link = match app.links.get(&issuer, "uns-bench").await.expect("store") {
         Some(l) => l,
         None => {
-            let l = unikgate::store::links::Link {
+            let l = unikgate::store::Link {
                 id: unikgate::random_token(),
                 issuer: issuer.clone(),
                 subject: "uns-bench".into(),

@@ -21,7 +21,7 @@ async fn main() {
     let p = FakeProvider::start().await;
     p.set_sub("uns-alice");
     let app = TestApp::start(&config(&m.url(), &p.config(), "")).await;
-    let link = unikgate::store::links::Link {
+    let link = unikgate::store::Link {
         id: "bench".into(),
         issuer: p.issuer(),
         subject: "uns-alice".into(),

@@ -11,7 +11,7 @@ use crate::pages::PageEnv;
 use crate::request::classify::Classifier;
 use crate::session::Sessions;
 use crate::store;
-use crate::store::links::LinkStore;
+use crate::store::{Attempts, Links, LogoutTokens, SessionIndex};
 use crate::upstream;
 use crate::upstream::matomo::Minter;
 use crate::upstream::proxy::Upstream;
@@ -23,7 +23,11 @@ pub struct App {
     pub classifier: Classifier,
     pub upstream: Upstream,
     pub sessions: Sessions,
-    pub links: Arc<dyn LinkStore>,
+    /// The link database, by what it holds (`store/traits.rs`).
+    pub links: Arc<dyn Links>,
+    pub attempts: Arc<dyn Attempts>,
+    pub session_index: Arc<dyn SessionIndex>,
+    pub logout_tokens: Arc<dyn LogoutTokens>,
     /// Both stores, for readiness.
     pub stores: Arc<store::Stores>,
     /// None until the provider credentials are configured: unikgate then fails closed.
@@ -36,7 +40,7 @@ impl App {
     /// sessions are deleted from the shared store). The web's unlink and the CLI both use this.
     pub async fn unlink(&self, issuer: &str, subject: &str) -> Result<bool, error::Error> {
         let removed = self.links.remove(issuer, subject).await?;
-        let ids = self.links.take_sessions(issuer, subject).await?;
+        let ids = self.session_index.take_sessions(issuer, subject).await?;
         self.end_sessions(&ids).await?;
         Ok(removed)
     }

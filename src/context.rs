@@ -11,7 +11,7 @@ use http::StatusCode;
 use crate::app::App;
 use crate::error::Error;
 use crate::session::{LinkRef, Sess};
-use crate::store::links::Link;
+use crate::store::Link;
 use crate::upstream::matomo::MATOMO_COOKIE;
 
 /// Per-request facts every phase may need.
@@ -135,8 +135,8 @@ pub async fn index_session(
     id: &str,
     user: &crate::session::UserSession,
 ) -> Result<(), Error> {
-    app.links
-        .index_session(&crate::store::links::SessionEntry {
+    app.session_index
+        .index_session(&crate::store::SessionEntry {
             issuer: user.issuer.clone(),
             subject: user.subject.clone(),
             session_id: id.to_string(),

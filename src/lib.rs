@@ -71,14 +71,14 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
     ));
     {
         // The identity → sessions index outlives no session: prune rows older than a session can be.
-        let links = stores.links.clone();
+        let index = stores.session_index.clone();
         let absolute = cfg.session.absolute_timeout;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
             loop {
                 tick.tick().await;
                 let before = now_ms() - absolute.as_millis() as i64;
-                if let Err(e) = links.prune_sessions(before).await {
+                if let Err(e) = index.prune_sessions(before).await {
                     tracing::warn!(error = %e, "could not prune the identity → sessions index");
                 }
             }
@@ -97,6 +97,9 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
         upstream: Upstream::new(&cfg),
         sessions,
         links: stores.links.clone(),
+        attempts: stores.attempts.clone(),
+        session_index: stores.session_index.clone(),
+        logout_tokens: stores.logout_tokens.clone(),
         stores,
         oidc,
         minter,

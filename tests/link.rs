@@ -683,7 +683,7 @@ async fn superusers_can_be_refused() {
 async fn autologin_errors_become_a_clear_page_and_their_cookie_stays_out() {
     let (_m, p, app) = setup_with("").await;
     // A link made by the CLI to a login Matomo does not know.
-    let link = unikgate::store::links::Link {
+    let link = unikgate::store::Link {
         id: "l1".into(),
         issuer: p.issuer(),
         subject: "uns-ghost".into(),

@@ -257,7 +257,7 @@ async fn refusals_of_the_plugin_reach_the_user_as_clear_pages() {
         .unwrap()
         .contains("superusers may not sign in through unikgate"));
     // An unknown login (a link made by the CLI).
-    let l = unikgate::store::links::Link {
+    let l = unikgate::store::Link {
         id: "g".into(),
         issuer: p.issuer(),
         subject: "uns-ghost".into(),

@@ -885,7 +885,7 @@ fn plugin_refusals_are_pages_that_say_what_to_check(m: &RealMatomo) -> Fut<'_> {
         let _created = app
             .app
             .links
-            .create(&unikgate::store::links::Link {
+            .create(&unikgate::store::Link {
                 id: unikgate::random_token(),
                 issuer,
                 subject: "uns-ghost".into(),

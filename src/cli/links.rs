@@ -65,7 +65,7 @@ pub async fn run(
             matomo_login,
             issuer,
         } => {
-            let link = unikgate::store::links::Link {
+            let link = unikgate::store::Link {
                 id: unikgate::random_token(),
                 issuer: issuer.unwrap_or_else(|| default_issuer.to_string()),
                 subject,
@@ -86,14 +86,14 @@ pub async fn run(
                     }
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(unikgate::store::links::LinkConflict::Identity) => {
+                Err(unikgate::store::LinkConflict::Identity) => {
                     eprintln!(
                         "refused: this subject is already linked (unikgate links remove {} first)",
                         link.subject
                     );
                     Ok(ExitCode::from(3))
                 }
-                Err(unikgate::store::links::LinkConflict::Login) => {
+                Err(unikgate::store::LinkConflict::Login) => {
                     eprintln!(
                         "refused: the Matomo login {} is already linked to another subject (unikgate links remove --login {} first)",
                         link.matomo_login, link.matomo_login

@@ -41,7 +41,7 @@ pub async fn run(
     match action {
         SessionsAction::List { unikname } => {
             let entries = app
-                .links
+                .session_index
                 .list_sessions(unikname.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
@@ -96,7 +96,7 @@ pub async fn run(
         SessionsAction::End { unikname, issuer } => {
             let issuer = issuer.unwrap_or_else(|| super::default_issuer(app));
             let ids = app
-                .links
+                .session_index
                 .take_sessions(&issuer, &unikname)
                 .await
                 .map_err(|e| e.to_string())?;

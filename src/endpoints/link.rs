@@ -92,11 +92,11 @@ pub(super) async fn link_post(v: Visit<'_>, sess: &mut Sess, f: &Form) -> Result
     let by_identity = format!("link:sub:{}:{}", user.issuer, user.subject);
     let by_ip = format!("link:ip:{}", ctx.client_ip);
     let ok_identity = app
-        .links
+        .attempts
         .attempt(&by_identity, LINK_ATTEMPTS, LINK_WINDOW)
         .await?;
     let ok_ip = app
-        .links
+        .attempts
         .attempt(&by_ip, LINK_ATTEMPTS, LINK_WINDOW)
         .await?;
     if !ok_identity || !ok_ip {

@@ -28,7 +28,7 @@ use crate::pages::i18n::Texts;
 use crate::pages::{AccountPage, LinkPage, SignInPage};
 use crate::request::redirect::safe_rd;
 use crate::session::{MatomoSession, Sess, UserSession};
-use crate::store::links::{Link, LinkConflict};
+use crate::store::{Link, LinkConflict};
 use crate::upstream::matomo::{self, Proof, MATOMO_COOKIE};
 use crate::util::now_ms;
 

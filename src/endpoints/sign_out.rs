@@ -92,7 +92,7 @@ pub(super) async fn backchannel_logout(app: &App, body: Body) -> Response {
     };
     let window = crate::oidc::LOGOUT_TOKEN_MAX_AGE.as_millis() as i64 + 120_000;
     match app
-        .links
+        .logout_tokens
         .first_use_of_jti(&oidc.identity_issuer, &claims.jti, now_ms() - window)
         .await
     {
@@ -101,7 +101,7 @@ pub(super) async fn backchannel_logout(app: &App, body: Body) -> Response {
         Err(e) => return unavailable(e),
     }
     let ids = match app
-        .links
+        .session_index
         .take_logout_sessions(
             &oidc.identity_issuer,
             claims.sid.as_deref(),

@@ -1,0 +1,401 @@
+//! The SQLite backend, the single-process default: one file (WAL) holding the link database
+//! ([`SqliteDb`]: the four traits of `traits.rs`) and, unless `store.sessions_url` names another
+//! store, tower-sessions' session table, read through the cache of `cache.rs`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::cache::CachedSessions;
+use super::traits::LINK_COLUMNS as COLS;
+use super::{Attempts, Link, LinkConflict, Links, LogoutTokens, SessionEntry, SessionIndex};
+use crate::error::Error;
+use crate::util::now_ms;
+
+/// How long a session read from the embedded SQLite store may be served from memory. Writes and
+/// deletes of this process go through the cache, so it only bounds what another process (the
+/// `unikgate links remove` CLI) changes: that takes effect within this time.
+pub const SQLITE_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Opens (creating when needed) the SQLite database of `sqlite://path`, with WAL and a busy
+/// timeout, and applies the embedded migrations.
+pub async fn open(path: &std::path::Path) -> Result<SqlitePool, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+        .map_err(|e| e.to_string())?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    sqlx::migrate!("migrations/sqlite")
+        .run(&pool)
+        .await
+        .map_err(|e| format!("cannot prepare {}: {e}", path.display()))?;
+    Ok(pool)
+}
+
+/// tower-sessions' session table in this database (created when needed, expired rows deleted
+/// every 5 minutes), behind the read cache.
+pub async fn session_store(pool: SqlitePool) -> Result<Arc<CachedSessions>, String> {
+    let store = tower_sessions_sqlx_store::SqliteStore::new(pool);
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("cannot prepare the session table: {e}"))?;
+    super::spawn_expired_deletion(store.clone());
+    Ok(Arc::new(CachedSessions::new(
+        Arc::new(store),
+        SQLITE_CACHE_TTL,
+    )))
+}
+
+/// The link database in a SQLite file.
+pub struct SqliteDb {
+    pool: SqlitePool,
+}
+
+impl SqliteDb {
+    pub fn new(pool: SqlitePool) -> Self {
+        SqliteDb { pool }
+    }
+
+    /// Proves the database answers and accepts writes.
+    pub async fn ping(&self) -> Result<(), Error> {
+        // Readiness means writable: take the write lock and give it back, writing nothing.
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        Ok(())
+    }
+}
+
+type Row = (String, String, String, String, i64, i64, Option<i64>);
+
+fn from_row(r: Row) -> Link {
+    Link {
+        id: r.0,
+        issuer: r.1,
+        subject: r.2,
+        matomo_login: r.3,
+        superuser: r.4 != 0,
+        created_at: r.5,
+        last_login_at: r.6,
+    }
+}
+
+#[async_trait]
+impl Links for SqliteDb {
+    async fn get(&self, issuer: &str, subject: &str) -> Result<Option<Link>, Error> {
+        let r: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {COLS} FROM links WHERE issuer = ? AND subject = ?"
+        ))
+        .bind(issuer)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(r.map(from_row))
+    }
+
+    async fn get_by_login(&self, login: &str) -> Result<Option<Link>, Error> {
+        let r: Option<Row> =
+            sqlx::query_as(&format!("SELECT {COLS} FROM links WHERE matomo_login = ?"))
+                .bind(login)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(r.map(from_row))
+    }
+
+    async fn create(&self, l: &Link) -> Result<Result<(), LinkConflict>, Error> {
+        let res = sqlx::query(
+            "INSERT INTO links (id, issuer, subject, matomo_login, superuser, created_at, last_login_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&l.id)
+        .bind(&l.issuer)
+        .bind(&l.subject)
+        .bind(&l.matomo_login)
+        .bind(l.superuser as i64)
+        .bind(l.created_at)
+        .bind(l.last_login_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(Ok(())),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                if self.get(&l.issuer, &l.subject).await?.is_some() {
+                    Ok(Err(LinkConflict::Identity))
+                } else {
+                    Ok(Err(LinkConflict::Login))
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn remove(&self, issuer: &str, subject: &str) -> Result<bool, Error> {
+        let r = sqlx::query("DELETE FROM links WHERE issuer = ? AND subject = ?")
+            .bind(issuer)
+            .bind(subject)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn remove_login(&self, login: &str) -> Result<bool, Error> {
+        let r = sqlx::query("DELETE FROM links WHERE matomo_login = ?")
+            .bind(login)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn list(&self) -> Result<Vec<Link>, Error> {
+        let rows: Vec<Row> =
+            sqlx::query_as(&format!("SELECT {COLS} FROM links ORDER BY created_at"))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(from_row).collect())
+    }
+
+    async fn touch(&self, id: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE links SET last_login_at = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Attempts for SqliteDb {
+    async fn attempt(&self, key: &str, max: u32, window: Duration) -> Result<bool, Error> {
+        let now = now_ms();
+        let since = now - window.as_millis() as i64;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM attempts WHERE at < ?")
+            .bind(now - 24 * 3600 * 1000)
+            .execute(&mut *tx)
+            .await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM attempts WHERE key = ? AND at > ?")
+            .bind(key)
+            .bind(since)
+            .fetch_one(&mut *tx)
+            .await?;
+        if n >= max as i64 {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO attempts (key, at) VALUES (?, ?)")
+            .bind(key)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl SessionIndex for SqliteDb {
+    async fn index_session(&self, e: &SessionEntry) -> Result<(), Error> {
+        sqlx::query("INSERT OR IGNORE INTO identity_sessions (issuer, subject, session_id, created_at, sid, id_sub) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&e.issuer)
+            .bind(&e.subject)
+            .bind(&e.session_id)
+            .bind(e.created_at)
+            .bind(&e.sid)
+            .bind(&e.id_sub)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_sessions(&self, issuer: &str, subject: &str) -> Result<Vec<String>, Error> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "DELETE FROM identity_sessions WHERE issuer = ? AND subject = ? RETURNING session_id",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn take_logout_sessions(
+        &self,
+        issuer: &str,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> Result<Vec<String>, Error> {
+        let rows: Vec<(String,)> = match (sid, sub) {
+            (Some(sid), _) => sqlx::query_as(
+                "DELETE FROM identity_sessions WHERE issuer = ? AND sid = ? RETURNING session_id",
+            )
+            .bind(issuer)
+            .bind(sid)
+            .fetch_all(&self.pool)
+            .await?,
+            (None, Some(sub)) => sqlx::query_as(
+                "DELETE FROM identity_sessions WHERE issuer = ? AND (id_sub = ? OR (id_sub IS NULL AND subject = ?)) RETURNING session_id",
+            )
+            .bind(issuer)
+            .bind(sub)
+            .bind(sub)
+            .fetch_all(&self.pool)
+            .await?,
+            (None, None) => Vec::new(),
+        };
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn list_sessions(&self, subject: Option<&str>) -> Result<Vec<SessionEntry>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT issuer, subject, session_id, sid, id_sub, created_at FROM identity_sessions WHERE (? IS NULL OR subject = ?) ORDER BY created_at",
+        )
+        .bind(subject)
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn prune_sessions(&self, before: i64) -> Result<(), Error> {
+        sqlx::query("DELETE FROM identity_sessions WHERE created_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LogoutTokens for SqliteDb {
+    async fn first_use_of_jti(
+        &self,
+        issuer: &str,
+        jti: &str,
+        forget_before: i64,
+    ) -> Result<bool, Error> {
+        sqlx::query("DELETE FROM logout_tokens WHERE seen_at < ?")
+            .bind(forget_before)
+            .execute(&self.pool)
+            .await?;
+        let r = sqlx::query(
+            "INSERT OR IGNORE INTO logout_tokens (issuer, jti, seen_at) VALUES (?, ?, ?)",
+        )
+        .bind(issuer)
+        .bind(jti)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_session_index_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = SqliteDb::new(open(&dir.path().join("t.db")).await.unwrap());
+        let e = |subject: &str, id: &str, sid: Option<&str>| SessionEntry {
+            issuer: "iss".into(),
+            subject: subject.into(),
+            session_id: id.into(),
+            sid: sid.map(str::to_string),
+            id_sub: None,
+            created_at: now_ms(),
+        };
+        links
+            .index_session(&e("sub", "s1", Some("p1")))
+            .await
+            .unwrap();
+        links
+            .index_session(&e("sub", "s2", Some("p2")))
+            .await
+            .unwrap();
+        links.index_session(&e("other", "s3", None)).await.unwrap();
+        assert_eq!(links.list_sessions(Some("sub")).await.unwrap().len(), 2);
+        assert_eq!(links.list_sessions(None).await.unwrap().len(), 3);
+        let mut got = links.take_sessions("iss", "sub").await.unwrap();
+        got.sort();
+        assert_eq!(got, vec!["s1", "s2"]);
+        assert!(links.take_sessions("iss", "sub").await.unwrap().is_empty());
+        assert_eq!(
+            links.take_sessions("iss", "other").await.unwrap(),
+            vec!["s3"]
+        );
+    }
+
+    #[tokio::test]
+    async fn logout_tokens_end_by_sid_or_sub_and_each_jti_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = SqliteDb::new(open(&dir.path().join("t.db")).await.unwrap());
+        for (id, sid, sub) in [
+            ("s1", "p1", "a"),
+            ("s2", "p1", "a"),
+            ("s3", "p2", "a"),
+            ("s4", "p3", "b"),
+        ] {
+            let e = SessionEntry {
+                issuer: "iss".into(),
+                subject: sub.into(),
+                session_id: id.into(),
+                sid: Some(sid.into()),
+                id_sub: Some(sub.into()),
+                created_at: now_ms(),
+            };
+            links.index_session(&e).await.unwrap();
+        }
+        let mut by_sid = links
+            .take_logout_sessions("iss", Some("p1"), Some("a"))
+            .await
+            .unwrap();
+        by_sid.sort();
+        assert_eq!(by_sid, vec!["s1", "s2"]);
+        assert!(links
+            .take_logout_sessions("other-iss", None, Some("a"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            links
+                .take_logout_sessions("iss", None, Some("a"))
+                .await
+                .unwrap(),
+            vec!["s3"]
+        );
+        assert!(links
+            .take_logout_sessions("iss", None, None)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(links.first_use_of_jti("iss", "j1", 0).await.unwrap());
+        assert!(!links.first_use_of_jti("iss", "j1", 0).await.unwrap());
+        assert!(links.first_use_of_jti("iss2", "j1", 0).await.unwrap());
+        // Forgotten once older than the window (a token that old is refused by its iat anyway).
+        assert!(links
+            .first_use_of_jti("iss", "j2", now_ms() + 1)
+            .await
+            .unwrap());
+        assert!(links
+            .first_use_of_jti("iss", "j1", now_ms() + 1)
+            .await
+            .unwrap());
+    }
+}
