@@ -15,6 +15,7 @@ use crate::store::links::Link;
 use crate::upstream::matomo::MATOMO_COOKIE;
 
 /// Per-request facts every phase may need.
+#[derive(Debug, Clone, Copy)]
 pub struct Ctx {
     pub client_ip: IpAddr,
 }
