@@ -68,7 +68,7 @@ pub async fn mint(
         }
         Err(e) => {
             metrics::counter!("unikgate_mints_total", "result" => "error").increment(1);
-            tracing::warn!(target: "unikgate::audit", event = "refused", subject = %subject, matomo_login = %login, client_ip = %ctx.client_ip, reason = %e);
+            tracing::warn!(target: "unikgate::audit", event = "refused", subject = %subject, matomo_login = %login, client_ip = %ctx.client_ip, reason = %e.chain());
             Err(e)
         }
     }

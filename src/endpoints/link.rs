@@ -56,7 +56,7 @@ async fn link_page(
             .who_am_i(&app.upstream, &c, ctx.client_ip)
             .await
             .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "who-am-i probe failed");
+                tracing::warn!(error = %e.chain(), "who-am-i probe failed");
                 None
             }),
         _ => None,
@@ -199,7 +199,7 @@ pub(super) async fn link_post(v: Visit, posted: CsrfForm) -> Result<Response, Er
     tracing::info!(target: "unikgate::audit", event = "link", subject = %user.subject, matomo_login = %login, client_ip = %ctx.client_ip);
     let v = match mint(app, ctx, &login, &user.subject, "link").await {
         Ok(v) => v,
-        Err(e @ (Error::MintFailed(_) | Error::PluginMintFailed(_))) => {
+        Err(e @ Error::MintFailed(..)) => {
             return Err(Error::LinkedButMintFailed(login, Box::new(e)))
         }
         Err(e) => return Err(e),

@@ -205,7 +205,7 @@ async fn logout_request_matomo(app: &App, ctx: &Ctx, headers: &HeaderMap, ended:
             return;
         }
         if let Err(e) = matomo::logout(&app.upstream, &c, ctx.client_ip).await {
-            tracing::warn!(error = %e, "could not log the Matomo session out");
+            tracing::warn!(error = %e.chain(), "could not log the Matomo session out");
         }
     }
 }

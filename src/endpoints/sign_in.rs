@@ -166,7 +166,7 @@ pub(super) async fn callback(
     data.user = Some(user);
     index_this_session(app, sess).await?;
     if let Err(e) = app.links.touch(&link.id).await {
-        tracing::warn!(error = %e, "could not record the last sign-in time");
+        tracing::warn!(error = %e.chain(), "could not record the last sign-in time");
     }
     let mut res = redirect_local(app, &pending.rd);
     append_matomo_cookie(app, res.headers_mut(), &v);

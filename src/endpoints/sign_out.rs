@@ -86,7 +86,7 @@ pub(super) async fn backchannel_logout(
         )
     };
     let unavailable = |e: Error| {
-        tracing::error!(target: "unikgate::audit", event = "backchannel_logout_failed", reason = %e);
+        tracing::error!(target: "unikgate::audit", event = "backchannel_logout_failed", reason = %e.chain());
         json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "error": "temporarily_unavailable", "error_description": e.to_string() }),

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::context::Ctx;
 use crate::endpoints::Endpoints;
-use crate::error::Error;
+use crate::error::{Error, ErrorPage};
 use crate::request::classify::{BodyRule, Class};
 use crate::request::php::Params;
 
@@ -116,12 +116,30 @@ impl Gate {
         let res = entry(app, &self.inner.endpoints, peer, req)
             .instrument(span.clone())
             .await;
+        // An error is logged once, here, with what caused it (making it logged nothing).
+        if let Some(ErrorPage(e)) = res.extensions().get::<ErrorPage>() {
+            span.in_scope(|| log_error(e));
+        }
         let mut res = crate::pages::render_error(&app.pages, res, id_str, accept.as_ref());
         span.in_scope(|| tracing::debug!(status = res.status().as_u16(), "answered"));
         if let Some(v) = id {
             res.headers_mut().insert(REQUEST_ID.clone(), v);
         }
         res
+    }
+}
+
+/// The one log line of an error that reached the edge: what failed underneath at warn (error for
+/// unikgate's own faults), a refusal of the request itself at debug (the audit events say who).
+fn log_error(e: &Error) {
+    match e {
+        Error::StoreUnavailable(_) | Error::Internal(_) => {
+            tracing::error!(status = e.status().as_u16(), error = %e.chain(), "failed")
+        }
+        _ if e.status().is_server_error() => {
+            tracing::warn!(status = e.status().as_u16(), error = %e.chain(), "failed")
+        }
+        _ => tracing::debug!(status = e.status().as_u16(), error = %e, "refused"),
     }
 }
 

@@ -62,7 +62,7 @@ async fn record_activity(app: &Arc<App>, headers: &HeaderMap, browser: &str) {
             sess.changed();
             let mut ignored = HeaderMap::new();
             if let Err(e) = app.sessions.finish(sess, &mut ignored).await {
-                tracing::warn!(error = %e, "could not record Matomo activity");
+                tracing::warn!(error = %e.chain(), "could not record Matomo activity");
             }
         }
     }

@@ -445,10 +445,7 @@ impl Stores {
     /// Both stores answer (and the link database accepts writes).
     pub async fn ping(&self) -> Result<(), Error> {
         self.links.ping().await?;
-        let down = |e: String| {
-            tracing::error!(error = %e, "session store unavailable");
-            Error::StoreUnavailable
-        };
+        let down = |e: String| Error::StoreUnavailable(crate::error::Cause::msg(e));
         match &self.probe {
             SessionProbe::SameAsLinks => Ok(()),
             SessionProbe::Sqlite(p) => sqlx::query("SELECT 1")
