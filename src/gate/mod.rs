@@ -116,9 +116,10 @@ impl Gate {
         let res = entry(app, &self.inner.endpoints, peer, req)
             .instrument(span.clone())
             .await;
-        // An error is logged once, here, with what caused it (making it logged nothing).
+        // An error is logged once, here, with what caused it (making it logged nothing), and the
+        // request id its page shows (the span is off at the default level).
         if let Some(ErrorPage(e)) = res.extensions().get::<ErrorPage>() {
-            span.in_scope(|| log_error(e));
+            span.in_scope(|| log_error(e, id_str));
         }
         let mut res = crate::pages::render_error(&app.pages, res, id_str, accept.as_ref());
         span.in_scope(|| tracing::debug!(status = res.status().as_u16(), "answered"));
@@ -131,15 +132,16 @@ impl Gate {
 
 /// The one log line of an error that reached the edge: what failed underneath at warn (error for
 /// unikgate's own faults), a refusal of the request itself at debug (the audit events say who).
-fn log_error(e: &Error) {
+fn log_error(e: &Error, request_id: &str) {
+    let status = e.status().as_u16();
     match e {
         Error::StoreUnavailable(_) | Error::Internal(_) => {
-            tracing::error!(status = e.status().as_u16(), error = %e.chain(), "failed")
+            tracing::error!(request_id, status, error = %e.chain(), "failed")
         }
         _ if e.status().is_server_error() => {
-            tracing::warn!(status = e.status().as_u16(), error = %e.chain(), "failed")
+            tracing::warn!(request_id, status, error = %e.chain(), "failed")
         }
-        _ => tracing::debug!(status = e.status().as_u16(), error = %e, "refused"),
+        _ => tracing::debug!(request_id, status, error = %e, "refused"),
     }
 }
 
