@@ -2,7 +2,7 @@
 //! Usage: matomo-standin [LISTEN_ADDR]   (default 127.0.0.1:8081; prints "listening" when ready)
 //! Env: STANDIN_IDLE_MS (Matomo's session idle timeout, default 3600000).
 
-#[path = "../tests/support/matomo.rs"]
+#[path = "../tests/support/matomo/mod.rs"]
 mod matomo;
 
 #[tokio::main]

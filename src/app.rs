@@ -57,7 +57,7 @@ impl App {
             if let Some(cookie) = cookie {
                 let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
                 if let Err(e) = upstream::matomo::logout(&self.upstream, &cookie, loopback).await {
-                    tracing::warn!(error = %e, "could not log a Matomo session out");
+                    tracing::warn!(error = %e.chain(), "could not log a Matomo session out");
                 }
             }
             ended += usize::from(had);

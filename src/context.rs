@@ -15,6 +15,7 @@ use crate::store::Link;
 use crate::upstream::matomo::MATOMO_COOKIE;
 
 /// Per-request facts every phase may need.
+#[derive(Debug, Clone, Copy)]
 pub struct Ctx {
     pub client_ip: IpAddr,
 }
@@ -67,7 +68,7 @@ pub async fn mint(
         }
         Err(e) => {
             metrics::counter!("unikgate_mints_total", "result" => "error").increment(1);
-            tracing::warn!(target: "unikgate::audit", event = "refused", subject = %subject, matomo_login = %login, client_ip = %ctx.client_ip, reason = %e);
+            tracing::warn!(target: "unikgate::audit", event = "refused", subject = %subject, matomo_login = %login, client_ip = %ctx.client_ip, reason = %e.chain());
             Err(e)
         }
     }

@@ -96,7 +96,7 @@ pub async fn run(app: &App, as_login: Option<&str>) -> Vec<Step> {
                     false,
                     "refused (invalid_client): check provider.client_id, the client secret and provider.token_auth_method",
                 ),
-                Err(Error::ProviderUnreachable) => step("client credentials", false, format!("cannot reach the token endpoint {}", ep.token)),
+                Err(e @ Error::ProviderUnreachable(_)) => step("client credentials", false, format!("cannot reach the token endpoint {}: {}", ep.token, e.chain())),
                 Err(e) => step("client credentials", false, format!("unexpected answer: {e}")),
             });
         }

@@ -1,16 +1,77 @@
 //! Every failure a user can hit, as a value: its status, and the page that says what happened and
 //! what to check (`pages::errors`). Handlers return `Err(Error)`; [`crate::pages::render_error`] turns the marker
 //! this leaves in the response into the page, so no handler formats an error by hand.
+//!
+//! Invariant: making an error logs nothing. A failure of something underneath (a store, the
+//! network) keeps its [`Cause`], and the error is logged once where it ends: at the edge
+//! (`gate::Gate::serve`, with the request's span), or where a caller deliberately swallows it.
+
+use std::sync::Arc;
 
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+
+/// What a failure underneath was (a store's or the network's own error), kept with the error for
+/// the one log line written where it ends. Never shown to the browser: [`Error`]'s `Display`
+/// leaves it out; [`Error::chain`] has it.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Cause(Arc::new(e))
+    }
+
+    /// A cause known only as text (an error already turned into a message).
+    pub fn msg(s: impl Into<String>) -> Cause {
+        Cause(Arc::new(Message(s.into())))
+    }
+}
+
+#[derive(Debug)]
+struct Message(String);
+
+impl std::fmt::Display for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Which minter failed to open a Matomo session (each has its own page: what to check differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MintBy {
+    /// The AutoLogin plugin (`matomo.minter = "autologin"`).
+    AutoLogin,
+    /// The UnikGate plugin (`matomo.minter = "signed"`).
+    Plugin,
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("unikgate is not configured yet")]
     NotConfigured,
     #[error("Matomo cannot be reached")]
-    UpstreamUnavailable,
+    UpstreamUnavailable(#[source] Cause),
     #[error("Matomo did not answer in time")]
     UpstreamTimeout,
     #[error("forbidden: {0}")]
@@ -34,7 +95,7 @@ pub enum Error {
     #[error("page not found")]
     NotFound,
     #[error("the provider cannot be reached")]
-    ProviderUnreachable,
+    ProviderUnreachable(#[source] Cause),
     #[error("the provider refused unikgate's client credentials")]
     ProviderClientRejected,
     #[error("the provider answered with an error: {0}")]
@@ -47,13 +108,10 @@ pub enum Error {
     #[error("the sign-in could not be completed: {0}")]
     SignInRejected(&'static str),
     #[error("the session store is unavailable")]
-    StoreUnavailable,
-    /// AutoLogin did not open a session.
-    #[error("Matomo refused to open a session: {0}")]
-    MintFailed(String),
-    /// The UnikGate plugin did not open a session.
-    #[error("Matomo refused to open a session: {0}")]
-    PluginMintFailed(String),
+    StoreUnavailable(#[source] Cause),
+    /// A minter did not open a session (`.1`: why, as Matomo or the plugin said it).
+    #[error("Matomo refused to open a session: {1}")]
+    MintFailed(MintBy, String),
     /// The link was saved, then the first Matomo session could not be opened (`.1`: why).
     #[error("linked to {0}, but {1}")]
     LinkedButMintFailed(String, Box<Error>),
@@ -77,14 +135,13 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         use Error::*;
         match self {
-            NotConfigured | StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            UpstreamUnavailable
-            | ProviderUnreachable
+            NotConfigured | StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamUnavailable(_)
+            | ProviderUnreachable(_)
             | ProviderClientRejected
             | ProviderError(_)
             | ProviderBadAnswer(_)
-            | MintFailed(_)
-            | PluginMintFailed(_)
+            | MintFailed(..)
             | LinkedButMintFailed(..)
             | MatomoUnexpected(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -111,7 +168,7 @@ impl Error {
         use Error::*;
         match self {
             NotConfigured => "not_configured",
-            UpstreamUnavailable => "upstream_unavailable",
+            UpstreamUnavailable(_) => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             Forbidden(_) => "forbidden",
             BadRequest(_) => "bad_request",
@@ -123,15 +180,15 @@ impl Error {
             UriTooLong => "uri_too_long",
             HeadersTooLarge => "headers_too_large",
             NotFound => "not_found",
-            ProviderUnreachable => "provider_unreachable",
+            ProviderUnreachable(_) => "provider_unreachable",
             ProviderClientRejected => "provider_client_rejected",
             ProviderError(_) => "provider_error",
             ProviderBadAnswer(_) => "provider_bad_answer",
             AccessDenied(_) => "access_denied",
             SignInRejected(_) => "sign_in_rejected",
-            StoreUnavailable => "store_unavailable",
-            MintFailed(_) => "mint_failed",
-            PluginMintFailed(_) => "plugin_mint_failed",
+            StoreUnavailable(_) => "store_unavailable",
+            MintFailed(MintBy::AutoLogin, _) => "mint_failed",
+            MintFailed(MintBy::Plugin, _) => "plugin_mint_failed",
             LinkedButMintFailed(..) => "linked_but_mint_failed",
             MatomoUnexpected(_) => "matomo_unexpected",
             Csrf => "csrf",
@@ -141,6 +198,25 @@ impl Error {
             SuperuserDenied => "superuser_denied",
             Internal(_) => "internal",
         }
+    }
+}
+
+impl Error {
+    /// The error with what caused it, for a log line or an operator's terminal (never a page).
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            s.push_str(": ");
+            s.push_str(&e.to_string());
+            next = e.source();
+        }
+        s
+    }
+
+    /// A store's failure, kept as the cause of [`Error::StoreUnavailable`].
+    pub fn store(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::StoreUnavailable(Cause::new(e))
     }
 }
 
@@ -169,14 +245,12 @@ impl IntoResponse for Error {
 
 impl From<tower_sessions::session::Error> for Error {
     fn from(e: tower_sessions::session::Error) -> Self {
-        tracing::error!(error = %e, "session store error");
-        Error::StoreUnavailable
+        Error::store(e)
     }
 }
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        tracing::error!(error = %e, "store error");
-        Error::StoreUnavailable
+        Error::store(e)
     }
 }

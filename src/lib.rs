@@ -79,7 +79,7 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
                 tick.tick().await;
                 let before = now_ms() - absolute.as_millis() as i64;
                 if let Err(e) = index.prune_sessions(before).await {
-                    tracing::warn!(error = %e, "could not prune the identity → sessions index");
+                    tracing::warn!(error = %e.chain(), "could not prune the identity → sessions index");
                 }
             }
         });

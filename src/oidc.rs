@@ -119,8 +119,17 @@ fn trim_slash(s: &str) -> &str {
 
 /// Classifies a failed HTTP call to the provider.
 fn send_error(what: &str, e: &reqwest::Error) -> Error {
-    tracing::warn!(call = what, timeout = e.is_timeout(), connect = e.is_connect(), error = %without_url(e), "provider call failed");
-    Error::ProviderUnreachable
+    let kind = if e.is_timeout() {
+        " (timed out)"
+    } else if e.is_connect() {
+        " (could not connect)"
+    } else {
+        ""
+    };
+    Error::ProviderUnreachable(crate::error::Cause::msg(format!(
+        "{what}{kind}: {}",
+        without_url(e)
+    )))
 }
 
 /// reqwest errors print the URL, which for the token call holds nothing secret, but for an

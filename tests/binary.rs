@@ -379,6 +379,34 @@ async fn logs_to_a_file_have_no_colour_codes() {
     );
 }
 
+/// An error is logged once, where it ends (the edge), with what caused it and the request's id;
+/// making it logs nothing (Matomo down: the pool's own error is the cause).
+#[tokio::test]
+async fn an_error_is_logged_once_at_the_edge_with_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("unikgate.log");
+    let stderr = Stdio::from(std::fs::File::create(&log).unwrap());
+    // Port 9 (discard) answers nothing on loopback: connection refused.
+    let (mut p, base) = start("http://127.0.0.1:9", dir.path(), "", &[], "warn", stderr).await;
+    let res = reqwest::get(format!("{base}/matomo.js")).await.unwrap();
+    assert_eq!(res.status(), 502);
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    terminate(&mut p).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&id)).collect();
+    assert_eq!(lines.len(), 1, "one line for the request:\n{text}");
+    assert!(
+        lines[0].contains("Matomo cannot be reached: http://127.0.0.1:9"),
+        "the error and its cause: {}",
+        lines[0]
+    );
+    assert_eq!(
+        text.matches("Matomo cannot be reached").count(),
+        1,
+        "logged once:\n{text}"
+    );
+}
+
 #[test]
 fn help_names_every_command() {
     let out = Command::new(bin()).arg("--help").output().unwrap();

@@ -543,9 +543,10 @@ async fn pages_speak_the_browsers_language() {
 
 fn every_error() -> Vec<unikgate::error::Error> {
     use unikgate::error::Error::*;
+    use unikgate::error::{Cause, MintBy};
     vec![
         NotConfigured,
-        UpstreamUnavailable,
+        UpstreamUnavailable(Cause::msg("x")),
         UpstreamTimeout,
         Forbidden("x"),
         BadRequest("x".into()),
@@ -553,16 +554,19 @@ fn every_error() -> Vec<unikgate::error::Error> {
         UriTooLong,
         HeadersTooLarge,
         NotFound,
-        ProviderUnreachable,
+        ProviderUnreachable(Cause::msg("x")),
         ProviderClientRejected,
         ProviderError("x".into()),
         ProviderBadAnswer("x".into()),
         AccessDenied("/".into()),
         SignInRejected("x"),
-        StoreUnavailable,
-        MintFailed("x".into()),
-        PluginMintFailed("x".into()),
-        LinkedButMintFailed("alice".into(), Box::new(PluginMintFailed("x".into()))),
+        StoreUnavailable(Cause::msg("x")),
+        MintFailed(MintBy::AutoLogin, "x".into()),
+        MintFailed(MintBy::Plugin, "x".into()),
+        LinkedButMintFailed(
+            "alice".into(),
+            Box::new(MintFailed(MintBy::Plugin, "x".into())),
+        ),
         MatomoUnexpected("x".into()),
         Csrf,
         RateLimited,

@@ -1,4 +1,4 @@
-//! The Matomo versions users run, on the stand-in's version profiles (tests/support/matomo.rs,
+//! The Matomo versions users run, on the stand-in's version profiles (tests/support/matomo/,
 //! tests/CONTRACT.md "By Matomo version"): the 5.7 scheme rule behind TLS and what
 //! matomo-setup.sh changes, `Authorization: Bearer` API clients and a browser's own
 //! `Authorization`, the 5.8 conflicts, the 5.13 token rule on the link proof, the 5.14 security

@@ -3,7 +3,9 @@
 
 use super::*;
 
-pub(super) async fn account(app: &App, sess: &mut Sess, t: &Texts) -> Result<Response, Error> {
+/// `GET <prefix>/account`.
+pub(super) async fn account(v: Visit, mut sess: Session) -> Result<Response, Error> {
+    let (app, t, sess) = (&*v.app, v.t, &mut *sess);
     let Some(user) = signed_in_user(app, sess).await? else {
         return Ok(to_sign_in(
             app,
@@ -36,14 +38,9 @@ pub(super) async fn account(app: &App, sess: &mut Sess, t: &Texts) -> Result<Res
 /// does this browser's Matomo session; this browser stays signed in with its @unikname, under a
 /// new session id and unlinked, and goes to `rd` (default: the account page), where the next
 /// Matomo page asks to link again.
-pub(super) async fn unlink(
-    app: &App,
-    ctx: &Ctx,
-    sess: &mut Sess,
-    headers: &HeaderMap,
-    f: &Form,
-) -> Result<Response, Error> {
-    check_csrf(app, sess, f).await?;
+pub(super) async fn unlink(v: Visit, posted: CsrfForm) -> Result<Response, Error> {
+    let CsrfForm { mut sess, form } = posted;
+    let (app, ctx, headers, sess, f) = (&*v.app, &v.ctx, &v.headers, &mut *sess, &form);
     let account = format!("{}/account", app.cfg.server.prefix);
     let Some(user) = signed_in_user(app, sess).await? else {
         return Ok(to_sign_in(app, &account));
@@ -76,11 +73,8 @@ pub(super) async fn unlink(
 /// section in Matomo's Personal → Security page. Same-origin only: no CORS header, refused when
 /// the browser says the request comes from another site (`Sec-Fetch-Site`), never cached, and
 /// nothing in it names anybody but the session's own @unikname.
-pub(super) async fn status(
-    app: &App,
-    sess: &mut Sess,
-    headers: &HeaderMap,
-) -> Result<Response, Error> {
+pub(super) async fn status(v: Visit, mut sess: Session) -> Result<Response, Error> {
+    let (app, headers, sess) = (&*v.app, &v.headers, &mut *sess);
     let site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())

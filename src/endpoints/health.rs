@@ -2,7 +2,8 @@
 
 use super::*;
 
-pub(super) async fn readyz(app: &App) -> Response {
+/// `GET <prefix>/readyz`.
+pub(super) async fn readyz(State(app): State<Arc<App>>) -> Response {
     let mut problems = Vec::new();
     if app.oidc.is_none() {
         problems.push(

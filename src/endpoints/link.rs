@@ -21,18 +21,22 @@ impl Notice<'static> {
     };
 }
 
-pub(super) async fn link_page(
-    v: Visit<'_>,
+/// `GET <prefix>/link`.
+pub(super) async fn link_get(
+    v: Visit,
+    mut sess: Session,
+    Query(q): Query,
+) -> Result<Response, Error> {
+    link_page(&v, &mut sess, &q, Notice::NONE).await
+}
+
+async fn link_page(
+    v: &Visit,
     sess: &mut Sess,
     q: &Form,
     notice: Notice<'_>,
 ) -> Result<Response, Error> {
-    let Visit {
-        app,
-        ctx,
-        headers,
-        t,
-    } = v;
+    let (app, ctx, headers, t) = (&*v.app, &v.ctx, &v.headers, v.t);
     let Notice {
         error,
         code_needed,
@@ -52,7 +56,7 @@ pub(super) async fn link_page(
             .who_am_i(&app.upstream, &c, ctx.client_ip)
             .await
             .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "who-am-i probe failed");
+                tracing::warn!(error = %e.chain(), "who-am-i probe failed");
                 None
             }),
         _ => None,
@@ -77,11 +81,11 @@ pub(super) async fn link_page(
     ))
 }
 
-pub(super) async fn link_post(v: Visit<'_>, sess: &mut Sess, f: &Form) -> Result<Response, Error> {
-    let Visit {
-        app, ctx, headers, ..
-    } = v;
-    check_csrf(app, sess, f).await?;
+/// `POST <prefix>/link`: the proof (password, two-factor code, or the browser's Matomo session).
+pub(super) async fn link_post(v: Visit, posted: CsrfForm) -> Result<Response, Error> {
+    let CsrfForm { mut sess, form } = posted;
+    let (app, ctx, headers, sess, f) = (&*v.app, &v.ctx, &v.headers, &mut *sess, &form);
+    let v = &v;
     let rd = rd_of(app, f);
     let Some(mut user) = signed_in_user(app, sess).await? else {
         return Ok(to_sign_in(app, &rd));
@@ -195,7 +199,7 @@ pub(super) async fn link_post(v: Visit<'_>, sess: &mut Sess, f: &Form) -> Result
     tracing::info!(target: "unikgate::audit", event = "link", subject = %user.subject, matomo_login = %login, client_ip = %ctx.client_ip);
     let v = match mint(app, ctx, &login, &user.subject, "link").await {
         Ok(v) => v,
-        Err(e @ (Error::MintFailed(_) | Error::PluginMintFailed(_))) => {
+        Err(e @ Error::MintFailed(..)) => {
             return Err(Error::LinkedButMintFailed(login, Box::new(e)))
         }
         Err(e) => return Err(e),
@@ -211,20 +215,15 @@ pub(super) async fn link_post(v: Visit<'_>, sess: &mut Sess, f: &Form) -> Result
 }
 
 /// The link page again, with a message (`msg`: a `link.err_*` catalogue key).
-pub(super) async fn again(
-    v: Visit<'_>,
-    sess: &mut Sess,
-    f: &Form,
-    msg: &str,
-) -> Result<Response, Error> {
+async fn again(v: &Visit, sess: &mut Sess, f: &Form, msg: &str) -> Result<Response, Error> {
     again_with(v, sess, f, msg, false).await
 }
 
 /// The link page again, with a message; `code_needed` asks for the two-factor code. Neither the
 /// password nor the code is written back into the page: unikgate keeps no password between
 /// requests, so a two-factor account types it again with its code.
-pub(super) async fn again_with(
-    v: Visit<'_>,
+async fn again_with(
+    v: &Visit,
     sess: &mut Sess,
     f: &Form,
     msg: &str,

@@ -5,18 +5,20 @@
 //! (the only GET that changes state is sign-out, which Matomo's own logout link needs).
 
 mod account;
+mod extract;
 mod health;
 mod link;
 mod sign_in;
 mod sign_out;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::app::App;
@@ -24,7 +26,6 @@ use crate::context::{
     append_matomo_cookie, clear_matomo_cookie, mint, own_url, redirect_local, Ctx,
 };
 use crate::error::Error;
-use crate::pages::i18n::Texts;
 use crate::pages::{AccountPage, LinkPage, SignInPage};
 use crate::request::redirect::safe_rd;
 use crate::session::{MatomoSession, Sess, UserSession};
@@ -32,114 +33,102 @@ use crate::store::{Link, LinkConflict};
 use crate::upstream::matomo::{self, Proof, MATOMO_COOKIE};
 use crate::util::now_ms;
 
-/// Largest form accepted by unikgate's own endpoints.
-pub const MAX_FORM: usize = 64 * 1024;
+pub use extract::MAX_FORM;
+use extract::{CsrfForm, Pairs as Form, Query, Session, SessionSlot, Visit};
+
 /// Link attempts allowed per identity and per client IP in [`LINK_WINDOW`].
 pub const LINK_ATTEMPTS: u32 = 5;
 pub const LINK_WINDOW: Duration = Duration::from_secs(600);
 
-pub(super) type Form = HashMap<String, String>;
-
-/// What every handler of one request reads: the app, the client, the request's headers and its
-/// language, handed on as one value.
-#[derive(Clone, Copy)]
-struct Visit<'a> {
-    app: &'a App,
-    ctx: &'a Ctx,
-    headers: &'a HeaderMap,
-    t: &'a Texts,
+/// unikgate's own endpoints: an axum router mounted under the prefix. The gate hands it every
+/// request the classifier found under the prefix (and Matomo's logout URL, as `sign_out`),
+/// with the path the classifier normalised; routing, methods (405 with `Allow`) and extraction
+/// are axum's.
+#[derive(Clone)]
+pub struct Endpoints {
+    router: Router,
+    prefix: String,
 }
 
-fn parse_pairs(s: &str) -> Form {
-    form_urlencoded::parse(s.as_bytes()).into_owned().collect()
-}
-
-async fn read_form(app: &App, body: Body) -> Result<Form, Error> {
-    let bytes = crate::limits::read_body(body, MAX_FORM, app.cfg.server.body_timeout).await?;
-    Ok(parse_pairs(&String::from_utf8_lossy(&bytes)))
-}
-
-/// Dispatches an own endpoint; loads and saves the session around it.
-pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let query = parse_pairs(parts.uri.query().unwrap_or(""));
-    let m = &parts.method;
-    let t = crate::pages::i18n::for_request(&parts.headers);
-    // Endpoints without a session.
-    match (m, ep) {
-        (&Method::GET, "healthz") => return (StatusCode::OK, "ok\n").into_response(),
-        (&Method::GET, "readyz") => return health::readyz(app).await,
-        (&Method::GET, "static/unikgate.css") => return crate::pages::stylesheet(),
-        (&Method::GET, "static/fragment.js") => return crate::pages::fragment_script(),
-        (&Method::GET, "signed_out") => {
-            return app.pages.render(
-                StatusCode::OK,
-                &crate::pages::SignedOutPage {
-                    t,
-                    title: t.get("signed_out.title"),
-                    prefix: &app.cfg.server.prefix,
-                },
+impl Endpoints {
+    pub fn new(app: &Arc<App>) -> Endpoints {
+        let prefix = app.cfg.server.prefix.clone();
+        let at = |name: &str| format!("{prefix}/{name}");
+        let mut start = post(sign_in::start);
+        if app.cfg.provider.allow_get_start {
+            start = start.get(sign_in::start_get);
+        }
+        // Routes with a session: opened before the handler, saved after it (`around_session`).
+        let with_session = Router::new()
+            .route(&at(""), get(sign_in::sign_in))
+            .route(&at("sign_in"), get(sign_in::sign_in))
+            .route(&at("start"), start)
+            .route(&at("callback"), get(sign_in::callback))
+            .route(&at("link"), get(link::link_get).post(link::link_post))
+            .route(&at("account"), get(account::account))
+            .route(&at("status"), get(account::status))
+            .route(&at("unlink"), post(account::unlink))
+            .route(
+                &at("sign_out"),
+                get(sign_out::sign_out_get).post(sign_out::sign_out_post),
             )
-        }
-        (&Method::GET, "metrics") => return Error::NotFound.into_response(),
-        // Server to server: no session, no cookie, no page, never a redirect.
-        (&Method::POST, "backchannel_logout") => {
-            return sign_out::backchannel_logout(app, body).await
-        }
-        _ => {}
+            .route_layer(middleware::from_fn_with_state(app.clone(), around_session));
+        // Routes without one.
+        let router = Router::new()
+            .route(&at("healthz"), get(|| async { (StatusCode::OK, "ok\n") }))
+            .route(&at("readyz"), get(health::readyz))
+            .route(
+                &at("static/unikgate.css"),
+                get(|| async { crate::pages::stylesheet() }),
+            )
+            .route(
+                &at("static/fragment.js"),
+                get(|| async { crate::pages::fragment_script() }),
+            )
+            .route(&at("signed_out"), get(sign_out::signed_out))
+            // Server to server: no session, no cookie, no page, never a redirect.
+            .route(
+                &at("backchannel_logout"),
+                post(sign_out::backchannel_logout),
+            )
+            .merge(with_session)
+            .fallback(|| async { Error::NotFound })
+            .with_state(app.clone());
+        Endpoints { router, prefix }
     }
-    let mut sess = app.sessions.open(&parts.headers);
-    let visit = Visit {
-        app,
-        ctx,
-        headers: &parts.headers,
-        t,
+
+    /// Answers a request for the endpoint `name` (the normalised path below the prefix; `""` for
+    /// the prefix itself).
+    pub async fn serve(&self, ctx: Ctx, name: &str, mut req: Request) -> Response {
+        let target = match req.uri().query() {
+            Some(q) => format!("{}/{name}?{q}", self.prefix),
+            None => format!("{}/{name}", self.prefix),
+        };
+        match target.parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return Error::NotFound.into_response(),
+        }
+        req.extensions_mut().insert(ctx);
+        // Routing cannot fail (`Router`'s error type is `Infallible`).
+        match tower::ServiceExt::oneshot(self.router.clone(), req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// The layer around the session routes: the session is opened from the request's cookie before
+/// the handler and saved (with its cookie) after it, once.
+async fn around_session(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let slot = SessionSlot(Arc::new(tokio::sync::Mutex::new(
+        app.sessions.open(req.headers()),
+    )));
+    req.extensions_mut().insert(slot.clone());
+    let mut res = next.run(req).await;
+    let Ok(sess) = Arc::try_unwrap(slot.0).map(tokio::sync::Mutex::into_inner) else {
+        tracing::error!("a session handle outlived its request");
+        return Error::Internal("a session handle outlived its request".into()).into_response();
     };
-    let res = match (m, ep) {
-        (&Method::GET, "sign_in") | (&Method::GET, "") => {
-            sign_in::sign_in(app, &mut sess, &query, t).await
-        }
-        (&Method::POST, "start") => match read_form(app, body).await {
-            Ok(f) => sign_in::start(app, &mut sess, &f, true).await,
-            Err(e) => Err(e),
-        },
-        (&Method::GET, "start") if app.cfg.provider.allow_get_start => {
-            sign_in::start(app, &mut sess, &query, false).await
-        }
-        (&Method::GET, "callback") => sign_in::callback(app, ctx, &mut sess, &query).await,
-        (&Method::GET, "link") => {
-            link::link_page(visit, &mut sess, &query, link::Notice::NONE).await
-        }
-        (&Method::POST, "link") => match read_form(app, body).await {
-            Ok(f) => link::link_post(visit, &mut sess, &f).await,
-            Err(e) => Err(e),
-        },
-        (&Method::GET, "account") => account::account(app, &mut sess, t).await,
-        (&Method::GET, "status") => account::status(app, &mut sess, &parts.headers).await,
-        (&Method::POST, "unlink") => match read_form(app, body).await {
-            Ok(f) => account::unlink(app, ctx, &mut sess, &parts.headers, &f).await,
-            Err(e) => Err(e),
-        },
-        (&Method::POST, "sign_out") => match read_form(app, body).await {
-            Ok(f) => sign_out::sign_out(app, ctx, &mut sess, &parts.headers, Some(&f)).await,
-            Err(e) => Err(e),
-        },
-        (&Method::GET, "sign_out") => {
-            sign_out::sign_out(app, ctx, &mut sess, &parts.headers, None).await
-        }
-        (
-            _,
-            "sign_in" | "start" | "callback" | "link" | "account" | "status" | "unlink"
-            | "sign_out" | "signed_out" | "healthz" | "readyz" | "backchannel_logout",
-        ) => {
-            let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
-            Ok(r)
-        }
-        _ => Err(Error::NotFound),
-    };
-    let mut res = res.unwrap_or_else(|e| e.into_response());
     // Forms on these pages redirect to the provider (start, sign-out): allow its resolved origins.
     if res.headers().contains_key(header::CONTENT_SECURITY_POLICY) {
         if let Some(o) = &app.oidc {
@@ -155,7 +144,7 @@ pub async fn own(app: &Arc<App>, ctx: &Ctx, ep: &str, req: Request) -> Response 
             );
         }
     }
-    crate::context::finish(app, sess, res).await
+    crate::context::finish(&app, sess, res).await
 }
 
 fn oidc(app: &App) -> Result<&crate::oidc::Oidc, Error> {
@@ -169,17 +158,6 @@ fn rd_of(app: &App, q: &Form) -> String {
     )
 }
 
-async fn check_csrf(app: &App, sess: &mut Sess, f: &Form) -> Result<(), Error> {
-    let data = app.sessions.load(sess).await?;
-    if data.csrf_ok(f.get("csrf").map(String::as_str).unwrap_or("")) {
-        Ok(())
-    } else {
-        tracing::warn!(target: "unikgate::audit", event = "refused", reason = "CSRF token missing or wrong");
-        Err(Error::Csrf)
-    }
-}
-
-/// The signed-in user, or a redirect to sign in.
 /// The signed-in user of this session, if any (see [`to_sign_in`] for the others).
 async fn signed_in_user(app: &App, sess: &mut Sess) -> Result<Option<UserSession>, Error> {
     Ok(app.sessions.load(sess).await?.user.clone())
@@ -227,7 +205,7 @@ async fn logout_request_matomo(app: &App, ctx: &Ctx, headers: &HeaderMap, ended:
             return;
         }
         if let Err(e) = matomo::logout(&app.upstream, &c, ctx.client_ip).await {
-            tracing::warn!(error = %e, "could not log the Matomo session out");
+            tracing::warn!(error = %e.chain(), "could not log the Matomo session out");
         }
     }
 }

@@ -4,12 +4,13 @@
 
 use super::*;
 
+/// `GET <prefix>/sign_in` (and the prefix itself): the page with the provider's button.
 pub(super) async fn sign_in(
-    app: &App,
-    sess: &mut Sess,
-    q: &Form,
-    t: &Texts,
+    v: Visit,
+    mut sess: Session,
+    Query(q): Query,
 ) -> Result<Response, Error> {
+    let (app, t, sess, q) = (&*v.app, v.t, &mut *sess, &q);
     oidc(app)?;
     let rd = rd_of(app, q);
     let data = app.sessions.load(sess).await?;
@@ -48,16 +49,26 @@ pub(super) async fn sign_in(
     ))
 }
 
+/// `POST <prefix>/start`, the sign-in page's form.
 pub(super) async fn start(
-    app: &App,
-    sess: &mut Sess,
-    f: &Form,
-    posted: bool,
+    State(app): State<Arc<App>>,
+    CsrfForm { mut sess, form }: CsrfForm,
 ) -> Result<Response, Error> {
+    begin(&app, &mut sess, &form).await
+}
+
+/// `GET <prefix>/start?rd=…`, routed only with `provider.allow_get_start`.
+pub(super) async fn start_get(
+    State(app): State<Arc<App>>,
+    mut sess: Session,
+    Query(q): Query,
+) -> Result<Response, Error> {
+    begin(&app, &mut sess, &q).await
+}
+
+/// PKCE, state and nonce into the session; 303 to the provider.
+async fn begin(app: &App, sess: &mut Sess, f: &Form) -> Result<Response, Error> {
     let oidc = oidc(app)?;
-    if posted {
-        check_csrf(app, sess, f).await?;
-    }
     let rd = rd_of(app, f);
     let (url, pending) = oidc.start(rd).await;
     let data = app.sessions.load(sess).await?;
@@ -72,12 +83,13 @@ pub(super) async fn start(
     Ok(res)
 }
 
+/// `GET <prefix>/callback`: the provider's redirect back.
 pub(super) async fn callback(
-    app: &App,
-    ctx: &Ctx,
-    sess: &mut Sess,
-    q: &Form,
+    v: Visit,
+    mut sess: Session,
+    Query(q): Query,
 ) -> Result<Response, Error> {
+    let (app, ctx, sess, q) = (&*v.app, &v.ctx, &mut *sess, &q);
     let oidc = oidc(app)?;
     let state = q.get("state").map(String::as_str).unwrap_or("");
     let data = app.sessions.load(sess).await?;
@@ -154,7 +166,7 @@ pub(super) async fn callback(
     data.user = Some(user);
     index_this_session(app, sess).await?;
     if let Err(e) = app.links.touch(&link.id).await {
-        tracing::warn!(error = %e, "could not record the last sign-in time");
+        tracing::warn!(error = %e.chain(), "could not record the last sign-in time");
     }
     let mut res = redirect_local(app, &pending.rd);
     append_matomo_cookie(app, res.headers_mut(), &v);

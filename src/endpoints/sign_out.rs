@@ -13,16 +13,32 @@ pub(super) async fn end_everything(
     sess.end().await
 }
 
-pub(super) async fn sign_out(
-    app: &App,
-    ctx: &Ctx,
-    sess: &mut Sess,
-    headers: &HeaderMap,
-    form: Option<&Form>,
-) -> Result<Response, Error> {
-    if let Some(f) = form {
-        check_csrf(app, sess, f).await?;
-    }
+/// `GET <prefix>/sign_out` (and Matomo's logout link, which cannot carry a CSRF token).
+pub(super) async fn sign_out_get(v: Visit, mut sess: Session) -> Result<Response, Error> {
+    sign_out(&v, &mut sess).await
+}
+
+/// `POST <prefix>/sign_out`, the pages' sign-out form.
+pub(super) async fn sign_out_post(v: Visit, posted: CsrfForm) -> Result<Response, Error> {
+    let CsrfForm { mut sess, .. } = posted;
+    sign_out(&v, &mut sess).await
+}
+
+/// `GET <prefix>/signed_out`: where a sign-out ends (and the provider sends people back).
+pub(super) async fn signed_out(v: Visit) -> Response {
+    let t = v.t;
+    v.app.pages.render(
+        StatusCode::OK,
+        &crate::pages::SignedOutPage {
+            t,
+            title: t.get("signed_out.title"),
+            prefix: &v.app.cfg.server.prefix,
+        },
+    )
+}
+
+async fn sign_out(v: &Visit, sess: &mut Sess) -> Result<Response, Error> {
+    let (app, ctx, headers) = (&*v.app, &v.ctx, &v.headers);
     let user = if sess.had_cookie() {
         app.sessions.load(sess).await?.user.clone()
     } else {
@@ -58,7 +74,10 @@ pub(super) async fn sign_out(
 /// Matomo sessions minted for them. 200 with `Cache-Control: no-store`; 400 with the
 /// specification's error JSON for a bad token (nothing ended); 503 when the store is down (the
 /// provider may retry).
-pub(super) async fn backchannel_logout(app: &App, body: Body) -> Response {
+pub(super) async fn backchannel_logout(
+    State(app): State<Arc<App>>,
+    form: Result<extract::Form, Error>,
+) -> Response {
     let refuse = |why: &str| {
         tracing::warn!(target: "unikgate::audit", event = "backchannel_logout_refused", reason = %why);
         json(
@@ -67,7 +86,7 @@ pub(super) async fn backchannel_logout(app: &App, body: Body) -> Response {
         )
     };
     let unavailable = |e: Error| {
-        tracing::error!(target: "unikgate::audit", event = "backchannel_logout_failed", reason = %e);
+        tracing::error!(target: "unikgate::audit", event = "backchannel_logout_failed", reason = %e.chain());
         json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "error": "temporarily_unavailable", "error_description": e.to_string() }),
@@ -76,8 +95,8 @@ pub(super) async fn backchannel_logout(app: &App, body: Body) -> Response {
     let Some(oidc) = &app.oidc else {
         return refuse("unikgate is not configured yet");
     };
-    let form = match read_form(app, body).await {
-        Ok(f) => f,
+    let form = match form {
+        Ok(extract::Form(f)) => f,
         Err(Error::PayloadTooLarge) => return refuse("the body is too large"),
         // Too slow or too busy: the status says so (408 closes the connection).
         Err(e @ (Error::RequestTimeout | Error::Busy)) => return e.into_response(),

@@ -31,8 +31,11 @@ impl Error {
         let key = self.page_key();
         let detail: String = match self {
             Forbidden(why) | SignInRejected(why) => (*why).to_string(),
-            BadRequest(d) | ProviderError(d) | ProviderBadAnswer(d) | MintFailed(d)
-            | PluginMintFailed(d) | MatomoUnexpected(d) => d.clone(),
+            BadRequest(d)
+            | ProviderError(d)
+            | ProviderBadAnswer(d)
+            | MintFailed(_, d)
+            | MatomoUnexpected(d) => d.clone(),
             _ => String::new(),
         };
         let text = |part: &str, detail: &str, login: &str| -> Option<String> {
@@ -53,7 +56,7 @@ impl Error {
             };
         }
         let action = match self {
-            ProviderUnreachable | SignInRejected(_) => Some((
+            ProviderUnreachable(_) | SignInRejected(_) => Some((
                 t.get("action.try_again").to_string(),
                 ActionTarget::Own("sign_in"),
             )),

@@ -22,8 +22,8 @@ pub enum Class {
     Forbidden(&'static str),
     /// Matomo's logout URL, which is unikgate's sign-out.
     Logout,
-    /// The Matomo UI. `login_module` is true for Matomo's own `module=Login` pages.
-    Ui { login_module: bool },
+    /// The Matomo UI (Matomo's own `module=Login` pages included: never public).
+    Ui,
     /// Something PHP would not read the way it looks (too many variables, a NUL byte).
     BadRequest(&'static str),
 }
@@ -389,9 +389,7 @@ impl Classifier {
             return Class::Public;
         }
         if script != Some("/index.php") {
-            return Class::Ui {
-                login_module: false,
-            };
+            return Class::Ui;
         }
         let get = Params::parse(query.unwrap_or(""));
         if get.too_many || body.is_some_and(|b| b.too_many) {
@@ -461,7 +459,7 @@ impl Classifier {
             {
                 if reaches_login {
                     // Matomo's Login module is never public, in any spelling or chain.
-                    return Class::Ui { login_module: true };
+                    return Class::Ui;
                 }
                 if carries_password() {
                     return Class::Forbidden(NO_PASSWORD);
@@ -469,10 +467,7 @@ impl Classifier {
                 Class::Public
             }
             "Login" if action == "logout" => Class::Logout,
-            _ if reaches_login => Class::Ui { login_module: true },
-            _ => Class::Ui {
-                login_module: false,
-            },
+            _ => Class::Ui,
         }
     }
 
@@ -509,9 +504,7 @@ mod tests {
     }
 
     fn ui() -> Class {
-        Class::Ui {
-            login_module: false,
-        }
+        Class::Ui
     }
 
     #[test]
@@ -592,10 +585,7 @@ mod tests {
             assert!(matches!(f(q), Class::Forbidden(_)), "{q}");
         }
         assert_eq!(f("module[]=AutoLogin"), ui());
-        assert_eq!(
-            f("module=AutoLogin&module=Login"),
-            Class::Ui { login_module: true }
-        );
+        assert_eq!(f("module=AutoLogin&module=Login"), Class::Ui);
         let body = Params::parse("module=AutoLogin");
         assert!(matches!(
             c().classify("/", None, Some(&body)),
@@ -716,7 +706,7 @@ mod tests {
         assert_eq!(b("module=CoreHome&action=index"), ui());
         assert_eq!(
             b("module=Widgetize&action=iframe&moduleToWidgetize=Login&actionToWidgetize=login"),
-            Class::Ui { login_module: true }
+            Class::Ui
         );
         assert!(matches!(
             b("module=API&method=AutoLogin.getUsers"),
@@ -844,11 +834,11 @@ mod tests {
         // Matomo's Login module is never public, through Widgetize or showInContext.
         assert_eq!(
             f(&format!("module=Widgetize&action=iframe&moduleToWidgetize=Login&actionToWidgetize=login&{w}")),
-            Class::Ui { login_module: true }
+            Class::Ui
         );
         assert_eq!(
             f("module=CoreHome&action=showInContext&moduleToLoad=Login"),
-            Class::Ui { login_module: true }
+            Class::Ui
         );
         // Public widgets and ordinary chains stay as they were.
         assert_eq!(

@@ -4,7 +4,7 @@
 //!
 //! Invariants: a session id is only accepted with a valid signature; a new id is issued at sign-in
 //! ([`Sess::cycle`]); idle and absolute lifetimes are checked on every load, not trusted to the
-//! cookie; a store failure is [`Error::StoreUnavailable`], never a panic or an empty 500.
+//! cookie; a store failure is [`Error::StoreUnavailable`] (with its cause), never a panic or an empty 500.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -312,10 +312,7 @@ impl Sessions {
         let Ok(parsed) = id.parse::<Id>() else {
             return Ok(None);
         };
-        self.store.load(&parsed).await.map_err(|e| {
-            tracing::error!(error = %e, "session store error");
-            Error::StoreUnavailable
-        })
+        self.store.load(&parsed).await.map_err(Error::store)
     }
 
     /// Deletes a session record by id; says whether it was there, and returns the Matomo cookie
@@ -344,10 +341,7 @@ impl Sessions {
     pub async fn delete_id(&self, id: &str) -> Result<(), Error> {
         if let Ok(id) = id.parse::<Id>() {
             self.memo.forget(&id);
-            self.store.delete(&id).await.map_err(|e| {
-                tracing::error!(error = %e, "session store error");
-                Error::StoreUnavailable
-            })?;
+            self.store.delete(&id).await.map_err(Error::store)?;
         }
         Ok(())
     }

@@ -182,10 +182,7 @@ impl Stores {
             Database::Sqlite(db) => db.ping().await?,
             Database::Postgres(db) => db.ping().await?,
         }
-        let down = |e: String| {
-            tracing::error!(error = %e, "session store unavailable");
-            Error::StoreUnavailable
-        };
+        let down = |e: String| Error::StoreUnavailable(crate::error::Cause::msg(e));
         match &self.probe {
             SessionProbe::SameAsLinks => Ok(()),
             SessionProbe::Sqlite(p) => sqlx::query("SELECT 1")

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, COOKIE, SET_COOKIE};
 use http::{Method, StatusCode};
 
-use crate::error::Error;
+use crate::error::{Error, MintBy};
 use crate::upstream::proxy::{Answer, Upstream};
 
 pub use crate::config::MATOMO_COOKIE;
@@ -205,15 +205,15 @@ impl Minter for Signed {
             .await?;
         match a.status {
             StatusCode::FOUND | StatusCode::SEE_OTHER => set_cookie_value(&a.headers, MATOMO_COOKIE)
-                .ok_or_else(|| Error::PluginMintFailed("the UnikGate plugin redirected without a session cookie".into())),
+                .ok_or_else(|| Error::MintFailed(MintBy::Plugin, "the UnikGate plugin redirected without a session cookie".into())),
             StatusCode::FORBIDDEN if a.body.starts_with(b"UnikGate: ") => {
                 let reason = unikgate_reason(&a.body);
-                Err(Error::PluginMintFailed(match audience_advice(&reason, &self.audience) {
+                Err(Error::MintFailed(MintBy::Plugin, match audience_advice(&reason, &self.audience) {
                     Some(advice) => format!("the UnikGate plugin refused: {reason} — {advice}"),
                     None => format!("the UnikGate plugin refused: {reason}"),
                 }))
             }
-            s => Err(Error::PluginMintFailed(format!(
+            s => Err(Error::MintFailed(MintBy::Plugin, format!(
                 "Matomo answered {} to the UnikGate plugin's login (is the plugin installed and activated?)",
                 s.as_u16()
             ))),
@@ -259,8 +259,12 @@ pub struct AutoLogin;
 #[async_trait]
 impl Minter for AutoLogin {
     async fn mint(&self, up: &Upstream, login: &str, client_ip: IpAddr) -> Result<String, Error> {
-        let value = HeaderValue::from_str(login)
-            .map_err(|_| Error::MintFailed("the Matomo login cannot be sent in a header".into()))?;
+        let value = HeaderValue::from_str(login).map_err(|_| {
+            Error::MintFailed(
+                MintBy::AutoLogin,
+                "the Matomo login cannot be sent in a header".into(),
+            )
+        })?;
         let a = up
             .call_as_user(
                 Method::GET,
@@ -275,17 +279,26 @@ impl Minter for AutoLogin {
             | StatusCode::MOVED_PERMANENTLY
             | StatusCode::TEMPORARY_REDIRECT => set_cookie_value(&a.headers, MATOMO_COOKIE)
                 .ok_or_else(|| {
-                    Error::MintFailed("Matomo redirected without a session cookie".into())
+                    Error::MintFailed(
+                        MintBy::AutoLogin,
+                        "Matomo redirected without a session cookie".into(),
+                    )
                 }),
-            StatusCode::INTERNAL_SERVER_ERROR => Err(Error::MintFailed(autologin_message(&a.body))),
-            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Err(Error::MintFailed(format!(
-                "Matomo answered {} to AutoLogin (is the plugin installed and activated?)",
-                a.status.as_u16()
-            ))),
-            s => Err(Error::MintFailed(format!(
-                "Matomo answered {} to AutoLogin",
-                s.as_u16()
-            ))),
+            StatusCode::INTERNAL_SERVER_ERROR => Err(Error::MintFailed(
+                MintBy::AutoLogin,
+                autologin_message(&a.body),
+            )),
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Err(Error::MintFailed(
+                MintBy::AutoLogin,
+                format!(
+                    "Matomo answered {} to AutoLogin (is the plugin installed and activated?)",
+                    a.status.as_u16()
+                ),
+            )),
+            s => Err(Error::MintFailed(
+                MintBy::AutoLogin,
+                format!("Matomo answered {} to AutoLogin", s.as_u16()),
+            )),
         }
     }
 

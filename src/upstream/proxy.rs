@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Cause, Error};
 use crate::request::php::split_ascii;
 use crate::upstream::pool::{Pool, PoolError};
 use axum::body::Body;
@@ -338,8 +338,10 @@ impl Upstream {
                 ));
             }
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %self.upstream_origin, error = %e, "Matomo unreachable");
-                return Err(Error::UpstreamUnavailable);
+                return Err(Error::UpstreamUnavailable(Cause::msg(format!(
+                    "{}: {e}",
+                    self.upstream_origin
+                ))));
             }
             Ok(Ok(res)) => res,
         };
