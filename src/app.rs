@@ -33,6 +33,8 @@ pub struct App {
     /// None until the provider credentials are configured: unikgate then fails closed.
     pub oidc: Option<Oidc>,
     pub minter: Arc<dyn Minter>,
+    /// `[tls]`: the certificates served on `server.listen` (read again when their files change).
+    pub tls: Option<Arc<crate::tls::Certificates>>,
 }
 
 impl App {

@@ -18,6 +18,7 @@ pub mod request; // what a request is: pure, fuzzed (PHP's reading, classificati
 pub mod server; // the listener and what one client may hold
 pub mod session; // unikgate's session: cookie, record, lifetimes
 pub mod store; // where sessions, links and their indexes live
+pub mod tls; // HTTPS: the certificates (files read again when they change), rustls' settings
 pub mod upstream; // Matomo: the connection pool, the header policy, the contract's calls
 pub mod util; // the clock, random tokens
 
@@ -84,6 +85,15 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
             }
         });
     }
+    let tls = match &cfg.tls {
+        Some(t) => {
+            let certs = tls::Certificates::from_files(&t.cert_file, &t.key_file)
+                .map_err(|e| e.to_string())?;
+            certs.watch();
+            Some(certs)
+        }
+        None => None,
+    };
     let minter: Arc<dyn Minter> = match &cfg.matomo.minter {
         MinterConfig::Signed(secret) => Arc::new(Signed::new(secret.clone(), &cfg.public_origin())),
         MinterConfig::AutoLogin => Arc::new(AutoLogin),
@@ -103,6 +113,7 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
         stores,
         oidc,
         minter,
+        tls,
         pages,
         cfg,
     });

@@ -208,7 +208,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let listen = cfg.server.listen;
             let metrics_listen = cfg.server.metrics_listen;
             let handle = metrics_listen.and_then(|_| unikgate::install_metrics());
-            let (gate, _app) = unikgate::build_app(cfg).await?;
+            let (gate, app) = unikgate::build_app(cfg).await?;
             if let (Some(addr), Some(handle)) = (metrics_listen, handle) {
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
@@ -228,13 +228,33 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on server.listen {listen}: {e}"))?;
+            if let Some(addr) = app.cfg.server.http_listen {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on server.http_listen {addr}: {e}"))?;
+                let cfg = app.cfg.clone();
+                tracing::info!(%addr, to = %cfg.public_origin(), "redirecting plain HTTP to HTTPS");
+                tokio::spawn(async move {
+                    let _ = unikgate::server::redirect::serve(
+                        l,
+                        &cfg,
+                        unikgate::server::shutdown_signal(),
+                    )
+                    .await;
+                });
+            }
             let rt = tokio::runtime::Handle::current();
             let scheduler = match rt.runtime_flavor() {
                 tokio::runtime::RuntimeFlavor::CurrentThread => "single-threaded",
                 _ => "multi-threaded",
             };
             let workers = rt.metrics().num_workers();
-            tracing::info!(%listen, version = env!("CARGO_PKG_VERSION"), scheduler, workers, "unikgate listening");
+            let scheme = if app.tls.is_some() {
+                "https (HTTP/2, HTTP/1.1)"
+            } else {
+                "http"
+            };
+            tracing::info!(%listen, scheme, version = env!("CARGO_PKG_VERSION"), scheduler, workers, "unikgate listening");
             unikgate::server::serve(listener, gate, unikgate::server::shutdown_signal())
                 .await
                 .map_err(|e| e.to_string())?;

@@ -26,6 +26,22 @@ pub struct Config {
     pub session: SessionConfig,
     pub store: StoreConfig,
     pub matomo: MatomoConfig,
+    /// `[tls]`: set, `server.listen` serves HTTPS (HTTP/2 and HTTP/1.1) itself.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: HTTPS served by unikgate on `server.listen`, with HTTP/2 and HTTP/1.1 (ALPN), TLS 1.2
+/// and 1.3. Setting the section turns it on; `server.public_url` must then be `https://`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM (the server's certificate first, then the intermediates). Read
+    /// again when it changes (checked every 5 s): a renewal by another tool (certbot, a mounted
+    /// secret) needs no restart; a changed pair that cannot be used keeps the previous one.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1), read again with the certificate.
+    pub key_file: PathBuf,
+    /// `Strict-Transport-Security: max-age=31536000` on every answer. Default true.
+    pub hsts: bool,
 }
 
 /// `[server]`: where unikgate listens and how the public sees it.
@@ -56,6 +72,9 @@ pub struct ServerConfig {
     /// Most client connections open at once from one address (peers in `trusted_proxies` are
     /// exempt: they carry everybody's traffic). Default 256.
     pub max_connections_per_ip: usize,
+    /// With `[tls]`: a plain-HTTP address (e.g. `0.0.0.0:80`) whose every request is redirected
+    /// to the same path on `public_url` (301 for GET and HEAD, 308 otherwise). Unset: none.
+    pub http_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +338,22 @@ impl Config {
         let session = section(&root, "session", env, &mut errors, read_session);
         let store = section(&root, "store", env, &mut errors, read_store);
         let matomo = section(&root, "matomo", env, &mut errors, read_matomo);
+        let tls = section(&root, "tls", env, &mut errors, read_tls);
+        if let (Some(server), Some(tls)) = (&server, &tls) {
+            let https = server.public_url.scheme() == "https";
+            if tls.is_some() && !https {
+                errors.push(ConfigError {
+                    key: "server.public_url".into(),
+                    message: "must be https://… when [tls] is set (browsers reach unikgate over HTTPS; the session cookie is Secure)".into(),
+                });
+            }
+            if tls.is_none() && server.http_listen.is_some() {
+                errors.push(ConfigError {
+                    key: "server.http_listen".into(),
+                    message: "redirects to HTTPS, which needs [tls] (tls.cert_file and tls.key_file): set them, or remove http_listen".into(),
+                });
+            }
+        }
         if let (Some(sess), Some((_, sessions_url))) = (&session, &store) {
             if sess.key.is_none() && !matches!(sessions_url, Some(StoreUrl::Sqlite(_))) {
                 errors.push(ConfigError {
@@ -328,7 +363,7 @@ impl Config {
             }
         }
         let store = store.and_then(|(config, _)| config);
-        match (server, upstream, provider, session, store, matomo) {
+        match (server, upstream, provider, session, store, matomo, tls) {
             (
                 Some(server),
                 Some(upstream),
@@ -336,6 +371,7 @@ impl Config {
                 Some(session),
                 Some(store),
                 Some(matomo),
+                Some(tls),
             ) if errors.is_empty() => Ok(Config {
                 server,
                 upstream,
@@ -343,6 +379,7 @@ impl Config {
                 session,
                 store,
                 matomo,
+                tls,
             }),
             _ => Err(errors),
         }
@@ -418,7 +455,7 @@ impl Config {
 }
 
 pub const SECTIONS: &[&str] = &[
-    "server", "upstream", "provider", "session", "store", "matomo",
+    "server", "upstream", "provider", "session", "store", "matomo", "tls",
 ];
 
 /// `UNIKGATE_<SECTION>__<KEY>` variables that name no key are errors: a typo would otherwise be
@@ -461,6 +498,7 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "body_timeout",
             "max_connections",
             "max_connections_per_ip",
+            "http_listen",
         ],
     ),
     ("upstream", &["url", "connect_timeout", "timeout"]),
@@ -512,6 +550,7 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "deny_superusers",
         ],
     ),
+    ("tls", &["cert_file", "key_file", "hsts"]),
 ];
 
 fn parse_addr(r: &mut Reader<'_>, key: &'static str, default: Option<&str>) -> Option<SocketAddr> {
@@ -585,6 +624,7 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
     let body_timeout = r.duration("body_timeout", Duration::from_secs(30));
     let max_connections = r.u64("max_connections", 4096, 1, 1 << 20) as usize;
     let max_connections_per_ip = r.u64("max_connections_per_ip", 256, 1, 1 << 20) as usize;
+    let http_listen = parse_addr(r, "http_listen", None);
     if max_connections_per_ip > max_connections {
         r.error(
             "max_connections_per_ip",
@@ -602,7 +642,35 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
         body_timeout,
         max_connections,
         max_connections_per_ip,
+        http_listen,
     })
+}
+
+/// `[tls]`: `Some(None)` when HTTPS is off (no section, no `UNIKGATE_TLS__…`).
+fn read_tls(r: &mut Reader<'_>) -> Option<Option<TlsConfig>> {
+    let cert_file = r.opt_string("cert_file").map(PathBuf::from);
+    let key_file = r.opt_string("key_file").map(PathBuf::from);
+    let hsts = r.bool("hsts", true);
+    if !r.present() && cert_file.is_none() && key_file.is_none() {
+        return Some(None);
+    }
+    let (Some(cert_file), Some(key_file)) = (cert_file, key_file) else {
+        r.error(
+            "cert_file",
+            "tls.cert_file and tls.key_file are both required: the certificate chain and its private key, PEM files",
+        );
+        return None;
+    };
+    // Read now, so that `unikgate check` says what is wrong with them before `serve` does.
+    if let Err(e) = crate::tls::load(&cert_file, &key_file) {
+        r.error(e.key, e.message);
+        return None;
+    }
+    Some(Some(TlsConfig {
+        cert_file,
+        key_file,
+        hsts,
+    }))
 }
 
 fn read_upstream(r: &mut Reader<'_>) -> Option<UpstreamConfig> {

@@ -114,6 +114,11 @@ impl<'a> Reader<'a> {
         self.table.and_then(|t| t.get(key)).map(Raw::File)
     }
 
+    /// The section is written in the file (possibly empty).
+    pub fn present(&self) -> bool {
+        self.table.is_some()
+    }
+
     pub fn error(&mut self, key: &str, message: impl Into<String>) {
         let key = self.path(key);
         self.errors.push(ConfigError {

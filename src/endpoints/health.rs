@@ -10,6 +10,9 @@ pub(super) async fn readyz(State(app): State<Arc<App>>) -> Response {
             "provider: not configured yet: set provider.client_id / client_secret".to_string(),
         );
     }
+    if let Some(p) = app.tls.as_ref().and_then(|t| t.problem()) {
+        problems.push(format!("tls: {p}"));
+    }
     if let Err(e) = app.stores.ping().await {
         problems.push(format!("store: {e}"));
     }

@@ -75,6 +75,8 @@ struct GateInner {
     app: Arc<App>,
     endpoints: Endpoints,
     ids: RequestIds,
+    /// `Strict-Transport-Security` for every answer (`[tls]` with `tls.hsts`).
+    hsts: Option<HeaderValue>,
 }
 
 impl Gate {
@@ -86,6 +88,12 @@ impl Gate {
     pub fn new(app: Arc<App>) -> Gate {
         Gate {
             inner: Arc::new(GateInner {
+                hsts: app
+                    .cfg
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.hsts)
+                    .then(|| HeaderValue::from_static("max-age=31536000")),
                 endpoints: Endpoints::new(&app),
                 app,
                 ids: RequestIds {
@@ -125,6 +133,10 @@ impl Gate {
         span.in_scope(|| tracing::debug!(status = res.status().as_u16(), "answered"));
         if let Some(v) = id {
             res.headers_mut().insert(REQUEST_ID.clone(), v);
+        }
+        if let Some(v) = &self.inner.hsts {
+            res.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, v.clone());
         }
         res
     }

@@ -1,6 +1,7 @@
-//! The listener: hyper HTTP/1.1 connections with bounded header size and read time, a cap on
-//! connections (in total and per address), the peer address handed to the app, and a graceful
-//! shutdown that lets requests in flight finish.
+//! The listener: hyper HTTP/1.1 connections (with `[tls]`: TLS, then HTTP/2 or HTTP/1.1 as ALPN
+//! chose) with bounded header size and read time, a cap on connections (in total and per
+//! address), the peer address handed to the app, and a graceful shutdown that lets requests in
+//! flight finish. `redirect.rs`: `server.http_listen`, plain HTTP sent to HTTPS.
 //!
 //! Invariant: every connection holds a [`ConnPermit`] for its life; one refused at the cap gets
 //! a 503 and is closed without a byte of it being read; a client that begins a request head and
@@ -17,13 +18,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::gate::Gate;
 use crate::limits::{ConnPermit, Connections, Refused};
+
+pub mod redirect;
 
 /// Largest request head (request line + headers) accepted; larger ones get 431.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -48,6 +51,12 @@ pub async fn serve(
     );
     let refusals = RefusalLog::default();
     let graceful = GracefulShutdown::new();
+    let tls = match &gate.app().tls {
+        Some(certs) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::tls::server_config(certs.clone()).map_err(io::Error::other)?,
+        )),
+        None => None,
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -78,6 +87,12 @@ pub async fn serve(
             async move { Ok::<_, std::convert::Infallible>(gate.serve(peer, req.map(Body::new)).await) }
         });
         let io = ClientIo::new(stream, permit);
+        if let Some(acceptor) = &tls {
+            let watcher = graceful.watcher();
+            let acceptor = acceptor.clone();
+            tokio::spawn(serve_tls(acceptor, io, svc, head_timeout, watcher));
+            continue;
+        }
         let head_timed_out = io.head_timed_out.clone();
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -105,6 +120,62 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// One HTTPS connection: the TLS handshake (within `head_timeout`), then HTTP/2 or HTTP/1.1 as
+/// ALPN chose, with the same head limits as plain HTTP. (A head that times out closes the
+/// connection without the plain-text 408, which cannot be written inside TLS.)
+async fn serve_tls<S>(
+    acceptor: tokio_rustls::TlsAcceptor,
+    io: ClientIo,
+    svc: S,
+    head_timeout: Duration,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: hyper::service::Service<
+            http::Request<Incoming>,
+            Response = http::Response<Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let stream = match tokio::time::timeout(head_timeout, acceptor.accept(io)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            metrics::counter!("unikgate_tls_handshake_failures_total").increment(1);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake did not finish within server.head_timeout");
+            return;
+        }
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(MAX_HEAD)
+        .header_read_timeout(head_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD as u32)
+        .max_concurrent_streams(MAX_STREAMS)
+        // An idle HTTP/2 connection is pinged, and closed when the ping is not answered.
+        .keep_alive_interval(head_timeout)
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "HTTPS connection ended with an error");
+    }
+}
+
+/// Requests one HTTP/2 connection may have in flight at once (each is a request of its own for
+/// the body limits and the budget).
+pub const MAX_STREAMS: u32 = 128;
 
 /// Refused connections: counted, and logged at most once a second (a flood must not flood the
 /// log too).
@@ -234,9 +305,30 @@ pub async fn probe_health(cfg: &crate::config::Config) -> Result<(), String> {
         });
     }
     let ask = async {
-        let mut s = TcpStream::connect(addr)
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let mut s: Box<dyn Stream> = match &cfg.tls {
+            None => Box::new(tcp),
+            Some(_) => {
+                let connector =
+                    tokio_rustls::TlsConnector::from(crate::tls::probe_client_config()?);
+                let name = rustls::pki_types::ServerName::try_from(
+                    cfg.server
+                        .public_url
+                        .host_str()
+                        .unwrap_or("localhost")
+                        .to_string(),
+                )
+                .map_err(|e| format!("server.public_url's host: {e}"))?;
+                Box::new(
+                    connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| format!("no TLS handshake with {addr}: {e}"))?,
+                )
+            }
+        };
         let req = format!(
             "GET {}/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
             cfg.server.prefix
@@ -260,6 +352,10 @@ pub async fn probe_health(cfg: &crate::config::Config) -> Result<(), String> {
         .await
         .map_err(|_| format!("{addr} did not answer within 5 s"))?
 }
+
+/// A connection the health probe talks over: plain TCP or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

@@ -1,0 +1,258 @@
+//! The certificates of HTTPS on `server.listen` when `[tls]` is set, and the server side of TLS:
+//! rustls (TLS 1.2 and 1.3, its safe defaults, the `ring` provider), ALPN `h2` and `http/1.1`,
+//! the certificate from PEM files read again when they change (a renewal by another tool needs
+//! no restart). The listener (`server/`) accepts with it; `readyz` reports its problems.
+//!
+//! Invariants: a certificate is served only once its chain and key have been read, parsed and
+//! found to belong together; a changed file that cannot be used leaves the last good certificate
+//! in place (logged, and shown by `readyz`); nothing here reads a request.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+/// How often the certificate files are looked at for a change.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// The crypto provider unikgate uses everywhere (ring: no C toolchain beyond a C compiler).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificate served, and why the last attempt to read new files failed (if it did).
+#[derive(Debug)]
+pub struct Certificates {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// Modification times and sizes of the files the current certificate came from.
+    seen: RwLock<Stamp>,
+    problem: RwLock<Option<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Option<(SystemTime, u64)>, Option<(SystemTime, u64)>);
+
+fn stamp(cert: &Path, key: &Path) -> Stamp {
+    let of = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    Stamp(of(cert), of(key))
+}
+
+/// Why a certificate pair cannot be used: the key (`cert_file` or `key_file`) and what to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tls.{}: {}", self.key, self.message)
+    }
+}
+
+/// Reads a PEM chain and key and checks that they belong together. The messages name the file
+/// and what to check.
+pub fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, FileError> {
+    let cert_err = |message: String| FileError {
+        key: "cert_file",
+        message,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| cert_err(format!("cannot read {}: {e}", cert_file.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            cert_err(format!(
+                "{} is not a PEM certificate chain: {e}",
+                cert_file.display()
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(cert_err(format!(
+            "{} holds no certificate (expected -----BEGIN CERTIFICATE-----)",
+            cert_file.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| FileError {
+        key: "key_file",
+        message: format!(
+            "no usable private key in {} (PEM: PKCS#8, PKCS#1 or SEC1): {e}",
+            key_file.display()
+        ),
+    })?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| FileError {
+        key: "key_file",
+        message: format!(
+            "{} is not the key of the certificate in {} ({e}): use the key the certificate was issued for",
+            key_file.display(),
+            cert_file.display()
+        ),
+    })
+}
+
+impl Certificates {
+    /// Reads the files once; an error names the file and the fix.
+    pub fn from_files(cert_file: &Path, key_file: &Path) -> Result<Arc<Certificates>, FileError> {
+        let seen = stamp(cert_file, key_file);
+        let ck = load(cert_file, key_file)?;
+        Ok(Arc::new(Certificates {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            current: RwLock::new(Arc::new(ck)),
+            seen: RwLock::new(seen),
+            problem: RwLock::new(None),
+        }))
+    }
+
+    /// Reads the files again if they changed since the certificate in use was read. A pair that
+    /// cannot be used keeps the current certificate and is reported.
+    pub fn reload_if_changed(&self) {
+        let now = stamp(&self.cert_file, &self.key_file);
+        if self.seen.read().is_ok_and(|s| *s == now) {
+            return;
+        }
+        match load(&self.cert_file, &self.key_file) {
+            Ok(ck) => {
+                if let Ok(mut c) = self.current.write() {
+                    *c = Arc::new(ck);
+                }
+                if let Ok(mut p) = self.problem.write() {
+                    *p = None;
+                }
+                tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate read again from its changed files");
+            }
+            Err(e) => {
+                let e = e.to_string();
+                let changed = self
+                    .problem
+                    .read()
+                    .map(|p| p.as_deref() != Some(e.as_str()))
+                    .unwrap_or(true);
+                if changed {
+                    tracing::error!(problem = %e, "the changed TLS files cannot be used; the previous certificate is still served");
+                }
+                if let Ok(mut p) = self.problem.write() {
+                    *p = Some(e);
+                }
+            }
+        }
+        // Also after a failure: the same broken files are not read again every few seconds (a
+        // further change is).
+        if let Ok(mut s) = self.seen.write() {
+            *s = now;
+        }
+    }
+
+    /// Why the changed files could not be used, while that lasts.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.read().ok().and_then(|p| p.clone())
+    }
+
+    /// Looks at the files every [`RELOAD_EVERY`] for as long as the process runs.
+    pub fn watch(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RELOAD_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = me.upgrade() else { return };
+                let m = me.clone();
+                // File reads off the runtime's threads.
+                let _ = tokio::task::spawn_blocking(move || m.reload_if_changed()).await;
+            }
+        });
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+}
+
+/// The server side of TLS for `tls`: TLS 1.2 and 1.3, ALPN h2 then http/1.1.
+pub fn server_config(certs: Arc<Certificates>) -> Result<Arc<ServerConfig>, String> {
+    let mut sc = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(sc))
+}
+
+/// The client side of `unikgate healthcheck` with `[tls]`: it asks its own process on loopback,
+/// by an address the certificate does not name, so it checks that TLS answers, not who answers
+/// (no certificate is verified: this configuration is used for nothing else). ALPN http/1.1.
+pub fn probe_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = provider();
+    let mut cc = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    cc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cc))
+}
+
+/// Accepts any server certificate (signatures are still checked): the health probe's only.
+#[derive(Debug)]
+struct AnyServer(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
