@@ -1139,7 +1139,9 @@ fn matomo_setup_script_is_idempotent_and_quiet(m: &RealMatomo) -> Fut<'_> {
 
 /// The seed's journey in Chromium (tests/e2e/journey.mjs) with real processes: the unikgate
 /// binary (signed minter) in front of the real Matomo under mod_php, and the real
-/// `oidc-provider`. Its screenshots are the README's pictures.
+/// `oidc-provider`. Its screenshots are the README's pictures. The first unikgate serves HTTPS
+/// itself (`[tls]`, a certificate of a test CA): the journey runs over it, and Matomo's pages with
+/// every asset and API call come over HTTP/2.
 fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
     Box::pin(async move {
         use support::provider::{node_dir, NodeProvider};
@@ -1157,7 +1159,11 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
         }
         let bases: Vec<String> = ports
             .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
+            .enumerate()
+            .map(|(i, p)| {
+                let scheme = if i == 0 { "https" } else { "http" };
+                format!("{scheme}://127.0.0.1:{p}")
+            })
             .collect();
         let provider = NodeProvider::start(
             &bases
@@ -1171,13 +1177,37 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
         )
         .await;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        // A test CA and a certificate for 127.0.0.1 (Matomo's trusted host) for the https one.
+        let ca_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut ca_params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).map_err(|e| e.to_string())?;
+        let leaf_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .map_err(|e| e.to_string())?
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .map_err(|e| e.to_string())?;
+        let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_file, leaf.pem()).map_err(|e| e.to_string())?;
+        std::fs::write(&key_file, leaf_key.serialize_pem()).map_err(|e| e.to_string())?;
+        let probe = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(ca.pem().as_bytes()).map_err(|e| e.to_string())?,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
         let mut gates = Vec::new();
         for (i, (port, base)) in ports.iter().zip(&bases).enumerate() {
             let cfg = dir.path().join(format!("unikgate{i}.toml"));
             let extra = if i == 1 {
-                "password_login = true\n"
+                "password_login = true\n".to_string()
             } else {
-                ""
+                format!(
+                    "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                    cert_file.display(),
+                    key_file.display()
+                )
             };
             std::fs::write(
                 &cfg,
@@ -1186,10 +1216,18 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
                     m.apache,
                     provider.config_discovery(),
                     dir.path().display(),
-                    matomo_section(Minter::Signed, extra)
+                    matomo_section(Minter::Signed, if i == 1 { &extra } else { "" })
                 ),
             )
             .map_err(|e| e.to_string())?;
+            if i == 0 {
+                // After [matomo]: a section of its own.
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&cfg)
+                    .map_err(|e| e.to_string())?;
+                std::io::Write::write_all(&mut f, extra.as_bytes()).map_err(|e| e.to_string())?;
+            }
             gates.push(
                 tokio::process::Command::new(env!("CARGO_BIN_EXE_unikgate"))
                     .args(["serve", "-c"])
@@ -1201,7 +1239,9 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
             );
             let mut up = false;
             for _ in 0..200 {
-                if reqwest::get(format!("{base}/_unikgate/healthz"))
+                if probe
+                    .get(format!("{base}/_unikgate/healthz"))
+                    .send()
                     .await
                     .is_ok()
                 {
