@@ -70,7 +70,8 @@ impl UiVisit<'_> {
             return self.not_signed_in(req).await;
         };
         let mut user = Cow::Borrowed(signed_in);
-        let res = self.signed_in(req, &mut user).await;
+        // The link as the session read it (borrowed: no copy of its strings per request).
+        let res = self.signed_in(req, &mut user, signed_in.link.as_ref()).await;
         // A changed user goes back into the session unless the session ended; the session is
         // saved (by `serve`) only if something marked it changed.
         if let (Cow::Owned(user), false) = (user, self.sess.is_ended()) {
@@ -111,16 +112,17 @@ impl UiVisit<'_> {
         &mut self,
         req: Request,
         user: &mut Cow<'_, UserSession>,
+        stored_link: Option<&LinkRef>,
     ) -> Result<Response, Error> {
-        let link = match &user.link {
-            Some(l) => l.clone(),
+        let link = match stored_link {
+            Some(l) => Cow::Borrowed(l),
             // Not linked when this session began: linked since (another browser, the CLI)?
             None => match Box::pin(self.linked_since(user.to_mut())).await? {
                 None => {
                     let to = own_url(self.app, "link", &self.rd(&req));
                     return Ok(redirect_local(self.app, &to));
                 }
-                Some(r) => r,
+                Some(r) => Cow::Owned(r),
             },
         };
         if link.superuser && self.app.cfg.matomo.deny_superusers {
