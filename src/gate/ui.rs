@@ -71,7 +71,9 @@ impl UiVisit<'_> {
         };
         let mut user = Cow::Borrowed(signed_in);
         // The link as the session read it (borrowed: no copy of its strings per request).
-        let res = self.signed_in(req, &mut user, signed_in.link.as_ref()).await;
+        let res = self
+            .signed_in(req, &mut user, signed_in.link.as_ref())
+            .await;
         // A changed user goes back into the session unless the session ended; the session is
         // saved (by `serve`) only if something marked it changed.
         if let (Cow::Owned(user), false) = (user, self.sess.is_ended()) {
