@@ -33,8 +33,9 @@ pub struct App {
     /// None until the provider credentials are configured: unikgate then fails closed.
     pub oidc: Option<Oidc>,
     pub minter: Arc<dyn Minter>,
-    /// `[tls]`: the certificates served on `server.listen` (read again when their files change).
-    pub tls: Option<Arc<crate::tls::Certificates>>,
+    /// `[tls]`: the certificate served on `server.listen` (files read again when they change, or
+    /// obtained and renewed over ACME).
+    pub tls: Option<crate::tls::Served>,
 }
 
 impl App {

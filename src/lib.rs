@@ -85,12 +85,18 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
             }
         });
     }
-    let tls = match &cfg.tls {
-        Some(t) => {
-            let certs = tls::Certificates::from_files(&t.cert_file, &t.key_file)
-                .map_err(|e| e.to_string())?;
+    let tls = match cfg.tls.as_ref().map(|t| &t.certs) {
+        Some(config::TlsCerts::Files {
+            cert_file,
+            key_file,
+        }) => {
+            let certs =
+                tls::Certificates::from_files(cert_file, key_file).map_err(|e| e.to_string())?;
             certs.watch();
-            Some(certs)
+            Some(tls::Served::Files(certs))
+        }
+        Some(config::TlsCerts::Acme(acme)) => {
+            Some(tls::Served::Acme(tls::acme::Acme::start(acme)?))
         }
         None => None,
     };

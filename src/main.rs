@@ -233,11 +233,13 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     .await
                     .map_err(|e| format!("cannot listen on server.http_listen {addr}: {e}"))?;
                 let cfg = app.cfg.clone();
+                let acme = app.tls.as_ref().and_then(|t| t.acme()).cloned();
                 tracing::info!(%addr, to = %cfg.public_origin(), "redirecting plain HTTP to HTTPS");
                 tokio::spawn(async move {
                     let _ = unikgate::server::redirect::serve(
                         l,
                         &cfg,
+                        acme,
                         unikgate::server::shutdown_signal(),
                     )
                     .await;

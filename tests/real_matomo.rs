@@ -1178,22 +1178,14 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
         .await;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         // A test CA and a certificate for 127.0.0.1 (Matomo's trusted host) for the https one.
-        let ca_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-        let mut ca_params =
-            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).map_err(|e| e.to_string())?;
-        let leaf_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .map_err(|e| e.to_string())?
-            .signed_by(&leaf_key, &ca, &ca_key)
-            .map_err(|e| e.to_string())?;
+        let ca = support::ca::Ca::new("real-matomo");
+        let (leaf_pem, leaf_key_pem) = ca.leaf(&["127.0.0.1"]);
         let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&cert_file, leaf.pem()).map_err(|e| e.to_string())?;
-        std::fs::write(&key_file, leaf_key.serialize_pem()).map_err(|e| e.to_string())?;
+        std::fs::write(&cert_file, leaf_pem).map_err(|e| e.to_string())?;
+        std::fs::write(&key_file, leaf_key_pem).map_err(|e| e.to_string())?;
         let probe = reqwest::Client::builder()
             .add_root_certificate(
-                reqwest::Certificate::from_pem(ca.pem().as_bytes()).map_err(|e| e.to_string())?,
+                reqwest::Certificate::from_pem(ca.pem.as_bytes()).map_err(|e| e.to_string())?,
             )
             .build()
             .map_err(|e| e.to_string())?;

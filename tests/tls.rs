@@ -15,42 +15,19 @@ use support::{StandIn, TestApp, TEST_KEY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A test CA and the PEM of a server certificate for `localhost` and 127.0.0.1 it signed.
-struct Ca {
-    pem: String,
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
+/// The test CA, with a client that trusts it only.
+struct Ca(support::ca::Ca);
+
+impl std::ops::Deref for Ca {
+    type Target = support::ca::Ca;
+    fn deref(&self) -> &support::ca::Ca {
+        &self.0
+    }
 }
 
 impl Ca {
     fn new(name: &str) -> Ca {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("unikgate test CA {name}"),
-        );
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            cert,
-            key,
-        }
-    }
-
-    /// Writes a server certificate and its key to `cert` and `key`.
-    fn issue(&self, cert: &Path, key: &Path) {
-        let p =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
-        let k = rcgen::KeyPair::generate().unwrap();
-        let c = p.signed_by(&k, &self.cert, &self.key).unwrap();
-        // Written whole under another name, then renamed: what a renewal tool does.
-        let tmp = cert.with_extension("new");
-        std::fs::write(&tmp, c.pem()).unwrap();
-        std::fs::write(key, k.serialize_pem()).unwrap();
-        std::fs::rename(&tmp, cert).unwrap();
+        Ca(support::ca::Ca::new(name))
     }
 
     /// A client that trusts this CA only and reaches `localhost` at `addr`.
@@ -278,7 +255,7 @@ url = "http://127.0.0.1:9"
     .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let _ = unikgate::server::redirect::serve(listener, &cfg, async {
+        let _ = unikgate::server::redirect::serve(listener, &cfg, None, async {
             let _ = rx.await;
         })
         .await;

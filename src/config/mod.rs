@@ -34,15 +34,58 @@ pub struct Config {
 /// and 1.3. Setting the section turns it on; `server.public_url` must then be `https://`.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
-    /// The certificate chain, PEM (the server's certificate first, then the intermediates). Read
-    /// again when it changes (checked every 5 s): a renewal by another tool (certbot, a mounted
-    /// secret) needs no restart; a changed pair that cannot be used keeps the previous one.
-    pub cert_file: PathBuf,
-    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1), read again with the certificate.
-    pub key_file: PathBuf,
+    /// Where the certificate comes from: files, or an ACME certificate authority.
+    pub certs: TlsCerts,
     /// `Strict-Transport-Security: max-age=31536000` on every answer. Default true.
     pub hsts: bool,
 }
+
+/// The two sources of the certificate: `cert_file` + `key_file`, or ACME (every other `[tls]`).
+#[derive(Debug, Clone)]
+pub enum TlsCerts {
+    /// `tls.cert_file`: the certificate chain, PEM (the server's certificate first, then the
+    /// intermediates), read again when it changes (checked every 5 s): a renewal by another tool
+    /// (certbot, a mounted secret) needs no restart; a changed pair that cannot be used keeps the
+    /// previous one. `tls.key_file`: its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    Files {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+    /// Automatic certificates.
+    Acme(AcmeConfig),
+}
+
+/// `[tls]` without `cert_file`: the certificate obtained and renewed over ACME (RFC 8555).
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// `tls.acme_directory`: the CA's directory URL. Default Let's Encrypt's production
+    /// directory.
+    pub directory: Url,
+    /// `tls.acme_email`: the account's contact (expiry and policy mail from the CA). Optional.
+    pub email: Option<String>,
+    /// `tls.domains`: the names the certificate is for. Default: the host of `server.public_url`.
+    pub domains: Vec<String>,
+    /// `tls.acme_ca_file`: an extra root (PEM) trusted for the CA's own HTTPS, for a private CA
+    /// (step-ca, pebble). The usual public roots stay trusted.
+    pub ca_file: Option<PathBuf>,
+    /// `tls.acme_dir`: the folder holding the account and the certificate. Default `acme/` in the
+    /// data folder (next to the SQLite file). Replicas share one certificate by sharing this
+    /// folder (one of them orders at a time, under a lock in it; any of them answers the CA).
+    pub dir: PathBuf,
+    /// `tls.acme_challenge`: how the CA checks the names: `tls-alpn-01` (default, on the HTTPS
+    /// port) or `http-01` (on `server.http_listen`, which must then be set and reached on 80).
+    pub challenge: AcmeChallenge,
+}
+
+/// The ACME challenge unikgate answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    TlsAlpn01,
+    Http01,
+}
+
+/// Let's Encrypt's production directory: `tls.acme_directory`'s default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 /// `[server]`: where unikgate listens and how the public sees it.
 #[derive(Debug, Clone)]
@@ -350,9 +393,24 @@ impl Config {
             if tls.is_none() && server.http_listen.is_some() {
                 errors.push(ConfigError {
                     key: "server.http_listen".into(),
-                    message: "redirects to HTTPS, which needs [tls] (tls.cert_file and tls.key_file): set them, or remove http_listen".into(),
+                    message: "redirects to HTTPS, which needs [tls] (tls.cert_file and tls.key_file, or ACME): set it, or remove http_listen".into(),
                 });
             }
+        }
+        let mut tls = tls;
+        if let (
+            Some(server),
+            Some(Some(TlsConfig {
+                certs: TlsCerts::Acme(acme),
+                ..
+            })),
+        ) = (&server, &mut tls)
+        {
+            let data_dir = store
+                .as_ref()
+                .and_then(|(c, _)| c.as_ref())
+                .and_then(sqlite_dir);
+            acme_defaults(acme, server, data_dir, &mut errors);
         }
         if let (Some(sess), Some((_, sessions_url))) = (&session, &store) {
             if sess.key.is_none() && !matches!(sessions_url, Some(StoreUrl::Sqlite(_))) {
@@ -443,14 +501,19 @@ impl Config {
     /// The folder holding the embedded store (and the generated session key), if the store is a
     /// SQLite file.
     pub fn data_dir(&self) -> Option<PathBuf> {
-        match &self.store.sessions_url {
-            StoreUrl::Sqlite(p) => Some(
-                p.parent()
-                    .map(|d| d.to_path_buf())
-                    .unwrap_or_else(|| PathBuf::from(".")),
-            ),
-            _ => None,
-        }
+        sqlite_dir(&self.store)
+    }
+}
+
+/// The folder of the sessions' SQLite file: the data folder (`Config::data_dir`).
+fn sqlite_dir(store: &StoreConfig) -> Option<PathBuf> {
+    match &store.sessions_url {
+        StoreUrl::Sqlite(p) => Some(
+            p.parent()
+                .map(|d| d.to_path_buf())
+                .unwrap_or_else(|| PathBuf::from(".")),
+        ),
+        _ => None,
     }
 }
 
@@ -550,7 +613,20 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "deny_superusers",
         ],
     ),
-    ("tls", &["cert_file", "key_file", "hsts"]),
+    (
+        "tls",
+        &[
+            "cert_file",
+            "key_file",
+            "hsts",
+            "acme_directory",
+            "acme_email",
+            "domains",
+            "acme_ca_file",
+            "acme_dir",
+            "acme_challenge",
+        ],
+    ),
 ];
 
 fn parse_addr(r: &mut Reader<'_>, key: &'static str, default: Option<&str>) -> Option<SocketAddr> {
@@ -646,31 +722,144 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
     })
 }
 
-/// `[tls]`: `Some(None)` when HTTPS is off (no section, no `UNIKGATE_TLS__…`).
+/// `[tls]`: `Some(None)` when HTTPS is off (no section, no `UNIKGATE_TLS__…`). ACME's defaults
+/// that depend on other sections (the domain, the data folder) are filled in by `acme_defaults`.
 fn read_tls(r: &mut Reader<'_>) -> Option<Option<TlsConfig>> {
     let cert_file = r.opt_string("cert_file").map(PathBuf::from);
     let key_file = r.opt_string("key_file").map(PathBuf::from);
     let hsts = r.bool("hsts", true);
-    if !r.present() && cert_file.is_none() && key_file.is_none() {
+    let directory = r.opt_url("acme_directory");
+    let email = r.opt_string("acme_email");
+    let domains = r.list("domains", &[]);
+    let ca_file = r.opt_string("acme_ca_file").map(PathBuf::from);
+    let dir = r.opt_string("acme_dir").map(PathBuf::from);
+    let challenge = r.choice("acme_challenge", "tls-alpn-01", &["tls-alpn-01", "http-01"]);
+    let acme_keys = [
+        ("acme_directory", directory.is_some()),
+        ("acme_email", email.is_some()),
+        ("domains", !domains.is_empty()),
+        ("acme_ca_file", ca_file.is_some()),
+        ("acme_dir", dir.is_some()),
+    ];
+    let any_acme = acme_keys.iter().any(|(_, set)| *set);
+    if !r.present() && cert_file.is_none() && key_file.is_none() && !any_acme {
         return Some(None);
     }
-    let (Some(cert_file), Some(key_file)) = (cert_file, key_file) else {
-        r.error(
-            "cert_file",
-            "tls.cert_file and tls.key_file are both required: the certificate chain and its private key, PEM files",
-        );
-        return None;
-    };
-    // Read now, so that `unikgate check` says what is wrong with them before `serve` does.
-    if let Err(e) = crate::tls::load(&cert_file, &key_file) {
-        r.error(e.key, e.message);
-        return None;
+    if cert_file.is_some() || key_file.is_some() {
+        if let Some((k, _)) = acme_keys.iter().find(|(_, set)| *set) {
+            r.error(
+                k,
+                "is an ACME setting, and tls.cert_file/key_file are set too: choose one source of the certificate (files, or ACME without cert_file/key_file)",
+            );
+            return None;
+        }
+        let (Some(cert_file), Some(key_file)) = (cert_file, key_file) else {
+            r.error(
+                "cert_file",
+                "tls.cert_file and tls.key_file are both required: the certificate chain and its private key, PEM files",
+            );
+            return None;
+        };
+        // Read now, so that `unikgate check` says what is wrong with them before `serve` does.
+        if let Err(e) = crate::tls::load(&cert_file, &key_file) {
+            r.error(e.key, e.message);
+            return None;
+        }
+        return Some(Some(TlsConfig {
+            certs: TlsCerts::Files {
+                cert_file,
+                key_file,
+            },
+            hsts,
+        }));
     }
+    let directory = match directory {
+        Some(d) => d,
+        None if r.has_error_for("acme_directory") => return None,
+        None => Url::parse(LETS_ENCRYPT).ok()?,
+    };
+    if directory.scheme() != "https" {
+        r.error(
+            "acme_directory",
+            "must be an https:// URL (ACME is spoken over HTTPS only)",
+        );
+    }
+    if let Some(e) = &email {
+        if !e.contains('@') || e.contains(char::is_whitespace) {
+            r.error("acme_email", format!("{e:?} is not an e-mail address"));
+        }
+    }
+    let mut names = Vec::new();
+    for d in domains {
+        match crate::tls::acme_name(&d) {
+            Ok(n) => names.push(n),
+            Err(why) => r.error("domains", format!("{d:?}: {why}")),
+        }
+    }
+    if let Some(f) = &ca_file {
+        if let Err(e) = crate::tls::read_roots(f) {
+            r.error("acme_ca_file", e);
+        }
+    }
+    let challenge = if challenge == "http-01" {
+        AcmeChallenge::Http01
+    } else {
+        AcmeChallenge::TlsAlpn01
+    };
     Some(Some(TlsConfig {
-        cert_file,
-        key_file,
+        certs: TlsCerts::Acme(AcmeConfig {
+            directory,
+            email,
+            domains: names,
+            ca_file,
+            dir: dir.unwrap_or_default(),
+            challenge,
+        }),
         hsts,
     }))
+}
+
+/// ACME's defaults taken from other sections: the domain from `server.public_url`, the folder
+/// from the data folder; and the checks that need them.
+fn acme_defaults(
+    acme: &mut AcmeConfig,
+    server: &ServerConfig,
+    data_dir: Option<PathBuf>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut err = |key: &str, message: String| {
+        errors.push(ConfigError {
+            key: format!("tls.{key}"),
+            message,
+        })
+    };
+    if acme.domains.is_empty() {
+        match server.public_url.host() {
+            Some(url::Host::Domain(h)) => match crate::tls::acme_name(h) {
+                Ok(n) => acme.domains.push(n),
+                Err(why) => err("domains", format!("server.public_url's host {h:?}: {why}")),
+            },
+            _ => err(
+                "domains",
+                "is required: server.public_url's host is an IP address, and ACME certificates are for DNS names (or use tls.cert_file/key_file)".into(),
+            ),
+        }
+    }
+    if acme.dir.as_os_str().is_empty() {
+        match data_dir {
+            Some(d) => acme.dir = d.join("acme"),
+            None => err(
+                "acme_dir",
+                "is required when the store is not a SQLite file: a folder for the ACME account and certificate (shared by the replicas, e.g. a volume mounted on each)".into(),
+            ),
+        }
+    }
+    if acme.challenge == AcmeChallenge::Http01 && server.http_listen.is_none() {
+        err(
+            "acme_challenge",
+            "\"http-01\" is answered on server.http_listen, which is not set: set it (e.g. 0.0.0.0:80), or use \"tls-alpn-01\"".into(),
+        );
+    }
 }
 
 fn read_upstream(r: &mut Reader<'_>) -> Option<UpstreamConfig> {

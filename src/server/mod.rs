@@ -52,11 +52,15 @@ pub async fn serve(
     let refusals = RefusalLog::default();
     let graceful = GracefulShutdown::new();
     let tls = match &gate.app().tls {
-        Some(certs) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::tls::server_config(certs.clone()).map_err(io::Error::other)?,
+        Some(served) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::tls::server_config(served).map_err(io::Error::other)?,
         )),
         None => None,
     };
+    // With ACME, ordering begins now that the CA's TLS-ALPN-01 check finds this listener.
+    if let Some(acme) = gate.app().tls.as_ref().and_then(|t| t.acme()) {
+        acme.begin();
+    }
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -155,6 +159,10 @@ async fn serve_tls(
             return;
         }
     };
+    if stream.get_ref().1.alpn_protocol() == Some(crate::tls::acme::ACME_TLS_ALPN) {
+        // The ACME CA's TLS-ALPN-01 check: the handshake was the answer; no HTTP follows.
+        return;
+    }
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

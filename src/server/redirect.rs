@@ -1,6 +1,7 @@
 //! `server.http_listen`: plain HTTP, every request answered with a redirect to the same path and
 //! query on `server.public_url` (301 for GET and HEAD, 308 for the other methods, so that a form
-//! posted over http is posted again over https, not turned into a GET).
+//! posted over http is posted again over https, not turned into a GET); with ACME, also the
+//! HTTP-01 answers under `/.well-known/acme-challenge/`.
 //!
 //! Invariant: the redirect's origin is always `public_url`'s, never the request's `Host` (an
 //! attacker's Host cannot make it point elsewhere); nothing else is served here.
@@ -17,9 +18,33 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::tls::acme::Acme;
 
-/// The redirect for one request on the plain-HTTP listener.
-pub fn to_https(public_origin: &str, req: &Request<Incoming>) -> Response<Body> {
+/// Where the CA asks for HTTP-01 answers.
+const CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
+/// The answer to one request on the plain-HTTP listener: an ACME HTTP-01 answer, or the redirect.
+pub fn to_https(
+    public_origin: &str,
+    acme: Option<&Acme>,
+    req: &Request<Incoming>,
+) -> Response<Body> {
+    if let (Some(acme), Some(token)) = (acme, req.uri().path().strip_prefix(CHALLENGE_PATH)) {
+        let (status, body) = match acme.http01(token) {
+            Some(ka) => (StatusCode::OK, ka),
+            None => (
+                StatusCode::NOT_FOUND,
+                "No such ACME challenge.\n".to_string(),
+            ),
+        };
+        let mut res = Response::new(Body::from(body));
+        *res.status_mut() = status;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return res;
+    }
     answer(public_origin, req.method(), req.uri())
 }
 
@@ -47,10 +72,11 @@ fn answer(public_origin: &str, method: &Method, uri: &http::Uri) -> Response<Bod
     res
 }
 
-/// Serves redirects on `listener` until `shutdown` resolves.
+/// Serves redirects (and `acme`'s HTTP-01 answers) on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     cfg: &Config,
+    acme: Option<Arc<Acme>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> io::Result<()> {
     let origin: Arc<str> = cfg.public_origin().into();
@@ -70,8 +96,9 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let origin = origin.clone();
+        let acme = acme.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let res = to_https(&origin, &req);
+            let res = to_https(&origin, acme.as_deref(), &req);
             async move { Ok::<_, std::convert::Infallible>(res) }
         });
         let conn = hyper::server::conn::http1::Builder::new()

@@ -1,11 +1,14 @@
 //! The certificates of HTTPS on `server.listen` when `[tls]` is set, and the server side of TLS:
-//! rustls (TLS 1.2 and 1.3, its safe defaults, the `ring` provider), ALPN `h2` and `http/1.1`,
-//! the certificate from PEM files read again when they change (a renewal by another tool needs
-//! no restart). The listener (`server/`) accepts with it; `readyz` reports its problems.
+//! rustls (TLS 1.2 and 1.3, its safe defaults, the `ring` provider), ALPN `h2` and `http/1.1`.
+//! The certificate comes from PEM files read again when they change (here: a renewal by another
+//! tool needs no restart) or from an ACME CA (`acme.rs`: obtained, stored, renewed). The listener
+//! (`server/`) accepts with [`Served`]; `readyz` and `doctor` report its problems.
 //!
 //! Invariants: a certificate is served only once its chain and key have been read, parsed and
 //! found to belong together; a changed file that cannot be used leaves the last good certificate
 //! in place (logged, and shown by `readyz`); nothing here reads a request.
+
+pub mod acme;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -182,15 +185,90 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
-/// The server side of TLS for `tls`: TLS 1.2 and 1.3, ALPN h2 then http/1.1.
-pub fn server_config(certs: Arc<Certificates>) -> Result<Arc<ServerConfig>, String> {
-    let mut sc = ServerConfig::builder_with_provider(provider())
+/// Where the served certificate comes from, as the listener and `readyz` see it.
+#[derive(Debug, Clone)]
+pub enum Served {
+    Files(Arc<Certificates>),
+    Acme(Arc<acme::Acme>),
+}
+
+impl Served {
+    /// Why the certificate served is not the one wanted, while that lasts.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Served::Files(c) => c.problem(),
+            Served::Acme(a) => a.problem(),
+        }
+    }
+
+    /// The ACME side, whose challenges the HTTP listener answers.
+    pub fn acme(&self) -> Option<&Arc<acme::Acme>> {
+        match self {
+            Served::Acme(a) => Some(a),
+            Served::Files(_) => None,
+        }
+    }
+}
+
+/// The server side of TLS for `tls`: TLS 1.2 and 1.3, ALPN h2 then http/1.1 (and, with ACME,
+/// `acme-tls/1` for the CA's TLS-ALPN-01 check, which no browser offers).
+pub fn server_config(served: &Served) -> Result<Arc<ServerConfig>, String> {
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(certs);
+        .with_no_client_auth();
+    let mut sc = match served {
+        Served::Files(c) => builder.with_cert_resolver(c.clone()),
+        Served::Acme(a) => builder.with_cert_resolver(a.clone()),
+    };
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if matches!(served, Served::Acme(_)) {
+        sc.alpn_protocols.push(acme::ACME_TLS_ALPN.to_vec());
+    }
     Ok(Arc::new(sc))
+}
+
+/// A name ACME can certify with the challenges unikgate answers: a DNS name (lower-cased), not
+/// an IP address, not a wildcard.
+pub fn acme_name(name: &str) -> Result<String, String> {
+    let n = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    if n.starts_with("*.") {
+        return Err(
+            "a wildcard needs the DNS-01 challenge, which unikgate does not answer: list the names"
+                .into(),
+        );
+    }
+    if n.parse::<std::net::IpAddr>().is_ok() {
+        return Err("an IP address: ACME certificates here are for DNS names".into());
+    }
+    let ok = !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !ok {
+        return Err("not a DNS name (letters, digits, hyphens and dots; an internationalised name in its xn-- form)".into());
+    }
+    Ok(n)
+}
+
+/// The certificates of a PEM file of extra roots (`tls.acme_ca_file`).
+pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if roots.is_empty() {
+        return Err(format!(
+            "{} holds no certificate (expected -----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(roots)
 }
 
 /// The client side of `unikgate healthcheck` with `[tls]`: it asks its own process on loopback,

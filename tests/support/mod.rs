@@ -3,9 +3,11 @@
 //! cookie-jar browser that follows redirects by hand.
 #![allow(dead_code)]
 
+pub mod ca;
 pub mod compose;
 pub mod matomo;
 pub mod payloads;
+pub mod pebble;
 pub mod provider;
 pub mod real;
 pub mod servers;
