@@ -145,13 +145,9 @@ impl Drop for Stack {
     }
 }
 
-/// Waits until `url` answers `want`, for `secs` seconds at the most (a guard, not a measure).
-async fn wait_for(url: &str, want: u16, secs: u64) -> R<()> {
-    let c = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| e.to_string())?;
+/// Waits until `url` answers `want` to `c`, for `secs` seconds at the most (a guard, not a
+/// measure).
+async fn wait_for(c: &reqwest::Client, url: &str, want: u16, secs: u64) -> R<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     let mut last = String::new();
     while std::time::Instant::now() < deadline {
@@ -228,6 +224,70 @@ async fn sign_in(b: &Browser, base: &str, provider_port: u16, login: &str) -> re
     b.get(&location(&res)).await
 }
 
+/// How the stack is reached: HTTPS served by unikgate with a certificate from pebble (the compose
+/// file's default, TLS_MODE=auto, with its ACME CA swapped for pebble), or plain HTTP
+/// (TLS_MODE=off, as behind a proxy of one's own).
+#[derive(Clone, Copy, PartialEq)]
+enum Reach {
+    Acme,
+    Plain,
+}
+
+/// The name the stack over https is reached at (pebble's DNS is Docker's: unikgate's alias).
+const DOMAIN: &str = "gate.unikgate.test";
+
+/// pebble's configuration and certificates for the stack, in a folder its container mounts.
+fn pebble_files(dir: &Path) -> R<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = support::ca::Ca::new("compose pebble");
+    let (cert, key) = ca.leaf(&["pebble.test"]);
+    let conf = serde_json::json!({"pebble": {
+        "listenAddress": "0.0.0.0:14000",
+        "managementListenAddress": "0.0.0.0:15000",
+        "certificate": "/pebble/cert.pem",
+        "privateKey": "/pebble/key.pem",
+        // unikgate's own ports in its container (server.listen, server.http_listen).
+        "tlsPort": 8080,
+        "httpPort": 8081,
+        "externalAccountBindingRequired": false,
+    }});
+    for (name, text) in [
+        ("ca.pem", ca.pem.clone()),
+        ("cert.pem", cert),
+        ("key.pem", key),
+        ("pebble.json", conf.to_string()),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| e.to_string())?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
+}
+
+/// pebble's issuing root, from its management port (published on loopback).
+async fn pebble_root(mgmt_port: u16, secs: u64) -> R<String> {
+    let c = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match c
+            .get(format!("https://127.0.0.1:{mgmt_port}/roots/0"))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => return r.text().await.map_err(|e| e.to_string()),
+            _ if std::time::Instant::now() >= deadline => {
+                return Err(format!("pebble's root did not come in {secs} s"))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
 /// How a stack serves: one unikgate, or two replicas behind the compose file's balancer.
 #[derive(Clone, Copy, PartialEq)]
 enum Gates {
@@ -246,9 +306,9 @@ impl Gates {
 }
 
 /// The README's compose section, step by step, on the stack of `files`.
-async fn readme_compose_steps(files: &[&str], what: &str, gates: Gates) -> R<()> {
+async fn readme_compose_steps(files: &[&str], what: &str, gates: Gates, reach: Reach) -> R<()> {
     let mut stack = Stack::new(files)?;
-    let result = readme_compose_steps_in(&mut stack, gates).await;
+    let result = readme_compose_steps_in(&mut stack, gates, reach).await;
     if let Err(e) = &result {
         eprintln!(
             "{what}: {e}\n--- the stack's last log lines:\n{}",
@@ -259,11 +319,20 @@ async fn readme_compose_steps(files: &[&str], what: &str, gates: Gates) -> R<()>
     result.map_err(|e| format!("{what}: {e}"))
 }
 
-async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
+async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates, reach: Reach) -> R<()> {
     let port = free_port();
     let provider_port = free_port();
-    let public_host = format!("127.0.0.1:{port}");
-    let base = format!("http://{public_host}");
+    let mgmt_port = free_port();
+    let (public_host, scheme) = match reach {
+        Reach::Acme => (format!("{DOMAIN}:{port}"), "https"),
+        Reach::Plain => (format!("127.0.0.1:{port}"), "http"),
+    };
+    let base = format!("{scheme}://{public_host}");
+    let loopback = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let pebble_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    if reach == Reach::Acme {
+        pebble_files(pebble_dir.path())?;
+    }
     let shared_secret = unikgate::random_token();
     // 1. cp deploy/.env.example deploy/.env, then edit it.
     let mut env = support::compose::read_env_file(&stack.root().join("deploy/.env.example"));
@@ -273,8 +342,11 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
     );
     for (k, v) in [
         ("PUBLIC_HOST", public_host.clone()),
-        // No TLS in front yet: the stack on this machine, over http.
-        ("PUBLIC_SCHEME", "http".into()),
+        ("PUBLIC_SCHEME", scheme.into()),
+        (
+            "TLS_MODE",
+            if reach == Reach::Acme { "auto" } else { "off" }.into(),
+        ),
         // The stand-in images hold the real Matomo 5.1.2 (tests/containers/images).
         ("MATOMO_VERSION", "5.1.2".into()),
         ("UNIKNAME_CLIENT_ID", support::provider::CLIENT_ID.into()),
@@ -282,6 +354,11 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
         ("POSTGRES_PASSWORD", unikgate::random_token()),
         // Published on loopback only.
         ("UNIKGATE_PORT", format!("127.0.0.1:{port}")),
+        ("UNIKGATE_HTTP_PORT", format!("127.0.0.1:{}", free_port())),
+        // pebble (tests/containers/compose.pebble.yml, in the stacks over https).
+        ("PUBLIC_DOMAIN", DOMAIN.into()),
+        ("PEBBLE_DIR", pebble_dir.path().display().to_string()),
+        ("PEBBLE_MGMT_PORT", mgmt_port.to_string()),
         ("COMPOSE_PROJECT_NAME", stack.project.clone()),
         // The test provider's service (tests/containers/compose.provider.yml).
         ("PROVIDER_PORT", provider_port.to_string()),
@@ -303,15 +380,42 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
     }
     // 3. Start.
     stack.compose(&["up", "-d", "--build"])?;
-    wait_for(&format!("{base}/_unikgate/healthz"), 200, 120).await?;
+    // The browser: it finds the public name and the provider on loopback and, over https,
+    // trusts pebble's root only besides the public ones (the placeholder served before the
+    // certificate is issued is refused).
+    let root = match reach {
+        Reach::Acme => Some(pebble_root(mgmt_port, 60).await?),
+        Reach::Plain => None,
+    };
+    let b = Browser::reaching(
+        &[
+            (DOMAIN, loopback(port)),
+            ("provider.test", loopback(provider_port)),
+        ],
+        root.as_deref(),
+    );
+    let c = &b.client;
+    wait_for(c, &format!("{base}/_unikgate/healthz"), 200, 120).await?;
+    let first_serial = match &root {
+        Some(root) => Some(
+            support::pebble::served(loopback(port), DOMAIN, root)
+                .await
+                .map(|(serial, alpn)| {
+                    ensure_h2(&alpn);
+                    serial
+                })?,
+        ),
+        None => None,
+    };
     wait_for(
+        c,
         &format!("http://127.0.0.1:{provider_port}/oidc/.well-known/openid-configuration"),
         200,
         60,
     )
     .await?;
     // Matomo's container copies its tree on the first start: the installer answers after it.
-    wait_for(&format!("{base}/index.php"), 200, 180).await?;
+    wait_for(c, &format!("{base}/index.php"), 200, 180).await?;
     // 4. Matomo's web installer, through unikgate, its database page prefilled by the container.
     let read_config = || {
         stack
@@ -324,7 +428,8 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
             ])
             .map_err(|e| format!("no config.ini.php: {e}"))
     };
-    support::real::web_installer_at(
+    support::real::web_installer_in(
+        &b,
         &base,
         Database::Prefilled {
             host: "db".into(),
@@ -361,8 +466,8 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
     env.insert("PASSWORD_LOGIN".into(), "false".into());
     stack.write_env(&env)?;
     stack.compose(&["up", "-d"])?;
-    wait_for(&format!("{base}/_unikgate/healthz"), 200, 60).await?;
-    wait_for(&format!("{base}/_unikgate/readyz"), 200, 60).await?;
+    wait_for(c, &format!("{base}/_unikgate/healthz"), 200, 60).await?;
+    wait_for(c, &format!("{base}/_unikgate/readyz"), 200, 60).await?;
     // 7. doctor --as admin, in the unikgate container.
     let out = stack.compose(&[
         "exec",
@@ -377,8 +482,6 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
     ])?;
     ensure!(out.contains("ok   mint"), "doctor --as admin:\n{out}");
     // 8. The first @unikname sign-in, and the link of the installer's superuser.
-    let provider_addr: SocketAddr = ([127, 0, 0, 1], provider_port).into();
-    let b = Browser::resolving("provider.test", provider_addr);
     let res = sign_in(&b, &base, provider_port, "compose-admin").await;
     ensure!(
         location(&res).contains("/_unikgate/link"),
@@ -434,6 +537,24 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
         res.status(),
         location(&res)
     );
+    if reach == Reach::Acme {
+        // Plain HTTP on the published port 80 is sent to https.
+        let http_port = env
+            .get("UNIKGATE_HTTP_PORT")
+            .and_then(|v| v.rsplit(':').next()?.parse::<u16>().ok())
+            .ok_or("UNIKGATE_HTTP_PORT")?;
+        let res = c
+            .get(format!("http://{DOMAIN}:{http_port}/index.php?x=1"))
+            .send()
+            .await
+            .map_err(|e| format!("plain http: {e}"))?;
+        ensure!(
+            res.status() == 301 && location(&res) == format!("{base}/index.php?x=1"),
+            "plain http should be redirected to {base}: {} {}",
+            res.status(),
+            location(&res)
+        );
+    }
     if gates == Gates::Replicas {
         // Signed in through one replica, going on through the other: each in turn alone behind
         // the balancer, the same browser is Matomo's admin.
@@ -454,7 +575,17 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
     // 10. down, then up: the link and this browser's session are on their volumes.
     stack.compose(&["down"])?;
     stack.compose(&["up", "-d"])?;
-    wait_for(&format!("{base}/_unikgate/readyz"), 200, 120).await?;
+    wait_for(c, &format!("{base}/_unikgate/readyz"), 200, 120).await?;
+    if let (Some(root), Some(first)) = (&root, &first_serial) {
+        // The certificate on the volume, served again without a new order (pebble, restarted
+        // too, has forgotten everything: a new order would chain to a root the browser does not
+        // trust).
+        let (again, _) = support::pebble::served(loopback(port), DOMAIN, root).await?;
+        ensure!(
+            again == *first,
+            "after down and up, the stored certificate: {again} is not {first}"
+        );
+    }
     let (status, user) = page_user(&b, &format!("{base}{DASHBOARD}")).await;
     ensure!(
         status == 200 && user.as_deref() == Some(ADMIN.0),
@@ -463,15 +594,22 @@ async fn readme_compose_steps_in(stack: &mut Stack, gates: Gates) -> R<()> {
     Ok(())
 }
 
+/// HTTP/2 was negotiated.
+fn ensure_h2(alpn: &Option<Vec<u8>>) {
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "HTTP/2 by ALPN");
+}
+
 const PROVIDER: &str = "tests/containers/compose.provider.yml";
+const PEBBLE: &str = "tests/containers/compose.pebble.yml";
 
 #[tokio::test]
 #[ignore = "needs a Docker Engine and the stand-in images: tests/containers/compose runs it"]
-async fn the_readme_compose_steps_with_apache() {
+async fn the_readme_compose_steps_with_apache_over_https_from_acme() {
     readme_compose_steps(
-        &["deploy/docker-compose.yml", PROVIDER],
-        "docker-compose.yml",
+        &["deploy/docker-compose.yml", PROVIDER, PEBBLE],
+        "docker-compose.yml over https (pebble)",
         Gates::One,
+        Reach::Acme,
     )
     .await
     .unwrap();
@@ -479,15 +617,16 @@ async fn the_readme_compose_steps_with_apache() {
 
 #[tokio::test]
 #[ignore = "needs a Docker Engine and the stand-in images: tests/containers/compose runs it"]
-async fn the_readme_compose_steps_with_php_fpm_behind_nginx() {
+async fn the_readme_compose_steps_with_php_fpm_behind_nginx_and_plain_http() {
     readme_compose_steps(
         &[
             "deploy/docker-compose.yml",
             "deploy/docker-compose.fpm.yml",
             PROVIDER,
         ],
-        "docker-compose.yml + docker-compose.fpm.yml",
+        "docker-compose.yml + docker-compose.fpm.yml, TLS_MODE=off",
         Gates::One,
+        Reach::Plain,
     )
     .await
     .unwrap();
@@ -503,6 +642,7 @@ async fn the_replicas_file_two_unikgates_on_postgresql_and_redis() {
         ],
         "docker-compose.replicas.yml",
         Gates::Replicas,
+        Reach::Plain,
     )
     .await
     .unwrap();

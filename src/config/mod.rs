@@ -382,6 +382,19 @@ impl Config {
         let store = section(&root, "store", env, &mut errors, read_store);
         let matomo = section(&root, "matomo", env, &mut errors, read_matomo);
         let tls = section(&root, "tls", env, &mut errors, read_tls);
+        let mut server = server;
+        let tls = match tls {
+            Some(Tls::Off) => {
+                // `tls.mode = "off"`: plain HTTP behind an existing proxy; the redirect listener
+                // has nothing to redirect to.
+                if let Some(s) = &mut server {
+                    s.http_listen = None;
+                }
+                Some(None)
+            }
+            Some(Tls::Set(t)) => Some(t),
+            None => None,
+        };
         if let (Some(server), Some(tls)) = (&server, &tls) {
             let https = server.public_url.scheme() == "https";
             if tls.is_some() && !https {
@@ -613,20 +626,7 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "deny_superusers",
         ],
     ),
-    (
-        "tls",
-        &[
-            "cert_file",
-            "key_file",
-            "hsts",
-            "acme_directory",
-            "acme_email",
-            "domains",
-            "acme_ca_file",
-            "acme_dir",
-            "acme_challenge",
-        ],
-    ),
+    ("tls", TLS_KEYS),
 ];
 
 fn parse_addr(r: &mut Reader<'_>, key: &'static str, default: Option<&str>) -> Option<SocketAddr> {
@@ -722,9 +722,39 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
     })
 }
 
-/// `[tls]`: `Some(None)` when HTTPS is off (no section, no `UNIKGATE_TLS__…`). ACME's defaults
-/// that depend on other sections (the domain, the data folder) are filled in by `acme_defaults`.
-fn read_tls(r: &mut Reader<'_>) -> Option<Option<TlsConfig>> {
+const TLS_KEYS: &[&str] = &[
+    "mode",
+    "cert_file",
+    "key_file",
+    "hsts",
+    "acme_directory",
+    "acme_email",
+    "domains",
+    "acme_ca_file",
+    "acme_dir",
+    "acme_challenge",
+];
+
+/// `[tls]` as read: set (`None` when there is no section and no `UNIKGATE_TLS__…`), or turned off
+/// by `tls.mode = "off"`.
+enum Tls {
+    Set(Option<TlsConfig>),
+    Off,
+}
+
+/// `[tls]`. ACME's defaults that depend on other sections (the domain, the data folder) are
+/// filled in by `acme_defaults`.
+fn read_tls(r: &mut Reader<'_>) -> Option<Tls> {
+    let mode = r.choice("mode", "auto", &["auto", "off"]);
+    if mode == "off" {
+        // The other keys stay written (and unread) for the day TLS is turned back on.
+        r.skip(TLS_KEYS);
+        return Some(Tls::Off);
+    }
+    read_tls_keys(r).map(Tls::Set)
+}
+
+fn read_tls_keys(r: &mut Reader<'_>) -> Option<Option<TlsConfig>> {
     let cert_file = r.opt_string("cert_file").map(PathBuf::from);
     let key_file = r.opt_string("key_file").map(PathBuf::from);
     let hsts = r.bool("hsts", true);

@@ -305,6 +305,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Counts `keys` as read without reading them (a mode that does not use them).
+    pub fn skip(&mut self, keys: &[&'static str]) {
+        self.seen.extend(keys.iter().copied());
+    }
+
     /// Reports every key present in the file section that no reader asked for.
     pub fn finish(self) {
         if let Some(t) = self.table {

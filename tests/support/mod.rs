@@ -162,15 +162,21 @@ impl Browser {
 
     /// A browser that finds `host` at `addr` (a name the compose tests' containers know).
     pub fn resolving(host: &str, addr: std::net::SocketAddr) -> Browser {
-        Self::build("", Some((host, addr)))
+        Self::build("", &[(host, addr)], None)
+    }
+
+    /// A browser that finds each name at its address, and trusts `root` (PEM) besides the public
+    /// roots: the compose stack over https with pebble's certificate.
+    pub fn reaching(names: &[(&str, std::net::SocketAddr)], root: Option<&str>) -> Browser {
+        Self::build("", names, root)
     }
 
     /// A browser that sends `Accept-Language: <lang>` (none when empty).
     pub fn speaking(lang: &str) -> Browser {
-        Self::build(lang, None)
+        Self::build(lang, &[], None)
     }
 
-    fn build(lang: &str, resolve: Option<(&str, std::net::SocketAddr)>) -> Browser {
+    fn build(lang: &str, resolve: &[(&str, std::net::SocketAddr)], root: Option<&str>) -> Browser {
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let mut headers = reqwest::header::HeaderMap::new();
         if !lang.is_empty() {
@@ -184,8 +190,12 @@ impl Browser {
             .cookie_provider(jar.clone())
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(20));
-        if let Some((host, addr)) = resolve {
-            client = client.resolve(host, addr);
+        for (host, addr) in resolve {
+            client = client.resolve(host, *addr);
+        }
+        if let Some(pem) = root {
+            client = client
+                .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
         }
         let client = client.build().unwrap();
         Browser { client, jar }

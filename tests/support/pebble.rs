@@ -182,3 +182,48 @@ impl Drop for Pebble {
         }
     }
 }
+
+/// The certificate `addr` serves for `domain`, verified against `root` only: its serial (DER,
+/// hex) and the protocol ALPN chose (h2 and http/1.1 offered). `Err` when the handshake or the
+/// verification fails.
+pub async fn served(
+    addr: std::net::SocketAddr,
+    domain: &str,
+    root: &str,
+) -> Result<(String, Option<Vec<u8>>), String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut cc = rustls::ClientConfig::builder_with_provider(unikgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name =
+        rustls::pki_types::ServerName::try_from(domain.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(cc)).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "no handshake within 5 s".to_string())?
+    .map_err(|e| e.to_string())?;
+    let conn = tls.get_ref().1;
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("no certificate")?;
+    let (_, x) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
+    Ok((
+        x.raw_serial_as_string(),
+        conn.alpn_protocol().map(|p| p.to_vec()),
+    ))
+}

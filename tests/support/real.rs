@@ -1147,7 +1147,16 @@ pub async fn web_installer_at(
     database: Database,
     config: impl Fn() -> R<String>,
 ) -> R<String> {
-    let b = Browser::new();
+    web_installer_in(&Browser::new(), base, database, config).await
+}
+
+/// [`web_installer_at`] in the browser `b` (one that reaches `base`'s name, trusts its root).
+pub async fn web_installer_in(
+    b: &Browser,
+    base: &str,
+    database: Database,
+    config: impl Fn() -> R<String>,
+) -> R<String> {
     let page = |path: &str| format!("{base}/{path}");
     // Welcome, then the system check.
     let res = b.get(&page("index.php")).await;
