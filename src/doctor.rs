@@ -1,16 +1,23 @@
-//! `unikgate doctor`: reaches the provider and Matomo step by step and says what to fix.
+//! `unikgate doctor`: looks at HTTPS, reaches the provider and Matomo step by step and says what
+//! to fix.
 //!
 //! Invariant: creates nothing anywhere (the AutoLogin probe sends a made-up name without an
-//! email, which Matomo refuses before creating a user; the token probe sends a made-up code).
+//! email, which Matomo refuses before creating a user; the token probe sends a made-up code; the
+//! ACME folder's write check removes its probe file). With ACME it orders nothing: ordering
+//! begins with `serve`'s listener, and doctor only asks the CA's directory.
 //! With `--as LOGIN` it opens one real Matomo session for that login, checks who owns it, and
 //! logs it out again: the only step that proves minting works inside Matomo.
 
 use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use http::Method;
 
 use crate::app::App;
 use crate::error::Error;
+use crate::tls::acme::Acme;
+use crate::tls::{Certificates, Leaf, Served};
 use crate::upstream::matomo;
 
 /// One step's verdict.
@@ -47,6 +54,7 @@ pub async fn run(app: &App, as_login: Option<&str>) -> Vec<Step> {
             app.cfg.backchannel_logout_uri()
         ),
     )];
+    out.extend(tls_steps(app).await);
     match &app.oidc {
         None => out.push(step(
             "provider credentials",
@@ -161,6 +169,245 @@ pub async fn run(app: &App, as_login: Option<&str>) -> Vec<Step> {
         });
     }
     out
+}
+
+/// A certificate that expires sooner than this fails the TLS step.
+pub const EXPIRY_MARGIN: Duration = Duration::from_secs(7 * 86400);
+/// How long the ACME directory has to answer doctor.
+const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTPS served by unikgate (`[tls]`): with files, the certificate's names and expiry; with
+/// ACME, the CA's directory, the folder, the stored certificate and the last failure. Nothing is
+/// ordered (the loop begins with `serve`'s listener).
+pub async fn tls_steps(app: &App) -> Vec<Step> {
+    let host = app.cfg.server.public_url.host();
+    match &app.tls {
+        None if app.cfg.public_is_https() => vec![step(
+            "TLS",
+            true,
+            format!(
+                "not served here ([tls] unset): the proxy in front serves {}",
+                app.cfg.public_origin()
+            ),
+        )],
+        None => Vec::new(),
+        Some(Served::Files(c)) => vec![files_step(c, host, SystemTime::now())],
+        Some(Served::Acme(a)) => acme_steps(a, host, SystemTime::now()).await,
+    }
+}
+
+/// "in 89 days", "in 5 h", "3 days ago", "just now".
+fn from_now(t: SystemTime, now: SystemTime) -> String {
+    let gap = t
+        .duration_since(now)
+        .unwrap_or_else(|e| e.duration())
+        .as_secs();
+    if gap < 60 {
+        return "just now".into();
+    }
+    let words = |d: Duration| {
+        let s = d.as_secs();
+        if s >= 2 * 86400 {
+            format!("{} days", s / 86400)
+        } else if s >= 3600 {
+            format!("{} h", s / 3600)
+        } else {
+            format!("{} min", s / 60)
+        }
+    };
+    match t.duration_since(now) {
+        Ok(d) => format!("in {}", words(d)),
+        Err(e) => format!("{} ago", words(e.duration())),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A certificate's names and dates against the public host and the clock: the verdict and
+/// the line; `fix` says what to do when it expires soon.
+fn judge(leaf: &Leaf, host: Option<url::Host<&str>>, now: SystemTime, fix: &str) -> (bool, String) {
+    let names = if leaf.names.is_empty() {
+        "no names (no subject alternative name)".to_string()
+    } else {
+        leaf.names.join(", ")
+    };
+    let expiry = if leaf.not_after <= now {
+        format!("expired {}", rfc3339(leaf.not_after))
+    } else {
+        format!("expires {}", rfc3339(leaf.not_after))
+    };
+    let line = format!("for {names}; {expiry} ({})", from_now(leaf.not_after, now));
+    if let Some(h) = &host {
+        if !crate::tls::names_host(&leaf.names, h) {
+            return (
+                false,
+                format!("does not name {h} (server.public_url's host): {line}"),
+            );
+        }
+    }
+    if leaf.not_before > now {
+        return (
+            false,
+            format!(
+                "not valid before {} (check the clock): {line}",
+                rfc3339(leaf.not_before)
+            ),
+        );
+    }
+    if leaf.not_after <= now + EXPIRY_MARGIN {
+        return (false, format!("{line}: {fix}"));
+    }
+    (true, line)
+}
+
+fn files_step(certs: &Certificates, host: Option<url::Host<&str>>, now: SystemTime) -> Step {
+    const NAME: &str = "TLS certificate";
+    let Some(der) = certs.current().and_then(|ck| ck.cert.first().cloned()) else {
+        return step(NAME, false, "no certificate in use");
+    };
+    match crate::tls::leaf(&der) {
+        Ok(leaf) => {
+            let (ok, line) = judge(
+                &leaf,
+                host,
+                now,
+                "renew it and replace tls.cert_file and tls.key_file (read again within 5 s)",
+            );
+            step(NAME, ok, line)
+        }
+        Err(e) => step(NAME, false, format!("tls.cert_file: {e}")),
+    }
+}
+
+async fn acme_steps(acme: &Acme, host: Option<url::Host<&str>>, now: SystemTime) -> Vec<Step> {
+    let cfg = acme.config();
+    let mut out = vec![directory_step(cfg).await, folder_step(&cfg.dir)];
+    let status = acme.status();
+    out.push(match &status.issued {
+        None => match &host {
+            Some(h) if !crate::tls::names_host(&cfg.domains, h) => step(
+                "ACME certificate",
+                false,
+                format!(
+                    "none yet, and tls.domains ({}) does not name {h} (server.public_url's host)",
+                    cfg.domains.join(", ")
+                ),
+            ),
+            _ => step(
+                "ACME certificate",
+                true,
+                "none yet (ordered when `serve` starts)",
+            ),
+        },
+        Some(i) => {
+            let leaf = Leaf {
+                names: i.names.clone(),
+                not_before: i.not_before,
+                not_after: i.not_after,
+                serial: i.serial.clone(),
+            };
+            let (ok, line) = judge(
+                &leaf,
+                host,
+                now,
+                "renewals are failing (see the last error, and `serve`'s log)",
+            );
+            let renew = match status.renew_from {
+                Some(at) if at > now => format!("renewal from {}", rfc3339(at)),
+                Some(_) => "renewal due (by `serve`)".to_string(),
+                None => "renewal due: it does not name every tls.domains".to_string(),
+            };
+            step("ACME certificate", ok, format!("{line}; {renew}"))
+        }
+    });
+    if let Some(e) = status.last_error {
+        let at = status
+            .last_error_at
+            .map(|t| format!("{} ({}): ", rfc3339(t), from_now(t, now)))
+            .unwrap_or_default();
+        out.push(step("ACME last error", false, format!("{at}{e}")));
+    }
+    out
+}
+
+/// A GET of the ACME directory, with the client `serve` orders with (its roots and
+/// `tls.acme_ca_file`), bounded by [`DIRECTORY_TIMEOUT`].
+async fn directory_step(cfg: &crate::config::AcmeConfig) -> Step {
+    const NAME: &str = "ACME directory";
+    let url = &cfg.directory;
+    let client = match crate::tls::acme::client(cfg, DIRECTORY_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return step(NAME, false, e),
+    };
+    let ca_hint = if cfg.ca_file.is_none() {
+        " (a private CA's root goes in tls.acme_ca_file)"
+    } else {
+        ""
+    };
+    let res = match client.get(url.clone()).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return step(
+                NAME,
+                false,
+                format!(
+                    "{url}: no answer within {} s: check that this host can open HTTPS connections to it",
+                    DIRECTORY_TIMEOUT.as_secs()
+                ),
+            )
+        }
+        Err(e) => {
+            return step(
+                NAME,
+                false,
+                format!(
+                    "cannot reach {url}: {}: check tls.acme_directory and that this host can open HTTPS connections to it{ca_hint}",
+                    crate::tls::acme::in_words(&e.without_url())
+                ),
+            )
+        }
+    };
+    let status = res.status();
+    let body = res.bytes().await.unwrap_or_default();
+    let is_directory = serde_json::from_slice::<serde_json::Value>(&body)
+        .is_ok_and(|v| v.get("newOrder").is_some_and(|o| o.is_string()));
+    if status.is_success() && is_directory {
+        step(NAME, true, format!("{url} answers"))
+    } else {
+        step(
+            NAME,
+            false,
+            format!(
+                "{url} answered {} without an ACME directory (no newOrder): check tls.acme_directory",
+                status.as_u16()
+            ),
+        )
+    }
+}
+
+/// The ACME folder can be written: a probe file made and removed.
+fn folder_step(dir: &Path) -> Step {
+    const NAME: &str = "ACME folder";
+    let probe = dir.join(format!(".doctor-{}", std::process::id()));
+    let wrote = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"unikgate doctor\n"));
+    let _ = std::fs::remove_file(&probe);
+    match wrote {
+        Ok(()) => step(NAME, true, format!("{} is writable", dir.display())),
+        Err(e) => step(
+            NAME,
+            false,
+            format!(
+                "cannot write in {} ({e}): it holds the account, the certificate and the challenge answers; make it writable by unikgate's user (a volume shared by the replicas)",
+                dir.display()
+            ),
+        ),
+    }
 }
 
 /// The minter's hints for a failure, by kind.
@@ -509,4 +756,99 @@ pub fn print(steps: &[Step]) -> bool {
         all &= s.ok;
     }
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86400);
+
+    fn leaf(names: &[&str], now: SystemTime, left: Duration) -> Leaf {
+        Leaf {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            not_before: now - 30 * DAY,
+            not_after: now + left,
+            serial: "01".into(),
+        }
+    }
+
+    #[test]
+    fn a_certificate_fails_when_it_misses_the_host_or_expires_within_7_days() {
+        let now = SystemTime::now();
+        let host = || Some(url::Host::Domain("analytics.example.com"));
+        let good = leaf(&["analytics.example.com"], now, 60 * DAY);
+        let (ok, line) = judge(&good, host(), now, "fix");
+        assert!(ok, "{line}");
+        assert!(
+            line.starts_with("for analytics.example.com; expires ")
+                && line.ends_with("(in 60 days)"),
+            "{line}"
+        );
+        let (ok, line) = judge(&leaf(&["*.example.com"], now, 60 * DAY), host(), now, "fix");
+        assert!(ok, "a wildcard of one label: {line}");
+        let (ok, line) = judge(
+            &leaf(&["other.example.com"], now, 60 * DAY),
+            host(),
+            now,
+            "fix",
+        );
+        assert!(!ok);
+        assert!(
+            line.starts_with("does not name analytics.example.com (server.public_url's host): for other.example.com;"),
+            "{line}"
+        );
+        let (ok, line) = judge(
+            &leaf(&["analytics.example.com"], now, 3 * DAY),
+            host(),
+            now,
+            "renew it",
+        );
+        assert!(!ok);
+        assert!(line.ends_with("(in 3 days): renew it"), "{line}");
+        let (ok, line) = judge(
+            &leaf(
+                &["analytics.example.com"],
+                now,
+                7 * DAY + Duration::from_secs(3600),
+            ),
+            host(),
+            now,
+            "renew it",
+        );
+        assert!(ok, "7 days and an hour left: {line}");
+        let mut expired = leaf(&["analytics.example.com"], now, DAY);
+        expired.not_after = now - 2 * DAY;
+        let (ok, line) = judge(&expired, host(), now, "renew it");
+        assert!(!ok);
+        assert!(
+            line.contains("; expired ") && line.contains("(2 days ago): renew it"),
+            "{line}"
+        );
+        let ip = Some(url::Host::Ipv4(std::net::Ipv4Addr::new(192, 0, 2, 7)));
+        assert!(judge(&leaf(&["192.0.2.7"], now, 60 * DAY), ip, now, "").0);
+    }
+
+    #[test]
+    fn the_folder_step_fails_when_nothing_can_be_written_there() {
+        let dir = tempfile::tempdir().expect("dir");
+        let s = folder_step(dir.path());
+        assert!(s.ok, "{}", s.detail);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("read").count(),
+            0,
+            "the probe file is removed"
+        );
+        // A file where the folder should be (root writes anywhere, so no permission test).
+        let file = dir.path().join("acme");
+        std::fs::write(&file, "").expect("write");
+        let s = folder_step(&file);
+        assert!(!s.ok);
+        assert!(
+            s.detail
+                .starts_with(&format!("cannot write in {} (", file.display())),
+            "{}",
+            s.detail
+        );
+    }
 }

@@ -58,8 +58,10 @@ enum Command {
         )]
         config: PathBuf,
     },
-    /// Check the configuration, then reach the provider and Matomo step by step (with the
-    /// signed minter also Matomo's version and the settings that version needs).
+    /// Check the configuration, then HTTPS when unikgate serves it ([tls]: the certificate; with
+    /// ACME the CA, the folder and the last failure, ordering nothing), then reach the provider
+    /// and Matomo step by step (with the signed minter also Matomo's version and the settings
+    /// that version needs).
     Doctor {
         #[arg(
             short,

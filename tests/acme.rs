@@ -48,44 +48,9 @@ fn at(pebble: &Pebble) -> String {
     )
 }
 
-/// The certificate `addr` serves for DOMAIN, verified against `root` only: its serial (DER,
-/// hex) and the protocol ALPN chose. `Err` when the handshake or the verification fails.
+/// The certificate `addr` serves for DOMAIN, verified against `root` only.
 async fn served(addr: SocketAddr, root: &str) -> Result<(String, Option<Vec<u8>>), String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(root.as_bytes()) {
-        roots
-            .add(c.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let mut cc = rustls::ClientConfig::builder_with_provider(unikgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name =
-        rustls::pki_types::ServerName::try_from(DOMAIN.to_string()).map_err(|e| e.to_string())?;
-    let tls = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_rustls::TlsConnector::from(Arc::new(cc)).connect(name, tcp),
-    )
-    .await
-    .map_err(|_| "no handshake within 5 s".to_string())?
-    .map_err(|e| e.to_string())?;
-    let conn = tls.get_ref().1;
-    let leaf = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or("no certificate")?;
-    let (_, x) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
-    Ok((
-        x.raw_serial_as_string(),
-        conn.alpn_protocol().map(|p| p.to_vec()),
-    ))
+    support::pebble::served(addr, DOMAIN, root).await
 }
 
 /// Waits up to `secs` for `check` to give `Some`.
@@ -479,6 +444,20 @@ fn check_names_each_mistake_of_acme() {
         e.starts_with("tls.acme_ca_file: cannot read /nonexistent/ca.pem"),
         "{e}"
     );
+    // tls.mode = "off": plain HTTP behind a proxy; the other keys stay written, unread, and the
+    // redirect listener is not served.
+    let off = unikgate::config::Config::from_toml(
+        &format!("[server]\n{named}\nhttp_listen = \"0.0.0.0:80\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n[tls]\nmode = \"off\"\ncert_file = \"/nonexistent\"\nacme_email = \"ops@example.com\"\n"),
+        &HashMap::<String, String>::new(),
+    )
+    .unwrap();
+    assert!(off.tls.is_none());
+    assert_eq!(off.server.http_listen, None);
+    let e = one(named, "mode = \"on\"");
+    assert!(
+        e.starts_with("tls.mode: \"on\" is not one of: auto, off"),
+        "{e}"
+    );
     let e = one(named, "acme_email = \"not an address\"");
     assert!(e.starts_with("tls.acme_email:"), "{e}");
     let e = load(named, "acme_dir = \"\"");
@@ -490,5 +469,134 @@ fn check_names_each_mistake_of_acme() {
     assert!(
         e.starts_with("tls.acme_dir: is required when the store is not a SQLite file"),
         "{e}"
+    );
+}
+
+#[tokio::test]
+async fn doctor_shows_the_ca_the_folder_the_certificate_and_the_last_failure_without_ordering() {
+    let m = StandIn::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pebble = Pebble::start(addr.port(), 9, None).await;
+    // `unikgate doctor`: the App of the configuration built, nothing served.
+    let doctor = async |toml: &str, dir: &Path| {
+        let text = toml.replace("{dir}", &dir.display().to_string());
+        let cfg =
+            unikgate::config::Config::from_toml(&text, &HashMap::<String, String>::new()).unwrap();
+        let (_, app) = unikgate::build_app(cfg).await.unwrap();
+        unikgate::doctor::tls_steps(&app).await
+    };
+    let verdicts = |steps: &[unikgate::doctor::Step]| -> Vec<(&'static str, bool)> {
+        steps.iter().map(|s| (s.name, s.ok)).collect()
+    };
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let acme_dir = dir.path().join("acme");
+    let toml = acme_config(&m.url(), addr.port(), &acme_dir, &at(&pebble), "");
+    let steps = doctor(&toml, dir.path()).await;
+    assert_eq!(
+        verdicts(&steps),
+        [
+            ("ACME directory", true),
+            ("ACME folder", true),
+            ("ACME certificate", true)
+        ],
+        "{steps:?}"
+    );
+    assert_eq!(steps[0].detail, format!("{} answers", pebble.directory));
+    assert_eq!(
+        steps[1].detail,
+        format!("{} is writable", acme_dir.display())
+    );
+    assert_eq!(steps[2].detail, "none yet (ordered when `serve` starts)");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pebble.orders(), 0, "doctor orders nothing");
+    // Once `serve` has it, doctor (another App on the folder, as another process) shows it.
+    let app = TestApp::start_on(&toml, dir.clone(), listener, addr).await;
+    let root = pebble.issuing_root().await;
+    issued(addr, &root, &pebble).await;
+    let steps = doctor(&toml, dir.path()).await;
+    assert_eq!(
+        verdicts(&steps),
+        [
+            ("ACME directory", true),
+            ("ACME folder", true),
+            ("ACME certificate", true)
+        ],
+        "{steps:?}"
+    );
+    let line = &steps[2].detail;
+    assert!(
+        line.starts_with(&format!("for {DOMAIN}; expires ")) && line.contains("; renewal from "),
+        "{line}"
+    );
+    assert_eq!(
+        unikgate::doctor::tls_steps(&app.app).await[2].detail,
+        *line,
+        "the serving process says the same"
+    );
+    app.stop().await;
+
+    // A private CA whose root is not in tls.acme_ca_file: doctor says so, and once `serve`
+    // failed, any later doctor shows that failure (kept in the folder).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let tls = format!("acme_directory = \"{}\"\n", pebble.directory);
+    let toml = acme_config(&m.url(), addr.port(), &dir.path().join("acme"), &tls, "");
+    let steps = doctor(&toml, dir.path()).await;
+    assert!(!steps[0].ok, "{steps:?}");
+    assert!(
+        steps[0]
+            .detail
+            .starts_with(&format!("cannot reach {}: ", pebble.directory))
+            && steps[0]
+                .detail
+                .ends_with("(a private CA's root goes in tls.acme_ca_file)"),
+        "{}",
+        steps[0].detail
+    );
+    assert!(!steps.iter().any(|s| s.name == "ACME last error"));
+    let _app = TestApp::start_on(&toml, dir.clone(), listener, addr).await;
+    within(30, "serve's failure", async || {
+        readyz(addr)
+            .await
+            .1
+            .contains("cannot reach the ACME CA")
+            .then_some(())
+    })
+    .await;
+    let steps = doctor(&toml, dir.path()).await;
+    let last = steps
+        .iter()
+        .find(|s| s.name == "ACME last error")
+        .unwrap_or_else(|| panic!("{steps:?}"));
+    assert!(!last.ok);
+    assert!(
+        last.detail.contains(&format!(
+            ": cannot reach the ACME CA at {}",
+            pebble.directory
+        )),
+        "{}",
+        last.detail
+    );
+
+    // Nothing listens at the directory.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = format!("acme_directory = \"https://127.0.0.1:{closed}/dir\"\n");
+    let toml = acme_config(&m.url(), 443, &dir.path().join("acme"), &tls, "");
+    let steps = doctor(&toml, dir.path()).await;
+    assert!(
+        !steps[0].ok
+            && steps[0]
+                .detail
+                .to_lowercase()
+                .contains("connection refused"),
+        "{steps:?}"
     );
 }

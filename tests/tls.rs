@@ -386,3 +386,80 @@ fn check_names_each_mistake_of_tls() {
         "{e:?}"
     );
 }
+
+/// The TLS step of `doctor`, as `unikgate doctor` builds it: the App of the configuration,
+/// nothing served.
+async fn doctor_tls(toml: &str) -> Vec<unikgate::doctor::Step> {
+    let cfg = unikgate::config::Config::from_toml(toml, &HashMap::<String, String>::new())
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let (_, app) = unikgate::build_app(cfg).await.unwrap();
+    unikgate::doctor::tls_steps(&app).await
+}
+
+#[tokio::test]
+async fn doctor_shows_the_certificate_files_names_and_expiry_and_fails_them_when_wrong() {
+    let m = StandIn::start().await;
+    let ca = Ca::new("a");
+    let app = start_tls(&ca, &m.url(), "").await;
+    // The whole doctor of a serving unikgate shows the certificate of its files.
+    let steps = unikgate::doctor::run(&app.app, None).await;
+    let s = steps
+        .iter()
+        .find(|s| s.name == "TLS certificate")
+        .expect("a TLS step");
+    assert!(s.ok, "{s:?}");
+    assert!(
+        s.detail.starts_with("for localhost, 127.0.0.1; expires ") && s.detail.contains(" (in "),
+        "{}",
+        s.detail
+    );
+    let dir = app.dir.path();
+    let toml = tls_config(&m.url(), 443, dir, "");
+    // Another public host than the certificate names.
+    let other = toml.replace("https://localhost:443", "https://analytics.example.com");
+    let steps = doctor_tls(&other).await;
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert!(!steps[0].ok);
+    assert!(
+        steps[0].detail.starts_with(
+            "does not name analytics.example.com (server.public_url's host): for localhost, 127.0.0.1;"
+        ),
+        "{}",
+        steps[0].detail
+    );
+    // A certificate that expires in 3 days.
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(80);
+    p.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    let soon = tempfile::tempdir().unwrap();
+    std::fs::write(soon.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(soon.path().join("key.pem"), key.serialize_pem()).unwrap();
+    let toml = tls_config(&m.url(), 443, soon.path(), "");
+    let steps = doctor_tls(&toml).await;
+    assert!(!steps[0].ok, "{steps:?}");
+    assert!(
+        steps[0].detail.starts_with("for localhost; expires ")
+            && steps[0].detail.ends_with(
+                "(in 2 days): renew it and replace tls.cert_file and tls.key_file (read again within 5 s)"
+            ),
+        "{}",
+        steps[0].detail
+    );
+    // HTTPS served by a proxy in front: said, not failed; plain http: no TLS step.
+    let plain = format!(
+        "[server]\npublic_url = \"https://analytics.example.com\"\n[upstream]\nurl = \"{}\"\n[store]\nurl = \"sqlite://{}/data/unikgate.db\"\n",
+        m.url(),
+        soon.path().display()
+    );
+    let steps = doctor_tls(&plain).await;
+    assert!(
+        steps.len() == 1
+            && steps[0].ok
+            && steps[0].detail.starts_with("not served here ([tls] unset)"),
+        "{steps:?}"
+    );
+    let steps = doctor_tls(&plain.replace("https://", "http://")).await;
+    assert!(steps.is_empty(), "{steps:?}");
+}

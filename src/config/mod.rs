@@ -55,34 +55,9 @@ pub enum TlsCerts {
     Acme(AcmeConfig),
 }
 
-/// `[tls]` without `cert_file`: the certificate obtained and renewed over ACME (RFC 8555).
-#[derive(Debug, Clone)]
-pub struct AcmeConfig {
-    /// `tls.acme_directory`: the CA's directory URL. Default Let's Encrypt's production
-    /// directory.
-    pub directory: Url,
-    /// `tls.acme_email`: the account's contact (expiry and policy mail from the CA). Optional.
-    pub email: Option<String>,
-    /// `tls.domains`: the names the certificate is for. Default: the host of `server.public_url`.
-    pub domains: Vec<String>,
-    /// `tls.acme_ca_file`: an extra root (PEM) trusted for the CA's own HTTPS, for a private CA
-    /// (step-ca, pebble). The usual public roots stay trusted.
-    pub ca_file: Option<PathBuf>,
-    /// `tls.acme_dir`: the folder holding the account and the certificate. Default `acme/` in the
-    /// data folder (next to the SQLite file). Replicas share one certificate by sharing this
-    /// folder (one of them orders at a time, under a lock in it; any of them answers the CA).
-    pub dir: PathBuf,
-    /// `tls.acme_challenge`: how the CA checks the names: `tls-alpn-01` (default, on the HTTPS
-    /// port) or `http-01` (on `server.http_listen`, which must then be set and reached on 80).
-    pub challenge: AcmeChallenge,
-}
-
-/// The ACME challenge unikgate answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcmeChallenge {
-    TlsAlpn01,
-    Http01,
-}
+// The ACME settings are declared where they are used (`tls/acme.rs`), so that `tls/` imports
+// nothing from here.
+pub use crate::tls::acme::{AcmeChallenge, AcmeConfig};
 
 /// Let's Encrypt's production directory: `tls.acme_directory`'s default.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";

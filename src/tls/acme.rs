@@ -17,7 +17,9 @@
 //! - `certificate.pem`: the private key, then the chain, written whole then renamed;
 //! - `challenges/tls-alpn-01/<domain>`, `challenges/http-01/<token>`: the key authorizations
 //!   of the order in progress, so that whichever replica the CA reaches answers;
-//! - `order.lock`: held (flock) by the one process ordering.
+//! - `order.lock`: held (flock) by the one process ordering;
+//! - `last-error.txt`: when the last attempt of any replica failed, and why (removed by the next
+//!   success), for `doctor`, which runs in a process of its own.
 //!
 //! Invariants: until a certificate is issued, a self-signed placeholder is served and `readyz`
 //! fails, saying why; once one is, it is served until a newer one replaces it, and a failed
@@ -42,18 +44,50 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use sha2::Digest;
 
-use crate::config::{AcmeChallenge, AcmeConfig};
+use url::Url;
 
 /// The ALPN protocol of the TLS-ALPN-01 check (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
+/// `[tls]` without `cert_file`: the certificate obtained and renewed over ACME (RFC 8555).
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// `tls.acme_directory`: the CA's directory URL. Default Let's Encrypt's production
+    /// directory.
+    pub directory: Url,
+    /// `tls.acme_email`: the account's contact (expiry and policy mail from the CA). Optional.
+    pub email: Option<String>,
+    /// `tls.domains`: the names the certificate is for. Default: the host of `server.public_url`.
+    pub domains: Vec<String>,
+    /// `tls.acme_ca_file`: an extra root (PEM) trusted for the CA's own HTTPS, for a private CA
+    /// (step-ca, pebble). The usual public roots stay trusted.
+    pub ca_file: Option<PathBuf>,
+    /// `tls.acme_dir`: the folder holding the account and the certificate. Default `acme/` in the
+    /// data folder (next to the SQLite file). Replicas share one certificate by sharing this
+    /// folder (one of them orders at a time, under a lock in it; any of them answers the CA).
+    pub dir: PathBuf,
+    /// `tls.acme_challenge`: how the CA checks the names: `tls-alpn-01` (default, on the HTTPS
+    /// port) or `http-01` (on `server.http_listen`, which must then be set and reached on 80).
+    pub challenge: AcmeChallenge,
+}
+
+/// The ACME challenge unikgate answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    TlsAlpn01,
+    Http01,
+}
+
 const CERT_FILE: &str = "certificate.pem";
 const ACCOUNT_FILE: &str = "account.json";
 const LOCK_FILE: &str = "order.lock";
+const ERROR_FILE: &str = "last-error.txt";
 /// First wait after a failed attempt, doubled after each further failure up to [`MAX_BACKOFF`]
 /// (Let's Encrypt allows 5 failed validations per name per hour).
 const FIRST_BACKOFF: Duration = Duration::from_secs(120);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// The largest share of a certificate's life by which a process renews before two thirds of it.
+const MAX_JITTER: f64 = 0.05;
 /// Each request to the CA.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The CA checking the names, then issuing.
@@ -91,8 +125,14 @@ pub struct Issued {
 #[derive(Debug, Clone)]
 pub struct Status {
     pub issued: Option<Issued>,
+    /// When this process renews it (`None`: now, it does not name every domain).
     pub renew_at: Option<SystemTime>,
+    /// The earliest any process renews it (each draws its own jitter).
+    pub renew_from: Option<SystemTime>,
+    /// Why the last attempt failed (of any replica sharing the folder), until one succeeds.
     pub last_error: Option<String>,
+    /// When, if known (it is when the failure was read from the folder).
+    pub last_error_at: Option<SystemTime>,
 }
 
 impl Acme {
@@ -112,7 +152,7 @@ impl Acme {
             issued: RwLock::new(None),
             answers: Mutex::new(HashMap::new()),
             last_error: RwLock::new(None),
-            jitter: rand::random::<f64>() * 0.05,
+            jitter: rand::random::<f64>() * MAX_JITTER,
             begun: Default::default(),
         });
         me.reload();
@@ -152,13 +192,58 @@ impl Acme {
         }
     }
 
+    /// The certificate in use, when it is due, and the last failure: this process's, else the
+    /// one stored in the folder by whichever process last tried.
     pub fn status(&self) -> Status {
         let issued = self.issued.read().ok().and_then(|i| i.clone());
+        let (last_error_at, last_error) = match self.stored_error() {
+            Some((at, e)) => (Some(at), Some(e)),
+            None => (None, self.last_error.read().ok().and_then(|e| e.clone())),
+        };
         Status {
             renew_at: issued.as_ref().and_then(|i| self.renew_at(i)),
+            renew_from: issued
+                .as_ref()
+                .and_then(|i| self.renew_with_jitter(i, MAX_JITTER)),
             issued,
-            last_error: self.last_error.read().ok().and_then(|e| e.clone()),
+            last_error,
+            last_error_at,
         }
+    }
+
+    /// The failure stored in `last-error.txt`: its time (first line, RFC 3339) and message.
+    fn stored_error(&self) -> Option<(SystemTime, String)> {
+        let text = std::fs::read_to_string(self.cfg.dir.join(ERROR_FILE)).ok()?;
+        let (at, message) = text.split_once('\n')?;
+        let at = humantime::parse_rfc3339(at.trim()).ok()?;
+        Some((at, message.trim().to_string()))
+    }
+
+    /// Records the last attempt's outcome in the folder: `Some` failure, or `None` (a success).
+    fn store_outcome(&self, failure: Option<&str>) {
+        let path = self.cfg.dir.join(ERROR_FILE);
+        let written = match failure {
+            Some(e) => write_private(
+                &path,
+                format!(
+                    "{}\n{e}\n",
+                    humantime::format_rfc3339_seconds(SystemTime::now())
+                )
+                .as_bytes(),
+            ),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            },
+        };
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "cannot record the last ACME attempt in the folder");
+        }
+    }
+
+    async fn store_outcome_off_thread(self: &Arc<Self>, failure: Option<String>) {
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.store_outcome(failure.as_deref())).await;
     }
 
     pub fn config(&self) -> &AcmeConfig {
@@ -184,11 +269,15 @@ impl Acme {
     /// When the certificate `i` is due for renewal: two thirds of its life, less the jitter;
     /// `None` (now) when it does not name every domain.
     fn renew_at(&self, i: &Issued) -> Option<SystemTime> {
+        self.renew_with_jitter(i, self.jitter)
+    }
+
+    fn renew_with_jitter(&self, i: &Issued, jitter: f64) -> Option<SystemTime> {
         if !self.cfg.domains.iter().all(|d| i.names.contains(d)) {
             return None;
         }
         let life = i.not_after.duration_since(i.not_before).unwrap_or_default();
-        Some(i.not_before + life.mul_f64(2.0 / 3.0 - self.jitter))
+        Some(i.not_before + life.mul_f64(2.0 / 3.0 - jitter))
     }
 
     /// True when there is no certificate, or it is due.
@@ -581,12 +670,14 @@ async fn run(me: Weak<Acme>) {
                         if let Ok(mut e) = me.last_error.write() {
                             *e = None;
                         }
+                        me.store_outcome_off_thread(None).await;
                         LOOK_EVERY
                     }
                     Ok(Attempt::Busy) => LOOK_EVERY,
                     Err(e) => {
                         let wait = backoff.mul_f64(0.9 + rand::random::<f64>() * 0.2);
                         tracing::error!(problem = %e, retry_in_s = wait.as_secs(), "no TLS certificate from the ACME CA");
+                        me.store_outcome_off_thread(Some(e.clone())).await;
                         if let Ok(mut last) = me.last_error.write() {
                             *last = Some(e);
                         }
@@ -623,24 +714,13 @@ struct StoredAccount {
 
 /// The dates, names and serial of an issued certificate.
 fn describe(leaf: &CertificateDer<'_>, stamp: (SystemTime, u64)) -> Result<Issued, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let at = |t: i64| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
-    let v = cert.validity();
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for n in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-                names.push(d.to_ascii_lowercase());
-            }
-        }
-    }
+    let l = super::leaf(leaf)?;
     Ok(Issued {
         stamp: Some(stamp),
-        not_before: at(v.not_before.timestamp()),
-        not_after: at(v.not_after.timestamp()),
-        names,
-        serial: cert.raw_serial_as_string(),
+        not_before: l.not_before,
+        not_after: l.not_after,
+        names: l.names,
+        serial: l.serial,
     })
 }
 
@@ -728,30 +808,42 @@ struct Http(reqwest::Client);
 
 impl Http {
     fn new(cfg: &AcmeConfig) -> Result<Http, String> {
-        let mut b = reqwest::Client::builder()
-            .timeout(HTTP_TIMEOUT)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("unikgate/", env!("CARGO_PKG_VERSION"), " (ACME)"));
-        if let Some(f) = &cfg.ca_file {
-            for root in super::read_roots(f).map_err(|e| format!("tls.acme_ca_file: {e}"))? {
-                let c = reqwest::Certificate::from_der(root.as_ref())
-                    .map_err(|e| format!("tls.acme_ca_file: {e}"))?;
-                b = b.add_root_certificate(c);
-            }
-        }
-        b.build().map(Http).map_err(|e| format!("ACME client: {e}"))
+        client(cfg, HTTP_TIMEOUT).map(Http)
     }
 }
 
-fn transport(e: reqwest::Error) -> instant_acme::Error {
+/// A client to the CA of `cfg`: the public roots plus `tls.acme_ca_file`, each request bounded
+/// by `timeout` (connecting by 10 s at most). `doctor` asks the directory with it too.
+pub fn client(cfg: &AcmeConfig, timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("unikgate/", env!("CARGO_PKG_VERSION"), " (ACME)"));
+    if let Some(f) = &cfg.ca_file {
+        for root in super::read_roots(f).map_err(|e| format!("tls.acme_ca_file: {e}"))? {
+            let c = reqwest::Certificate::from_der(root.as_ref())
+                .map_err(|e| format!("tls.acme_ca_file: {e}"))?;
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().map_err(|e| format!("ACME client: {e}"))
+}
+
+/// A reqwest error with its causes (`error sending request: …: Connection refused`), without
+/// which a failed connection says too little to act on.
+pub fn in_words(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
+    let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         msg.push_str(": ");
         msg.push_str(&s.to_string());
         src = s.source();
     }
-    instant_acme::Error::Other(Box::new(Transport(msg)))
+    msg
+}
+
+fn transport(e: reqwest::Error) -> instant_acme::Error {
+    instant_acme::Error::Other(Box::new(Transport(in_words(&e))))
 }
 
 impl instant_acme::HttpClient for Http {
@@ -938,6 +1030,33 @@ mod tests {
             &ext.value[2..],
             sha2::Sha256::digest(b"tok.thumb").as_slice()
         );
+    }
+
+    #[test]
+    fn the_last_failure_is_kept_in_the_folder_until_a_success() {
+        let dir = tempfile::tempdir().expect("dir");
+        let a = acme(dir.path());
+        assert!(a.status().last_error.is_none());
+        *a.last_error.write().expect("lock") = Some("in memory".into());
+        let s = a.status();
+        assert_eq!(
+            (s.last_error.as_deref(), s.last_error_at),
+            (Some("in memory"), None)
+        );
+        let before = SystemTime::now() - Duration::from_secs(1);
+        a.store_outcome(Some("cannot reach the ACME CA"));
+        let s = a.status();
+        assert_eq!(s.last_error.as_deref(), Some("cannot reach the ACME CA"));
+        assert!(s.last_error_at.is_some_and(|t| t >= before));
+        // Another process on the folder (doctor) reads it.
+        let other = acme(dir.path());
+        assert_eq!(
+            other.status().last_error.as_deref(),
+            Some("cannot reach the ACME CA")
+        );
+        a.store_outcome(None);
+        assert!(other.status().last_error.is_none());
+        a.store_outcome(None);
     }
 
     #[test]

@@ -162,6 +162,11 @@ impl Certificates {
         self.problem.read().ok().and_then(|p| p.clone())
     }
 
+    /// The chain and key served now (`doctor` reads the certificate's names and dates).
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+
     /// Looks at the files every [`RELOAD_EVERY`] for as long as the process runs.
     pub fn watch(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
@@ -256,6 +261,68 @@ pub fn acme_name(name: &str) -> Result<String, String> {
     Ok(n)
 }
 
+/// What a certificate says of itself: the names it is for and when it is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    /// Its DNS names (lower-cased) and IP addresses, from the subject alternative names.
+    pub names: Vec<String>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// The serial number, hex.
+    pub serial: String,
+}
+
+/// Reads the names, dates and serial of a certificate (DER).
+pub fn leaf(der: &CertificateDer<'_>) -> Result<Leaf, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let at = |t: i64| std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    let v = cert.validity();
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Leaf {
+        names,
+        not_before: at(v.not_before.timestamp()),
+        not_after: at(v.not_after.timestamp()),
+        serial: cert.raw_serial_as_string(),
+    })
+}
+
+/// True when a certificate with these `names` (as [`leaf`] gives them) is valid for `host`, the
+/// way browsers match: DNS names without case, a wildcard `*.` standing for exactly one leftmost
+/// label, IP addresses only by an IP address name.
+pub fn names_host(names: &[String], host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            names.iter().any(|n| match n.strip_prefix("*.") {
+                Some(parent) => d
+                    .split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+                None => *n == d,
+            })
+        }
+        url::Host::Ipv4(ip) => names.iter().any(|n| *n == ip.to_string()),
+        url::Host::Ipv6(ip) => names.iter().any(|n| *n == ip.to_string()),
+    }
+}
+
 /// The certificates of a PEM file of extra roots (`tls.acme_ca_file`).
 pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
@@ -332,5 +399,52 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_named_as_browsers_match_it() {
+        let names: Vec<String> = [
+            "a.example.com",
+            "*.b.example.com",
+            "192.0.2.7",
+            "2001:db8::1",
+        ]
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+        let dns = |d: &'static str| url::Host::Domain(d);
+        assert!(names_host(&names, &dns("a.example.com")));
+        assert!(names_host(&names, &dns("A.Example.com.")));
+        assert!(names_host(&names, &dns("x.b.example.com")));
+        assert!(
+            !names_host(&names, &dns("b.example.com")),
+            "a wildcard needs a label"
+        );
+        assert!(
+            !names_host(&names, &dns("y.x.b.example.com")),
+            "one label only"
+        );
+        assert!(!names_host(&names, &dns("example.com")));
+        assert!(names_host(&names, &url::Host::Ipv4([192, 0, 2, 7].into())));
+        assert!(!names_host(&names, &url::Host::Ipv4([192, 0, 2, 8].into())));
+        let v6: std::net::Ipv6Addr = "2001:db8::1".parse().expect("ip");
+        assert!(names_host(&names, &url::Host::Ipv6(v6)));
+    }
+
+    #[test]
+    fn a_leaf_gives_its_dns_names_and_ip_addresses() {
+        let p = rcgen::CertificateParams::new(vec!["Gate.Example.com".into(), "127.0.0.1".into()])
+            .expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = p.self_signed(&key).expect("cert");
+        let l = leaf(cert.der()).expect("leaf");
+        assert_eq!(l.names, vec!["gate.example.com", "127.0.0.1"]);
+        assert!(l.not_before < l.not_after);
+        assert!(leaf(&CertificateDer::from(vec![1, 2, 3])).is_err());
     }
 }

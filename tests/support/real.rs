@@ -1174,7 +1174,7 @@ pub async fn web_installer_in(
         return Err(format!("system check answered {status}:\n{}", clip(&body)));
     }
     // Database.
-    let html = installer_get(&b, &page("index.php?action=databaseSetup")).await?;
+    let html = installer_get(b, &page("index.php?action=databaseSetup")).await?;
     let (action, mut f) = form_fields(&html);
     match &database {
         Database::Set {
@@ -1210,10 +1210,10 @@ pub async fn web_installer_in(
     }
     set(&mut f, "tables_prefix", "matomo_");
     set(&mut f, "adapter", "PDO\\MYSQL");
-    installer_post(&b, base, &action, "databaseSetup", &f).await?;
+    installer_post(b, base, &action, "databaseSetup", &f).await?;
     // Tables, then the superuser.
-    installer_get(&b, &page("index.php?action=tablesCreation")).await?;
-    let html = installer_get(&b, &page("index.php?action=setupSuperUser")).await?;
+    installer_get(b, &page("index.php?action=tablesCreation")).await?;
+    let html = installer_get(b, &page("index.php?action=setupSuperUser")).await?;
     let (action, mut f) = form_fields(&html);
     set(&mut f, "login", ADMIN.0);
     set(&mut f, "password", ADMIN.1);
@@ -1222,26 +1222,26 @@ pub async fn web_installer_in(
     f.retain(|(k, _)| {
         k != "subscribe_newsletter_piwikorg" && k != "subscribe_newsletter_professionalservices"
     });
-    installer_post(&b, base, &action, "setupSuperUser", &f).await?;
-    let html = installer_get(&b, &page("index.php?action=firstWebsiteSetup")).await?;
+    installer_post(b, base, &action, "setupSuperUser", &f).await?;
+    let html = installer_get(b, &page("index.php?action=firstWebsiteSetup")).await?;
     let (action, mut f) = form_fields(&html);
     set(&mut f, "siteName", "Example");
     set(&mut f, "url", "https://www.example.com");
     set(&mut f, "timezone", "UTC");
     set(&mut f, "ecommerce", "0");
-    installer_post(&b, base, &action, "firstWebsiteSetup", &f).await?;
+    installer_post(b, base, &action, "firstWebsiteSetup", &f).await?;
     installer_get(
-        &b,
+        b,
         &page("index.php?action=trackingCode&site_idSite=1&site_name=Example"),
     )
     .await?;
     let html = installer_get(
-        &b,
+        b,
         &page("index.php?action=finished&site_idSite=1&site_name=Example"),
     )
     .await?;
     let (action, f) = form_fields(&html);
-    installer_post(&b, base, &action, "finished", &f).await?;
+    installer_post(b, base, &action, "finished", &f).await?;
     let config = config()?;
     if !config.contains("installation_in_progress") && !config.contains("[database]") {
         return Err("config.ini.php has no [database] section".into());
