@@ -463,3 +463,54 @@ async fn doctor_shows_the_certificate_files_names_and_expiry_and_fails_them_when
     let steps = doctor_tls(&plain.replace("https://", "http://")).await;
     assert!(steps.is_empty(), "{steps:?}");
 }
+
+/// The plain-HTTP listener is an edge too: its connections count against the same caps as the
+/// HTTPS listener's (one address cannot hold more than `max_connections_per_ip` of them), and a
+/// body trickled after the head holds nothing (the redirect is answered, the connection closed).
+#[tokio::test]
+async fn the_plain_http_listener_caps_connections_and_holds_no_slow_body() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = unikgate::config::Config::from_toml(
+        r#"
+[server]
+public_url = "https://analytics.example.com"
+max_connections_per_ip = 3
+[upstream]
+url = "http://127.0.0.1:9"
+"#,
+        &HashMap::<String, String>::new(),
+    )
+    .unwrap();
+    let task = tokio::spawn(async move {
+        let _ =
+            unikgate::server::redirect::serve(listener, &cfg, None, std::future::pending()).await;
+    });
+    // Three idle connections are held; the fourth is refused at once with 503.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), fourth.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text:?}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A post whose body never comes: answered, then closed (not held open for the body).
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /index.php HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nab")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 308"), "{text:?}");
+    assert!(
+        closed.is_ok(),
+        "the connection is closed, not held for the body"
+    );
+    task.abort();
+}

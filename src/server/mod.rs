@@ -34,7 +34,7 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const DRAIN: Duration = Duration::from_secs(30);
 
 const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 50\r\nconnection: close\r\n\r\nThe request head did not come in time: send again\n";
-const AT_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 46\r\nretry-after: 5\r\nconnection: close\r\n\r\nToo many connections are open: try again soon\n";
+pub(super) const AT_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 46\r\nretry-after: 5\r\nconnection: close\r\n\r\nToo many connections are open: try again soon\n";
 
 /// Serves `gate` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
@@ -195,13 +195,13 @@ pub const MAX_STREAMS: u32 = 128;
 /// Refused connections: counted, and logged at most once a second (a flood must not flood the
 /// log too).
 #[derive(Default)]
-struct RefusalLog {
+pub(super) struct RefusalLog {
     last_logged: AtomicU64,
     since: AtomicU64,
 }
 
 impl RefusalLog {
-    fn note(&self, why: Refused, ip: std::net::IpAddr, conns: &Connections) {
+    pub(super) fn note(&self, why: Refused, ip: std::net::IpAddr, conns: &Connections) {
         metrics::counter!("unikgate_connections_refused_total", "reason" => why.as_str())
             .increment(1);
         let now = crate::util::now_ms() as u64;

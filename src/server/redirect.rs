@@ -3,8 +3,10 @@
 //! posted over http is posted again over https, not turned into a GET); with ACME, also the
 //! HTTP-01 answers under `/.well-known/acme-challenge/`.
 //!
-//! Invariant: the redirect's origin is always `public_url`'s, never the request's `Host` (an
-//! attacker's Host cannot make it point elsewhere); nothing else is served here.
+//! Invariants: the redirect's origin is always `public_url`'s, never the request's `Host` (an
+//! attacker's Host cannot make it point elsewhere); nothing else is served here; connections are
+//! capped as on `server.listen` (`server.max_connections`, `max_connections_per_ip`, counted for
+//! this listener on its own), a refused one answered 503 and closed unread.
 
 use std::io;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::limits::Connections;
 use crate::tls::acme::Acme;
 
 /// Where the CA asks for HTTP-01 answers.
@@ -81,10 +84,16 @@ pub async fn serve(
 ) -> io::Result<()> {
     let origin: Arc<str> = cfg.public_origin().into();
     let head_timeout = cfg.server.head_timeout;
+    let conns = Connections::new(
+        cfg.server.max_connections,
+        cfg.server.max_connections_per_ip,
+        cfg.server.trusted_proxies.clone(),
+    );
+    let refusals = super::RefusalLog::default();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -94,6 +103,14 @@ pub async fn serve(
                 }
             },
             _ = &mut shutdown => break,
+        };
+        let permit = match conns.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                refusals.note(why, peer.ip(), &conns);
+                let _ = stream.try_write(super::AT_CAPACITY);
+                continue;
+            }
         };
         let origin = origin.clone();
         let acme = acme.clone();
@@ -111,6 +128,7 @@ pub async fn serve(
             if let Err(e) = fut.await {
                 tracing::debug!(error = %e, "http_listen connection ended with an error");
             }
+            drop(permit);
         });
     }
     tokio::select! {
