@@ -133,6 +133,7 @@ impl Certificates {
                 if let Ok(mut p) = self.problem.write() {
                     *p = None;
                 }
+                self.gauge();
                 tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate read again from its changed files");
             }
             Err(e) => {
@@ -162,6 +163,41 @@ impl Certificates {
         self.problem.read().ok().and_then(|p| p.clone())
     }
 
+    /// What makes this process unfit to serve: only a certificate served past its expiry. Changed
+    /// files that cannot be used are logged (and refused by `check` and `doctor`) but, while the
+    /// certificate served is still good, they do not fail `readyz`: every replica reads the same
+    /// files, and failing them all would take the whole service out while each still serves.
+    pub fn readiness_problem(&self, now: SystemTime) -> Option<String> {
+        let served = self.current()?;
+        let leaf = leaf(served.cert.first()?).ok()?;
+        if leaf.not_after > now {
+            return None;
+        }
+        Some(format!(
+            "the certificate served expired at {}{}",
+            humantime::format_rfc3339_seconds(leaf.not_after),
+            self.problem()
+                .map(|p| format!(", and the files cannot replace it: {p}"))
+                .unwrap_or_else(|| format!(
+                    ": replace {} and {}",
+                    self.cert_file.display(),
+                    self.key_file.display()
+                ))
+        ))
+    }
+
+    /// Sets the expiry gauge from the certificate served.
+    fn gauge(&self) {
+        if let Some(l) = self.current().and_then(|c| leaf(c.cert.first()?).ok()) {
+            metrics::gauge!("unikgate_tls_certificate_expiry_timestamp_seconds").set(
+                l.not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+        }
+    }
+
     /// The chain and key served now (`doctor` reads the certificate's names and dates).
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.current.read().ok().map(|c| c.clone())
@@ -169,6 +205,7 @@ impl Certificates {
 
     /// Looks at the files every [`RELOAD_EVERY`] for as long as the process runs.
     pub fn watch(self: &Arc<Self>) {
+        self.gauge();
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(RELOAD_EVERY);
@@ -198,10 +235,12 @@ pub enum Served {
 }
 
 impl Served {
-    /// Why the certificate served is not the one wanted, while that lasts.
+    /// Why this process cannot serve HTTPS as it should (`readyz`): no certificate yet, or the one
+    /// served expired. A renewal or a replacement that fails while the certificate served is good
+    /// is logged and shown by `doctor`, not here.
     pub fn problem(&self) -> Option<String> {
         match self {
-            Served::Files(c) => c.problem(),
+            Served::Files(c) => c.readiness_problem(SystemTime::now()),
             Served::Acme(a) => a.problem(),
         }
     }
@@ -405,6 +444,38 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A certificate for localhost valid from `from` to `until` (seconds from now), in `dir`.
+    fn pair(dir: &Path, name: &str, from: i64, until: i64) -> (PathBuf, PathBuf) {
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now + time::Duration::seconds(from);
+        p.not_after = now + time::Duration::seconds(until);
+        let k = rcgen::KeyPair::generate().expect("key");
+        let c = p.self_signed(&k).expect("cert");
+        let (cf, kf) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cf, c.pem()).expect("write");
+        std::fs::write(&kf, k.serialize_pem()).expect("write");
+        (cf, kf)
+    }
+
+    #[test]
+    fn readyz_fails_for_files_only_once_the_certificate_served_expired() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (cf, kf) = pair(dir.path(), "good", -60, 3600);
+        let certs = Certificates::from_files(&cf, &kf).expect("good pair");
+        assert_eq!(certs.readiness_problem(SystemTime::now()), None);
+        let later = SystemTime::now() + Duration::from_secs(7200);
+        let p = certs.readiness_problem(later).expect("expired by then");
+        assert!(p.starts_with("the certificate served expired at "), "{p}");
+        assert!(p.contains(": replace "), "{p}");
+        let (cf2, kf2) = pair(dir.path(), "expired", -7200, -3600);
+        let expired = Certificates::from_files(&cf2, &kf2).expect("parses");
+        assert!(expired.readiness_problem(SystemTime::now()).is_some());
+    }
 
     #[test]
     fn a_host_is_named_as_browsers_match_it() {
