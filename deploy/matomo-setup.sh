@@ -13,8 +13,10 @@
 # Variables (the container's paths are the defaults):
 #   PUBLIC_HOST         the host people type (required)
 #   PUBLIC_URL          unikgate's server.public_url, e.g. https://analytics.example.com (the
-#                       compose file passes it); unset: the plugin checks assertions against the
-#                       URL Matomo computes for each request
+#                       compose file passes it), or with Matomo's path, https://example.org/analytics/
+#                       (then the plugin's links go to unikgate's endpoints under that path);
+#                       unset: the plugin checks assertions against the URL Matomo computes for
+#                       each request
 #   MINTER              signed (default) or autologin
 #   MATOMO_DIR          Matomo's folder                 (/var/www/html)
 #   SHARED_SECRET_FILE  the secret shared with unikgate (/run/secrets/shared_secret)
@@ -77,6 +79,12 @@ case "${MINTER:-signed}" in
     if [ -n "$PUBLIC_URL" ]; then
       console config:set "UnikGate.public_url=\"${PUBLIC_URL%/}\"" >/dev/null
       echo "[UnikGate] public_url = ${PUBLIC_URL%/}"
+      # Matomo under a path: unikgate's endpoints are under it too (server.prefix after the path).
+      base=$(printf %s "${PUBLIC_URL%/}" | sed -E 's#^https?://[^/]+##')
+      if [ -n "$base" ]; then
+        console config:set "UnikGate.prefix=\"${base}/_unikgate\"" >/dev/null
+        echo "[UnikGate] prefix = ${base}/_unikgate"
+      fi
     fi
     console plugin:activate UnikGate | grep -v '^$' || true
     ;;

@@ -34,7 +34,7 @@ pub fn redirect_local(app: &App, path: &str) -> Response {
 
 /// `<prefix>/<page>?rd=<rd>`.
 pub fn own_url(app: &App, page: &str, rd: &str) -> String {
-    if rd == "/" || rd.is_empty() {
+    if rd.is_empty() || rd == format!("{}/", app.cfg.server.base) {
         return format!("{}/{page}", app.cfg.server.prefix);
     }
     format!(

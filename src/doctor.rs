@@ -509,13 +509,17 @@ async fn signed_steps(app: &App, secret: &secrecy::SecretString) -> Vec<Step> {
             return out;
         }
     }
-    let signer = crate::upstream::matomo::Signed::new(secret.clone(), &app.cfg.public_origin());
-    let audience = format!("{}/", app.cfg.public_origin());
+    let signer = crate::upstream::matomo::Signed::new(secret.clone(), &app.cfg.public_base());
+    let audience = format!("{}/", app.cfg.public_base());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let expired = signer.assertion("unikgate-doctor", now.saturating_sub(120), "/");
+    let expired = signer.assertion(
+        "unikgate-doctor",
+        now.saturating_sub(120),
+        &format!("{}/", app.cfg.server.base),
+    );
     let a = match signer.post(&app.upstream, &expired, LOCAL).await {
         Ok(a) => a,
         Err(e) => {

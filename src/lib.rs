@@ -50,7 +50,8 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
         cfg.session.absolute_timeout,
         cfg.matomo.idle_timeout,
     )
-    .with_peek(stores.session_peek.clone());
+    .with_peek(stores.session_peek.clone())
+    .scoped_to(&cfg.server.base);
     let oidc = Oidc::new(&cfg)?;
     if oidc.is_none() {
         tracing::warn!(
@@ -101,11 +102,12 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
         None => None,
     };
     let minter: Arc<dyn Minter> = match &cfg.matomo.minter {
-        MinterConfig::Signed(secret) => Arc::new(Signed::new(secret.clone(), &cfg.public_origin())),
+        MinterConfig::Signed(secret) => Arc::new(Signed::new(secret.clone(), &cfg.public_base())),
         MinterConfig::AutoLogin => Arc::new(AutoLogin),
     };
     let app = Arc::new(App {
         classifier: Classifier::new(
+            &cfg.server.base,
             &cfg.server.prefix,
             &cfg.matomo.public_paths,
             cfg.matomo.password_login,

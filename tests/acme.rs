@@ -444,6 +444,24 @@ fn check_names_each_mistake_of_acme() {
         e.starts_with("tls.acme_ca_file: cannot read /nonexistent/ca.pem"),
         "{e}"
     );
+    // The compose file's TLS_MODE=auto with every other key empty: ACME with its defaults.
+    let env = HashMap::from([
+        ("UNIKGATE_TLS__MODE".to_string(), "auto".to_string()),
+        ("UNIKGATE_TLS__CERT_FILE".to_string(), String::new()),
+        ("UNIKGATE_TLS__ACME_DIRECTORY".to_string(), String::new()),
+    ]);
+    let cfg = unikgate::config::Config::from_toml(
+        &format!("[server]\n{named}\n[upstream]\nurl = \"http://127.0.0.1:9\"\n"),
+        &env,
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            cfg.tls.map(|t| t.certs),
+            Some(unikgate::config::TlsCerts::Acme(_))
+        ),
+        "tls.mode = auto alone turns ACME on"
+    );
     // tls.mode = "off": plain HTTP behind a proxy; the other keys stay written, unread, and the
     // redirect listener is not served.
     let off = unikgate::config::Config::from_toml(

@@ -54,7 +54,7 @@ fn the_rd_validator_keeps_only_local_paths() {
     let all = payloads::all();
     assert!(all.len() >= 200, "{} payloads", all.len());
     for p in &all {
-        let out = unikgate::request::redirect::safe_rd(p, "/_unikgate");
+        let out = unikgate::request::redirect::safe_rd(p, "", "/_unikgate");
         assert!(out.starts_with('/'), "{p:?} → {out:?}");
         assert!(
             !out.starts_with("//") && !out.starts_with("/\\"),

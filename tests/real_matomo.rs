@@ -196,6 +196,106 @@ fn loc_path(loc: &str) -> String {
     }
 }
 
+/// Matomo under a path: the public URL `http://127.0.0.1:PORT/analytics/`, Matomo served at
+/// `/analytics/` by its own server (Apache's `Alias`), unikgate's endpoints under it. The journey
+/// (sign in, link by password, the dashboard as alice, the return path kept), the session cookie
+/// scoped to the path, a return path outside it not followed, and nothing served outside it.
+fn journey_under_a_path(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let p = FakeProvider::start().await;
+        let toml = config(
+            &format!("{}/analytics/", m.apache),
+            &p.config(),
+            &matomo_section(Minter::Signed, ""),
+        )
+        .replace(
+            "public_url = \"{public}\"",
+            "public_url = \"{public}/analytics/\"",
+        );
+        let app = gate_toml(m, &toml).await;
+        let base = app.url("/analytics");
+        let dashboard =
+            "/analytics/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday";
+        let b = Browser::new();
+        // Outside the path: nothing (Matomo's root is not unikgate's to serve).
+        let res = b.get(&app.url("/index.php")).await;
+        ensure!(
+            res.status() == 404,
+            "/index.php outside the path: {}",
+            res.status()
+        );
+        // Not signed in: Matomo's page under the path goes to the sign-in page under the path.
+        let res = b.get(&app.url(dashboard)).await;
+        let loc = location(&res);
+        ensure!(
+            res.status() == 302 && loc.contains("/analytics/_unikgate/sign_in"),
+            "not signed in: {} {loc}",
+            res.status()
+        );
+        let res = support::sign_in_at(&b, &base, &p, "uns-journey-path", dashboard).await;
+        let loc = location(&res);
+        let cookies: Vec<String> = res
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        ensure!(
+            loc.contains("/analytics/_unikgate/link"),
+            "first sign-in should ask to link, went to {loc:?} ({})",
+            res.status()
+        );
+        ensure!(
+            cookies
+                .iter()
+                .any(|c| c.contains("Path=/analytics;") || c.ends_with("Path=/analytics")),
+            "the session cookie is scoped to the path: {cookies:?}"
+        );
+        let res = support::link_password_at(&b, &base, dashboard, ALICE.0, ALICE.1).await;
+        let loc = location(&res);
+        ensure!(
+            res.status() == 302 && loc.ends_with(dashboard),
+            "linking answered {} {loc}",
+            res.status()
+        );
+        let (status, user, body) = page_user(&b, &app.url(dashboard)).await;
+        ensure!(
+            status == 200 && user.as_deref() == Some("alice"),
+            "the dashboard under the path: {status} {user:?}\n{body}\n{}",
+            m.php_errors()
+        );
+        // A second browser, a return path outside the path: it lands at the path's home.
+        let b2 = Browser::new();
+        let res = support::sign_in_at(&b2, &base, &p, "uns-journey-path", "/elsewhere").await;
+        let loc = location(&res);
+        ensure!(
+            res.status() == 302 && loc_path(&loc) == "/analytics/",
+            "a return path outside /analytics/: {} {loc}",
+            res.status()
+        );
+        let (status, user, body) = page_user(&b2, &app.url(&loc_path(&loc))).await;
+        ensure!(
+            status == 200 && user.as_deref() == Some("alice"),
+            "second browser at the path's home: {status} {user:?}\n{body}"
+        );
+        // Matomo's sign-out under the path is unikgate's.
+        let res = b2
+            .get(&app.url("/analytics/index.php?module=Login&action=logout"))
+            .await;
+        ensure!(
+            res.status() == 302 || res.status() == 303 || res.status() == 200,
+            "sign-out under the path: {}",
+            res.status()
+        );
+        let (_, user, _) = page_user(&b2, &app.url(dashboard)).await;
+        ensure!(
+            user.is_none(),
+            "signed out, Matomo is not served as anybody: {user:?}"
+        );
+        Ok(())
+    })
+}
+
 fn signed_apache_journey(m: &RealMatomo) -> Fut<'_> {
     Box::pin(journey(
         m,
@@ -1772,6 +1872,8 @@ fn compose_rehearsal_as_the_readme_says(m: &RealMatomo) -> Fut<'_> {
         // 1. cp deploy/.env.example deploy/.env, then edit it; 2. the secret files.
         let mut dotenv = compose::read_env_file(&compose::deploy_dir().join(".env.example"));
         dotenv.insert("PUBLIC_HOST".into(), public_host.clone());
+        // Rehearsed natively over plain http: TLS_MODE=off, as behind a proxy of one's own.
+        dotenv.insert("TLS_MODE".into(), "off".into());
         dotenv.insert(
             "UNIKNAME_CLIENT_ID".into(),
             support::provider::CLIENT_ID.into(),
@@ -2252,6 +2354,7 @@ fn main() {
             nothing_the_harness_starts_listens_beyond_loopback,
         ),
         ("signed_apache_journey", signed_apache_journey),
+        ("journey_under_a_path", journey_under_a_path),
         ("signed_fpm_journey", signed_fpm_journey),
         ("autologin_apache_journey", autologin_apache_journey),
         (

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let query = parts.next();
     let body = parts.next();
-    let c = Classifier::new("/_unikgate", &["/custom/".to_string()], false);
+    let c = Classifier::new("", "/_unikgate", &["/custom/".to_string()], false);
     let _ = c.body_rule(
         &http::Method::POST,
         path,

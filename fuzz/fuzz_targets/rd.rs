@@ -1,10 +1,20 @@
-//! The `rd` validator: whatever comes in, what comes out is a path on the same origin.
+//! The `rd` validator: whatever comes in, what comes out is a path on the same origin (and, with
+//! Matomo under a path, a path below it).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let s = String::from_utf8_lossy(data);
-    let out = unikgate::request::redirect::safe_rd(&s, "/_unikgate");
+    // Under a path too: what comes out stays below it.
+    let under = unikgate::request::redirect::safe_rd(&s, "/analytics", "/analytics/_unikgate");
+    assert!(
+        under == "/analytics"
+            || under.starts_with("/analytics/")
+            || under.starts_with("/analytics?")
+            || under.starts_with("/analytics#"),
+        "{s:?} → {under:?}"
+    );
+    let out = unikgate::request::redirect::safe_rd(&s, "", "/_unikgate");
     assert!(out.starts_with('/'), "{s:?} → {out:?}");
     assert!(
         !out.starts_with("//") && !out.starts_with("/\\"),

@@ -67,10 +67,15 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub struct ServerConfig {
     /// Address to listen on. Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
-    /// The URL people type to reach Matomo, e.g. `https://analytics.example.com`. Redirects,
-    /// cookies (Secure when https) and the OIDC redirect URI are built from it. Path must be `/`.
+    /// The URL people type to reach Matomo, e.g. `https://analytics.example.com`, or with a path
+    /// when Matomo is served under one (`https://example.org/analytics/`). Redirects, cookies
+    /// (Secure when https) and the OIDC redirect URI are built from it.
     pub public_url: Url,
-    /// Path under which unikgate's own endpoints live. Default `/_unikgate`.
+    /// The path of `public_url` without its trailing slash: `""` at the root, `"/analytics"`
+    /// under a path. Matomo is served under the same path by its own server (`upstream.url`).
+    pub base: String,
+    /// Where unikgate's own endpoints live, in full: `base` + `server.prefix` as written
+    /// (default `/_unikgate`, so `/analytics/_unikgate` under a path).
     pub prefix: String,
     /// CIDRs of reverse proxies in front of unikgate whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -385,6 +390,23 @@ impl Config {
                 });
             }
         }
+        if let (Some(server), Some(up)) = (&server, &upstream) {
+            match base_path(up.url.path()) {
+                Ok(b) if b == server.base => {}
+                Ok(b) => errors.push(ConfigError {
+                    key: "upstream.url".into(),
+                    message: if server.base.is_empty() {
+                        format!("has the path {b:?} while server.public_url has none: Matomo is forwarded the paths people use, so serve it at / on its server, or give server.public_url the same path")
+                    } else {
+                        format!("must have the path of server.public_url, {:?} (found {:?}): Matomo is forwarded the paths people use, so its own server serves it there too, e.g. url = \"http://matomo{}/\" with Apache's `Alias {} /var/www/html`", server.base, if b.is_empty() { "/" } else { b.as_str() }, server.base, server.base)
+                    },
+                }),
+                Err(why) => errors.push(ConfigError {
+                    key: "upstream.url".into(),
+                    message: why,
+                }),
+            }
+        }
         let mut tls = tls;
         if let (
             Some(server),
@@ -465,6 +487,12 @@ impl Config {
             self.public_origin(),
             self.server.prefix
         )
+    }
+
+    /// `scheme://host[:port]` + the base path: where Matomo is, without a trailing slash
+    /// (`https://example.org/analytics`; the origin when Matomo is at the root).
+    pub fn public_base(&self) -> String {
+        format!("{}{}", self.public_origin(), self.server.base)
     }
 
     /// `scheme://host[:port]` of the public URL, without a trailing slash.
@@ -627,12 +655,17 @@ fn parse_addr(r: &mut Reader<'_>, key: &'static str, default: Option<&str>) -> O
 fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
     let listen = parse_addr(r, "listen", Some("127.0.0.1:8080"));
     let public_url = r.url("public_url", "http://localhost:8080");
+    let mut base = String::new();
     if let Some(u) = &public_url {
-        if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
+        if u.query().is_some() || u.fragment().is_some() {
             r.error(
                 "public_url",
-                "must be an origin such as https://analytics.example.com, without a path (Matomo must be served at /)",
+                "must be a URL such as https://analytics.example.com or https://example.org/analytics/, without a query or fragment",
             );
+        }
+        match base_path(u.path()) {
+            Ok(b) => base = b,
+            Err(why) => r.error("public_url", why),
         }
     }
     let prefix = r.string("prefix", "/_unikgate");
@@ -685,7 +718,8 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
     Some(ServerConfig {
         listen: listen?,
         public_url: public_url?,
-        prefix,
+        prefix: format!("{base}{prefix}"),
+        base,
         trusted_proxies,
         metrics_listen,
         log_format,
@@ -695,6 +729,31 @@ fn read_server(r: &mut Reader<'_>) -> Option<ServerConfig> {
         max_connections_per_ip,
         http_listen,
     })
+}
+
+/// The base path of a public or upstream URL's path: `"/"` → `""`, `"/analytics/"` →
+/// `"/analytics"`; segments of letters, digits, `-`, `_`, `.` (no `.` or `..` segment).
+pub fn base_path(path: &str) -> Result<String, String> {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let ok = trimmed.starts_with('/')
+        && trimmed[1..].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        });
+    if ok {
+        Ok(trimmed.to_string())
+    } else {
+        Err(format!(
+            "the path {path:?} must look like /analytics/: segments of letters, digits, - _ ."
+        ))
+    }
 }
 
 const TLS_KEYS: &[&str] = &[
@@ -720,16 +779,25 @@ enum Tls {
 /// `[tls]`. ACME's defaults that depend on other sections (the domain, the data folder) are
 /// filled in by `acme_defaults`.
 fn read_tls(r: &mut Reader<'_>) -> Option<Tls> {
-    let mode = r.choice("mode", "auto", &["auto", "off"]);
-    if mode == "off" {
-        // The other keys stay written (and unread) for the day TLS is turned back on.
-        r.skip(TLS_KEYS);
-        return Some(Tls::Off);
+    // `mode` written (in the file or as UNIKGATE_TLS__MODE) turns the section on by itself: the
+    // compose file's TLS_MODE=auto with every other key empty is ACME with its defaults.
+    let mode = r.opt_string("mode");
+    match mode.as_deref() {
+        None | Some("auto") => {}
+        Some("off") => {
+            // The other keys stay written (and unread) for the day TLS is turned back on.
+            r.skip(TLS_KEYS);
+            return Some(Tls::Off);
+        }
+        Some(other) => {
+            r.error("mode", format!("{other:?} is not one of: auto, off"));
+            return None;
+        }
     }
-    read_tls_keys(r).map(Tls::Set)
+    read_tls_keys(r, mode.is_some()).map(Tls::Set)
 }
 
-fn read_tls_keys(r: &mut Reader<'_>) -> Option<Option<TlsConfig>> {
+fn read_tls_keys(r: &mut Reader<'_>, mode_written: bool) -> Option<Option<TlsConfig>> {
     let cert_file = r.opt_string("cert_file").map(PathBuf::from);
     let key_file = r.opt_string("key_file").map(PathBuf::from);
     let hsts = r.bool("hsts", true);
@@ -747,7 +815,7 @@ fn read_tls_keys(r: &mut Reader<'_>) -> Option<Option<TlsConfig>> {
         ("acme_dir", dir.is_some()),
     ];
     let any_acme = acme_keys.iter().any(|(_, set)| *set);
-    if !r.present() && cert_file.is_none() && key_file.is_none() && !any_acme {
+    if !r.present() && !mode_written && cert_file.is_none() && key_file.is_none() && !any_acme {
         return Some(None);
     }
     if cert_file.is_some() || key_file.is_some() {
@@ -1161,6 +1229,69 @@ mod tests {
     }
 
     const MIN: &str = "[upstream]\nurl = \"http://127.0.0.1:9\"\n";
+
+    #[test]
+    fn matomo_under_a_path_puts_the_prefix_under_it_and_asks_the_upstream_for_the_same_path() {
+        let load = |public: &str, upstream: &str| {
+            Config::from_toml(
+                &format!("[server]\npublic_url = \"{public}\"\n[upstream]\nurl = \"{upstream}\"\n"),
+                &env(&[]),
+            )
+        };
+        let c = load("https://example.org/analytics/", "http://matomo/analytics/").expect("valid");
+        assert_eq!(c.server.base, "/analytics");
+        assert_eq!(c.server.prefix, "/analytics/_unikgate");
+        assert_eq!(c.public_base(), "https://example.org/analytics");
+        assert_eq!(
+            c.redirect_uri(),
+            "https://example.org/analytics/_unikgate/callback"
+        );
+        let c = load("https://example.org/analytics", "http://matomo/analytics").expect("valid");
+        assert_eq!(c.server.base, "/analytics");
+        let c = load("https://analytics.example.org", "http://matomo:80").expect("valid");
+        assert_eq!(
+            (c.server.base.as_str(), c.server.prefix.as_str()),
+            ("", "/_unikgate")
+        );
+        let keys = |r: Result<Config, Vec<ConfigError>>| -> Vec<String> {
+            r.err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| format!("{}: {}", e.key, e.message))
+                .collect()
+        };
+        let e = keys(load("https://example.org/analytics/", "http://matomo:80"));
+        assert!(
+            e.len() == 1
+                && e[0].starts_with(
+                    "upstream.url: must have the path of server.public_url, \"/analytics\""
+                ),
+            "{e:?}"
+        );
+        let e = keys(load("https://example.org", "http://matomo/analytics/"));
+        assert!(
+            e.len() == 1
+                && e[0].starts_with(
+                    "upstream.url: has the path \"/analytics\" while server.public_url has none"
+                ),
+            "{e:?}"
+        );
+        let e = keys(load("https://example.org/a b/", "http://matomo/"));
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("server.public_url: the path")),
+            "{e:?}"
+        );
+        let e = keys(load(
+            "https://example.org/analytics/?x=1",
+            "http://matomo/analytics/",
+        ));
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with("server.public_url: must be a URL")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn defaults_are_unikname_connect() {

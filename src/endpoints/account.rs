@@ -26,6 +26,7 @@ pub(super) async fn account(v: Visit, mut sess: Session) -> Result<Response, Err
             t,
             title: t.get("account.title"),
             prefix: &app.cfg.server.prefix,
+            home: &format!("{}/", app.cfg.server.base),
             identity: user.display.as_deref().unwrap_or(&user.subject),
             matomo_login: link.as_ref().map(|l| l.matomo_login.as_str()),
             linked_at,

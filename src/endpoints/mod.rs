@@ -153,7 +153,8 @@ fn oidc(app: &App) -> Result<&crate::oidc::Oidc, Error> {
 
 fn rd_of(app: &App, q: &Form) -> String {
     safe_rd(
-        q.get("rd").map(String::as_str).unwrap_or("/"),
+        q.get("rd").map(String::as_str).unwrap_or(""),
+        &app.cfg.server.base,
         &app.cfg.server.prefix,
     )
 }

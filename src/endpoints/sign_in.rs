@@ -20,11 +20,12 @@ pub(super) async fn sign_in(
     }
     let csrf = data.csrf.clone();
     sess.changed();
-    let password_url = app
-        .cfg
-        .matomo
-        .password_login
-        .then(|| "/index.php?module=Login&action=login".to_string());
+    let password_url = app.cfg.matomo.password_login.then(|| {
+        format!(
+            "{}/index.php?module=Login&action=login",
+            app.cfg.server.base
+        )
+    });
     let notice = q
         .contains_key("signed_out")
         .then(|| t.get("sign_in.signed_out_notice"));

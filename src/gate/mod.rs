@@ -227,6 +227,8 @@ async fn phases(app: &Arc<App>, endpoints: &Endpoints, ctx: Ctx, mut req: Reques
             Err(("forbidden", Error::Forbidden(why)))
         }
         Class::BadRequest(why) => Err(("invalid", Error::BadRequest(why.into()))),
+        // Matomo is under `server.public_url`'s path; nothing else is served here.
+        Class::OutsideBase => Err(("outside", Error::NotFound)),
         // Boxed as well: the UI phases hold the session, the link and the retry across awaits,
         // and hyper moves the whole request future into its slot at every request (a smaller
         // future is a shorter copy on every path; bench/instructions counts it).

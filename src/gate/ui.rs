@@ -106,7 +106,11 @@ impl UiVisit<'_> {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        crate::request::redirect::safe_rd(pq, &self.app.cfg.server.prefix)
+        crate::request::redirect::safe_rd(
+            pq,
+            &self.app.cfg.server.base,
+            &self.app.cfg.server.prefix,
+        )
     }
 
     /// The signed-in phases: the link, the Matomo session, the forward, the response.

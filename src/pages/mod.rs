@@ -194,6 +194,8 @@ pub struct AccountPage<'a> {
     pub t: &'a Texts,
     pub title: &'a str,
     pub prefix: &'a str,
+    /// Where Matomo is: `/`, or `/analytics/`.
+    pub home: &'a str,
     pub identity: &'a str,
     pub matomo_login: Option<&'a str>,
     pub linked_at: Option<String>,

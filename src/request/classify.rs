@@ -26,11 +26,16 @@ pub enum Class {
     Ui,
     /// Something PHP would not read the way it looks (too many variables, a NUL byte).
     BadRequest(&'static str),
+    /// A path outside `server.public_url`'s path, where Matomo is not (404).
+    OutsideBase,
 }
 
 /// The static configuration the classifier needs.
 #[derive(Debug, Clone)]
 pub struct Classifier {
+    /// The public URL's path (`""`, or `"/analytics"`): Matomo's paths are below it.
+    base: String,
+    /// unikgate's endpoints, in full (under `base`).
     prefix: String,
     public_paths: Vec<String>,
     /// `matomo.password_login`: when off, a request that is not signed in never carries a Matomo
@@ -297,8 +302,10 @@ fn is_form(content_type: Option<&str>) -> bool {
 }
 
 impl Classifier {
-    pub fn new(prefix: &str, public_paths: &[String], password_login: bool) -> Self {
+    /// `prefix` in full (under `base`); `public_paths` as Matomo sees them, below `base`.
+    pub fn new(base: &str, prefix: &str, public_paths: &[String], password_login: bool) -> Self {
         Classifier {
+            base: base.to_string(),
             prefix: prefix.to_string(),
             public_paths: public_paths.to_vec(),
             password_login,
@@ -322,7 +329,10 @@ impl Classifier {
         let Some(path) = normalize_path(raw_path) else {
             return BodyRule::Stream;
         };
-        if php_script(&path) != Some("/index.php") {
+        let Some(path) = self.below_base(&path) else {
+            return BodyRule::Stream;
+        };
+        if php_script(path) != Some("/index.php") {
             return BodyRule::Stream;
         }
         let q = Params::parse(query.unwrap_or(""));
@@ -344,6 +354,19 @@ impl Classifier {
             return BodyRule::RefuseMultipart;
         }
         BodyRule::Stream
+    }
+
+    /// The path as Matomo's own below the base (`/analytics/index.php` → `/index.php`,
+    /// `/analytics` → `/`), or `None` outside it. At the root, the path itself.
+    fn below_base<'a>(&self, path: &'a str) -> Option<&'a str> {
+        if self.base.is_empty() {
+            return Some(path);
+        }
+        match path.strip_prefix(self.base.as_str()) {
+            Some("") => Some("/"),
+            Some(rest) if rest.starts_with('/') => Some(rest),
+            _ => None,
+        }
     }
 
     /// Classifies a request without an `Authorization: Bearer` header: see
@@ -377,15 +400,18 @@ impl Classifier {
         if path == UNS_VERIFICATION_PATH {
             return Class::UnsVerification;
         }
-        let script = php_script(&path);
-        if script.is_none() && self.is_public_file(&path) {
+        let Some(path) = self.below_base(&path) else {
+            return Class::OutsideBase;
+        };
+        let script = php_script(path);
+        if script.is_none() && self.is_public_file(path) {
             return Class::Public;
         }
         if script.is_some_and(|s| s == "/matomo.php" || s == "/piwik.php" || s.starts_with("/js/"))
         {
             return Class::Public;
         }
-        if self.is_configured_public(&path) {
+        if self.is_configured_public(path) {
             return Class::Public;
         }
         if script != Some("/index.php") {
@@ -499,8 +525,57 @@ impl Classifier {
 mod tests {
     use super::*;
 
+    #[test]
+    fn under_a_path_matomo_is_read_below_it_and_nothing_outside_is_served() {
+        let c = Classifier::new("/analytics", "/analytics/_unikgate", &[], false);
+        assert_eq!(
+            c.classify("/analytics/_unikgate/sign_in", None, None),
+            Class::Own("sign_in".into())
+        );
+        assert_eq!(
+            c.classify("/analytics/matomo.php", None, None),
+            Class::Public
+        );
+        assert_eq!(
+            c.classify("/analytics/matomo.js", None, None),
+            Class::Public
+        );
+        assert_eq!(c.classify("/analytics/", None, None), Class::Ui);
+        assert_eq!(c.classify("/analytics", None, None), Class::Ui);
+        assert_eq!(
+            c.classify(
+                "/analytics/index.php",
+                Some("module=Login&action=logout"),
+                None
+            ),
+            Class::Logout
+        );
+        assert_eq!(
+            c.classify("/.well-known/uns-verification.txt", None, None),
+            Class::UnsVerification
+        );
+        for outside in [
+            "/",
+            "/matomo.php",
+            "/index.php",
+            "/analyticsX/matomo.php",
+            "/_unikgate/sign_in",
+        ] {
+            assert_eq!(
+                c.classify(outside, None, None),
+                Class::OutsideBase,
+                "{outside}"
+            );
+        }
+        // Dot segments cannot climb out and back in.
+        assert_eq!(
+            c.classify("/analytics/../matomo.php", None, None),
+            Class::OutsideBase
+        );
+    }
+
     fn c() -> Classifier {
-        Classifier::new("/_unikgate", &["/custom/".to_string()], false)
+        Classifier::new("", "/_unikgate", &["/custom/".to_string()], false)
     }
 
     fn ui() -> Class {
@@ -858,7 +933,7 @@ mod tests {
     #[test]
     fn no_password_on_the_public_path_without_password_login() {
         let strict = c();
-        let open = Classifier::new("/_unikgate", &[], true);
+        let open = Classifier::new("", "/_unikgate", &[], true);
         let w = "format=json&token_auth=anonymous";
         let cases = [
             (

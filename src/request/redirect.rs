@@ -1,5 +1,5 @@
-//! The `rd` (return-to) validator. Only same-origin relative paths survive; anything else becomes
-//! `/`. Every redirect unikgate answers is then written absolute, on the public origin, so even a
+//! The `rd` (return-to) validator. Only same-origin relative paths below the public URL's path
+//! survive; anything else becomes that path's home (`/`, or `/analytics/`). Every redirect unikgate answers is then written absolute, on the public origin, so even a
 //! path that a browser might read oddly cannot leave the origin.
 //!
 //! Invariant: pure; the output is always a path starting with exactly one `/`.
@@ -17,21 +17,23 @@ fn bad_start(s: &str) -> bool {
     b.first() != Some(&b'/') || matches!(b.get(1), Some(b'/') | Some(b'\\'))
 }
 
-/// Returns `rd` when it is a safe local path, else `/`. `prefix` is unikgate's endpoint prefix:
-/// returning there would loop, so such paths also become `/`.
-pub fn safe_rd(rd: &str, prefix: &str) -> String {
+/// Returns `rd` when it is a safe local path below `base` (the public URL's path, `""` at the
+/// root), else `base` + `/`. `prefix` is unikgate's endpoint prefix (in full): returning there
+/// would loop, so such paths also become the home.
+pub fn safe_rd(rd: &str, base: &str, prefix: &str) -> String {
+    let home = || format!("{base}/");
     if rd.is_empty() || rd.len() > MAX_RD_LEN || bad_chars(rd) || bad_start(rd) {
-        return "/".into();
+        return home();
     }
     // Percent-encoded forms of the same tricks (`/%2F%2Fevil`, `/%5Cevil`, double encoding).
     let mut level = rd.to_string();
     for _ in 0..4 {
         let decoded: Vec<u8> = percent_encoding::percent_decode_str(&level).collect();
         let Ok(decoded) = String::from_utf8(decoded) else {
-            return "/".into();
+            return home();
         };
         if bad_chars(&decoded) || bad_start(&decoded) {
-            return "/".into();
+            return home();
         }
         if decoded == level {
             break;
@@ -41,10 +43,13 @@ pub fn safe_rd(rd: &str, prefix: &str) -> String {
     let path = level.split(['?', '#']).next().unwrap_or("");
     if let Some(normalized) = crate::request::classify::normalize_path(path) {
         if normalized == prefix || normalized.starts_with(&format!("{prefix}/")) {
-            return "/".into();
+            return home();
+        }
+        if !base.is_empty() && normalized != base && !normalized.starts_with(&format!("{base}/")) {
+            return home();
         }
     } else {
-        return "/".into();
+        return home();
     }
     rd.to_string()
 }
@@ -54,6 +59,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn under_a_path_only_paths_below_it_survive() {
+        let (base, prefix) = ("/analytics", "/analytics/_unikgate");
+        for ok in [
+            "/analytics/",
+            "/analytics",
+            "/analytics/index.php?module=CoreHome&action=index",
+        ] {
+            assert_eq!(safe_rd(ok, base, prefix), ok);
+        }
+        for bad in [
+            "/",
+            "/index.php",
+            "/analyticsX/index.php",
+            "/analytics/../index.php",
+            "/analytics/_unikgate/sign_in",
+            "//evil.example/analytics/",
+            "",
+        ] {
+            assert_eq!(safe_rd(bad, base, prefix), "/analytics/", "{bad:?}");
+        }
+    }
+
+    #[test]
     fn keeps_local_paths() {
         for ok in [
             "/",
@@ -61,7 +89,7 @@ mod tests {
             "/index.php?a=%2F",
             "/x#frag",
         ] {
-            assert_eq!(safe_rd(ok, "/_unikgate"), ok);
+            assert_eq!(safe_rd(ok, "", "/_unikgate"), ok);
         }
     }
 
@@ -85,7 +113,7 @@ mod tests {
             "/./_unikgate/start",
             "/\u{ff0f}evil",
         ] {
-            assert_eq!(safe_rd(bad, "/_unikgate"), "/", "{bad:?}");
+            assert_eq!(safe_rd(bad, "", "/_unikgate"), "/", "{bad:?}");
         }
     }
 }

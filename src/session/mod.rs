@@ -65,6 +65,8 @@ pub struct Sessions {
     mac: Hmac<Sha256>,
     pub cookie_name: String,
     secure: bool,
+    /// The cookie's `Path`: `/`, or the public URL's path (`/analytics`) when Matomo is under one.
+    cookie_path: String,
     idle: Duration,
     absolute: Duration,
     /// Activity is written at most this often.
@@ -111,6 +113,7 @@ impl Sessions {
             mac,
             cookie_name: cookie_name.to_string(),
             secure,
+            cookie_path: "/".into(),
             idle,
             absolute,
             touch_every,
@@ -122,6 +125,16 @@ impl Sessions {
     }
 
     /// Reads sessions the store holds in memory in place (no record copy, no await).
+    /// The cookie scoped to `base` (the public URL's path; `""`: the whole origin).
+    pub fn scoped_to(mut self, base: &str) -> Sessions {
+        self.cookie_path = if base.is_empty() {
+            "/".into()
+        } else {
+            base.to_string()
+        };
+        self
+    }
+
     pub fn with_peek(mut self, peek: Option<Arc<dyn MemoryPeek>>) -> Sessions {
         self.peek = peek;
         self
@@ -283,7 +296,7 @@ impl Sessions {
             .http_only(true)
             .same_site(SameSite::Lax)
             .secure(self.secure)
-            .path("/")
+            .path(self.cookie_path.clone())
             .max_age(time::Duration::seconds(self.absolute.as_secs() as i64))
             .build();
         let mut jar = CookieJar::new();
@@ -298,8 +311,9 @@ impl Sessions {
 
     pub fn clear_cookie(&self, headers: &mut HeaderMap) {
         let c = format!(
-            "{}=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax{}",
+            "{}=; Path={}; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax{}",
             self.cookie_name,
+            self.cookie_path,
             if self.secure { "; Secure" } else { "" }
         );
         if let Ok(v) = HeaderValue::from_str(&c) {

@@ -39,8 +39,11 @@ pub trait Minter: Send + Sync + 'static {
 /// compact HS256 JWS that is valid for 30 s and usable once.
 pub struct Signed {
     secret: secrecy::SecretString,
-    /// Matomo's base URL as Matomo computes it behind unikgate: the public origin plus `/`.
+    /// Matomo's base URL as Matomo computes it behind unikgate: the public origin and path, plus
+    /// `/`.
     audience: String,
+    /// The public URL's path where Matomo is (`""` or `"/analytics"`).
+    base: String,
 }
 
 /// Lifetime of an assertion (the plugin accepts at most 60 s).
@@ -68,10 +71,15 @@ pub fn sign_hs256(claims: &serde_json::Value, secret: &[u8]) -> String {
 }
 
 impl Signed {
-    pub fn new(secret: secrecy::SecretString, public_origin: &str) -> Signed {
+    /// `public_base`: the public origin and path where Matomo is, without a trailing slash.
+    pub fn new(secret: secrecy::SecretString, public_base: &str) -> Signed {
+        let base = url::Url::parse(public_base)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
         Signed {
             secret,
-            audience: format!("{public_origin}/"),
+            audience: format!("{public_base}/"),
+            base,
         }
     }
 
@@ -199,7 +207,7 @@ impl Minter for Signed {
         let a = self
             .post(
                 up,
-                &self.assertion(login, unix_now(), "/index.php"),
+                &self.assertion(login, unix_now(), &format!("{}/index.php", self.base)),
                 client_ip,
             )
             .await?;

@@ -149,6 +149,9 @@ pub struct Upstream {
     upstream_origin: String,
     upstream_host: String,
     public_origin: String,
+    /// `server.public_url`'s path (`""` or `"/analytics"`), the same on Matomo's own server:
+    /// unikgate's own calls (`call`) name Matomo's paths below it.
+    base: String,
     /// With an https public URL, `http://` + the public host: the URL a Matomo that ignores
     /// `X-Forwarded-Proto` (5.7 and later without `proxy_scheme_headers[]`) builds for itself.
     plain_public_origin: Option<String>,
@@ -209,6 +212,7 @@ impl Upstream {
             upstream_origin,
             upstream_host: u.host_str().unwrap_or("").to_string(),
             public_origin: cfg.public_origin(),
+            base: cfg.server.base.clone(),
             plain_public_origin: cfg
                 .public_is_https()
                 .then(|| format!("http://{}", cfg.public_host())),
@@ -478,9 +482,15 @@ impl Upstream {
                 HeaderValue::from_static("application/x-www-form-urlencoded"),
             );
         }
+        // Matomo's paths (`/index.php?…`) under the base path it is served at.
+        let uri = if path_and_query.starts_with('/') && !self.base.is_empty() {
+            format!("{}{path_and_query}", self.base)
+        } else {
+            path_and_query.to_string()
+        };
         let mut req = Request::builder()
             .method(method)
-            .uri(path_and_query)
+            .uri(uri)
             .body(Body::new(Full::new(body.unwrap_or_default())))
             .map_err(|e| Error::Internal(e.to_string()))?;
         *req.headers_mut() = headers;

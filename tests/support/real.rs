@@ -531,6 +531,9 @@ LoadModule php_module {m}/libphp8.2.so
 {mpm}
 TypesConfig /etc/mime.types
 DocumentRoot "{tree}"
+# The same tree under a path too, as organisations serve Matomo at https://example.org/analytics/
+# (the journey under a path; Matomo's stored URL is not rewritten for 127.0.0.1).
+Alias /analytics "{tree}"
 DirectoryIndex index.php index.html
 <Directory />
   AllowOverride None
