@@ -1250,7 +1250,10 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
             "Debian's chromium is not installed: run tests/run (it installs it)"
         );
         // Two unikgates: BASE as the README's quick start (unikgate's pages only), BASE2 with
-        // `password_login` (Matomo's own login page, with the plugin's button).
+        // `password_login` (Matomo's own login page, with the plugin's button). Both with Matomo
+        // under /analytics/ (Apache's Alias; the other journeys cover the root): unikgate's pages,
+        // the plugin's button and Security card (its prefix found from Matomo's own path) and
+        // every asset Matomo's pages load, under the path.
         let mut ports = Vec::new();
         for _ in 0..2 {
             let l = m.gate_listener();
@@ -1262,7 +1265,7 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
             .enumerate()
             .map(|(i, p)| {
                 let scheme = if i == 0 { "https" } else { "http" };
-                format!("{scheme}://127.0.0.1:{p}")
+                format!("{scheme}://127.0.0.1:{p}/analytics")
             })
             .collect();
         let provider = NodeProvider::start(
@@ -1304,7 +1307,7 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
             std::fs::write(
                 &cfg,
                 format!(
-                    "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\n[upstream]\nurl = \"{}\"\n[provider]\n{}[store]\nurl = \"sqlite://{}/data{i}/unikgate.db\"\n{}",
+                    "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}/\"\n[upstream]\nurl = \"{}/analytics/\"\n[provider]\n{}[store]\nurl = \"sqlite://{}/data{i}/unikgate.db\"\n{}",
                     m.apache,
                     provider.config_discovery(),
                     dir.path().display(),

@@ -6,7 +6,8 @@
  *   [UnikGate]
  *   shared_secret = "…at least 32 bytes, the same as unikgate's matomo.shared_secret…"
  *   allow_superusers = 1
- *   prefix = "/_unikgate"                                  ; unikgate's server.prefix
+ *   prefix = "/_unikgate"  ; unikgate's endpoints (default: "_unikgate" beside the path Matomo
+ *                          ; is served at: /_unikgate, or /analytics/_unikgate under /analytics/)
  *   public_url = "https://analytics.example.com"          ; unikgate's server.public_url: the
  *                          ; audience of its assertions (default: the URL Matomo computes for the
  *                          ; request, which from Matomo 5.7 on is http:// behind TLS unless
@@ -58,12 +59,27 @@ class UnikGate extends \Piwik\Plugin
         return rtrim($u, '/') . '/';
     }
 
-    /** unikgate's path prefix: a plain absolute path, else the default. */
+    /**
+     * unikgate's path prefix: `[UnikGate] prefix` when it is a plain absolute path, else
+     * `_unikgate` beside the path Matomo is served at (unikgate puts its endpoints under
+     * server.public_url's path: `/analytics/_unikgate` when Matomo is at /analytics/).
+     */
     public static function prefix(): string
     {
-        $p = (string) (self::settings()['prefix'] ?? self::DEFAULT_PREFIX);
-        return preg_match('#^/[A-Za-z0-9._~/-]*$#', $p) === 1 && strpos($p, '//') === false
-            ? rtrim($p, '/') : self::DEFAULT_PREFIX;
+        $p = (string) (self::settings()['prefix'] ?? '');
+        if (preg_match('#^/[A-Za-z0-9._~/-]*$#', $p) === 1 && strpos($p, '//') === false) {
+            return rtrim($p, '/');
+        }
+        return self::defaultPrefix(\Piwik\Url::getCurrentScriptPath());
+    }
+
+    /** `_unikgate` beside `$scriptPath` (Matomo's folder in the URL, "/" or "/analytics/"). */
+    public static function defaultPrefix(string $scriptPath): string
+    {
+        if (preg_match('#^/([A-Za-z0-9._~-]+/)*$#', $scriptPath) !== 1) {
+            return self::DEFAULT_PREFIX;
+        }
+        return rtrim($scriptPath, '/') . self::DEFAULT_PREFIX;
     }
 
     /**

@@ -45,7 +45,11 @@ pub fn safe_rd(rd: &str, base: &str, prefix: &str) -> String {
         if normalized == prefix || normalized.starts_with(&format!("{prefix}/")) {
             return home();
         }
-        if !base.is_empty() && normalized != base && !normalized.starts_with(&format!("{base}/")) {
+        // Below the base both as written and as resolved: `/./analytics/x` and
+        // `/analytics/../x` are refused alike.
+        let below = |p: &str| p == base || p.starts_with(&format!("{base}/"));
+        let written = rd.split(['?', '#']).next().unwrap_or("");
+        if !base.is_empty() && !(below(&normalized) && below(written)) {
             return home();
         }
     } else {
@@ -73,6 +77,7 @@ mod tests {
             "/index.php",
             "/analyticsX/index.php",
             "/analytics/../index.php",
+            "/./analytics/&//",
             "/analytics/_unikgate/sign_in",
             "//evil.example/analytics/",
             "",

@@ -3,7 +3,8 @@
 // of every page at desktop width and at 390 px. Every request the pages make to unikgate/Matomo
 // is watched: none may fail (4xx/5xx) while Matomo's pages load.
 //
-// Env: BASE (unikgate's public URL), BASE2 (a second unikgate with matomo.password_login on),
+// Env: BASE (unikgate's public URL; with a path, as https://host/analytics: Matomo under it), BASE2
+// (a second unikgate with matomo.password_login on, under the same path),
 // PROVIDER (the provider's issuer URL), SHOTS (folder for the screenshots), ALICE_PASSWORD and
 // BOB_PASSWORD (their Matomo passwords).
 // Exits non-zero on the first failed expectation; prints "N passed, M failed" at the end.
@@ -13,6 +14,8 @@ import { mkdirSync } from 'node:fs';
 const BASE = process.env.BASE;
 // A second unikgate with matomo.password_login on (Matomo's own login page shows), and the provider.
 const BASE2 = process.env.BASE2;
+// The path Matomo is served under ('' at the root, '/analytics'): both gates have the same.
+const PATH = new URL(BASE).pathname.replace(/\/$/, '');
 const PROVIDER = process.env.PROVIDER;
 const SECURITY = '/index.php?module=UsersManager&action=userSecurity&idSite=1&period=day&date=yesterday';
 const SHOTS = process.env.SHOTS || 'docs/screenshots';
@@ -134,11 +137,11 @@ try {
     await page.getByLabel('Matomo password').fill(ALICE_PASSWORD);
     watching = true;
     await page.getByRole('button', { name: 'Link this account' }).click();
-    await page.waitForURL((u) => u.pathname === '/index.php' && u.search.includes('module=CoreHome'), { timeout: 30000 });
+    await page.waitForURL((u) => u.pathname === PATH + '/index.php' && u.search.includes('module=CoreHome'), { timeout: 30000 });
     await settle(page);
     expect(await matomoUser(page) === 'alice', `Matomo shows ${await matomoUser(page)}`);
     const u = new URL(page.url());
-    expect(BASE + u.pathname + u.search === BASE + DEEP, `the deep link survived: at ${page.url()}`);
+    expect(u.pathname + u.search === PATH + DEEP, `the deep link survived: at ${page.url()}`);
     await page.waitForSelector('#dashboardWidgetsArea .widget', { timeout: 30000 });
     await settle(page);
     watching = false;
@@ -173,7 +176,7 @@ try {
     if (await page.locator('input[name=login]').count() || page.url().includes('/oidc/')) {
       await providerLogin(page, 'alice');
     }
-    await page.waitForURL((u) => u.pathname === '/index.php', { timeout: 30000 });
+    await page.waitForURL((u) => u.pathname === PATH + '/index.php', { timeout: 30000 });
     await settle(page);
     expect(await matomoUser(page) === 'alice', `Matomo shows ${await matomoUser(page)}`);
   });
@@ -190,7 +193,7 @@ try {
     await p.getByRole('link', { name: 'Try again' }).click();
     await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
     await providerLogin(p, 'alice');
-    await p.waitForURL((u) => u.pathname === '/index.php', { timeout: 30000 });
+    await p.waitForURL((u) => u.pathname === PATH + '/index.php', { timeout: 30000 });
     expect(p.url().includes('idSite=1') && p.url().includes('date=yesterday'), `the retry kept the deep link: ${p.url()}`);
     expect(await matomoUser(p) === 'alice', `Matomo shows ${await matomoUser(p)}`);
   });
@@ -201,7 +204,7 @@ try {
     expect(p.url().includes('/_unikgate/sign_in'), `at ${p.url()}`);
     await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
     await providerLogin(p, 'alice');
-    await p.waitForURL((u) => u.pathname === '/index.php', { timeout: 30000 });
+    await p.waitForURL((u) => u.pathname === PATH + '/index.php', { timeout: 30000 });
     expect(p.url() === BASE + DEEP + FRAGMENT, `at ${p.url()}`);
     expect(await matomoUser(p) === 'alice', `Matomo shows ${await matomoUser(p)}`);
   });
@@ -215,7 +218,7 @@ try {
     await p.getByLabel('Matomo username').fill('bob');
     await p.getByLabel('Matomo password').fill(BOB_PASSWORD);
     await p.getByRole('button', { name: 'Link this account' }).click();
-    await p.waitForURL((u) => u.pathname === '/index.php', { timeout: 30000 });
+    await p.waitForURL((u) => u.pathname === PATH + '/index.php', { timeout: 30000 });
     expect(p.url() === BASE + DEEP + FRAGMENT, `at ${p.url()}`);
     expect(await matomoUser(p) === 'bob', `Matomo shows ${await matomoUser(p)}`);
   });
@@ -268,11 +271,11 @@ try {
     await p.getByLabel('Matomo username').fill('alice');
     await p.getByLabel('Matomo password').fill(ALICE_PASSWORD);
     await p.getByRole('button', { name: 'Link this account' }).click();
-    await p.waitForURL((u) => u.pathname === '/index.php' && u.search.includes('module=CoreHome'), { timeout: 30000 });
+    await p.waitForURL((u) => u.pathname === PATH + '/index.php' && u.search.includes('module=CoreHome'), { timeout: 30000 });
     await settle(p);
     expect(await matomoUser(p) === 'alice', `Matomo shows ${await matomoUser(p)}`);
     const u = new URL(p.url());
-    expect(u.pathname + u.search === DEEP, `the page asked for: at ${p.url()}`);
+    expect(u.pathname + u.search === PATH + DEEP, `the page asked for: at ${p.url()}`);
   });
 
   await check('Personal → Security shows the link', async () => {
