@@ -49,7 +49,8 @@ pub fn safe_rd(rd: &str, base: &str, prefix: &str) -> String {
         // `/analytics/../x` are refused alike.
         let below = |p: &str| p == base || p.starts_with(&format!("{base}/"));
         let written = rd.split(['?', '#']).next().unwrap_or("");
-        if !base.is_empty() && !(below(&normalized) && below(written)) {
+        let inside = base.is_empty() || (below(&normalized) && below(written));
+        if !inside {
             return home();
         }
     } else {
