@@ -32,7 +32,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use instant_acme::{
@@ -103,6 +103,9 @@ pub struct Acme {
     issued: RwLock<Option<Issued>>,
     /// TLS-ALPN-01 answers made from the challenge files: domain → (key authorization, cert).
     answers: Mutex<HashMap<String, (String, Arc<CertifiedKey>)>>,
+    /// The stamp of a `certificate.pem` found unusable: not read (nor logged) again until it
+    /// changes.
+    refused: Mutex<Option<(SystemTime, u64)>>,
     /// The last attempt's failure, until one succeeds.
     last_error: RwLock<Option<String>>,
     /// This process's share of the renewal jitter, in [0, 0.05).
@@ -151,6 +154,7 @@ impl Acme {
             current: RwLock::new(Arc::new(placeholder)),
             issued: RwLock::new(None),
             answers: Mutex::new(HashMap::new()),
+            refused: Mutex::new(None),
             last_error: RwLock::new(None),
             jitter: rand::random::<f64>() * MAX_JITTER,
             begun: Default::default(),
@@ -302,6 +306,9 @@ impl Acme {
         {
             return;
         }
+        if self.refused.lock().is_ok_and(|r| *r == Some(stamp)) {
+            return;
+        }
         let read = super::load(&path, &path)
             .map_err(|e| e.message)
             .and_then(|ck| {
@@ -310,13 +317,7 @@ impl Acme {
             });
         match read {
             Ok((ck, issued)) => {
-                metrics::gauge!("unikgate_tls_certificate_expiry_timestamp_seconds").set(
-                    issued
-                        .not_after
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64(),
-                );
+                super::expiry_gauge(issued.not_after);
                 tracing::info!(
                     names = %issued.names.join(","),
                     serial = %issued.serial,
@@ -331,13 +332,16 @@ impl Acme {
                 }
             }
             Err(e) => {
-                tracing::error!(file = %path.display(), problem = %e, "the stored ACME certificate cannot be used; a new one will be ordered");
-                // Not read again until it changes; ordered anew since nothing is issued.
-                if let Ok(mut i) = self.issued.write() {
-                    if i.is_some() {
-                        return;
-                    }
-                    *i = None;
+                // Not read again until it changes. With nothing issued yet, the loop orders one
+                // (and writes it over this file); else the certificate served stays, due as before.
+                let serving = self.issued.read().is_ok_and(|i| i.is_some());
+                if serving {
+                    tracing::error!(file = %path.display(), problem = %e, "the stored ACME certificate cannot be used; the one served stays until its renewal");
+                } else {
+                    tracing::error!(file = %path.display(), problem = %e, "the stored ACME certificate cannot be used; a new one will be ordered");
+                }
+                if let Ok(mut r) = self.refused.lock() {
+                    *r = Some(stamp);
                 }
             }
         }
@@ -885,6 +889,7 @@ impl instant_acme::HttpClient for Http {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn acme(dir: &Path) -> Acme {
         Acme {
@@ -901,6 +906,7 @@ mod tests {
             )),
             issued: RwLock::new(None),
             answers: Mutex::new(HashMap::new()),
+            refused: Mutex::new(None),
             last_error: RwLock::new(None),
             jitter: 0.0,
             begun: Default::default(),
@@ -1005,6 +1011,31 @@ mod tests {
         assert_eq!(a.http01("other"), None);
         assert_eq!(a.http01("../account.json"), None);
         assert_eq!(a.http01(""), None);
+    }
+
+    #[test]
+    fn an_unusable_stored_certificate_is_refused_once_and_a_good_one_then_served() {
+        let dir = tempfile::tempdir().expect("dir");
+        let a = acme(dir.path());
+        let file = dir.path().join(CERT_FILE);
+        write_private(&file, b"not a certificate").expect("write");
+        a.reload();
+        assert!(a.issued.read().expect("lock").is_none());
+        assert!(a.refused.lock().expect("lock").is_some(), "its stamp kept");
+        assert!(a.due(), "ordered anew");
+        // What an order writes: the key, then the chain.
+        let p = rcgen::CertificateParams::new(vec!["a.example".to_string()]).expect("params");
+        let k = rcgen::KeyPair::generate().expect("key");
+        let c = p.self_signed(&k).expect("cert");
+        write_private(
+            &file,
+            format!("{}{}", k.serialize_pem(), c.pem()).as_bytes(),
+        )
+        .expect("write");
+        a.reload();
+        let issued = a.issued.read().expect("lock").clone().expect("served");
+        assert_eq!(issued.names, vec!["a.example".to_string()]);
+        assert!(!a.due(), "a fresh certificate is not due");
     }
 
     #[test]

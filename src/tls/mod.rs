@@ -189,12 +189,7 @@ impl Certificates {
     /// Sets the expiry gauge from the certificate served.
     fn gauge(&self) {
         if let Some(l) = self.current().and_then(|c| leaf(c.cert.first()?).ok()) {
-            metrics::gauge!("unikgate_tls_certificate_expiry_timestamp_seconds").set(
-                l.not_after
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64(),
-            );
+            expiry_gauge(l.not_after);
         }
     }
 
@@ -225,6 +220,17 @@ impl ResolvesServerCert for Certificates {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.current.read().ok().map(|c| c.clone())
     }
+}
+
+/// `unikgate_tls_certificate_expiry_timestamp_seconds`: when the certificate served expires
+/// (files and ACME alike).
+pub(crate) fn expiry_gauge(not_after: SystemTime) {
+    metrics::gauge!("unikgate_tls_certificate_expiry_timestamp_seconds").set(
+        not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64(),
+    );
 }
 
 /// Where the served certificate comes from, as the listener and `readyz` see it.
