@@ -36,6 +36,8 @@ pub struct App {
     /// `[tls]`: the certificate served on `server.listen` (files read again when they change, or
     /// obtained and renewed over ACME).
     pub tls: Option<crate::tls::Served>,
+    /// `[access]`: who may sign in, and the stamp of these rules.
+    pub access: crate::access::Policy,
 }
 
 impl App {

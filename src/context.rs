@@ -129,6 +129,50 @@ pub fn link_ref(l: &Link) -> LinkRef {
     }
 }
 
+/// What the `[access]` rules say of a session made under other rules (its stamp differs).
+pub enum Readmitted {
+    /// Still allowed: the caller records the new stamp in the session.
+    Allowed,
+    /// Refused (the session and its Matomo session are ended): the page to show.
+    Refused(Error),
+    /// The rules read a claim the session did not keep (the session is ended): sign in again.
+    SignInAgain,
+}
+
+/// Checks a session again under the current `[access]` rules (cold: only when its stamp is not
+/// the rules'). A refusal ends this session and logs its Matomo session out of Matomo, with an
+/// audit event naming the rule.
+pub async fn readmit(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+    user: &crate::session::UserSession,
+) -> Result<Readmitted, Error> {
+    use crate::access::Recheck;
+    let verdict = app.access.check(&user.subject, &user.claims);
+    let out = match verdict {
+        Recheck::Allowed => return Ok(Readmitted::Allowed),
+        Recheck::Refused(r) => {
+            tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = %r.rule(app.access.config()), when = "access rules changed");
+            Readmitted::Refused(Error::NotAllowed(
+                user.display.clone().unwrap_or_else(|| user.subject.clone()),
+            ))
+        }
+        Recheck::SignInAgain => {
+            tracing::info!(target: "unikgate::audit", event = "sign_out", subject = %user.subject, client_ip = %ctx.client_ip, reason = "access rules read a claim this session did not keep: sign in again");
+            Readmitted::SignInAgain
+        }
+    };
+    sess.end().await?;
+    if let Some(cookie) = user.matomo.as_ref().and_then(|m| m.cookie.as_deref()) {
+        if let Err(e) = crate::upstream::matomo::logout(&app.upstream, cookie, ctx.client_ip).await
+        {
+            tracing::warn!(error = %e.chain(), "could not log the Matomo session out");
+        }
+    }
+    Ok(out)
+}
+
 /// Records the session `id` under its identity and provider session, so that unlinking the
 /// identity, or a back-channel logout naming it, ends it on every replica.
 pub async fn index_session(

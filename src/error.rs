@@ -127,6 +127,9 @@ pub enum Error {
     LoginAlreadyLinked,
     #[error("superusers may not sign in with an @unikname")]
     SuperuserDenied,
+    /// `[access]` does not let this person in (`.0`: how pages name them).
+    #[error("{0} may not sign in here")]
+    NotAllowed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -145,9 +148,8 @@ impl Error {
             | LinkedButMintFailed(..)
             | MatomoUnexpected(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Forbidden(_) | AccessDenied(_) | Csrf | SuperuserDenied | SignInRejected(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Forbidden(_) | AccessDenied(_) | Csrf | SuperuserDenied | NotAllowed(_)
+            | SignInRejected(_) => StatusCode::FORBIDDEN,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -196,6 +198,7 @@ impl Error {
             IdentityAlreadyLinked => "identity_already_linked",
             LoginAlreadyLinked => "login_already_linked",
             SuperuserDenied => "superuser_denied",
+            NotAllowed(_) => "not_allowed",
             Internal(_) => "internal",
         }
     }

@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md for the map of modules and the life of a request.
 
 // The rooms (ARCHITECTURE.md draws them and the way a request goes through them).
+pub mod access; // who may sign in: `[access]`'s rules and their stamp
 pub mod app; // what every request may need, built once
 pub mod config; // every key, read and validated once
 pub mod context; // the per-request context, and what the gate and the endpoints answer with
@@ -123,6 +124,7 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
         minter,
         tls,
         pages,
+        access: access::Policy::new(&cfg.access),
         cfg,
     });
     Ok((gate::Gate::new(app.clone()), app))

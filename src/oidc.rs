@@ -52,6 +52,9 @@ pub struct Identity {
     pub sid: Option<String>,
     /// The verified ID token's `sub`.
     pub id_sub: Option<String>,
+    /// Every claim the provider gave: the userinfo answer, plus the verified ID token's claims
+    /// for the names userinfo lacks (`[access]` and `[provision]` read them).
+    pub claims: serde_json::Value,
 }
 
 /// What a verified back-channel logout token names (at least one of the two).
@@ -365,13 +368,23 @@ impl Oidc {
             .then(|| tokens.id_token.as_deref().and_then(jwt_payload))
             .flatten();
         let sid = payload.as_ref().and_then(|p| claim(p, "sid"));
+        let mut claims = info;
+        if let (Some(serde_json::Value::Object(token)), Some(all)) =
+            (payload, claims.as_object_mut())
+        {
+            for (k, v) in token {
+                all.entry(k).or_insert(v);
+            }
+        }
+        let email = claim(&claims, "email");
         Ok(Identity {
             issuer: self.identity_issuer.clone(),
             subject,
             id_token: tokens.id_token,
-            email: claim(&info, "email"),
+            email,
             sid,
             id_sub,
+            claims,
         })
     }
 
@@ -751,9 +764,55 @@ pub fn claim(v: &serde_json::Value, path: &str) -> Option<String> {
     }
 }
 
+/// Every value of a claim by dotted path: a string or number, or each string or number of a
+/// list (booleans as `true`/`false`). Empty when the claim is absent.
+pub fn claim_values(v: &serde_json::Value, path: &str) -> Vec<String> {
+    let mut cur = v;
+    for part in path.split('.') {
+        match cur.get(part) {
+            Some(next) => cur = next,
+            None => return Vec::new(),
+        }
+    }
+    fn scalar(v: &serde_json::Value) -> Option<String> {
+        match v {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+    match cur {
+        serde_json::Value::Array(items) => items.iter().filter_map(scalar).collect(),
+        other => scalar(other).into_iter().collect(),
+    }
+}
+
+/// A boolean claim: `true`, or the string `"true"` that some providers send.
+pub fn claim_bool(v: &serde_json::Value, path: &str) -> bool {
+    matches!(claim_values(v, path).as_slice(), [one] if one == "true")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_lists_and_booleans() {
+        let v = serde_json::json!({
+            "email_verified": true, "flag": "true", "no": false,
+            "groups": ["a", "b", 3, {"x": 1}], "org": {"team": "red"}, "empty": ""
+        });
+        assert!(claim_bool(&v, "email_verified"));
+        assert!(claim_bool(&v, "flag"));
+        assert!(!claim_bool(&v, "no"));
+        assert!(!claim_bool(&v, "missing"));
+        assert!(!claim_bool(&v, "groups"));
+        assert_eq!(claim_values(&v, "groups"), vec!["a", "b", "3"]);
+        assert_eq!(claim_values(&v, "org.team"), vec!["red"]);
+        assert!(claim_values(&v, "empty").is_empty());
+        assert!(claim_values(&v, "org").is_empty());
+    }
 
     #[test]
     fn claims_by_path() {

@@ -28,6 +28,112 @@ pub struct Config {
     pub matomo: MatomoConfig,
     /// `[tls]`: set, `server.listen` serves HTTPS (HTTP/2 and HTTP/1.1) itself.
     pub tls: Option<TlsConfig>,
+    pub access: AccessConfig,
+    pub provision: ProvisionConfig,
+    pub links: LinksConfig,
+}
+
+/// `[access]`: who may sign in. With no key set, everybody the provider vouches for (every
+/// @unikname that completes Unikname Connect) reaches the link page. Checked at each sign-in, and
+/// again when a session is used after the rules changed (on every replica: the rules' stamp rides
+/// in the shared session).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// @uniknames let in, by the subject the provider gives (`unikgate links list` shows them).
+    pub allow_subjects: Vec<String>,
+    /// E-mail domains let in (`example.org`), lowercase; only an address the provider says is
+    /// verified (`email_verified = true`) counts. With `allow_subjects` too, either one lets in.
+    pub allow_email_domains: Vec<String>,
+    /// Claims that must hold, as `path=value` (`groups=matomo`, dotted paths reach nested
+    /// objects; a claim that is a list holds when one of its items is the value). Entries on the
+    /// same path are alternatives; different paths are all required.
+    pub require_claims: Vec<(String, String)>,
+}
+
+impl AccessConfig {
+    /// No rule: everybody the provider vouches for may sign in.
+    pub fn is_open(&self) -> bool {
+        self.allow_subjects.is_empty()
+            && self.allow_email_domains.is_empty()
+            && self.require_claims.is_empty()
+    }
+}
+
+/// `[provision]`: Matomo accounts made at the first sign-in (signed minter only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionConfig {
+    /// `off` (default): a person without a link proves a Matomo account. `offer`: the link page
+    /// also offers "Create my Matomo account". `auto`: the account is made at once.
+    pub mode: ProvisionMode,
+    /// Where the new account's login comes from: `preferred_username` (default), `email` (its
+    /// local part), `subject` (the @unikname's subject), or another claim path.
+    pub login_claim: String,
+    /// The access given to a new account: `/matomo/<idSite>/<view|write|admin>` entries.
+    pub access: Vec<SiteAccess>,
+    /// A claim holding `/matomo/<idSite>/<view|write|admin>` entries (a list, or one string)
+    /// that sets the person's site access at each sign-in. Unset: access is left to Matomo.
+    pub access_claim: Option<String>,
+    /// With `access_claim`: also remove the access to sites the claim no longer lists (access
+    /// given by hand in Matomo included). Default false.
+    pub access_claim_prune: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProvisionMode {
+    Off,
+    Offer,
+    Auto,
+}
+
+/// One site access: `/matomo/<idSite>/<view|write|admin>`. Superuser is never given this way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SiteAccess {
+    pub site: u32,
+    pub level: AccessLevel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AccessLevel {
+    View,
+    Write,
+    Admin,
+}
+
+impl AccessLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLevel::View => "view",
+            AccessLevel::Write => "write",
+            AccessLevel::Admin => "admin",
+        }
+    }
+}
+
+impl SiteAccess {
+    /// `/matomo/3/view` (a leading `/matomo/` is required, case-insensitive level).
+    pub fn parse(entry: &str) -> Option<SiteAccess> {
+        let rest = entry.trim().strip_prefix("/matomo/")?;
+        let (site, level) = rest.split_once('/')?;
+        if site.is_empty() || site.len() > 9 || !site.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let site: u32 = site.parse().ok().filter(|s| *s > 0)?;
+        let level = match level.to_ascii_lowercase().as_str() {
+            "view" => AccessLevel::View,
+            "write" => AccessLevel::Write,
+            "admin" => AccessLevel::Admin,
+            _ => return None,
+        };
+        Some(SiteAccess { site, level })
+    }
+}
+
+/// `[links]`: what people may do with their link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinksConfig {
+    /// People may unlink their @unikname themselves (account page, Matomo's Security card).
+    /// Default true; when false only `unikgate links remove` unlinks.
+    pub allow_unlink: bool,
 }
 
 /// `[tls]`: HTTPS served by unikgate on `server.listen`, with HTTP/2 and HTTP/1.1 (ALPN), TLS 1.2
@@ -362,6 +468,18 @@ impl Config {
         let store = section(&root, "store", env, &mut errors, read_store);
         let matomo = section(&root, "matomo", env, &mut errors, read_matomo);
         let tls = section(&root, "tls", env, &mut errors, read_tls);
+        let access = section(&root, "access", env, &mut errors, read_access);
+        let provision = section(&root, "provision", env, &mut errors, read_provision);
+        let links = section(&root, "links", env, &mut errors, read_links);
+        if let (Some(p), Some(m)) = (&provision, &matomo) {
+            let signed = matches!(m.minter, MinterConfig::Signed(_));
+            if !signed && (p.mode != ProvisionMode::Off || p.access_claim.is_some()) {
+                errors.push(ConfigError {
+                    key: if p.mode != ProvisionMode::Off { "provision.mode" } else { "provision.access_claim" }.into(),
+                    message: "needs matomo.minter = \"signed\": the UnikGate plugin makes the accounts and sets their access (unikgate holds no Matomo superuser token)".into(),
+                });
+            }
+        }
         let mut server = server;
         let tls = match tls {
             Some(Tls::Off) => {
@@ -431,15 +549,21 @@ impl Config {
             }
         }
         let store = store.and_then(|(config, _)| config);
-        match (server, upstream, provider, session, store, matomo, tls) {
+        match (
+            (server, upstream, provider, session, store, matomo, tls),
+            (access, provision, links),
+        ) {
             (
-                Some(server),
-                Some(upstream),
-                Some(provider),
-                Some(session),
-                Some(store),
-                Some(matomo),
-                Some(tls),
+                (
+                    Some(server),
+                    Some(upstream),
+                    Some(provider),
+                    Some(session),
+                    Some(store),
+                    Some(matomo),
+                    Some(tls),
+                ),
+                (Some(access), Some(provision), Some(links)),
             ) if errors.is_empty() => Ok(Config {
                 server,
                 upstream,
@@ -448,6 +572,9 @@ impl Config {
                 store,
                 matomo,
                 tls,
+                access,
+                provision,
+                links,
             }),
             _ => Err(errors),
         }
@@ -534,7 +661,16 @@ fn sqlite_dir(store: &StoreConfig) -> Option<PathBuf> {
 }
 
 pub const SECTIONS: &[&str] = &[
-    "server", "upstream", "provider", "session", "store", "matomo", "tls",
+    "server",
+    "upstream",
+    "provider",
+    "session",
+    "store",
+    "matomo",
+    "tls",
+    "access",
+    "provision",
+    "links",
 ];
 
 /// `UNIKGATE_<SECTION>__<KEY>` variables that name no key are errors: a typo would otherwise be
@@ -630,6 +766,21 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("tls", TLS_KEYS),
+    (
+        "access",
+        &["allow_subjects", "allow_email_domains", "require_claims"],
+    ),
+    (
+        "provision",
+        &[
+            "mode",
+            "login_claim",
+            "access",
+            "access_claim",
+            "access_claim_prune",
+        ],
+    ),
+    ("links", &["allow_unlink"]),
 ];
 
 fn parse_addr(r: &mut Reader<'_>, key: &'static str, default: Option<&str>) -> Option<SocketAddr> {
@@ -1213,6 +1364,105 @@ fn read_matomo(r: &mut Reader<'_>) -> Option<MatomoConfig> {
         public_paths,
         uns_verification_file,
         deny_superusers,
+    })
+}
+
+fn read_access(r: &mut Reader<'_>) -> Option<AccessConfig> {
+    let allow_subjects: Vec<String> = r
+        .list("allow_subjects", &[])
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .collect();
+    if allow_subjects.iter().any(String::is_empty) {
+        r.error("allow_subjects", "holds an empty entry");
+    }
+    let mut allow_email_domains = Vec::new();
+    for d in r.list("allow_email_domains", &[]) {
+        let d = d.trim().trim_start_matches('@').to_ascii_lowercase();
+        let ok = !d.is_empty()
+            && d.len() <= 253
+            && d.contains('.')
+            && d.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if ok {
+            allow_email_domains.push(d);
+        } else {
+            r.error(
+                "allow_email_domains",
+                format!("{d:?} is not a domain such as \"example.org\" (the part of an e-mail address after @)"),
+            );
+        }
+    }
+    let mut require_claims = Vec::new();
+    for e in r.list("require_claims", &[]) {
+        match e.split_once('=') {
+            Some((path, value))
+                if !path.trim().is_empty()
+                    && !value.is_empty()
+                    && path.trim().split('.').all(|p| !p.is_empty()) =>
+            {
+                require_claims.push((path.trim().to_string(), value.to_string()))
+            }
+            _ => r.error(
+                "require_claims",
+                format!("{e:?} must be claim=value, such as \"groups=matomo\" (dotted paths reach nested claims)"),
+            ),
+        }
+    }
+    Some(AccessConfig {
+        allow_subjects,
+        allow_email_domains,
+        require_claims,
+    })
+}
+
+fn read_provision(r: &mut Reader<'_>) -> Option<ProvisionConfig> {
+    let mode = match r.choice("mode", "off", &["off", "offer", "auto"]).as_str() {
+        "offer" => ProvisionMode::Offer,
+        "auto" => ProvisionMode::Auto,
+        _ => ProvisionMode::Off,
+    };
+    let login_claim = r.string("login_claim", "preferred_username");
+    if login_claim.trim().is_empty() || login_claim.split('.').any(str::is_empty) {
+        r.error(
+            "login_claim",
+            "must be preferred_username, email, subject, or a claim path",
+        );
+    }
+    let mut access = Vec::new();
+    for e in r.list("access", &[]) {
+        match SiteAccess::parse(&e) {
+            Some(a) => access.push(a),
+            None => r.error(
+                "access",
+                format!("{e:?} must be /matomo/<idSite>/<view|write|admin>, such as \"/matomo/1/view\" (superuser is never given)"),
+            ),
+        }
+    }
+    let access_claim = r
+        .opt_string("access_claim")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let access_claim_prune = r.bool("access_claim_prune", false);
+    if access_claim_prune && access_claim.is_none() {
+        r.error(
+            "access_claim_prune",
+            "only means something with provision.access_claim",
+        );
+    }
+    Some(ProvisionConfig {
+        mode,
+        login_claim,
+        access,
+        access_claim,
+        access_claim_prune,
+    })
+}
+
+fn read_links(r: &mut Reader<'_>) -> Option<LinksConfig> {
+    Some(LinksConfig {
+        allow_unlink: r.bool("allow_unlink", true),
     })
 }
 

@@ -5,8 +5,8 @@ use super::*;
 
 /// `GET <prefix>/account`.
 pub(super) async fn account(v: Visit, mut sess: Session) -> Result<Response, Error> {
-    let (app, t, sess) = (&*v.app, v.t, &mut *sess);
-    let Some(user) = signed_in_user(app, sess).await? else {
+    let (app, ctx, t, sess) = (&*v.app, &v.ctx, v.t, &mut *sess);
+    let Some(user) = signed_in_user(app, ctx, sess).await? else {
         return Ok(to_sign_in(
             app,
             &format!("{}/account", app.cfg.server.prefix),
@@ -43,7 +43,7 @@ pub(super) async fn unlink(v: Visit, posted: CsrfForm) -> Result<Response, Error
     let CsrfForm { mut sess, form } = posted;
     let (app, ctx, headers, sess, f) = (&*v.app, &v.ctx, &v.headers, &mut *sess, &form);
     let account = format!("{}/account", app.cfg.server.prefix);
-    let Some(user) = signed_in_user(app, sess).await? else {
+    let Some(user) = signed_in_user(app, ctx, sess).await? else {
         return Ok(to_sign_in(app, &account));
     };
     let rd = match f.get("rd") {
@@ -75,7 +75,7 @@ pub(super) async fn unlink(v: Visit, posted: CsrfForm) -> Result<Response, Error
 /// the browser says the request comes from another site (`Sec-Fetch-Site`), never cached, and
 /// nothing in it names anybody but the session's own @unikname.
 pub(super) async fn status(v: Visit, mut sess: Session) -> Result<Response, Error> {
-    let (app, headers, sess) = (&*v.app, &v.headers, &mut *sess);
+    let (app, ctx, headers, sess) = (&*v.app, &v.ctx, &v.headers, &mut *sess);
     let site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
@@ -88,7 +88,11 @@ pub(super) async fn status(v: Visit, mut sess: Session) -> Result<Response, Erro
         ));
     }
     let user = if sess.had_cookie() {
-        app.sessions.load(sess).await?.user.clone()
+        match signed_in_user(app, ctx, sess).await {
+            // Refused by the access rules: ended, so not signed in.
+            Err(Error::NotAllowed(_)) => None,
+            other => other?,
+        }
     } else {
         None
     };

@@ -43,7 +43,7 @@ async fn link_page(
         status,
     } = notice;
     let rd = rd_of(app, q);
-    let Some(user) = signed_in_user(app, sess).await? else {
+    let Some(user) = signed_in_user(app, ctx, sess).await? else {
         return Ok(to_sign_in(app, &rd));
     };
     if app.links.get(&user.issuer, &user.subject).await?.is_some() {
@@ -87,7 +87,7 @@ pub(super) async fn link_post(v: Visit, posted: CsrfForm) -> Result<Response, Er
     let (app, ctx, headers, sess, f) = (&*v.app, &v.ctx, &v.headers, &mut *sess, &form);
     let v = &v;
     let rd = rd_of(app, f);
-    let Some(mut user) = signed_in_user(app, sess).await? else {
+    let Some(mut user) = signed_in_user(app, ctx, sess).await? else {
         return Ok(to_sign_in(app, &rd));
     };
     if app.links.get(&user.issuer, &user.subject).await?.is_some() {

@@ -23,7 +23,7 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::app::App;
 use crate::context::{
-    append_matomo_cookie, clear_matomo_cookie, mint, own_url, redirect_local, Ctx,
+    append_matomo_cookie, clear_matomo_cookie, mint, own_url, redirect_local, Ctx, Readmitted,
 };
 use crate::error::Error;
 use crate::pages::{AccountPage, LinkPage, SignInPage};
@@ -159,9 +159,32 @@ fn rd_of(app: &App, q: &Form) -> String {
     )
 }
 
-/// The signed-in user of this session, if any (see [`to_sign_in`] for the others).
-async fn signed_in_user(app: &App, sess: &mut Sess) -> Result<Option<UserSession>, Error> {
-    Ok(app.sessions.load(sess).await?.user.clone())
+/// The signed-in user of this session, if any (see [`to_sign_in`] for the others). A session
+/// let in under other `[access]` rules is checked again: refused, it ends with the refusal's page;
+/// lacking a claim the rules now read, it ends (the person signs in again).
+async fn signed_in_user(
+    app: &App,
+    ctx: &Ctx,
+    sess: &mut Sess,
+) -> Result<Option<UserSession>, Error> {
+    let Some(mut user) = app.sessions.load(sess).await?.user.clone() else {
+        return Ok(None);
+    };
+    if user.policy != app.access.stamp() {
+        match crate::context::readmit(app, ctx, sess, &user).await? {
+            Readmitted::Allowed => {
+                user.policy = app.access.stamp();
+                let data = app.sessions.load(sess).await?;
+                if let Some(u) = &mut data.user {
+                    u.policy = user.policy;
+                }
+                sess.changed();
+            }
+            Readmitted::Refused(e) => return Err(e),
+            Readmitted::SignInAgain => return Ok(None),
+        }
+    }
+    Ok(Some(user))
 }
 
 /// The way to the sign-in page, coming back to `rd`.

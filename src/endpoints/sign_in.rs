@@ -123,6 +123,16 @@ pub(super) async fn callback(
         ));
     }
     let id = oidc.finish(&pending, code).await?;
+    if let Err(r) = app.access.evaluate(&id.subject, &id.claims) {
+        // Nobody is signed in in this browser after a refusal (a person signed in before it is
+        // signed out: this browser just proved to be somebody else).
+        sess.cycle().await?;
+        app.sessions.load(sess).await?.user = None;
+        tracing::warn!(target: "unikgate::audit", event = "refused", subject = %id.subject, client_ip = %ctx.client_ip, reason = %r.rule(app.access.config()));
+        return Err(Error::NotAllowed(
+            id.email.clone().unwrap_or_else(|| id.subject.clone()),
+        ));
+    }
     // A new session id at sign-in: whatever id the browser had before (possibly planted) is gone.
     sess.cycle().await?;
     let data = app.sessions.load(sess).await?;
@@ -141,6 +151,8 @@ pub(super) async fn callback(
         id_sub: id.id_sub.clone(),
         link: None,
         matomo: None,
+        policy: app.access.stamp(),
+        claims: app.access.project(&id.claims),
     };
     tracing::info!(target: "unikgate::audit", event = "sign_in", subject = %id.subject, client_ip = %ctx.client_ip);
     let link = app.links.get(&id.issuer, &id.subject).await?;

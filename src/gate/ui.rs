@@ -70,6 +70,28 @@ impl UiVisit<'_> {
             return self.not_signed_in(req).await;
         };
         let mut user = Cow::Borrowed(signed_in);
+        // Let in under other `[access]` rules (one compare on the hot path): checked again.
+        if signed_in.policy != self.app.access.stamp() {
+            use crate::context::Readmitted;
+            match Box::pin(crate::context::readmit(
+                self.app,
+                &self.ctx,
+                &mut self.sess,
+                signed_in,
+            ))
+            .await?
+            {
+                Readmitted::Allowed => {
+                    user.to_mut().policy = self.app.access.stamp();
+                    self.sess.changed();
+                }
+                Readmitted::Refused(e) => return Err(e),
+                Readmitted::SignInAgain => {
+                    let to = own_url(self.app, "sign_in", &self.rd(&req));
+                    return Ok(redirect_local(self.app, &to));
+                }
+            }
+        }
         // The link as the session read it (borrowed: no copy of its strings per request).
         let res = self
             .signed_in(req, &mut user, signed_in.link.as_ref())

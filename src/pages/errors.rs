@@ -35,7 +35,8 @@ impl Error {
             | ProviderError(d)
             | ProviderBadAnswer(d)
             | MintFailed(_, d)
-            | MatomoUnexpected(d) => d.clone(),
+            | MatomoUnexpected(d)
+            | NotAllowed(d) => d.clone(),
             _ => String::new(),
         };
         let text = |part: &str, detail: &str, login: &str| -> Option<String> {
@@ -66,6 +67,10 @@ impl Error {
             )),
             Csrf => Some((
                 t.get("action.start_again").to_string(),
+                ActionTarget::Own("sign_in"),
+            )),
+            NotAllowed(_) => Some((
+                t.get("action.other_unikname").to_string(),
                 ActionTarget::Own("sign_in"),
             )),
             _ => None,

@@ -1,6 +1,7 @@
 //! What a session holds: the browser's pending sign-ins, the signed-in user with its link and
 //! the Matomo session minted for it. Plain data, serialised into the record.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,18 @@ pub struct UserSession {
     pub link: Option<LinkRef>,
     /// The Matomo session unikgate minted for this browser.
     pub matomo: Option<MatomoSession>,
+    /// The stamp of the `[access]` rules this session was let in under (0: no rules). Another
+    /// stamp on a request means the rules changed: the session is checked again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub policy: u64,
+    /// The claims those rules read, as the provider gave them at sign-in (checked again from
+    /// here when the rules change).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, Vec<String>>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// What a session needs of its link on every request (no link-store read on the hot path).

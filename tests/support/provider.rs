@@ -49,6 +49,9 @@ pub struct FakeState {
     pub last_sid: String,
     /// How often `/oidc/jwks` (an empty key set) was fetched.
     pub jwks_calls: u32,
+    /// Extra userinfo claims by subject (`email`, `email_verified`, `groups`, …), merged over
+    /// the CAS-shaped answer.
+    pub claims: HashMap<String, serde_json::Value>,
 }
 
 #[derive(Clone)]
@@ -153,6 +156,16 @@ impl FakeProvider {
 
     pub fn set_sub(&self, sub: &str) {
         self.state.lock().unwrap().next_sub = sub.to_string();
+    }
+
+    /// Extra userinfo claims for `sub` from now on (a JSON object, merged over the usual answer;
+    /// a null value removes that claim).
+    pub fn set_claims(&self, sub: &str, claims: serde_json::Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .claims
+            .insert(sub.to_string(), claims);
     }
 
     /// The `[provider]` section for this fake: explicit URLs, HS256, no discovery.
@@ -314,7 +327,10 @@ async fn jwks(State((st, _)): State<St>) -> Response {
 }
 
 async fn userinfo(State((st, _)): State<St>, h: HeaderMap) -> Response {
-    let fault = st.lock().unwrap().fault;
+    let (fault, extra) = {
+        let s = st.lock().unwrap();
+        (s.fault, s.claims.clone())
+    };
     let Some(sub) = h
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -331,10 +347,19 @@ async fn userinfo(State((st, _)): State<St>, h: HeaderMap) -> Response {
             .into_response();
     }
     // Shaped like Apereo CAS: sub, id, attributes.
-    axum::Json(serde_json::json!({
+    let mut answer = serde_json::json!({
         "sub": sub, "id": sub, "attributes": {"uid": format!("uid-{sub}"), "email": format!("{sub}@example.com")}
-    }))
-    .into_response()
+    });
+    if let Some(serde_json::Value::Object(more)) = extra.get(sub) {
+        for (k, v) in more {
+            if v.is_null() {
+                answer.as_object_mut().unwrap().remove(k);
+            } else {
+                answer[k] = v.clone();
+            }
+        }
+    }
+    axum::Json(answer).into_response()
 }
 
 /// The real `oidc-provider` (npm), configured like Unikname Connect, as a child process.
