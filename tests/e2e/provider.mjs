@@ -7,9 +7,20 @@
 // BACKCHANNEL_LOGOUT_URI (optional, one URL): turns on OpenID Connect Back-Channel Logout 1.0 for the
 // client (ID tokens and logout tokens then carry `sid`; RP-initiated logout sends a logout token).
 //
-// Test-only endpoint: POST /oidc/test/end_sessions (form: login, optional sid) ends every provider
-// session of that @unikname, as an administrator's revocation would, and sends the client a
-// back-channel logout token for the subject (sub only, no sid), plus one with `sid` when given.
+// Scopes and their claims (userinfo at /oidc/profile gives those of the granted scopes only):
+// `openid` sub; `email` email, email_verified; `profile` preferred_username; `matomo` (custom)
+// matomo_access (strings such as "/matomo/1/view") and groups (strings). An account <login> has by
+// default email <login>@example.org, email_verified true and preferred_username <login>; no
+// matomo_access, no groups.
+//
+// Test-only endpoints:
+// - POST /oidc/test/end_sessions (form: login, optional sid) ends every provider session of that
+//   @unikname, as an administrator's revocation would, and sends the client a back-channel logout
+//   token for the subject (sub only, no sid), plus one with `sid` when given.
+// - POST /oidc/test/claims (JSON: {"login": "carol", "claims": {"email_verified": false,
+//   "matomo_access": ["/matomo/1/view"], "groups": ["staff"]}}) merges those claims over that
+//   @unikname's (a claim set to null removes it, defaults included; `sub` cannot be set), before or
+//   after the sign-in: the next userinfo answer has them. Answers 204; 400 for a malformed body.
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -34,6 +45,23 @@ const pageStyle = 'body{font:16px system-ui,sans-serif;background:#0c2340;color:
   + 'input{font:inherit;width:100%;padding:.6rem;border:1px solid #888;border-radius:6px;box-sizing:border-box}'
   + 'button{font:inherit;margin-top:1rem;width:100%;padding:.75rem;border-radius:8px;border:2px solid #0c2340;cursor:pointer}'
   + '.approve{background:#0c2340;color:#fff;font-weight:700}.decline{background:#fff;color:#0c2340}';
+
+// The @unikname of each account id (subjects are opaque hashes), and the claims tests set
+// (POST /oidc/test/claims; null marks a removed claim).
+const loginByAccount = new Map();
+const claimsByAccount = new Map();
+function accountClaims(accountId) {
+  const login = loginByAccount.get(accountId) || accountId;
+  const claims = {
+    email: `${login}@example.org`,
+    email_verified: true,
+    preferred_username: login,
+    ...claimsByAccount.get(accountId),
+    sub: accountId,
+  };
+  for (const [k, v] of Object.entries(claims)) if (v === null) delete claims[k];
+  return claims;
+}
 
 // Session ids by account id, so that an administrator can end a person's sessions.
 const sessionsByAccount = new Map();
@@ -69,8 +97,13 @@ const provider = new Provider(issuer, {
     jwks: '/jwks',
     end_session: '/logout',
   },
-  claims: { openid: ['sub'], email: ['email', 'email_verified'] },
-  scopes: ['openid', 'email'],
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['preferred_username'],
+    matomo: ['matomo_access', 'groups'],
+  },
+  scopes: ['openid', 'email', 'profile', 'matomo'],
   features: {
     devInteractions: { enabled: false },
     rpInitiatedLogout: { enabled: true },
@@ -88,19 +121,20 @@ const provider = new Provider(issuer, {
   interactions: { url: (ctx, interaction) => `${prefix}/interaction/${interaction.uid}` },
   findAccount: async (ctx, id) => ({
     accountId: id,
-    claims: async () => ({ sub: id, email: `${id}@example.com`, email_verified: true }),
+    claims: async () => accountClaims(id),
   }),
 });
 provider.on('server_error', (ctx, err) => console.error('oidc-provider server_error', err));
 provider.on('backchannel.error', (ctx, err, client, accountId, sid) => console.error('oidc-provider backchannel logout failed', client.clientId, accountId, sid, err));
 
-function readBody(req) {
+function readText(req) {
   return new Promise((resolve) => {
     let b = '';
     req.on('data', (c) => { b += c; if (b.length > 65536) req.destroy(); });
-    req.on('end', () => resolve(new URLSearchParams(b)));
+    req.on('end', () => resolve(b));
   });
 }
+const readBody = async (req) => new URLSearchParams(await readText(req));
 
 async function interaction(req, res, uid) {
   const details = await provider.interactionDetails(req, res);
@@ -124,6 +158,7 @@ async function interaction(req, res, uid) {
   }
   const login = (form.get('login') || '').trim().replace(/^@/, '');
   const accountId = subjectOf(login);
+  loginByAccount.set(accountId, login);
   const grant = new provider.Grant({ accountId, clientId: details.params.client_id });
   grant.addOIDCScope(details.params.scope);
   const grantId = await grant.save();
@@ -170,6 +205,33 @@ async function endSessions(req, res) {
   }
 }
 
+// A test sets claims of an @unikname: merged over what it had, null removing one. 204, or 400 with
+// a JSON error for a malformed body.
+async function setClaims(req, res) {
+  let body;
+  try {
+    body = JSON.parse(await readText(req));
+  } catch {
+    body = undefined;
+  }
+  const login = body && typeof body.login === 'string' ? body.login.trim().replace(/^@/, '') : '';
+  const claims = body && body.claims;
+  const bad = !login ? 'login is required'
+    : (!claims || typeof claims !== 'object' || Array.isArray(claims)) ? 'claims must be an object'
+      : ('sub' in claims) ? 'sub cannot be set' : '';
+  if (bad) {
+    res.statusCode = 400;
+    res.setHeader('Content-Type', 'application/json');
+    res.end(JSON.stringify({ error: bad }));
+    return;
+  }
+  const accountId = subjectOf(login);
+  loginByAccount.set(accountId, login);
+  claimsByAccount.set(accountId, { ...claimsByAccount.get(accountId), ...claims });
+  res.statusCode = 204;
+  res.end();
+}
+
 const callback = provider.callback();
 const server = http.createServer(async (req, res) => {
   try {
@@ -177,6 +239,7 @@ const server = http.createServer(async (req, res) => {
     const m = req.url.match(/^\/oidc\/interaction\/([A-Za-z0-9_-]+)$/);
     if (m) { await interaction(req, res, m[1]); return; }
     if (req.method === 'POST' && req.url === `${prefix}/test/end_sessions`) { await endSessions(req, res); return; }
+    if (req.method === 'POST' && req.url === `${prefix}/test/claims`) { await setClaims(req, res); return; }
     req.originalUrl = req.url;
     req.url = req.url.slice(prefix.length) || '/';
     callback(req, res);
