@@ -573,8 +573,47 @@ fn every_error() -> Vec<unikgate::error::Error> {
         IdentityAlreadyLinked,
         LoginAlreadyLinked,
         SuperuserDenied,
+        NotAllowed("uns-x".into()),
         Internal("x".into()),
     ]
+}
+
+#[tokio::test]
+async fn with_allow_unlink_off_only_the_cli_unlinks() {
+    let (_m, p, app) = setup_with("[links]\nallow_unlink = false\n").await;
+    let b = linked(&app, &p, "uns-alice", "alice", "alice-password").await;
+    let html = b
+        .get(&app.url("/_unikgate/account"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("alice"));
+    assert!(
+        !html.contains("/_unikgate/unlink"),
+        "no Unlink button: {html}"
+    );
+    assert!(html.contains("only an administrator"), "{html}");
+    // The endpoint refuses, with a good CSRF token (a hand-made form).
+    let res = b
+        .post(&app.url("/_unikgate/unlink"), &[("csrf", &csrf_of(&html))])
+        .await;
+    assert_eq!(res.status(), 403);
+    assert!(res.text().await.unwrap().contains("links.allow_unlink"));
+    assert_eq!(app.app.links.list().await.unwrap().len(), 1, "still linked");
+    assert_eq!(ui_as(&b, &app, "/index.php?module=CoreHome").await.0, 200);
+    // The Security card's JSON says so, for the plugin to hide its button.
+    let s: serde_json::Value = b
+        .get(&app.url("/_unikgate/status"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["linked"], true);
+    assert_eq!(s["can_unlink"], false);
+    // `unikgate links remove` still does.
+    assert!(app.app.unlink_login("alice").await.unwrap());
+    assert!(app.app.links.list().await.unwrap().is_empty());
 }
 
 #[tokio::test]

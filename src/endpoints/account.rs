@@ -31,6 +31,7 @@ pub(super) async fn account(v: Visit, mut sess: Session) -> Result<Response, Err
             matomo_login: link.as_ref().map(|l| l.matomo_login.as_str()),
             linked_at,
             csrf: &csrf,
+            can_unlink: app.cfg.links.allow_unlink,
         },
     ))
 }
@@ -46,6 +47,12 @@ pub(super) async fn unlink(v: Visit, posted: CsrfForm) -> Result<Response, Error
     let Some(user) = signed_in_user(app, ctx, sess).await? else {
         return Ok(to_sign_in(app, &account));
     };
+    if !app.cfg.links.allow_unlink {
+        tracing::warn!(target: "unikgate::audit", event = "refused", subject = %user.subject, client_ip = %ctx.client_ip, reason = "unlink is off (links.allow_unlink = false)");
+        return Err(Error::Forbidden(
+            "unlinking is turned off here (links.allow_unlink = false); an administrator unlinks with `unikgate links remove`",
+        ));
+    }
     let rd = match f.get("rd") {
         Some(_) => rd_of(app, f),
         None => account,
@@ -117,6 +124,7 @@ pub(super) async fn status(v: Visit, mut sess: Session) -> Result<Response, Erro
             "linked": link.is_some(),
             "matomo_login": link.as_ref().map(|l| l.matomo_login.as_str()),
             "linked_since": since,
+            "can_unlink": app.cfg.links.allow_unlink,
             "csrf": csrf,
         }),
     ))

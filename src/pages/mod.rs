@@ -200,6 +200,8 @@ pub struct AccountPage<'a> {
     pub matomo_login: Option<&'a str>,
     pub linked_at: Option<String>,
     pub csrf: &'a str,
+    /// `links.allow_unlink`: the Unlink button, or a note that only an administrator unlinks.
+    pub can_unlink: bool,
 }
 
 /// Turns the [`ErrorPage`] marker of an error response into its HTML page; other responses pass.
