@@ -401,3 +401,257 @@ fn the_plugins_catalogues_have_the_same_keys() {
         );
     }
 }
+
+/// An assertion for the plugin at `base` (its audience), as unikgate signs them: `act` (None:
+/// a login token, without the claim), `sub`, and `more` claims.
+fn plugin_token(base: &str, act: Option<&str>, sub: &str, more: serde_json::Value) -> String {
+    let t = now();
+    let mut c = serde_json::json!({
+        "iss": "unikgate", "aud": format!("{base}/"), "sub": sub, "iat": t, "exp": t + 30,
+        "jti": unikgate::random_token(), "rd": "/",
+    });
+    if let Some(a) = act {
+        c["act"] = a.into();
+    }
+    for (k, v) in more.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    sign_hs256(&c, SECRET.as_bytes())
+}
+
+/// POSTs an assertion to `action`: (status, Content-Type, MATOMO_SESSID set, body).
+async fn post_action(
+    base: &str,
+    action: &str,
+    token: &str,
+) -> (u16, String, Option<String>, String) {
+    let res = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/index.php?module=UnikGate&action={action}"))
+        .form(&[("assertion", token)])
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let ctype = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let cookie = unikgate::upstream::matomo::set_cookie_value(res.headers(), "MATOMO_SESSID");
+    (status, ctype, cookie, res.text().await.unwrap())
+}
+
+/// The stand-in's `provision` and `access` answer as the plugin does (real_matomo.rs
+/// `plugin_provision_and_access_actions` proves the plugin's answers on Matomo 5.1.2).
+#[tokio::test]
+async fn the_stand_ins_provision_and_access_actions() {
+    use serde_json::{json, Value};
+    let m = StandIn::start().await;
+    *m.state.unikgate_secret.lock().unwrap() = Some(SECRET.to_string());
+    let base = m.url();
+    let base = base.as_str();
+    let owner = hex::encode([7u8; 32]);
+    let other_owner = hex::encode([8u8; 32]);
+    let asking =
+        |email: &str, acc: Value, owner: &str| json!({"email": email, "acc": acc, "owner": owner});
+    let provision = |who: &str, more: Value| plugin_token(base, Some("provision"), who, more);
+    let access = |who: &str, acc: Value, prune: bool| {
+        plugin_token(
+            base,
+            Some("access"),
+            who,
+            json!({"acc": acc, "prune": prune}),
+        )
+    };
+    let carol = asking("carol@example.org", json!({"1": "view"}), &owner);
+    let whoami = |cookie: String| async move {
+        let v: Value = reqwest::Client::new()
+            .get(format!("{base}/index.php?module=UnikGate&action=whoami"))
+            .header("cookie", format!("MATOMO_SESSID={cookie}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["login"].as_str().map(str::to_string)
+    };
+    // Created, with its access and owner, and signed in.
+    let made = provision("carol", carol.clone());
+    let (status, _, cookie, body) = post_action(base, "provision", &made).await;
+    assert_eq!(status, 302, "{body}");
+    assert_eq!(whoami(cookie.unwrap()).await.as_deref(), Some("carol"));
+    assert!(!m.state.is_superuser("carol"));
+    assert_eq!(m.state.site_access("carol"), [(1, "view".into())].into());
+    assert_eq!(m.state.owner_of("carol").as_deref(), Some(owner.as_str()));
+    // The refusals.
+    let forged = {
+        let t = provision("mallory", carol.clone());
+        let (rest, _) = t.rsplit_once('.').unwrap();
+        format!("{rest}.{}", b64("not the signature"))
+    };
+    let mallory = |acc: Value| asking("m@example.org", acc, &other_owner);
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("provision", made.clone(), 403, "replayed assertion\n"),
+        ("provision", forged, 403, "bad signature\n"),
+        (
+            "provision",
+            plugin_token(base, None, "carol", carol.clone()),
+            403,
+            "wrong action: the assertion is for login, not provision\n",
+        ),
+        (
+            "login",
+            provision("carol", carol.clone()),
+            403,
+            "wrong action: the assertion is for provision, not login\n",
+        ),
+        (
+            "provision",
+            access("carol", json!({}), false),
+            403,
+            "wrong action: the assertion is for access, not provision\n",
+        ),
+        (
+            "provision",
+            provision("alice", asking("alice2@example.org", json!({}), &owner)),
+            409,
+            "exists login alice\n",
+        ),
+        (
+            "provision",
+            provision(
+                "carol",
+                asking("carol@example.org", json!({}), &other_owner),
+            ),
+            409,
+            "exists login carol\n",
+        ),
+        (
+            "provision",
+            provision("dave", asking("Carol@example.org", json!({}), &other_owner)),
+            409,
+            "exists email carol\n",
+        ),
+        (
+            "provision",
+            provision("mallory", mallory(json!({"1": "superuser"}))),
+            403,
+            "acc: site 1 cannot be given \"superuser\" (only view, write or admin)\n",
+        ),
+        (
+            "provision",
+            provision("mallory", mallory(json!({"x": "view"}))),
+            403,
+            "acc: \"x\" is not a site id\n",
+        ),
+        (
+            "provision",
+            provision("mallory", asking("m@example.org", json!({}), "ABC")),
+            403,
+            "owner is not 64 lowercase hex characters\n",
+        ),
+        (
+            "provision",
+            provision("x", asking("x@example.org", json!({}), &other_owner)),
+            400,
+            "cannot create x: Username: The username must be between 2 and 100 characters long",
+        ),
+        (
+            "access",
+            access("nobody", json!({}), false),
+            403,
+            "unknown login\n",
+        ),
+        (
+            "access",
+            plugin_token(base, Some("access"), "carol", json!({"acc": {}})),
+            403,
+            "prune is not a boolean\n",
+        ),
+    ];
+    for (action, token, want, why) in cases {
+        let (status, ctype, cookie, body) = post_action(base, action, &token).await;
+        assert_eq!((status, cookie), (want, None), "{why}: {body}");
+        assert!(
+            body.starts_with(&format!("UnikGate: {why}")) && ctype.starts_with("text/plain"),
+            "{why}: {ctype} {body}"
+        );
+    }
+    assert!(!m.state.user_exists("mallory") && !m.state.user_exists("dave"));
+    assert!(!m.state.user_exists("x"));
+    assert_eq!(m.state.owner_of("alice"), None);
+    // A retry of a lost answer, for the same owner.
+    let (status, _, cookie, body) =
+        post_action(base, "provision", &provision("carol", carol.clone())).await;
+    assert_eq!(status, 302, "{body}");
+    assert_eq!(whoami(cookie.unwrap()).await.as_deref(), Some("carol"));
+    // Access: only what changes, prune removes the other sites; no session.
+    let answer = |body: &str| serde_json::from_str::<Value>(body).unwrap();
+    let grant = access("carol", json!({"1": "write", "9": "view"}), false);
+    let (status, ctype, cookie, body) = post_action(base, "access", &grant).await;
+    assert_eq!((status, cookie), (200, None), "{body}");
+    assert!(ctype.starts_with("application/json"), "{ctype}");
+    assert_eq!(
+        answer(&body),
+        json!({"set": {"1": "write"}, "removed": [], "superuser": false})
+    );
+    m.state.add_site(2);
+    m.state.set_site_access("carol", 2, Some("view"));
+    let same = access("carol", json!({"1": "write"}), false);
+    let (_, _, _, body) = post_action(base, "access", &same).await;
+    assert_eq!(
+        answer(&body),
+        json!({"set": {}, "removed": [], "superuser": false})
+    );
+    let prune = access("carol", json!({"1": "write"}), true);
+    let (_, _, _, body) = post_action(base, "access", &prune).await;
+    assert_eq!(
+        answer(&body),
+        json!({"set": {}, "removed": [2], "superuser": false})
+    );
+    assert_eq!(m.state.site_access("carol"), [(1, "write".into())].into());
+    let admin = access("admin", json!({"1": "view"}), true);
+    let (_, _, _, body) = post_action(base, "access", &admin).await;
+    assert_eq!(
+        answer(&body),
+        json!({"set": {}, "removed": [], "superuser": true})
+    );
+    assert!(m.state.is_superuser("admin"));
+    // Users admin disabled: Matomo's refusal, one line.
+    m.state.enable_users_admin.store(false, Ordering::Relaxed);
+    let erin = asking("erin@example.org", json!({}), &owner);
+    let (status, _, _, body) =
+        post_action(base, "provision", &provision("erin", erin.clone())).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        "UnikGate: cannot create erin: Creating, updating, and deleting users has been disabled.\n"
+    );
+    m.state.enable_users_admin.store(true, Ordering::Relaxed);
+    // The facts list the actions; the 1.1.0 plugin has none of them, and reads no act.
+    let other_act = plugin_token(base, Some("access"), "carol", json!({}));
+    let (_, _, _, body) = post_action(base, "login", &other_act).await;
+    assert!(
+        body.contains(r#""actions":["login","whoami","provision","access"]"#),
+        "{body}"
+    );
+    m.state.unikgate_old_plugin.store(true, Ordering::Relaxed);
+    let (status, _, _, body) = post_action(base, "provision", &provision("erin", erin)).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("Action 'provision' not found in the module 'UnikGate'"));
+    let other_act = plugin_token(base, Some("access"), "nobody", json!({}));
+    let (status, _, _, body) = post_action(base, "login", &other_act).await;
+    assert_eq!(status, 403);
+    assert!(body.starts_with("UnikGate: unknown login\n"), "{body}");
+    let elsewhere = plugin_token("http://elsewhere.example", None, "carol", json!({}));
+    let (_, _, _, body) = post_action(base, "login", &elsewhere).await;
+    assert!(
+        body.contains("UnikGate-Facts: ") && !body.contains("actions"),
+        "{body}"
+    );
+}

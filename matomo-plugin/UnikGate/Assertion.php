@@ -1,11 +1,20 @@
 <?php
 /**
- * Verification of unikgate's login assertions: a compact JWS, HS256 only.
+ * Verification of unikgate's assertions: a compact JWS, HS256 only.
  *
  * Plain PHP, no Matomo dependency, so that it is unit-tested on its own (tests/AssertionTest.php).
- * Claims: iss = "unikgate", aud = Matomo's public base URL (the caller says which: [UnikGate]
- * public_url, else the URL Matomo computes for the request), sub = the Matomo login, iat, exp (at most
- * 60 s after iat; 30 s of clock skew allowed), jti (single use), rd (a relative path).
+ * Claims of every assertion: iss = "unikgate", aud = Matomo's public base URL (the caller says
+ * which: [UnikGate] public_url, else the URL Matomo computes for the request), sub = the Matomo
+ * login, iat, exp (at most 60 s after iat; 30 s of clock skew allowed), jti (single use), rd (a
+ * relative path), act = the action the assertion is for (missing means "login"): an assertion
+ * made for one action is refused at every other.
+ *
+ * The actions (Controller.php) and the claims of their own, checked by the static methods below:
+ * - login: none; sub must exist.
+ * - provision: sub is the login to create; email (the new user's); acc (an object of site id =>
+ *   "view" | "write" | "admin", maybe {}); owner (64 lowercase hex, sha256 of unikgate's
+ *   issuer + "\n" + subject: whose account it is, so that a retry of a lost answer is known).
+ * - access: sub exists; acc; prune (a boolean: also remove the sites acc does not list).
  */
 
 namespace Piwik\Plugins\UnikGate;
@@ -29,6 +38,8 @@ final class Assertion
     public const SKEW = 30;
     public const MIN_SECRET_BYTES = 32;
     public const MAX_TOKEN_BYTES = 4096;
+    /** The levels an assertion may grant on a site (never superuser). */
+    public const LEVELS = ['view', 'write', 'admin'];
 
     /** @var string */
     private $secret;
@@ -62,14 +73,15 @@ final class Assertion
     }
 
     /**
-     * Verifies a token and returns its claims.
+     * Verifies a token made for the action `$act` and returns its claims.
      *
      * @param callable(string $jti, int $exp): bool $remember records a jti until exp; returns
      *        false when it was already recorded (a replay).
-     * @return array{sub: string, rd: string, jti: string, exp: int}
+     * @param string $act the action asked for: the token's act claim (missing: "login") must be it.
+     * @return array{sub: string, rd: string, jti: string, exp: int, claims: array<string, mixed>}
      * @throws AssertionException with a one-line reason
      */
-    public function verify(string $token, int $now, callable $remember): array
+    public function verify(string $token, int $now, callable $remember, string $act = 'login'): array
     {
         if (strlen($token) > self::MAX_TOKEN_BYTES) {
             throw new AssertionException('token too long');
@@ -105,6 +117,13 @@ final class Assertion
         if ($c['iss'] !== self::ISSUER) {
             throw new AssertionException('wrong issuer', true);
         }
+        $got = $c['act'] ?? 'login';
+        if (!is_string($got) || $got === '' || preg_match('/^[a-z]{1,32}$/D', $got) !== 1) {
+            throw new AssertionException('malformed claim act', true);
+        }
+        if ($got !== $act) {
+            throw new AssertionException("wrong action: the assertion is for $got, not $act", true);
+        }
         if (rtrim($c['aud'], '/') . '/' !== $this->audience) {
             // Only a holder of the secret gets here; naming both tells the operator what differs.
             throw new AssertionException(
@@ -121,7 +140,7 @@ final class Assertion
         if ($c['exp'] + self::SKEW <= $now) {
             throw new AssertionException("expired (server time $now)", true);
         }
-        if (preg_match('/^[A-Za-z0-9_.@+\-ÄäÖöÜüß]{1,100}$/u', $c['sub']) !== 1) {
+        if (preg_match('/^[A-Za-z0-9_.@+\-ÄäÖöÜüß]{1,100}$/uD', $c['sub']) !== 1) {
             throw new AssertionException('sub is not a Matomo login', true);
         }
         $rd = $c['rd'];
@@ -129,12 +148,87 @@ final class Assertion
             || preg_match('/[\\\\\s\x00-\x1f\x7f]/', $rd) === 1) {
             throw new AssertionException('rd is not a relative path', true);
         }
-        if (preg_match('/^[A-Za-z0-9_-]{16,128}$/', $c['jti']) !== 1) {
+        if (preg_match('/^[A-Za-z0-9_-]{16,128}$/D', $c['jti']) !== 1) {
             throw new AssertionException('malformed jti', true);
         }
         if (!$remember($c['jti'], $c['exp'] + self::SKEW)) {
             throw new AssertionException('replayed assertion', true);
         }
-        return ['sub' => $c['sub'], 'rd' => $rd, 'jti' => $c['jti'], 'exp' => $c['exp']];
+        return ['sub' => $c['sub'], 'rd' => $rd, 'jti' => $c['jti'], 'exp' => $c['exp'], 'claims' => $c];
+    }
+
+    /**
+     * The `acc` claim, checked: site id => level, by site id. Site ids are strings of
+     * digits without a leading zero (JSON object keys); levels are view, write or admin.
+     *
+     * @param array<string, mixed> $claims
+     * @return array<int, string>
+     * @throws AssertionException naming what is wrong ("acc ...")
+     */
+    public static function access(array $claims): array
+    {
+        $acc = $claims['acc'] ?? null;
+        if (!is_array($acc)) {
+            throw new AssertionException('acc missing or not an object of site ids to view, write or admin', true);
+        }
+        $out = [];
+        foreach ($acc as $id => $level) {
+            $id = (string) $id;
+            if (preg_match('/^[1-9][0-9]{0,9}$/D', $id) !== 1) {
+                throw new AssertionException('acc: ' . json_encode($id) . ' is not a site id', true);
+            }
+            if (!is_string($level) || !in_array($level, self::LEVELS, true)) {
+                throw new AssertionException(
+                    "acc: site $id cannot be given " . json_encode($level) . ' (only view, write or admin)',
+                    true
+                );
+            }
+            $out[(int) $id] = $level;
+        }
+        ksort($out);
+        return $out;
+    }
+
+    /**
+     * The `email` claim of a provision assertion: a non-empty string (Matomo checks its form).
+     *
+     * @param array<string, mixed> $claims
+     */
+    public static function email(array $claims): string
+    {
+        $email = $claims['email'] ?? null;
+        if (!is_string($email) || trim($email) === '' || preg_match('/[\x00-\x1f\x7f]/', $email) === 1) {
+            throw new AssertionException('missing claim email', true);
+        }
+        return $email;
+    }
+
+    /**
+     * The `owner` claim of a provision assertion: 64 lowercase hex characters
+     * (unikgate sends sha256(issuer + "\n" + subject)), kept beside the account it created.
+     *
+     * @param array<string, mixed> $claims
+     */
+    public static function owner(array $claims): string
+    {
+        $owner = $claims['owner'] ?? null;
+        if (!is_string($owner) || preg_match('/^[0-9a-f]{64}$/D', $owner) !== 1) {
+            throw new AssertionException('owner is not 64 lowercase hex characters', true);
+        }
+        return $owner;
+    }
+
+    /**
+     * The `prune` claim of an access assertion: a boolean.
+     *
+     * @param array<string, mixed> $claims
+     */
+    public static function prune(array $claims): bool
+    {
+        $prune = $claims['prune'] ?? null;
+        if (!is_bool($prune)) {
+            throw new AssertionException('prune is not a boolean', true);
+        }
+        return $prune;
     }
 }

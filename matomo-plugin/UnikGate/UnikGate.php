@@ -20,12 +20,18 @@
 namespace Piwik\Plugins\UnikGate;
 
 use Piwik\Config;
+use Piwik\Option;
 use Piwik\Piwik;
 
 class UnikGate extends \Piwik\Plugin
 {
     public const DEFAULT_PREFIX = '/_unikgate';
     public const DEFAULT_BUTTON = 'Connect with your private @unikname';
+    /**
+     * The option (Matomo's option table) naming who a user made by action=provision belongs to:
+     * `UnikGate_owner_<login>` = the assertion's owner. Removed with the user.
+     */
+    public const OWNER_OPTION = 'UnikGate_owner_';
 
     public function registerEvents()
     {
@@ -33,7 +39,17 @@ class UnikGate extends \Piwik\Plugin
             'Template.loginNav' => 'loginButton',
             'Template.userSecurity.afterPassword' => 'securitySection',
             'AssetManager.getJavaScriptFiles' => 'javaScriptFiles',
+            'UsersManager.deleteUser' => 'forgetOwner',
         ];
+    }
+
+    /**
+     * A deleted user's owner goes with it: a new user of the same login, made by someone else,
+     * is never taken for a retry of the old one's provisioning.
+     */
+    public function forgetOwner($login)
+    {
+        Option::delete(self::OWNER_OPTION . $login);
     }
 
     /** @return array<string, mixed> */

@@ -1,6 +1,7 @@
 <?php
 // Runs the UnikGate plugin's real verifier on tokens made by unikgate (tests/plugin.rs).
 // stdin: {"secret": "...", "audience": "...", "cases": [{"token": "...", "now": 123}, ...]}
+// (a case may name the action it is posted to: "act": "provision"; else login)
 // stdout: one JSON array, per case "ok <sub> <rd>" or "refused <reason>". One jti store for all.
 require_once __DIR__ . '/../../matomo-plugin/UnikGate/Assertion.php';
 
@@ -19,7 +20,7 @@ $remember = function (string $jti, int $until) use (&$seen): bool {
 $out = [];
 foreach ($in['cases'] as $case) {
     try {
-        $c = (new Assertion($in['secret'], $in['audience']))->verify($case['token'], $case['now'], $remember);
+        $c = (new Assertion($in['secret'], $in['audience']))->verify($case['token'], $case['now'], $remember, $case['act'] ?? 'login');
         $out[] = "ok {$c['sub']} {$c['rd']}";
     } catch (AssertionException $e) {
         $out[] = 'refused ' . $e->getMessage();

@@ -44,19 +44,31 @@ final class AssertionTest extends TestCase
         ], $over);
     }
 
-    private function verify(string $token, int $now = self::NOW): array
+    private function verify(string $token, int $now = self::NOW, string $act = 'login'): array
     {
-        return (new Assertion(self::SECRET, self::AUD))->verify($token, $now, $this->remember());
+        return (new Assertion(self::SECRET, self::AUD))->verify($token, $now, $this->remember(), $act);
     }
 
-    private function refused(string $token, string $reason, int $now = self::NOW): void
+    private function refused(string $token, string $reason, int $now = self::NOW, string $act = 'login'): void
     {
         try {
-            $this->verify($token, $now);
+            $this->verify($token, $now, $act);
             $this->fail("accepted, expected: $reason");
         } catch (AssertionException $e) {
             $this->assertStringContainsString($reason, $e->getMessage());
         }
+    }
+
+    /** The refusal of a static claim check (acc, email, owner, prune): its message, signed. */
+    private static function claimRefusal(callable $check, array $claims): string
+    {
+        try {
+            $check($claims);
+        } catch (AssertionException $e) {
+            self::assertTrue($e->signed);
+            return $e->getMessage();
+        }
+        self::fail('accepted: ' . json_encode($claims));
     }
 
     public function testValid(): void
@@ -160,7 +172,7 @@ final class AssertionTest extends TestCase
 
     public function testOddSubjects(): void
     {
-        foreach (["alice\nadmin", 'alice admin', 'a<script>', str_repeat('a', 101), "alice\0"] as $i => $sub) {
+        foreach (["alice\nadmin", "alice\n", 'alice admin', 'a<script>', str_repeat('a', 101), "alice\0"] as $i => $sub) {
             $this->refused(self::token(self::claims(['sub' => $sub, 'jti' => "jti-odd-$i-0123456789"])), 'not a Matomo login');
         }
         $c = $this->verify(self::token(self::claims(['sub' => 'jane.doe-x@example.com', 'jti' => 'jti-jane-0123456789'])));
@@ -186,5 +198,127 @@ final class AssertionTest extends TestCase
     {
         $this->refused(self::token(self::claims(['exp' => (string) (self::NOW + 30)])), 'missing claim exp');
         $this->refused(self::token(self::claims(['sub' => ['alice']])), 'missing claim sub');
+    }
+
+    public function testNoActIsALoginToken(): void
+    {
+        $c = $this->verify(self::token(self::claims()));
+        $this->assertArrayNotHasKey('act', $c['claims']);
+        $c = $this->verify(self::token(self::claims(['act' => 'login', 'jti' => 'jti-act-login-0123456789'])), self::NOW, 'login');
+        $this->assertSame('alice', $c['sub']);
+    }
+
+    public function testActMustBeTheActionAskedFor(): void
+    {
+        // A login token (no act, or act "login") at provision or access, and the other way round.
+        $this->refused(
+            self::token(self::claims()),
+            'wrong action: the assertion is for login, not provision',
+            self::NOW,
+            'provision'
+        );
+        $this->refused(
+            self::token(self::claims(['act' => 'login', 'jti' => 'jti-act-1-0123456789'])),
+            'wrong action: the assertion is for login, not access',
+            self::NOW,
+            'access'
+        );
+        $this->refused(
+            self::token(self::claims(['act' => 'provision', 'jti' => 'jti-act-2-0123456789'])),
+            'wrong action: the assertion is for provision, not login'
+        );
+        $this->refused(
+            self::token(self::claims(['act' => 'access', 'jti' => 'jti-act-3-0123456789'])),
+            'wrong action: the assertion is for access, not provision',
+            self::NOW,
+            'provision'
+        );
+        foreach ([['x'], 7, '', 'Login', "login\n"] as $i => $act) {
+            $this->refused(self::token(self::claims(['act' => $act, 'jti' => "jti-act-odd-$i-0123456789"])), 'malformed claim act');
+        }
+        // Refused after the signature (the caller holds the secret) and before the jti is spent.
+        $t = self::token(self::claims(['act' => 'provision', 'jti' => 'jti-act-4-0123456789']));
+        try {
+            $this->verify($t);
+            $this->fail('accepted');
+        } catch (AssertionException $e) {
+            $this->assertTrue($e->signed);
+        }
+        $this->assertSame('alice', $this->verify($t, self::NOW, 'provision')['sub']);
+        $this->refused($t, 'replayed', self::NOW, 'provision');
+    }
+
+    public function testClaimsAreReturned(): void
+    {
+        $acc = ['1' => 'view', '12' => 'admin'];
+        $owner = str_repeat('ab', 32);
+        $c = $this->verify(self::token(self::claims([
+            'act' => 'provision', 'sub' => 'carol', 'email' => 'carol@example.org', 'acc' => $acc,
+            'owner' => $owner, 'rd' => '/',
+        ])), self::NOW, 'provision');
+        $this->assertSame('carol', $c['sub']);
+        $this->assertSame('/', $c['rd']);
+        $this->assertSame('provision', $c['claims']['act']);
+        $this->assertSame('carol@example.org', Assertion::email($c['claims']));
+        $this->assertSame($owner, Assertion::owner($c['claims']));
+        $this->assertSame([1 => 'view', 12 => 'admin'], Assertion::access($c['claims']));
+        $this->assertSame(self::NOW + 30, $c['claims']['exp']);
+    }
+
+    public function testAccess(): void
+    {
+        // JSON objects as json_decode(…, true) gives them: numeric keys become integers.
+        $acc = static function (string $json): array {
+            return Assertion::access(['acc' => json_decode($json, true)]);
+        };
+        $this->assertSame([], $acc('{}'));
+        $this->assertSame([2 => 'write', 10 => 'view'], $acc('{"10":"view","2":"write"}'));
+        $check = [Assertion::class, 'access'];
+        $this->assertSame(
+            'acc: site 1 cannot be given "superuser" (only view, write or admin)',
+            self::claimRefusal($check, ['acc' => ['1' => 'superuser']])
+        );
+        foreach (['noaccess', 'View', '', null, 1, ['view']] as $level) {
+            $this->assertStringStartsWith('acc: site 1 cannot be given', self::claimRefusal($check, ['acc' => ['1' => $level]]));
+        }
+        foreach (['abc', '0', '01', '-1', '1.5', ' 1', '12345678901'] as $id) {
+            $this->assertSame(
+                'acc: ' . json_encode($id) . ' is not a site id',
+                self::claimRefusal($check, ['acc' => json_decode(json_encode([$id => 'view'], JSON_FORCE_OBJECT), true)])
+            );
+        }
+        foreach ([[], ['acc' => 'view'], ['acc' => null], ['acc' => 1]] as $claims) {
+            $this->assertStringStartsWith('acc missing or not an object', self::claimRefusal($check, $claims));
+        }
+    }
+
+    public function testProvisionAndAccessClaims(): void
+    {
+        $this->assertSame('missing claim email', self::claimRefusal([Assertion::class, 'email'], []));
+        $this->assertSame('missing claim email', self::claimRefusal([Assertion::class, 'email'], ['email' => '']));
+        $this->assertSame('missing claim email', self::claimRefusal([Assertion::class, 'email'], ['email' => ['a@b.c']]));
+        $this->assertSame('missing claim email', self::claimRefusal([Assertion::class, 'email'], ['email' => "a@b.c\nBcc: x"]));
+        foreach ([null, '', str_repeat('A', 64), str_repeat('a', 63), str_repeat('g', 64), 64] as $owner) {
+            $this->assertSame(
+                'owner is not 64 lowercase hex characters',
+                self::claimRefusal([Assertion::class, 'owner'], ['owner' => $owner])
+            );
+        }
+        $this->assertTrue(Assertion::prune(['prune' => true]));
+        $this->assertFalse(Assertion::prune(['prune' => false]));
+        foreach ([null, 1, 'true', 0] as $prune) {
+            $this->assertSame('prune is not a boolean', self::claimRefusal([Assertion::class, 'prune'], ['prune' => $prune]));
+        }
+    }
+
+    /** php -l on every PHP file of the plugin (the Matomo-bound ones are not loaded here). */
+    public function testEveryFileParses(): void
+    {
+        $files = array_merge(glob(__DIR__ . '/../*.php'), glob(__DIR__ . '/*.php'));
+        $this->assertGreaterThanOrEqual(5, count($files));
+        foreach ($files as $f) {
+            exec('php -l ' . escapeshellarg($f) . ' 2>&1', $out, $rc);
+            $this->assertSame(0, $rc, "$f: " . implode("\n", $out));
+        }
     }
 }

@@ -101,7 +101,7 @@ fn known_user(
                 email,
                 password: token_hex(),
                 superuser: false,
-                sites: vec![],
+                sites: Default::default(),
             },
         );
     }

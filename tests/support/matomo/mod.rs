@@ -19,7 +19,8 @@
 //! - `files.rs`: what Apache serves outside `index.php` (assets, `robots.txt`, the fault
 //!   streams `/plugins/StandIn/big.js` and `reset.js`, the `/upload` sink);
 //! - `tracker.rs`: `matomo.php` / `piwik.php` and the tracker JavaScript;
-//! - `unikgate.rs`: the UnikGate plugin (`module=UnikGate`: whoami, the signed assertion);
+//! - `unikgate.rs`: the UnikGate plugin (`module=UnikGate`: whoami, and the signed assertions of
+//!   login, provision and access);
 //! - `autologin.rs`: the AutoLogin plugin (`module=AutoLogin` and its headers);
 //! - `api.rs`: `module=API` and `Widgetize` (token_auth, Bearer, conflicting parameters,
 //!   UsersManager);
@@ -36,7 +37,7 @@ mod tracker;
 mod ui;
 mod unikgate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,8 +58,8 @@ pub struct User {
     pub email: String,
     pub password: String,
     pub superuser: bool,
-    /// Site ids with view access.
-    pub sites: Vec<u32>,
+    /// Site id → the user's level there (view, write, admin).
+    pub sites: BTreeMap<u32, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +89,10 @@ pub struct Inner {
     pub mints: u64,
     /// jti values of UnikGate assertions already used.
     jtis: std::collections::HashSet<String>,
+    /// The sites that exist (site 1 from the start).
+    pub site_ids: BTreeSet<u32>,
+    /// The option `UnikGate_owner_<login>`: who the UnikGate plugin made a user for.
+    pub owners: HashMap<String, String>,
 }
 
 pub struct StandInState {
@@ -104,6 +109,11 @@ pub struct StandInState {
     pub unikgate_secret: Mutex<Option<String>>,
     /// `[UnikGate] allow_superusers`.
     pub unikgate_allow_superusers: AtomicBool,
+    /// The plugin is the old 1.1.0: login and whoami only (no `act` read, no `actions` in its
+    /// facts; provision and access are Matomo's "Action not found" page).
+    pub unikgate_old_plugin: AtomicBool,
+    /// `[General] enable_users_admin` (off: Matomo refuses to create users or change access).
+    pub enable_users_admin: AtomicBool,
     /// Seconds added to the stand-in's clock (clock skew).
     pub clock_offset: std::sync::atomic::AtomicI64,
     /// Which Matomo this is.
@@ -173,7 +183,7 @@ pub fn default_users() -> Vec<User> {
         email: email.into(),
         password: password.into(),
         superuser,
-        sites: vec![1],
+        sites: BTreeMap::from([(1, "view".to_string())]),
     };
     vec![
         u("admin", "admin@example.com", "admin-password", true),
@@ -190,6 +200,7 @@ pub fn default_users() -> Vec<User> {
 
 pub fn new_state() -> Shared {
     let mut inner = Inner::default();
+    inner.site_ids.insert(1);
     for u in default_users() {
         inner.users.insert(u.login.clone(), u);
     }
@@ -202,6 +213,8 @@ pub fn new_state() -> Shared {
         trusted_host: Mutex::new(None),
         unikgate_secret: Mutex::new(None),
         unikgate_allow_superusers: AtomicBool::new(true),
+        unikgate_old_plugin: AtomicBool::new(false),
+        enable_users_admin: AtomicBool::new(true),
         clock_offset: std::sync::atomic::AtomicI64::new(0),
         version: Mutex::new(Version::from_env()),
         proxy_scheme_headers: Mutex::new(Vec::new()),
@@ -299,6 +312,37 @@ impl StandInState {
 
     pub fn user_exists(&self, login: &str) -> bool {
         self.inner.lock().unwrap().users.contains_key(login)
+    }
+
+    /// A user's sites and levels (empty for an unknown login).
+    pub fn site_access(&self, login: &str) -> BTreeMap<u32, String> {
+        self.inner
+            .lock()
+            .unwrap()
+            .users
+            .get(login)
+            .map(|u| u.sites.clone())
+            .unwrap_or_default()
+    }
+
+    /// Gives `login` the level `level` on site `id` (None: no access), as Matomo's admin would.
+    pub fn set_site_access(&self, login: &str, id: u32, level: Option<&str>) {
+        if let Some(u) = self.inner.lock().unwrap().users.get_mut(login) {
+            match level {
+                Some(l) => u.sites.insert(id, l.to_string()),
+                None => u.sites.remove(&id),
+            };
+        }
+    }
+
+    /// Makes site `id` exist.
+    pub fn add_site(&self, id: u32) {
+        self.inner.lock().unwrap().site_ids.insert(id);
+    }
+
+    /// Who the UnikGate plugin made `login` for (its `UnikGate_owner_<login>` option).
+    pub fn owner_of(&self, login: &str) -> Option<String> {
+        self.inner.lock().unwrap().owners.get(login).cloned()
     }
 
     pub fn log(&self) -> Vec<Seen> {
