@@ -67,6 +67,10 @@ async fn main() {
                 cookie: Some(MATOMO_COOKIE_VALUE.into()),
                 seen: now_ms(),
             }),
+            policy: 0,
+            claims: Default::default(),
+            proposal: None,
+            access_claim: Vec::new(),
         });
         s.changed();
         let mut h = HeaderMap::new();

@@ -687,6 +687,34 @@ fn version_steps(app: &App, f: &crate::upstream::matomo::Facts) -> Vec<Step> {
             format!("[UnikGate] public_url = {}", f.public_url)
         },
     ));
+    let p = &app.cfg.provision;
+    let needs: Vec<&str> = [
+        (p.mode != crate::config::ProvisionMode::Off, "provision"),
+        (p.access_claim.is_some(), "access"),
+    ]
+    .into_iter()
+    .filter_map(|(on, a)| on.then_some(a))
+    .collect();
+    if !needs.is_empty() {
+        let missing: Vec<&str> = needs
+            .iter()
+            .copied()
+            .filter(|a| !f.actions.iter().any(|x| x == a))
+            .collect();
+        out.push(if missing.is_empty() {
+            step(
+                "plugin actions",
+                true,
+                format!("the UnikGate plugin has {} ([provision] uses them)", needs.join(" and ")),
+            )
+        } else {
+            step(
+                "plugin actions",
+                false,
+                format!("[provision] needs the UnikGate plugin's {} action, which the plugin in Matomo lacks: copy this version's matomo-plugin/UnikGate (1.2.0 or later) into Matomo's plugins/", missing.join(" and ")),
+            )
+        });
+    }
     out.push(step(
         "logoutUser",
         true,

@@ -127,6 +127,9 @@ pub enum Error {
     LoginAlreadyLinked,
     #[error("superusers may not sign in with an @unikname")]
     SuperuserDenied,
+    /// The UnikGate plugin did not make the account or set its access (`.0`: why).
+    #[error("Matomo did not make the account or set its access: {0}")]
+    ProvisionFailed(String),
     /// `[access]` does not let this person in (`.0`: how pages name them).
     #[error("{0} may not sign in here")]
     NotAllowed(String),
@@ -145,6 +148,7 @@ impl Error {
             | ProviderError(_)
             | ProviderBadAnswer(_)
             | MintFailed(..)
+            | ProvisionFailed(_)
             | LinkedButMintFailed(..)
             | MatomoUnexpected(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -199,6 +203,7 @@ impl Error {
             LoginAlreadyLinked => "login_already_linked",
             SuperuserDenied => "superuser_denied",
             NotAllowed(_) => "not_allowed",
+            ProvisionFailed(_) => "provision_failed",
             Internal(_) => "internal",
         }
     }

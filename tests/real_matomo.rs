@@ -1010,6 +1010,661 @@ fn plugin_refusals_are_pages_that_say_what_to_check(m: &RealMatomo) -> Fut<'_> {
     })
 }
 
+/// The site ids a browser's Matomo session sees (`SitesManager.getSitesIdWithAtLeastViewAccess`,
+/// as Matomo's own pages call it: the session and the page's token).
+async fn sites_seen(b: &Browser, app: &TestApp) -> Result<Vec<i64>, String> {
+    let res = b
+        .get(&app.url("/index.php?module=UsersManager&action=userSettings"))
+        .await;
+    let (res, at) = b.follow(res, 6).await;
+    let html = res.text().await.unwrap_or_default();
+    let token = html
+        .split("piwik.token_auth = \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .ok_or_else(|| {
+            format!(
+                "{at} names no piwik.token_auth:\n{}",
+                support::real::clip(&html)
+            )
+        })?
+        .to_string();
+    let url = app.url(
+        "/index.php?module=API&method=SitesManager.getSitesIdWithAtLeastViewAccess&format=json",
+    );
+    let res = b
+        .post(&url, &[("token_auth", &token), ("force_api_session", "1")])
+        .await;
+    let body = res.text().await.unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|_| format!("not JSON: {}", support::real::clip(&body)))?;
+    let mut ids: Vec<i64> = v
+        .as_array()
+        .ok_or_else(|| format!("not a list: {body}"))?
+        .iter()
+        .filter_map(|x| {
+            x.as_i64()
+                .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+        })
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// `[provision]` and `provision.access_claim` through unikgate against Matomo 5.1.2: a person
+/// with no Matomo account signs in once, is offered an account, and lands in the dashboard with
+/// exactly the configured access (view on site 1, not the second site), no superuser; a login
+/// that exists gets the link page with it filled in and makes nothing; the claim-mapped access
+/// is granted at the link and withdrawn (prune) at the next sign-in.
+fn provision_through_unikgate_and_claim_mapped_access(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let second = m
+            .api(
+                "SitesManager.addSite",
+                &[
+                    ("siteName", "Provisioned"),
+                    ("urls[]", "https://provisioned.example"),
+                ],
+            )
+            .await?;
+        let second = second
+            .get("value")
+            .and_then(|v| v.as_i64())
+            .ok_or_else(|| format!("addSite: {second}"))?;
+        let bob_before = m.sql(
+            "SELECT idsite, access FROM matomo.matomo_access WHERE login = 'bob' ORDER BY idsite",
+        )?;
+        let result = provision_and_claims(m, second).await;
+        let gone = m
+            .api("UsersManager.deleteUser", &[("userLogin", "erin")])
+            .await;
+        let site = m
+            .api(
+                "SitesManager.deleteSite",
+                &[("idSite", &second.to_string())],
+            )
+            .await;
+        // bob's access as it was (the prune above may have removed site 1's).
+        for line in bob_before.lines().filter(|l| !l.trim().is_empty()) {
+            let mut it = line.split('\t');
+            if let (Some(id), Some(level)) = (it.next(), it.next()) {
+                if id != second.to_string() {
+                    m.api(
+                        "UsersManager.setUserAccess",
+                        &[("userLogin", "bob"), ("access", level), ("idSites", id)],
+                    )
+                    .await?;
+                }
+            }
+        }
+        result?;
+        let gone = gone?;
+        ensure!(
+            gone.get("result").and_then(|r| r.as_str()) == Some("success"),
+            "deleteUser erin: {gone}"
+        );
+        site?;
+        Ok(())
+    })
+}
+
+async fn provision_and_claims(m: &RealMatomo, second: i64) -> Result<(), String> {
+    use serde_json::json;
+    let p = FakeProvider::start().await;
+    let app = gate(
+        m,
+        Web::Apache,
+        Minter::Signed,
+        &p,
+        "[provision]\nmode = \"offer\"\naccess = [\"/matomo/1/view\"]\n",
+    )
+    .await;
+    p.set_claims(
+        "uns-erin",
+        json!({"preferred_username": "erin", "email": "erin@example.org", "email_verified": true}),
+    );
+    let b = Browser::new();
+    let res = sign_in(&b, &app, &p, "uns-erin", DASHBOARD).await;
+    let loc = location(&res);
+    ensure!(
+        loc.contains("/_unikgate/link"),
+        "to the link page, not {loc}"
+    );
+    let html = b.get(&loc).await.text().await.unwrap_or_default();
+    ensure!(
+        html.contains("Create my Matomo account (erin)"),
+        "no offer: {}",
+        support::real::clip(&html)
+    );
+    let res = b
+        .post(
+            &app.url("/_unikgate/provision"),
+            &[
+                ("csrf", support::csrf_of(&html).as_str()),
+                ("rd", DASHBOARD),
+            ],
+        )
+        .await;
+    let status = res.status();
+    let loc = location(&res);
+    ensure!(
+        status == 302 && loc == app.url(DASHBOARD),
+        "provision answered {status} {loc}: {}",
+        support::real::clip(&res.text().await.unwrap_or_default())
+    );
+    let (status, user, body) = page_user(&b, &app.url(DASHBOARD)).await;
+    ensure!(
+        status == 200 && user.as_deref() == Some("erin"),
+        "the dashboard as {user:?} ({status}): {body}"
+    );
+    let row =
+        m.sql("SELECT email, superuser_access FROM matomo.matomo_user WHERE login = 'erin'")?;
+    ensure!(row.trim() == "erin@example.org\t0", "erin's row: {row:?}");
+    let rows = m.sql(
+        "SELECT idsite, access FROM matomo.matomo_access WHERE login = 'erin' ORDER BY idsite",
+    )?;
+    ensure!(rows.trim() == "1\tview", "erin's access: {rows:?}");
+    let seen = sites_seen(&b, &app).await?;
+    ensure!(
+        seen == vec![1],
+        "erin sees the sites {seen:?}, not only site 1"
+    );
+    ensure!(!seen.contains(&second), "erin sees the second site");
+
+    // A login that exists: nothing made, the link page with it filled in.
+    p.set_claims(
+        "uns-not-alice",
+        json!({"preferred_username": "alice", "email": "other@example.org", "email_verified": true}),
+    );
+    let users_before = m.sql("SELECT login FROM matomo.matomo_user ORDER BY login")?;
+    let b2 = Browser::new();
+    let res = sign_in(&b2, &app, &p, "uns-not-alice", "/").await;
+    let html = b2
+        .get(&location(&res))
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    let res = b2
+        .post(
+            &app.url("/_unikgate/provision"),
+            &[("csrf", support::csrf_of(&html).as_str()), ("rd", "/")],
+        )
+        .await;
+    let status = res.status();
+    let page = res.text().await.unwrap_or_default();
+    ensure!(
+        status == 409
+            && page.contains("A Matomo account named alice already exists")
+            && page.contains("value=\"alice\""),
+        "collision: {status} {}",
+        support::real::clip(&page)
+    );
+    ensure!(
+        m.sql("SELECT login FROM matomo.matomo_user ORDER BY login")? == users_before,
+        "a user was made on a collision"
+    );
+    app.stop().await;
+
+    // Claim-mapped access, pruned: granted at the link, withdrawn at the next sign-in.
+    let app = gate(
+        m,
+        Web::Apache,
+        Minter::Signed,
+        &p,
+        "[provision]\naccess_claim = \"matomo_access\"\naccess_claim_prune = true\n",
+    )
+    .await;
+    p.set_claims(
+        "uns-bob-claims",
+        json!({"matomo_access": ["/matomo/1/view", format!("/matomo/{second}/write")]}),
+    );
+    let b = sign_in_and_link(&app, &p, "uns-bob-claims", BOB).await?;
+    let rows = |m: &RealMatomo| {
+        m.sql("SELECT idsite, access FROM matomo.matomo_access WHERE login = 'bob' ORDER BY idsite")
+    };
+    let want = format!("1\tview\n{second}\twrite");
+    ensure!(
+        rows(m)?.trim() == want,
+        "bob's access after the link: {:?}",
+        rows(m)?
+    );
+    ensure!(
+        sites_seen(&b, &app).await? == vec![1, second],
+        "bob does not see both sites"
+    );
+    p.set_claims(
+        "uns-bob-claims",
+        json!({"matomo_access": [format!("/matomo/{second}/view")]}),
+    );
+    let b = Browser::new();
+    let res = sign_in(&b, &app, &p, "uns-bob-claims", "/").await;
+    ensure!(res.status() == 302, "second sign-in: {}", res.status());
+    let want = format!("{second}\tview");
+    ensure!(
+        rows(m)?.trim() == want,
+        "bob's access after the claim changed: {:?}",
+        rows(m)?
+    );
+    ensure!(
+        sites_seen(&b, &app).await? == vec![second],
+        "bob still sees site 1"
+    );
+    // Superusers are left alone by the claim.
+    p.set_claims(
+        "uns-admin-claims",
+        json!({"matomo_access": ["/matomo/1/view"]}),
+    );
+    let _a = sign_in_and_link(&app, &p, "uns-admin-claims", ADMIN).await?;
+    let su = m.sql("SELECT superuser_access FROM matomo.matomo_user WHERE login = 'admin'")?;
+    ensure!(su.trim() == "1", "admin is no longer superuser: {su:?}");
+    app.stop().await;
+    Ok(())
+}
+
+/// Posts an assertion to the plugin's `action` as unikgate does: (status, Content-Type and
+/// Cache-Control, MATOMO_SESSID set, body).
+async fn post_action(
+    base: &str,
+    action: &str,
+    token: &str,
+) -> Result<(u16, String, Option<String>, String), String> {
+    let res = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?
+        .post(format!("{base}/index.php?module=UnikGate&action={action}"))
+        .form(&[("assertion", token)])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let header = |n: &str| {
+        res.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let heads = format!("{} | {}", header("content-type"), header("cache-control"));
+    let cookie = unikgate::upstream::matomo::set_cookie_value(res.headers(), "MATOMO_SESSID");
+    Ok((status, heads, cookie, res.text().await.unwrap_or_default()))
+}
+
+/// The plugin's `provision` and `access` actions, straight to Matomo 5.1.2 with assertions made
+/// here: a user created without superuser and with the access asked for, signed in; replays,
+/// forgeries, a token of another action, collisions (409), a level that is no level refused;
+/// a retry for the same owner; access set where it differs, pruned, a superuser left alone.
+fn plugin_provision_and_access_actions(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        ensure!(
+            m.sql(
+                "SELECT login FROM matomo.matomo_user WHERE login IN ('carol', 'mallory', 'dave')"
+            )?
+            .trim()
+            .is_empty(),
+            "carol, mallory or dave exist before the test"
+        );
+        let second = m
+            .api(
+                "SitesManager.addSite",
+                &[("siteName", "Second"), ("urls[]", "https://second.example")],
+            )
+            .await?;
+        let second = second
+            .get("value")
+            .and_then(|v| v.as_i64())
+            .ok_or_else(|| format!("addSite: {second}"))?;
+        let result = provision_and_access(m, second).await;
+        // Whatever happened: carol and the site go (two_factor_accounts_… makes its own carol).
+        let gone = m
+            .api("UsersManager.deleteUser", &[("userLogin", "carol")])
+            .await;
+        let site = m
+            .api(
+                "SitesManager.deleteSite",
+                &[("idSite", &second.to_string())],
+            )
+            .await?;
+        result?;
+        let gone = gone?;
+        ensure!(
+            gone.get("result").and_then(|r| r.as_str()) == Some("success"),
+            "deleteUser carol: {gone}"
+        );
+        ensure!(
+            site.get("result").and_then(|r| r.as_str()) == Some("success"),
+            "deleteSite {second}: {site}"
+        );
+        // The owner goes with the user (the plugin's UsersManager.deleteUser handler).
+        let owners = m.sql(
+            "SELECT option_name FROM matomo.matomo_option WHERE option_name LIKE 'UnikGate_owner_%'",
+        )?;
+        ensure!(owners.trim().is_empty(), "owners left: {owners}");
+        Ok(())
+    })
+}
+
+async fn provision_and_access(m: &RealMatomo, second: i64) -> Result<(), String> {
+    use serde_json::{json, Value};
+    let base = m.apache.as_str();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let token = |secret: &str, act: Option<&str>, sub: &str, more: Value| {
+        let mut c = json!({
+            "iss": "unikgate", "aud": format!("{base}/"), "sub": sub, "iat": now, "exp": now + 30,
+            "jti": unikgate::random_token(), "rd": "/index.php?module=CoreHome",
+        });
+        if let Some(a) = act {
+            c["act"] = a.into();
+        }
+        if let (Some(c), Some(more)) = (c.as_object_mut(), more.as_object()) {
+            c.extend(more.clone());
+        }
+        unikgate::upstream::matomo::sign_hs256(&c, secret.as_bytes())
+    };
+    let owner = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        b"https://provider.example/\nuns-carol",
+    ));
+    let other_owner = hex::encode([0x5a; 32]);
+    let carol = json!({"email": "carol@example.org", "acc": {"1": "view"}, "owner": owner});
+    let provision = |who: &str, more: Value| token(SHARED_SECRET, Some("provision"), who, more);
+    let access = |who: &str, acc: Value, prune: bool| {
+        token(
+            SHARED_SECRET,
+            Some("access"),
+            who,
+            json!({"acc": acc, "prune": prune}),
+        )
+    };
+    let users = || m.sql("SELECT login, superuser_access FROM matomo.matomo_user ORDER BY login");
+    let rows = |login: &str| {
+        m.sql(&format!(
+            "SELECT idsite, access FROM matomo.matomo_access WHERE login = '{login}' ORDER BY idsite, access"
+        ))
+    };
+
+    // Created: no superuser, view on site 1 only, its owner kept; signed in.
+    let made = provision("carol", carol.clone());
+    let (status, heads, cookie, body) = post_action(base, "provision", &made).await?;
+    ensure!(
+        status == 302 && heads.contains("no-store"),
+        "provision carol: {status} {heads}\n{}",
+        support::real::clip(&body)
+    );
+    let cookie = cookie.ok_or("provision set no session cookie")?;
+    ensure!(
+        whoami_direct(base, &cookie).await?.as_deref() == Some("carol"),
+        "the new session is not carol's"
+    );
+    let row =
+        m.sql("SELECT email, superuser_access FROM matomo.matomo_user WHERE login = 'carol'")?;
+    ensure!(row.trim() == "carol@example.org\t0", "carol's row: {row:?}");
+    ensure!(
+        rows("carol")?.trim() == "1\tview",
+        "carol's access: {:?}",
+        rows("carol")?
+    );
+    let api = m
+        .api(
+            "UsersManager.getSitesAccessFromUser",
+            &[("userLogin", "carol")],
+        )
+        .await?;
+    ensure!(
+        api == json!([{"site": 1, "access": "view"}])
+            || api == json!([{"site": "1", "access": "view"}]),
+        "Matomo's API: carol's access {api}"
+    );
+    let kept = m.sql(
+        "SELECT option_value FROM matomo.matomo_option WHERE option_name = 'UnikGate_owner_carol'",
+    )?;
+    ensure!(kept.trim() == owner, "the owner kept: {kept:?}");
+    let before = users()?;
+
+    // Refused, and nothing changes.
+    let asking =
+        |email: &str, acc: Value, owner: &str| json!({"email": email, "acc": acc, "owner": owner});
+    let mallory = |acc: Value| asking("mallory@example.org", acc, &other_owner);
+    let none = || json!({});
+    let admin_on_1 = || json!({"1": "admin"});
+    let forged = "another-secret-of-at-least-32-bytes!!";
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("provision", made, 403, "replayed assertion\n"),
+        (
+            "provision",
+            token(forged, Some("provision"), "mallory", mallory(admin_on_1())),
+            403,
+            "bad signature\n",
+        ),
+        (
+            "provision",
+            token(SHARED_SECRET, None, "mallory", mallory(none())),
+            403,
+            "wrong action: the assertion is for login, not provision\n",
+        ),
+        (
+            "login",
+            provision("carol", carol.clone()),
+            403,
+            "wrong action: the assertion is for provision, not login\n",
+        ),
+        (
+            "provision",
+            access("carol", admin_on_1(), false),
+            403,
+            "wrong action: the assertion is for access, not provision\n",
+        ),
+        (
+            "provision",
+            provision(
+                "carol",
+                asking("carol@example.org", admin_on_1(), &other_owner),
+            ),
+            409,
+            "exists login carol\n",
+        ),
+        (
+            "provision",
+            provision("alice", asking("alice@example.org", admin_on_1(), &owner)),
+            409,
+            "exists login alice\n",
+        ),
+        (
+            "provision",
+            provision("dave", asking("Carol@Example.org", none(), &other_owner)),
+            409,
+            "exists email carol\n",
+        ),
+        (
+            "provision",
+            provision("mallory", mallory(json!({"1": "superuser"}))),
+            403,
+            "acc: site 1 cannot be given \"superuser\" (only view, write or admin)\n",
+        ),
+        (
+            "provision",
+            provision("mallory", mallory(json!({"one": "view"}))),
+            403,
+            "acc: \"one\" is not a site id\n",
+        ),
+        (
+            "provision",
+            provision("mallory", asking("not-an-email", none(), &other_owner)),
+            400,
+            "cannot create mallory: Email: The value \"not-an-email\" does not look like a valid email.\n",
+        ),
+        (
+            "provision",
+            provision("m", asking("m@example.org", none(), &other_owner)),
+            400,
+            "cannot create m: Username: The username must be between 2 and 100 characters long",
+        ),
+        (
+            "access",
+            access("nobody-here", none(), true),
+            403,
+            "unknown login\n",
+        ),
+    ];
+    for (action, t, want, why) in cases {
+        let (status, heads, cookie, body) = post_action(base, action, &t).await?;
+        ensure!(
+            status == want
+                && body.starts_with(&format!("UnikGate: {why}"))
+                && heads.starts_with("text/plain")
+                && heads.contains("no-store"),
+            "want {want} {why:?} from {action}, got {status} {heads}\n{}",
+            support::real::clip(&body)
+        );
+        if let Some(c) = cookie {
+            ensure!(
+                whoami_direct(base, &c).await?.is_none(),
+                "a refusal left a session ({why})"
+            );
+        }
+        if why.contains("wrong action") {
+            ensure!(
+                body.contains(r#""actions":["login","whoami","provision","access"]"#),
+                "the facts name the actions: {body}"
+            );
+        }
+    }
+    let after = users()?;
+    ensure!(after == before, "users changed:\n{before}\n→\n{after}");
+    ensure!(
+        rows("carol")?.trim() == "1\tview",
+        "carol's access changed: {:?}",
+        rows("carol")?
+    );
+    ensure!(
+        rows("mallory")?.trim().is_empty(),
+        "mallory has access rows"
+    );
+
+    // A retry of a lost answer: the same owner signs in again.
+    let (status, _, cookie, body) =
+        post_action(base, "provision", &provision("carol", carol.clone())).await?;
+    ensure!(
+        status == 302,
+        "the retry: {status}\n{}",
+        support::real::clip(&body)
+    );
+    let cookie = cookie.ok_or("the retry set no session cookie")?;
+    ensure!(
+        whoami_direct(base, &cookie).await?.as_deref() == Some("carol"),
+        "the retry's session is not carol's"
+    );
+    ensure!(users()? == before, "the retry changed the users");
+
+    // Access: set where it differs (a site that does not exist is left out), no session.
+    let answer =
+        |body: &str| serde_json::from_str::<Value>(body).map_err(|e| format!("{e}: {body}"));
+    let (status, heads, cookie, body) = post_action(
+        base,
+        "access",
+        &access("carol", json!({"1": "write", "999": "view"}), false),
+    )
+    .await?;
+    ensure!(
+        status == 200 && heads.starts_with("application/json") && heads.contains("no-store"),
+        "access: {status} {heads}\n{}",
+        support::real::clip(&body)
+    );
+    if let Some(c) = cookie {
+        ensure!(
+            whoami_direct(base, &c).await?.is_none(),
+            "access opened a session"
+        );
+    }
+    ensure!(
+        answer(&body)? == json!({"set": {"1": "write"}, "removed": [], "superuser": false}),
+        "access {{1: write}}: {body}"
+    );
+    ensure!(
+        rows("carol")?.trim() == "1\twrite",
+        "after write: {:?}",
+        rows("carol")?
+    );
+    // A capability on site 1 and view on the second site, given by hand: the same level leaves
+    // site 1 (and its capability) alone; prune removes the second site.
+    m.sql("INSERT INTO matomo.matomo_access (login, idsite, access) VALUES ('carol', 1, 'tagmanager_write')")?;
+    let v = m
+        .api(
+            "UsersManager.setUserAccess",
+            &[
+                ("userLogin", "carol"),
+                ("access", "view"),
+                ("idSites", &second.to_string()),
+            ],
+        )
+        .await?;
+    ensure!(
+        v.get("result").and_then(|r| r.as_str()) == Some("success"),
+        "setUserAccess: {v}"
+    );
+    let (_, _, _, body) = post_action(
+        base,
+        "access",
+        &access("carol", json!({"1": "write"}), false),
+    )
+    .await?;
+    ensure!(
+        answer(&body)? == json!({"set": {}, "removed": [], "superuser": false}),
+        "nothing to change: {body}"
+    );
+    let (_, _, _, body) = post_action(
+        base,
+        "access",
+        &access("carol", json!({"1": "write"}), true),
+    )
+    .await?;
+    ensure!(
+        answer(&body)? == json!({"set": {}, "removed": [second], "superuser": false}),
+        "prune: {body}"
+    );
+    ensure!(
+        rows("carol")?.trim() == "1\ttagmanager_write\n1\twrite",
+        "after prune: {:?}",
+        rows("carol")?
+    );
+    let (_, _, _, body) = post_action(
+        base,
+        "access",
+        &access(
+            "carol",
+            json!({"1": "view", &second.to_string(): "admin"}),
+            true,
+        ),
+    )
+    .await?;
+    let set = json!({"1": "view", second.to_string(): "admin"});
+    ensure!(
+        answer(&body)? == json!({"set": set, "removed": [], "superuser": false}),
+        "two levels at once: {body}"
+    );
+    ensure!(
+        rows("carol")?.trim() == format!("1\tview\n{second}\tadmin"),
+        "after two levels: {:?}",
+        rows("carol")?
+    );
+    // The superuser is left alone.
+    let admin_rows = rows(ADMIN.0)?;
+    let (status, _, _, body) =
+        post_action(base, "access", &access(ADMIN.0, json!({"1": "view"}), true)).await?;
+    ensure!(
+        status == 200 && answer(&body)? == json!({"set": {}, "removed": [], "superuser": true}),
+        "access for the superuser: {status} {body}"
+    );
+    ensure!(
+        rows(ADMIN.0)? == admin_rows && users()? == before,
+        "the superuser changed"
+    );
+    Ok(())
+}
+
 /// `unikgate doctor` (the binary) against the real Matomo.
 async fn doctor(
     m: &RealMatomo,
@@ -2358,6 +3013,10 @@ fn main() {
         ),
         ("signed_apache_journey", signed_apache_journey),
         ("journey_under_a_path", journey_under_a_path),
+        (
+            "provision_through_unikgate_and_claim_mapped_access",
+            provision_through_unikgate_and_claim_mapped_access,
+        ),
         ("signed_fpm_journey", signed_fpm_journey),
         ("autologin_apache_journey", autologin_apache_journey),
         (
@@ -2405,6 +3064,10 @@ fn main() {
         (
             "plugin_refusals_are_pages_that_say_what_to_check",
             plugin_refusals_are_pages_that_say_what_to_check,
+        ),
+        (
+            "plugin_provision_and_access_actions",
+            plugin_provision_and_access_actions,
         ),
         (
             "doctor_as_alice_mints_and_logs_out",

@@ -30,7 +30,7 @@ pub(super) async fn link_get(
     link_page(&v, &mut sess, &q, Notice::NONE).await
 }
 
-async fn link_page(
+pub(super) async fn link_page(
     v: &Visit,
     sess: &mut Sess,
     q: &Form,
@@ -64,6 +64,11 @@ async fn link_page(
     let data = app.sessions.load(sess).await?;
     let csrf = data.csrf.clone();
     let login = q.get("login").cloned().unwrap_or_default();
+    // "Create my Matomo account", unless the page says that account exists.
+    let offer = (app.cfg.provision.mode == crate::config::ProvisionMode::Offer
+        && !error.is_some_and(|e| e.starts_with("link.err_exists")))
+    .then(|| user.proposal.as_ref().map(|p| p.login.clone()))
+    .flatten();
     Ok(app.pages.render(
         status,
         &LinkPage {
@@ -74,7 +79,8 @@ async fn link_page(
             csrf: &csrf,
             rd: &rd,
             login: &login,
-            error: error.map(|key| t.get(key)),
+            error: error.map(|key| t.fmt(key, &[("login", &login)])),
+            offer: offer.as_deref(),
             session_login: session_login.as_deref(),
             code_needed,
         },
@@ -197,6 +203,10 @@ pub(super) async fn link_post(v: Visit, posted: CsrfForm) -> Result<Response, Er
         }
     }
     tracing::info!(target: "unikgate::audit", event = "link", subject = %user.subject, matomo_login = %login, client_ip = %ctx.client_ip);
+    if !superuser {
+        super::provision::apply_access_claim(app, ctx, &login, &user.subject, &user.access_claim)
+            .await?;
+    }
     let v = match mint(app, ctx, &login, &user.subject, "link").await {
         Ok(v) => v,
         Err(e @ Error::MintFailed(..)) => {

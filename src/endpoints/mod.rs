@@ -8,6 +8,7 @@ mod account;
 mod extract;
 mod health;
 mod link;
+mod provision;
 mod sign_in;
 mod sign_out;
 
@@ -68,6 +69,7 @@ impl Endpoints {
             .route(&at("account"), get(account::account))
             .route(&at("status"), get(account::status))
             .route(&at("unlink"), post(account::unlink))
+            .route(&at("provision"), post(provision::provision_post))
             .route(
                 &at("sign_out"),
                 get(sign_out::sign_out_get).post(sign_out::sign_out_post),

@@ -153,18 +153,48 @@ pub(super) async fn callback(
         matomo: None,
         policy: app.access.stamp(),
         claims: app.access.project(&id.claims),
+        proposal: None,
+        access_claim: super::provision::access_claim_of(app, &id.claims),
     };
     tracing::info!(target: "unikgate::audit", event = "sign_in", subject = %id.subject, client_ip = %ctx.client_ip);
     let link = app.links.get(&id.issuer, &id.subject).await?;
     let Some(link) = link else {
-        data.user = Some(user);
+        if super::provision::provisioning(app) {
+            match super::provision::proposal(&app.cfg.provision, &id.subject, &id.claims) {
+                Ok(p) => user.proposal = Some(p),
+                Err(why) => {
+                    tracing::info!(subject = %id.subject, reason = why, "no Matomo account can be made for this person; the link page asks for an existing one")
+                }
+            }
+        }
+        let auto =
+            app.cfg.provision.mode == crate::config::ProvisionMode::Auto && user.proposal.is_some();
+        data.user = Some(user.clone());
         index_this_session(app, sess).await?;
+        if auto {
+            return super::provision::make_account(&v, sess, user, &pending.rd).await;
+        }
         return Ok(redirect_local(app, &own_url(app, "link", &pending.rd)));
     };
     if link.superuser && app.cfg.matomo.deny_superusers {
         data.user = None;
         tracing::warn!(target: "unikgate::audit", event = "refused", subject = %id.subject, matomo_login = %link.matomo_login, reason = "superuser");
         return Err(Error::SuperuserDenied);
+    }
+    if !link.superuser {
+        if let Err(e) = super::provision::apply_access_claim(
+            app,
+            ctx,
+            &link.matomo_login,
+            &id.subject,
+            &user.access_claim,
+        )
+        .await
+        {
+            // Fails closed: nobody is signed in with access the claim may no longer grant.
+            data.user = None;
+            return Err(e);
+        }
     }
     let v = mint(app, ctx, &link.matomo_login, &id.subject, "sign_in").await;
     let v = match v {

@@ -36,7 +36,8 @@ impl Error {
             | ProviderBadAnswer(d)
             | MintFailed(_, d)
             | MatomoUnexpected(d)
-            | NotAllowed(d) => d.clone(),
+            | NotAllowed(d)
+            | ProvisionFailed(d) => d.clone(),
             _ => String::new(),
         };
         let text = |part: &str, detail: &str, login: &str| -> Option<String> {

@@ -174,13 +174,21 @@ pub struct LinkPage<'a> {
     pub csrf: &'a str,
     pub rd: &'a str,
     pub login: &'a str,
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
     pub session_login: Option<&'a str>,
+    /// `[provision] mode = "offer"`: the login of the account "Create my Matomo account" makes.
+    pub offer: Option<&'a str>,
     /// Matomo asked for the two-factor code: the field is required and focused.
     pub code_needed: bool,
 }
 
 impl LinkPage<'_> {
+    /// "Create my Matomo account (<login>)", when `[provision]` offers one.
+    pub fn offer_button(&self) -> Option<String> {
+        self.offer
+            .map(|l| self.t.fmt("link.create_account", &[("login", l)]))
+    }
+
     /// "Link this account (<login>)", when the browser holds a Matomo session.
     pub fn session_button(&self) -> Option<String> {
         self.session_login

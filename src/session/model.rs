@@ -65,6 +65,20 @@ pub struct UserSession {
     /// here when the rules change).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims: BTreeMap<String, Vec<String>>,
+    /// With `[provision]`, for a person without a link: the account that would be made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<Proposal>,
+    /// With `provision.access_claim`: its entries as the provider gave them at sign-in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_claim: Vec<String>,
+}
+
+/// The Matomo account `[provision]` would make for this person, from the provider's claims.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Proposal {
+    pub login: String,
+    /// The verified e-mail address.
+    pub email: String,
 }
 
 fn is_zero(v: &u64) -> bool {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, COOKIE, SET_COOKIE};
 use http::{Method, StatusCode};
 
+use crate::config::SiteAccess;
 use crate::error::{Error, MintBy};
 use crate::upstream::proxy::{Answer, Upstream};
 
@@ -33,6 +34,90 @@ pub trait Minter: Send + Sync + 'static {
     ) -> Result<Option<String>, Error> {
         who_am_i(up, cookie_value, client_ip).await
     }
+    /// Makes a Matomo account and opens its first session. Default: not possible (only the
+    /// UnikGate plugin makes accounts).
+    async fn provision(
+        &self,
+        _up: &Upstream,
+        _account: &NewAccount,
+        _rd: &str,
+        _client_ip: IpAddr,
+    ) -> Result<Provisioned, Error> {
+        Err(Error::ProvisionFailed(
+            "accounts are made by the UnikGate plugin: set matomo.minter = \"signed\"".into(),
+        ))
+    }
+    /// Sets a login's site access (`prune`: also removes access to sites not in `access`).
+    async fn set_access(
+        &self,
+        _up: &Upstream,
+        _login: &str,
+        _access: &[SiteAccess],
+        _prune: bool,
+        _client_ip: IpAddr,
+    ) -> Result<AccessChange, Error> {
+        Err(Error::ProvisionFailed(
+            "site access is set by the UnikGate plugin: set matomo.minter = \"signed\"".into(),
+        ))
+    }
+}
+
+/// A Matomo account to make for a person signing in for the first time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAccount {
+    pub login: String,
+    pub email: String,
+    /// Never superuser (the plugin refuses anything but view, write and admin).
+    pub access: Vec<SiteAccess>,
+    /// Who the account is made for: SHA-256 (hex) of the provider and the subject, so that a
+    /// retry after a lost answer finds the account made for the same person.
+    pub owner: String,
+}
+
+/// What the plugin did with a [`NewAccount`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provisioned {
+    /// Made (or found made for the same person): the new session's `MATOMO_SESSID`.
+    Created(String),
+    /// An account with that login exists (made by somebody else, or by hand).
+    LoginExists(String),
+    /// An account with that e-mail exists: its login.
+    EmailExists(String),
+}
+
+/// What a [`Minter::set_access`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct AccessChange {
+    /// Site id → the access now given (only what changed).
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Sites whose access was removed.
+    #[serde(default)]
+    pub removed: Vec<u64>,
+    /// The login is a superuser: nothing was changed.
+    #[serde(default)]
+    pub superuser: bool,
+}
+
+/// `SHA-256(issuer "\n" subject)`, hex: [`NewAccount::owner`].
+pub fn owner_of(issuer: &str, subject: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{issuer}\n{subject}").as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `{"1": "view", "3": "admin"}`: a site given twice keeps its highest access.
+fn acc_claim(access: &[SiteAccess]) -> serde_json::Value {
+    let mut m: std::collections::BTreeMap<String, crate::config::AccessLevel> = Default::default();
+    for a in access {
+        let e = m.entry(a.site.to_string()).or_insert(a.level);
+        *e = (*e).max(a.level);
+    }
+    serde_json::Value::Object(
+        m.into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v.as_str().into())))
+            .collect(),
+    )
 }
 
 /// The UnikGate plugin of this repository: `POST index.php?module=UnikGate&action=login` with a
@@ -85,8 +170,21 @@ impl Signed {
 
     /// An assertion for `login`, issued at `iat` (seconds), returning to `rd`.
     pub fn assertion(&self, login: &str, iat: u64, rd: &str) -> String {
+        self.assertion_for("login", login, iat, rd, serde_json::Map::new())
+    }
+
+    /// An assertion for the plugin's action `act` (`login`, `provision`, `access`), with the
+    /// action's own claims in `more`. The plugin refuses a token made for another action.
+    pub fn assertion_for(
+        &self,
+        act: &str,
+        login: &str,
+        iat: u64,
+        rd: &str,
+        more: serde_json::Map<String, serde_json::Value>,
+    ) -> String {
         use secrecy::ExposeSecret;
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "iss": "unikgate",
             "aud": self.audience,
             "sub": login,
@@ -95,7 +193,47 @@ impl Signed {
             "jti": crate::util::random_token(),
             "rd": rd,
         });
+        if act != "login" {
+            claims["act"] = act.into();
+        }
+        if let Some(c) = claims.as_object_mut() {
+            c.extend(more);
+        }
         sign_hs256(&claims, self.secret.expose_secret().as_bytes())
+    }
+
+    /// Posts an assertion to the plugin's action `act`.
+    async fn post_to(
+        &self,
+        up: &Upstream,
+        act: &str,
+        assertion: &str,
+        client_ip: IpAddr,
+    ) -> Result<Answer, Error> {
+        up.call(
+            Method::POST,
+            &format!("/index.php?module=UnikGate&action={act}"),
+            HeaderMap::new(),
+            Some(form(&[("assertion", assertion)])),
+            client_ip,
+        )
+        .await
+    }
+
+    /// The plugin's refusal (`UnikGate: …` with a 400/403), or Matomo's answer to an action an
+    /// old plugin does not have, in words.
+    fn action_failed(&self, act: &str, a: &Answer) -> Error {
+        if a.body.starts_with(b"UnikGate: ") {
+            let reason = unikgate_reason(&a.body);
+            return Error::ProvisionFailed(match audience_advice(&reason, &self.audience) {
+                Some(advice) => format!("the UnikGate plugin refused: {reason} — {advice}"),
+                None => format!("the UnikGate plugin refused: {reason}"),
+            });
+        }
+        Error::ProvisionFailed(format!(
+            "Matomo answered {} to the UnikGate plugin's {act} action: is the plugin 1.2.0 or later installed and activated?",
+            a.status.as_u16()
+        ))
     }
 
     /// Posts an assertion to the plugin.
@@ -155,6 +293,9 @@ pub struct Facts {
     /// `UsersManager.logoutUser` exists (Matomo 5.9 and later).
     #[serde(default)]
     pub logout_user: bool,
+    /// The plugin's actions (1.2.0 and later: `provision` and `access` for `[provision]`).
+    #[serde(default)]
+    pub actions: Vec<String>,
 }
 
 impl Facts {
@@ -230,6 +371,63 @@ impl Minter for Signed {
 
     fn name(&self) -> &'static str {
         "signed"
+    }
+
+    async fn provision(
+        &self,
+        up: &Upstream,
+        account: &NewAccount,
+        rd: &str,
+        client_ip: IpAddr,
+    ) -> Result<Provisioned, Error> {
+        let mut more = serde_json::Map::new();
+        more.insert("email".into(), account.email.clone().into());
+        more.insert("acc".into(), acc_claim(&account.access));
+        more.insert("owner".into(), account.owner.clone().into());
+        let token = self.assertion_for("provision", &account.login, unix_now(), rd, more);
+        let a = self.post_to(up, "provision", &token, client_ip).await?;
+        match a.status {
+            StatusCode::FOUND | StatusCode::SEE_OTHER => {
+                const NO_COOKIE: &str =
+                    "the UnikGate plugin made the account but answered without a session cookie";
+                set_cookie_value(&a.headers, MATOMO_COOKIE)
+                    .map(Provisioned::Created)
+                    .ok_or_else(|| Error::ProvisionFailed(NO_COOKIE.into()))
+            }
+            StatusCode::CONFLICT if a.body.starts_with(b"UnikGate: exists ") => {
+                let reason = unikgate_reason(&a.body);
+                let rest = reason.strip_prefix("exists ").unwrap_or("");
+                match rest.split_once(' ') {
+                    Some(("login", l)) => Ok(Provisioned::LoginExists(l.trim().to_string())),
+                    Some(("email", l)) => Ok(Provisioned::EmailExists(l.trim().to_string())),
+                    _ => Err(self.action_failed("provision", &a)),
+                }
+            }
+            _ => Err(self.action_failed("provision", &a)),
+        }
+    }
+
+    async fn set_access(
+        &self,
+        up: &Upstream,
+        login: &str,
+        access: &[SiteAccess],
+        prune: bool,
+        client_ip: IpAddr,
+    ) -> Result<AccessChange, Error> {
+        let mut more = serde_json::Map::new();
+        more.insert("acc".into(), acc_claim(access));
+        more.insert("prune".into(), prune.into());
+        let token = self.assertion_for("access", login, unix_now(), "/", more);
+        let a = self.post_to(up, "access", &token, client_ip).await?;
+        if a.status != StatusCode::OK {
+            return Err(self.action_failed("access", &a));
+        }
+        serde_json::from_slice(&a.body).map_err(|_| {
+            Error::ProvisionFailed(
+                "the UnikGate plugin's access action did not answer JSON (is the plugin 1.2.0 or later?)".into(),
+            )
+        })
     }
 
     async fn who_am_i(
