@@ -1910,7 +1910,7 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
         // the plugin's button and Security card (its prefix found from Matomo's own path) and
         // every asset Matomo's pages load, under the path.
         let mut ports = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..3 {
             let l = m.gate_listener();
             ports.push(l.local_addr().map_err(|e| e.to_string())?.port());
             drop(l);
@@ -1952,6 +1952,8 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
             let cfg = dir.path().join(format!("unikgate{i}.toml"));
             let extra = if i == 1 {
                 "password_login = true\n".to_string()
+            } else if i == 2 {
+                "[access]\nallow_email_domains = [\"example.org\"]\n[provision]\nmode = \"offer\"\naccess = [\"/matomo/1/view\"]\n[links]\nallow_unlink = false\n".to_string()
             } else {
                 format!(
                     "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
@@ -1964,14 +1966,18 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
                 format!(
                     "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}/\"\n[upstream]\nurl = \"{}/analytics/\"\n[provider]\n{}[store]\nurl = \"sqlite://{}/data{i}/unikgate.db\"\n{}",
                     m.apache,
-                    provider.config_discovery(),
+                    if i == 2 {
+                        format!("{}scopes = [\"openid\", \"email\", \"profile\"]\n", provider.config_discovery())
+                    } else {
+                        provider.config_discovery()
+                    },
                     dir.path().display(),
                     matomo_section(Minter::Signed, if i == 1 { &extra } else { "" })
                 ),
             )
             .map_err(|e| e.to_string())?;
-            if i == 0 {
-                // After [matomo]: a section of its own.
+            if i != 1 {
+                // After [matomo]: sections of their own.
                 let mut f = std::fs::OpenOptions::new()
                     .append(true)
                     .open(&cfg)
@@ -2017,6 +2023,7 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
             .arg(node_dir().join("journey.mjs"))
             .env("BASE", base)
             .env("BASE2", &bases[1])
+            .env("BASE3", &bases[2])
             .env("PROVIDER", provider.issuer())
             .env("SHOTS", &shots)
             .env("ALICE_PASSWORD", ALICE.1)
@@ -2027,6 +2034,10 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
         for mut g in gates {
             let _ = g.kill().await;
         }
+        // The account the journey made (other tests count Matomo's users).
+        let _ = m
+            .api("UsersManager.deleteUser", &[("userLogin", "frank")])
+            .await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         ensure!(

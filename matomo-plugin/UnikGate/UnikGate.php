@@ -155,7 +155,7 @@ class UnikGate extends \Piwik\Plugin
             'login' => $login,
             'rd' => self::requestedPage(),
         ];
-        foreach (['Loading', 'LinkedTo', 'LinkedElsewhere', 'NotLinked', 'Unlink', 'Link', 'Unavailable'] as $key) {
+        foreach (['Loading', 'LinkedTo', 'LinkedElsewhere', 'NotLinked', 'Unlink', 'UnlinkOff', 'Link', 'Unavailable'] as $key) {
             $data['t-' . strtolower($key)] = Piwik::translate('UnikGate_' . $key);
         }
         $attrs = '';

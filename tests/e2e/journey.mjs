@@ -5,6 +5,8 @@
 //
 // Env: BASE (unikgate's public URL; with a path, as https://host/analytics: Matomo under it), BASE2
 // (a second unikgate with matomo.password_login on, under the same path),
+// BASE3 (a third unikgate, under the same path, with [access] allow_email_domains = ["example.org"],
+// [provision] mode = "offer" with view on site 1, and [links] allow_unlink = false),
 // PROVIDER (the provider's issuer URL), SHOTS (folder for the screenshots), ALICE_PASSWORD and
 // BOB_PASSWORD (their Matomo passwords).
 // Exits non-zero on the first failed expectation; prints "N passed, M failed" at the end.
@@ -14,6 +16,7 @@ import { mkdirSync } from 'node:fs';
 const BASE = process.env.BASE;
 // A second unikgate with matomo.password_login on (Matomo's own login page shows), and the provider.
 const BASE2 = process.env.BASE2;
+const BASE3 = process.env.BASE3;
 // The path Matomo is served under ('' at the root, '/analytics'): both gates have the same.
 const PATH = new URL(BASE).pathname.replace(/\/$/, '');
 const PROVIDER = process.env.PROVIDER;
@@ -322,6 +325,63 @@ try {
     expect(await matomoUser(p) === 'bob', `Matomo shows ${await matomoUser(p)}`);
     await settle(p);
     await shot(p, '12-security-not-linked');
+  });
+
+  // Who may come in, and the account made at the first sign-in (BASE3).
+  await check('[access]: a person whose e-mail is not verified is refused, and told whom to ask', async () => {
+    const set = await fetch(PROVIDER + '/test/claims', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ login: 'oscar', claims: { email_verified: false } }),
+    });
+    expect(set.status === 204, `claims: ${set.status}`);
+    const { page: p } = await newPage(browser);
+    await p.goto(BASE3 + DEEP);
+    await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
+    await providerLogin(p, 'oscar');
+    await p.waitForSelector('h1');
+    expect((await p.textContent('h1')).includes('Not allowed here'), await p.textContent('h1'));
+    const text = await p.textContent('body');
+    expect(text.includes('oscar@example.org') && text.includes('administrator of this Matomo'), text);
+    await shot(p, '13-not-allowed');
+  });
+
+  const frank = await newPage(browser);
+  await check('[provision]: no Matomo account yet → "Create my Matomo account" → Matomo, view on site 1 only', async () => {
+    const p = frank.page;
+    await p.goto(BASE3 + DEEP);
+    await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
+    await providerLogin(p, 'frank');
+    await p.waitForURL(/\/_unikgate\/link/);
+    const create = p.getByRole('button', { name: 'Create my Matomo account (frank)' });
+    expect(await create.isVisible(), 'the offer');
+    expect(await p.getByLabel('Matomo username').isVisible(), 'linking an existing account stays possible');
+    await shot(p, '14-link-offer');
+    await create.click();
+    await p.waitForURL((u) => u.pathname === PATH + '/index.php' && u.search.includes('module=CoreHome'), { timeout: 30000 });
+    await settle(p);
+    expect(await matomoUser(p) === 'frank', `Matomo shows ${await matomoUser(p)}`);
+    const u = new URL(p.url());
+    expect(u.pathname + u.search === PATH + DEEP, `the page asked for: at ${p.url()}`);
+    const sites = await p.evaluate(async () => {
+      const body = new URLSearchParams({ token_auth: window.piwik.token_auth, force_api_session: '1' });
+      const r = await fetch('index.php?module=API&method=SitesManager.getSitesIdWithAtLeastViewAccess&format=json', { method: 'POST', body });
+      return r.json();
+    });
+    expect(JSON.stringify(sites.map(Number)) === '[1]', `frank sees the sites ${JSON.stringify(sites)}`);
+    await shot(p, '15-matomo-as-a-new-account');
+  });
+
+  await check('[links] allow_unlink = false: the Security card shows the link and no Unlink', async () => {
+    const p = frank.page;
+    await p.goto(BASE3 + SECURITY);
+    const box = p.locator('#unikgate-security[data-state=linked]');
+    await box.waitFor({ timeout: 30000 });
+    expect(await p.locator('#unikgate-unlink').count() === 0, 'an Unlink button');
+    expect(await p.locator('#unikgate-unlink-off').isVisible(), 'the note');
+    const account = await p.goto(BASE3 + '/_unikgate/account');
+    expect(account.status() === 200, `account: ${account.status()}`);
+    expect(!(await p.content()).includes('/_unikgate/unlink'), 'an unlink form on the account page');
   });
 
   await check('with Accept-Language: fr, the sign-in and link pages are in French', async () => {

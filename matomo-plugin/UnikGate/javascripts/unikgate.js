@@ -59,11 +59,16 @@ window.unikgateSecuritySection = function () {
         if (s && s.signed_in && s.linked && s.matomo_login === d.login) {
             box.setAttribute('data-state', 'linked');
             box.appendChild(sentence(d.tLinkedto, { unikname: s.unikname, since: s.linked_since || '' }));
-            var form = el('form', { method: 'post', action: d.prefix + '/unlink' });
-            form.appendChild(el('input', { type: 'hidden', name: 'csrf', value: s.csrf }));
-            form.appendChild(el('input', { type: 'hidden', name: 'rd', value: d.rd }));
-            form.appendChild(el('button', { type: 'submit', 'class': 'btn', id: 'unikgate-unlink' }, d.tUnlink));
-            box.appendChild(form);
+            if (s.can_unlink === false) {
+                // links.allow_unlink = false: only an administrator unlinks.
+                box.appendChild(el('p', { id: 'unikgate-unlink-off' }, d.tUnlinkoff));
+            } else {
+                var form = el('form', { method: 'post', action: d.prefix + '/unlink' });
+                form.appendChild(el('input', { type: 'hidden', name: 'csrf', value: s.csrf }));
+                form.appendChild(el('input', { type: 'hidden', name: 'rd', value: d.rd }));
+                form.appendChild(el('button', { type: 'submit', 'class': 'btn', id: 'unikgate-unlink' }, d.tUnlink));
+                box.appendChild(form);
+            }
         } else if (s && s.signed_in && s.linked) {
             box.setAttribute('data-state', 'linked-elsewhere');
             box.appendChild(sentence(d.tLinkedelsewhere, { unikname: s.unikname, login: s.matomo_login }));
