@@ -70,6 +70,7 @@ async fn main() {
             policy: 0,
             claims: Default::default(),
             proposal: None,
+            client_ip: None,
             access_claim: Vec::new(),
         });
         s.changed();

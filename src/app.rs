@@ -38,6 +38,8 @@ pub struct App {
     pub tls: Option<crate::tls::Served>,
     /// `[access]`: who may sign in, and the stamp of these rules.
     pub access: crate::access::Policy,
+    /// The audit trail: events kept in the link database (and logged).
+    pub audit: crate::audit::Audit,
 }
 
 impl App {

@@ -5,6 +5,7 @@
 
 // The rooms (ARCHITECTURE.md draws them and the way a request goes through them).
 pub mod access; // who may sign in: `[access]`'s rules and their stamp
+pub mod audit; // the audit trail: logged and kept in the link database
 pub mod app; // what every request may need, built once
 pub mod config; // every key, read and validated once
 pub mod context; // the per-request context, and what the gate and the endpoints answer with
@@ -106,7 +107,9 @@ pub async fn build_app(cfg: Config) -> Result<(gate::Gate, Arc<App>), String> {
         MinterConfig::Signed(secret) => Arc::new(Signed::new(secret.clone(), &cfg.public_base())),
         MinterConfig::AutoLogin => Arc::new(AutoLogin),
     };
+    let audit = audit::Audit::start(stores.audit.clone(), cfg.audit.retention);
     let app = Arc::new(App {
+        audit,
         classifier: Classifier::new(
             &cfg.server.base,
             &cfg.server.prefix,

@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use unikgate::config::{Config, LogFormat};
 
 mod cli;
+use cli::audit::AuditAction;
 use cli::links::LinksAction;
 use cli::sessions::SessionsAction;
 
@@ -88,6 +89,13 @@ enum Command {
         admin: AdminArgs,
         #[command(subcommand)]
         action: SessionsAction,
+    },
+    /// Read the audit trail kept in the link database (sign-ins, links, refusals, admin actions).
+    Audit {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: AuditAction,
     },
 }
 
@@ -301,6 +309,17 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             init_logs(cfg.server.log_format);
             let (_, app) = unikgate::build_app(cfg).await?;
             cli::sessions::run(&app, json, action).await
+        }
+        Command::Audit {
+            admin: AdminArgs { config, json },
+            action,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let (_, app) = unikgate::build_app(cfg).await?;
+            cli::audit::run(&app, json, action).await
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use support::servers::Postgres;
 use unikgate::config::{StoreConfig, StoreUrl};
 use unikgate::now_ms;
-use unikgate::store::{self, Link, LinkConflict, SessionEntry, Stores};
+use unikgate::store::{self, AuditQuery, AuditRecord, Link, LinkConflict, SessionEntry, Stores};
 
 /// The stores of one test, and what must outlive them (the SQLite file's folder, or the server).
 struct Backend {
@@ -108,6 +108,8 @@ suite!(
     logout_tokens_end_sessions_by_sid_or_sub,
     each_jti_counts_once_until_forgotten,
     the_session_index_is_pruned_by_age,
+    links_are_paged_and_filtered,
+    the_audit_trail_is_kept_filtered_and_pruned,
 );
 
 fn link(issuer: &str, subject: &str, login: &str, created_at: i64) -> Link {
@@ -130,6 +132,7 @@ fn entry(subject: &str, session: &str, sid: Option<&str>, id_sub: Option<&str>) 
         sid: sid.map(str::to_string),
         id_sub: id_sub.map(str::to_string),
         created_at: now_ms(),
+        client_ip: Some("192.0.2.7".into()),
     }
 }
 
@@ -492,4 +495,103 @@ async fn the_session_index_is_pruned_by_age(s: &Stores) {
         .await
         .unwrap()
         .is_empty());
+}
+
+async fn links_are_paged_and_filtered(s: &Stores) {
+    for i in 0..25 {
+        let login = format!("user{i:02}");
+        s.links
+            .create(&link("iss", &format!("uns-{i:02}"), &login, i))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    s.links
+        .create(&link("iss", "uns-odd", "a_b%c", 99))
+        .await
+        .unwrap()
+        .unwrap();
+    let all = s.links.list_page("", 0, 10).await.unwrap();
+    assert_eq!(all.total, 26);
+    assert_eq!(all.links.len(), 10);
+    assert_eq!(all.links[0].matomo_login, "a_b%c", "by Matomo login");
+    let last = s.links.list_page("", 20, 10).await.unwrap();
+    assert_eq!(last.links.len(), 6);
+    assert_eq!(last.links[5].matomo_login, "user24");
+    // By login or subject, case-insensitive; % and _ are taken literally.
+    let one = s.links.list_page("USER1", 0, 50).await.unwrap();
+    assert_eq!(one.total, 10, "user10..user19");
+    let by_subject = s.links.list_page("uns-07", 0, 50).await.unwrap();
+    assert_eq!(by_subject.total, 1);
+    assert_eq!(by_subject.links[0].matomo_login, "user07");
+    assert_eq!(s.links.list_page("_b%", 0, 50).await.unwrap().total, 1);
+    assert_eq!(s.links.list_page("%", 0, 50).await.unwrap().total, 1);
+    assert_eq!(s.links.list_page("nobody", 0, 50).await.unwrap().total, 0);
+    let id = &by_subject.links[0].id;
+    assert_eq!(
+        s.links.get_by_id(id).await.unwrap().map(|l| l.matomo_login),
+        Some("user07".into())
+    );
+    assert_eq!(s.links.get_by_id("nope").await.unwrap(), None);
+}
+
+async fn the_audit_trail_is_kept_filtered_and_pruned(s: &Stores) {
+    let ev = |at: i64, event: &str, subject: &str| AuditRecord {
+        at,
+        event: event.into(),
+        subject: Some(subject.into()),
+        client_ip: Some("192.0.2.1".into()),
+        reason: Some(format!("r{at}")),
+        ..Default::default()
+    };
+    s.audit
+        .append(&[
+            ev(1000, "sign_in", "uns-a"),
+            ev(2000, "refused", "uns-b"),
+            ev(3000, "refused", "uns-a"),
+            ev(4000, "link", "uns-a"),
+        ])
+        .await
+        .unwrap();
+    let q = |subject: Option<&str>, since: Option<i64>, events: &[&str]| AuditQuery {
+        subject: subject.map(str::to_string),
+        since,
+        events: events.iter().map(|e| e.to_string()).collect(),
+        offset: 0,
+        limit: 100,
+    };
+    let all = s.audit.list(&q(None, None, &[])).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.at).collect::<Vec<_>>(),
+        vec![4000, 3000, 2000, 1000],
+        "newest first"
+    );
+    assert_eq!(all[0], ev(4000, "link", "uns-a"), "every field kept");
+    let a = s
+        .audit
+        .list(&q(Some("uns-a"), Some(2000), &[]))
+        .await
+        .unwrap();
+    assert_eq!(a.iter().map(|r| r.at).collect::<Vec<_>>(), vec![4000, 3000]);
+    let refused = s
+        .audit
+        .list(&q(None, None, &["refused", "link"]))
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 3);
+    let page = s
+        .audit
+        .list(&AuditQuery {
+            offset: 1,
+            limit: 2,
+            ..q(None, None, &[])
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.at).collect::<Vec<_>>(),
+        vec![3000, 2000]
+    );
+    assert_eq!(s.audit.prune(2500).await.unwrap(), 2);
+    assert_eq!(s.audit.list(&q(None, None, &[])).await.unwrap().len(), 2);
 }

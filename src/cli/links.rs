@@ -111,6 +111,18 @@ pub async fn run(
                     .await
             }
             .map_err(|e| e.to_string())?;
+            if removed {
+                let who_field = if login { "matomo_login" } else { "subject" };
+                super::record(
+                    app,
+                    &[
+                        ("event", "unlink".into()),
+                        (who_field, who.clone()),
+                        ("actor", "cli".into()),
+                    ],
+                )
+                .await;
+            }
             if json {
                 println!("{{\"removed\":{removed}}}");
             } else if removed {

@@ -101,7 +101,16 @@ pub async fn run(
                 .await
                 .map_err(|e| e.to_string())?;
             let ended = app.end_sessions(&ids).await.map_err(|e| e.to_string())?;
-            tracing::info!(target: "unikgate::audit", event = "sessions_end", subject = %unikname, ended, by = "cli");
+            super::record(
+                app,
+                &[
+                    ("event", "sessions_end".into()),
+                    ("subject", unikname.clone()),
+                    ("ended", ended.to_string()),
+                    ("actor", "cli".into()),
+                ],
+            )
+            .await;
             if json {
                 println!("{{\"ended\":{ended}}}");
             } else {

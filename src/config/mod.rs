@@ -31,6 +31,15 @@ pub struct Config {
     pub access: AccessConfig,
     pub provision: ProvisionConfig,
     pub links: LinksConfig,
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the audit trail kept in the link database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// How long events are kept (`unikgate audit list`, the superusers' page). Default `90d`;
+    /// older ones are deleted hourly. The log keeps its own copy, for as long as your logs live.
+    pub retention: Duration,
 }
 
 /// `[access]`: who may sign in. With no key set, everybody the provider vouches for (every
@@ -471,6 +480,7 @@ impl Config {
         let access = section(&root, "access", env, &mut errors, read_access);
         let provision = section(&root, "provision", env, &mut errors, read_provision);
         let links = section(&root, "links", env, &mut errors, read_links);
+        let audit = section(&root, "audit", env, &mut errors, read_audit);
         if let (Some(p), Some(m)) = (&provision, &matomo) {
             let signed = matches!(m.minter, MinterConfig::Signed(_));
             if !signed && (p.mode != ProvisionMode::Off || p.access_claim.is_some()) {
@@ -551,7 +561,7 @@ impl Config {
         let store = store.and_then(|(config, _)| config);
         match (
             (server, upstream, provider, session, store, matomo, tls),
-            (access, provision, links),
+            (access, provision, links, audit),
         ) {
             (
                 (
@@ -563,7 +573,7 @@ impl Config {
                     Some(matomo),
                     Some(tls),
                 ),
-                (Some(access), Some(provision), Some(links)),
+                (Some(access), Some(provision), Some(links), Some(audit)),
             ) if errors.is_empty() => Ok(Config {
                 server,
                 upstream,
@@ -575,6 +585,7 @@ impl Config {
                 access,
                 provision,
                 links,
+                audit,
             }),
             _ => Err(errors),
         }
@@ -671,6 +682,7 @@ pub const SECTIONS: &[&str] = &[
     "access",
     "provision",
     "links",
+    "audit",
 ];
 
 /// `UNIKGATE_<SECTION>__<KEY>` variables that name no key are errors: a typo would otherwise be
@@ -781,6 +793,7 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("links", &["allow_unlink"]),
+    ("audit", &["retention"]),
 ];
 
 fn parse_addr(r: &mut Reader<'_>, key: &'static str, default: Option<&str>) -> Option<SocketAddr> {
@@ -1458,6 +1471,14 @@ fn read_provision(r: &mut Reader<'_>) -> Option<ProvisionConfig> {
         access_claim,
         access_claim_prune,
     })
+}
+
+fn read_audit(r: &mut Reader<'_>) -> Option<AuditConfig> {
+    let retention = r.duration("retention", Duration::from_secs(90 * 86400));
+    if retention < Duration::from_secs(3600) {
+        r.error("retention", "must be at least 1h (such as \"90d\")");
+    }
+    Some(AuditConfig { retention })
 }
 
 fn read_links(r: &mut Reader<'_>) -> Option<LinksConfig> {

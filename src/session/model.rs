@@ -68,6 +68,9 @@ pub struct UserSession {
     /// With `[provision]`, for a person without a link: the account that would be made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proposal: Option<Proposal>,
+    /// The address this session signed in from (for the superusers' page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
     /// With `provision.access_claim`: its entries as the provider gave them at sign-in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_claim: Vec<String>,

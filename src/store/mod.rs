@@ -16,7 +16,10 @@ pub mod redis;
 pub mod sqlite;
 mod traits;
 
-pub use traits::{Attempts, Link, LinkConflict, Links, LogoutTokens, SessionEntry, SessionIndex};
+pub use traits::{
+    Attempts, AuditLog, AuditQuery, AuditRecord, Link, LinkConflict, LinkPage, Links, LogoutTokens,
+    SessionEntry, SessionIndex,
+};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +49,8 @@ pub struct Stores {
     pub attempts: Arc<dyn Attempts>,
     pub session_index: Arc<dyn SessionIndex>,
     pub logout_tokens: Arc<dyn LogoutTokens>,
+    /// The audit trail (the same database).
+    pub audit: Arc<dyn AuditLog>,
     pub sessions: Arc<dyn SessionStore>,
     /// The same session store's in-memory copies, when it keeps some (SQLite).
     pub session_peek: Option<Arc<dyn MemoryPeek>>,
@@ -147,7 +152,7 @@ pub async fn open(cfg: &StoreConfig) -> Result<Stores, String> {
             )
         }
     };
-    let (links, attempts, session_index, logout_tokens) = match &database {
+    let (links, attempts, session_index, logout_tokens, audit) = match &database {
         Database::Sqlite(db) => parts(db),
         Database::Postgres(db) => parts(db),
     };
@@ -156,6 +161,7 @@ pub async fn open(cfg: &StoreConfig) -> Result<Stores, String> {
         attempts,
         session_index,
         logout_tokens,
+        audit,
         sessions,
         session_peek,
         database,
@@ -163,16 +169,17 @@ pub async fn open(cfg: &StoreConfig) -> Result<Stores, String> {
     })
 }
 
-/// The link database seen by what it holds: four views of the same backend.
+/// The link database seen by what it holds: five views of the same backend.
 type Parts = (
     Arc<dyn Links>,
     Arc<dyn Attempts>,
     Arc<dyn SessionIndex>,
     Arc<dyn LogoutTokens>,
+    Arc<dyn AuditLog>,
 );
 
-fn parts<D: Links + Attempts + SessionIndex + LogoutTokens>(db: &Arc<D>) -> Parts {
-    (db.clone(), db.clone(), db.clone(), db.clone())
+fn parts<D: Links + Attempts + SessionIndex + LogoutTokens + AuditLog>(db: &Arc<D>) -> Parts {
+    (db.clone(), db.clone(), db.clone(), db.clone(), db.clone())
 }
 
 impl Stores {

@@ -13,6 +13,7 @@ use sqlx::sqlite::{
 
 use super::cache::CachedSessions;
 use super::traits::LINK_COLUMNS as COLS;
+use super::traits::{like_pattern, AuditLog, AuditQuery, AuditRecord, LinkPage};
 use super::{Attempts, Link, LinkConflict, Links, LogoutTokens, SessionEntry, SessionIndex};
 use crate::error::Error;
 use crate::util::now_ms;
@@ -170,6 +171,35 @@ impl Links for SqliteDb {
         Ok(rows.into_iter().map(from_row).collect())
     }
 
+    async fn list_page(&self, filter: &str, offset: u64, limit: u64) -> Result<LinkPage, Error> {
+        let pattern = like_pattern(filter);
+        let cond = "(matomo_login LIKE ?1 ESCAPE '\\' OR subject LIKE ?1 ESCAPE '\\')";
+        let (total,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM links WHERE {cond}"))
+            .bind(&pattern)
+            .fetch_one(&self.pool)
+            .await?;
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLS} FROM links WHERE {cond} ORDER BY matomo_login LIMIT ?2 OFFSET ?3"
+        ))
+        .bind(&pattern)
+        .bind(limit.min(i64::MAX as u64) as i64)
+        .bind(offset.min(i64::MAX as u64) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(LinkPage {
+            total: total.max(0) as u64,
+            links: rows.into_iter().map(from_row).collect(),
+        })
+    }
+
+    async fn get_by_id(&self, id: &str) -> Result<Option<Link>, Error> {
+        let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM links WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(from_row))
+    }
+
     async fn touch(&self, id: &str) -> Result<(), Error> {
         sqlx::query("UPDATE links SET last_login_at = ? WHERE id = ?")
             .bind(now_ms())
@@ -212,13 +242,14 @@ impl Attempts for SqliteDb {
 #[async_trait]
 impl SessionIndex for SqliteDb {
     async fn index_session(&self, e: &SessionEntry) -> Result<(), Error> {
-        sqlx::query("INSERT OR IGNORE INTO identity_sessions (issuer, subject, session_id, created_at, sid, id_sub) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT OR IGNORE INTO identity_sessions (issuer, subject, session_id, created_at, sid, id_sub, client_ip) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(&e.issuer)
             .bind(&e.subject)
             .bind(&e.session_id)
             .bind(e.created_at)
             .bind(&e.sid)
             .bind(&e.id_sub)
+            .bind(&e.client_ip)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -264,7 +295,7 @@ impl SessionIndex for SqliteDb {
 
     async fn list_sessions(&self, subject: Option<&str>) -> Result<Vec<SessionEntry>, Error> {
         Ok(sqlx::query_as(
-            "SELECT issuer, subject, session_id, sid, id_sub, created_at FROM identity_sessions WHERE (? IS NULL OR subject = ?) ORDER BY created_at",
+            "SELECT issuer, subject, session_id, sid, id_sub, created_at, client_ip FROM identity_sessions WHERE (? IS NULL OR subject = ?) ORDER BY created_at",
         )
         .bind(subject)
         .bind(subject)
@@ -302,5 +333,76 @@ impl LogoutTokens for SqliteDb {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl AuditLog for SqliteDb {
+    async fn append(&self, records: &[AuditRecord]) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            sqlx::query("INSERT INTO audit (at, event, subject, matomo_login, client_ip, reason, details, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                .bind(r.at)
+                .bind(&r.event)
+                .bind(&r.subject)
+                .bind(&r.matomo_login)
+                .bind(&r.client_ip)
+                .bind(&r.reason)
+                .bind(&r.details)
+                .bind(&r.actor)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, Error> {
+        let mut sql = String::from(
+            "SELECT at, event, subject, matomo_login, client_ip, reason, details, actor FROM audit WHERE 1 = 1",
+        );
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            {
+                let _ = n;
+                "?".to_string()
+            }
+        };
+        if q.subject.is_some() {
+            sql.push_str(&format!(" AND subject = {}", next()));
+        }
+        if q.since.is_some() {
+            sql.push_str(&format!(" AND at >= {}", next()));
+        }
+        if !q.events.is_empty() {
+            let marks: Vec<String> = q.events.iter().map(|_| next()).collect();
+            sql.push_str(&format!(" AND event IN ({})", marks.join(", ")));
+        }
+        let (l, o) = (next(), next());
+        sql.push_str(&format!(" ORDER BY at DESC, id DESC LIMIT {l} OFFSET {o}"));
+        let mut query = sqlx::query_as::<_, AuditRecord>(&sql);
+        if let Some(s) = &q.subject {
+            query = query.bind(s);
+        }
+        if let Some(t) = q.since {
+            query = query.bind(t);
+        }
+        for e in &q.events {
+            query = query.bind(e);
+        }
+        Ok(query
+            .bind(q.limit.min(i64::MAX as u64) as i64)
+            .bind(q.offset.min(i64::MAX as u64) as i64)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn prune(&self, before: i64) -> Result<u64, Error> {
+        let r = sqlx::query("DELETE FROM audit WHERE at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
     }
 }

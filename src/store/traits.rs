@@ -39,6 +39,50 @@ pub struct SessionEntry {
     pub id_sub: Option<String>,
     /// Unix time in milliseconds.
     pub created_at: i64,
+    /// The address the session signed in from (the superusers' page shows it).
+    #[sqlx(default)]
+    pub client_ip: Option<String>,
+}
+
+/// One event of the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct AuditRecord {
+    /// Unix time in milliseconds.
+    pub at: i64,
+    /// `sign_in`, `link`, `unlink`, `refused`, `mint`, `provision`, `access`, `sign_out`,
+    /// `admin_unlink`, `admin_end_sessions`, …
+    pub event: String,
+    /// The @unikname's subject.
+    pub subject: Option<String>,
+    pub matomo_login: Option<String>,
+    pub client_ip: Option<String>,
+    /// Why (a refusal's rule, a sign-out's cause).
+    pub reason: Option<String>,
+    /// Every other field of the event, as `key=value` pairs.
+    pub details: Option<String>,
+    /// Who did it, when not the person themselves (the Matomo superuser of an admin action).
+    pub actor: Option<String>,
+}
+
+/// Which audit events to read back, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// One @unikname (subject), or any.
+    pub subject: Option<String>,
+    /// Events at or after this time (ms).
+    pub since: Option<i64>,
+    /// Only these events (empty: all).
+    pub events: Vec<String>,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+/// A page of links, for the superusers' page.
+#[derive(Debug, Clone, Default)]
+pub struct LinkPage {
+    /// How many links match the filter.
+    pub total: u64,
+    pub links: Vec<Link>,
 }
 
 /// Why a link could not be created.
@@ -65,6 +109,11 @@ pub trait Links: Send + Sync + 'static {
     async fn remove(&self, issuer: &str, subject: &str) -> Result<bool, Error>;
     async fn remove_login(&self, login: &str) -> Result<bool, Error>;
     async fn list(&self) -> Result<Vec<Link>, Error>;
+    /// The links whose Matomo login or subject contains `filter` (case-insensitive; all when
+    /// empty), by Matomo login, `limit` from `offset`, with the number matching.
+    async fn list_page(&self, filter: &str, offset: u64, limit: u64) -> Result<LinkPage, Error>;
+    /// The link by its id.
+    async fn get_by_id(&self, id: &str) -> Result<Option<Link>, Error>;
     /// Records a sign-in through this link (its `last_login_at`).
     async fn touch(&self, id: &str) -> Result<(), Error>;
 }
@@ -97,6 +146,29 @@ pub trait SessionIndex: Send + Sync + 'static {
     async fn list_sessions(&self, subject: Option<&str>) -> Result<Vec<SessionEntry>, Error>;
     /// Forgets index rows created before `before` (ms): their sessions have ended anyway.
     async fn prune_sessions(&self, before: i64) -> Result<(), Error>;
+}
+
+/// The audit trail, kept in the link database for `audit.retention`.
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
+    async fn append(&self, records: &[AuditRecord]) -> Result<(), Error>;
+    async fn list(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, Error>;
+    /// Forgets events before `before` (ms); how many.
+    async fn prune(&self, before: i64) -> Result<u64, Error>;
+}
+
+/// `%` and `_` taken literally in a LIKE pattern (escape character `\`).
+pub(super) fn like_pattern(filter: &str) -> String {
+    let mut s = String::with_capacity(filter.len() + 2);
+    s.push('%');
+    for c in filter.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('%');
+    s
 }
 
 /// The `jti`s of the logout tokens accepted, so that each is accepted once (on any replica).
