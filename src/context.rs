@@ -63,12 +63,29 @@ pub async fn mint(
     match app.minter.mint(&app.upstream, login, ctx.client_ip).await {
         Ok(v) => {
             metrics::counter!("unikgate_mints_total", "result" => "ok").increment(1);
-            crate::audit!(app, info, event = "mint", subject = subject, matomo_login = login, client_ip = ctx.client_ip, reason = why, minter = app.minter.name());
+            crate::audit!(
+                app,
+                info,
+                event = "mint",
+                subject = subject,
+                matomo_login = login,
+                client_ip = ctx.client_ip,
+                reason = why,
+                minter = app.minter.name()
+            );
             Ok(v)
         }
         Err(e) => {
             metrics::counter!("unikgate_mints_total", "result" => "error").increment(1);
-            crate::audit!(app, warn, event = "refused", subject = subject, matomo_login = login, client_ip = ctx.client_ip, reason = e.chain());
+            crate::audit!(
+                app,
+                warn,
+                event = "refused",
+                subject = subject,
+                matomo_login = login,
+                client_ip = ctx.client_ip,
+                reason = e.chain()
+            );
             Err(e)
         }
     }
@@ -153,13 +170,28 @@ pub async fn readmit(
     let out = match verdict {
         Recheck::Allowed => return Ok(Readmitted::Allowed),
         Recheck::Refused(r) => {
-            crate::audit!(app, warn, event = "refused", subject = user.subject, client_ip = ctx.client_ip, reason = r.rule(app.access.config()), when = "access rules changed");
+            crate::audit!(
+                app,
+                warn,
+                event = "refused",
+                subject = user.subject,
+                client_ip = ctx.client_ip,
+                reason = r.rule(app.access.config()),
+                when = "access rules changed"
+            );
             Readmitted::Refused(Error::NotAllowed(
                 user.display.clone().unwrap_or_else(|| user.subject.clone()),
             ))
         }
         Recheck::SignInAgain => {
-            crate::audit!(app, info, event = "sign_out", subject = user.subject, client_ip = ctx.client_ip, reason = "access rules read a claim this session did not keep: sign in again");
+            crate::audit!(
+                app,
+                info,
+                event = "sign_out",
+                subject = user.subject,
+                client_ip = ctx.client_ip,
+                reason = "access rules read a claim this session did not keep: sign in again"
+            );
             Readmitted::SignInAgain
         }
     };

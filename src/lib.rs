@@ -5,8 +5,8 @@
 
 // The rooms (ARCHITECTURE.md draws them and the way a request goes through them).
 pub mod access; // who may sign in: `[access]`'s rules and their stamp
-pub mod audit; // the audit trail: logged and kept in the link database
 pub mod app; // what every request may need, built once
+pub mod audit; // the audit trail: logged and kept in the link database
 pub mod config; // every key, read and validated once
 pub mod context; // the per-request context, and what the gate and the endpoints answer with
 pub mod doctor; // `unikgate doctor`

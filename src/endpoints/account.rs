@@ -48,7 +48,14 @@ pub(super) async fn unlink(v: Visit, posted: CsrfForm) -> Result<Response, Error
         return Ok(to_sign_in(app, &account));
     };
     if !app.cfg.links.allow_unlink {
-        crate::audit!(app, warn, event = "refused", subject = user.subject, client_ip = ctx.client_ip, reason = "unlink is off (links.allow_unlink = false)");
+        crate::audit!(
+            app,
+            warn,
+            event = "refused",
+            subject = user.subject,
+            client_ip = ctx.client_ip,
+            reason = "unlink is off (links.allow_unlink = false)"
+        );
         return Err(Error::Forbidden(
             "unlinking is turned off here (links.allow_unlink = false); an administrator unlinks with `unikgate links remove`",
         ));
@@ -59,7 +66,14 @@ pub(super) async fn unlink(v: Visit, posted: CsrfForm) -> Result<Response, Error
     };
     // Ends every session of the identity, this one included, with the Matomo sessions they hold.
     let removed = app.unlink(&user.issuer, &user.subject).await?;
-    crate::audit!(app, info, event = "unlink", subject = user.subject, client_ip = ctx.client_ip, removed = removed);
+    crate::audit!(
+        app,
+        info,
+        event = "unlink",
+        subject = user.subject,
+        client_ip = ctx.client_ip,
+        removed = removed
+    );
     let ended = user.matomo.as_ref().and_then(|m| m.cookie.as_deref());
     logout_request_matomo(app, ctx, headers, ended).await;
     // The old id was deleted with the identity's sessions: a new one, for what remains.
@@ -88,7 +102,13 @@ pub(super) async fn status(v: Visit, mut sess: Session) -> Result<Response, Erro
         .and_then(|v| v.to_str().ok())
         .unwrap_or("same-origin");
     if site != "same-origin" && site != "none" {
-        crate::audit!(app, warn, event = "refused", reason = "status read from another site", sec_fetch_site = site.chars().take(32).collect::<String>());
+        crate::audit!(
+            app,
+            warn,
+            event = "refused",
+            reason = "status read from another site",
+            sec_fetch_site = site.chars().take(32).collect::<String>()
+        );
         return Ok(json(
             StatusCode::FORBIDDEN,
             serde_json::json!({ "error": "same-origin requests only" }),

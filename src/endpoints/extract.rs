@@ -130,7 +130,12 @@ impl FromRequest<Arc<App>> for CsrfForm {
         let form = read_form(app, body).await?;
         let data = app.sessions.load(&mut sess).await?;
         if !data.csrf_ok(form.get("csrf").map(String::as_str).unwrap_or("")) {
-            crate::audit!(app, warn, event = "refused", reason = "CSRF token missing or wrong");
+            crate::audit!(
+                app,
+                warn,
+                event = "refused",
+                reason = "CSRF token missing or wrong"
+            );
             return Err(Error::Csrf);
         }
         Ok(CsrfForm { sess, form })

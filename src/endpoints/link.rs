@@ -110,7 +110,14 @@ pub(super) async fn link_post(v: Visit, posted: CsrfForm) -> Result<Response, Er
         .attempt(&by_ip, LINK_ATTEMPTS, LINK_WINDOW)
         .await?;
     if !ok_identity || !ok_ip {
-        crate::audit!(app, warn, event = "refused", subject = user.subject, client_ip = ctx.client_ip, reason = "link rate limit");
+        crate::audit!(
+            app,
+            warn,
+            event = "refused",
+            subject = user.subject,
+            client_ip = ctx.client_ip,
+            reason = "link rate limit"
+        );
         let mut r = Error::RateLimited.into_response();
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
@@ -156,23 +163,58 @@ pub(super) async fn link_post(v: Visit, posted: CsrfForm) -> Result<Response, Er
             {
                 Proof::Valid { login, superuser } => (login, superuser),
                 Proof::CodeRequired => {
-                    crate::audit!(app, info, event = "refused", subject = user.subject, client_ip = ctx.client_ip, reason = "two-factor code required");
+                    crate::audit!(
+                        app,
+                        info,
+                        event = "refused",
+                        subject = user.subject,
+                        client_ip = ctx.client_ip,
+                        reason = "two-factor code required"
+                    );
                     return again_with(v, sess, f, "link.err_code_required", true).await;
                 }
                 Proof::WrongCode => {
-                    crate::audit!(app, info, event = "refused", subject = user.subject, client_ip = ctx.client_ip, reason = "wrong two-factor code");
+                    crate::audit!(
+                        app,
+                        info,
+                        event = "refused",
+                        subject = user.subject,
+                        client_ip = ctx.client_ip,
+                        reason = "wrong two-factor code"
+                    );
                     return again_with(v, sess, f, "link.err_code_wrong", true).await;
                 }
                 Proof::TwoFactorSetupRequired => {
-                    crate::audit!(app, info, event = "refused", subject = user.subject, client_ip = ctx.client_ip, reason = "two-factor setup required by Matomo");
+                    crate::audit!(
+                        app,
+                        info,
+                        event = "refused",
+                        subject = user.subject,
+                        client_ip = ctx.client_ip,
+                        reason = "two-factor setup required by Matomo"
+                    );
                     return again(v, sess, f, "link.err_setup_2fa").await;
                 }
                 Proof::Blocked => {
-                    crate::audit!(app, warn, event = "refused", subject = user.subject, client_ip = ctx.client_ip, reason = "blocked by Matomo's brute-force protection");
+                    crate::audit!(
+                        app,
+                        warn,
+                        event = "refused",
+                        subject = user.subject,
+                        client_ip = ctx.client_ip,
+                        reason = "blocked by Matomo's brute-force protection"
+                    );
                     return again(v, sess, f, "link.err_blocked").await;
                 }
                 Proof::WrongPassword => {
-                    crate::audit!(app, info, event = "refused", subject = user.subject, client_ip = ctx.client_ip, reason = "wrong Matomo password or unknown user");
+                    crate::audit!(
+                        app,
+                        info,
+                        event = "refused",
+                        subject = user.subject,
+                        client_ip = ctx.client_ip,
+                        reason = "wrong Matomo password or unknown user"
+                    );
                     return again(v, sess, f, "link.err_wrong_password").await;
                 }
                 Proof::NotTheLogin => {
@@ -182,7 +224,14 @@ pub(super) async fn link_post(v: Visit, posted: CsrfForm) -> Result<Response, Er
         }
     };
     if superuser && app.cfg.matomo.deny_superusers {
-        crate::audit!(app, warn, event = "refused", subject = user.subject, matomo_login = login, reason = "superuser");
+        crate::audit!(
+            app,
+            warn,
+            event = "refused",
+            subject = user.subject,
+            matomo_login = login,
+            reason = "superuser"
+        );
         return Err(Error::SuperuserDenied);
     }
     let link = Link {
@@ -198,11 +247,25 @@ pub(super) async fn link_post(v: Visit, posted: CsrfForm) -> Result<Response, Er
         Ok(()) => {}
         Err(LinkConflict::Identity) => return Err(Error::IdentityAlreadyLinked),
         Err(LinkConflict::Login) => {
-            crate::audit!(app, warn, event = "refused", subject = user.subject, matomo_login = login, reason = "login linked to another identity");
+            crate::audit!(
+                app,
+                warn,
+                event = "refused",
+                subject = user.subject,
+                matomo_login = login,
+                reason = "login linked to another identity"
+            );
             return Err(Error::LoginAlreadyLinked);
         }
     }
-    crate::audit!(app, info, event = "link", subject = user.subject, matomo_login = login, client_ip = ctx.client_ip);
+    crate::audit!(
+        app,
+        info,
+        event = "link",
+        subject = user.subject,
+        matomo_login = login,
+        client_ip = ctx.client_ip
+    );
     if !superuser {
         super::provision::apply_access_claim(app, ctx, &login, &user.subject, &user.access_claim)
             .await?;

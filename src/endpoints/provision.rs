@@ -103,11 +103,29 @@ pub(super) async fn apply_access_claim(
         .set_access(&app.upstream, login, &access, prune, ctx.client_ip)
         .await
         .inspect_err(|e| {
-            crate::audit!(app, warn, event = "refused", subject = subject, matomo_login = login, client_ip = ctx.client_ip, reason = e.chain(), when = "setting access from the claim");
+            crate::audit!(
+                app,
+                warn,
+                event = "refused",
+                subject = subject,
+                matomo_login = login,
+                client_ip = ctx.client_ip,
+                reason = e.chain(),
+                when = "setting access from the claim"
+            );
         })?;
     if !change.set.is_empty() || !change.removed.is_empty() {
         let set: Vec<String> = change.set.iter().map(|(s, l)| format!("{s}:{l}")).collect();
-        crate::audit!(app, info, event = "access", subject = subject, matomo_login = login, client_ip = ctx.client_ip, set = set.join(","), removed = format!("{:?}", change.removed));
+        crate::audit!(
+            app,
+            info,
+            event = "access",
+            subject = subject,
+            matomo_login = login,
+            client_ip = ctx.client_ip,
+            set = set.join(","),
+            removed = format!("{:?}", change.removed)
+        );
     }
     Ok(())
 }
@@ -132,7 +150,14 @@ pub(super) async fn provision_post(v: Visit, posted: CsrfForm) -> Result<Respons
         .attempt(&by_identity, LINK_ATTEMPTS, LINK_WINDOW)
         .await?
     {
-        crate::audit!(app, warn, event = "refused", subject = user.subject, client_ip = ctx.client_ip, reason = "provision rate limit");
+        crate::audit!(
+            app,
+            warn,
+            event = "refused",
+            subject = user.subject,
+            client_ip = ctx.client_ip,
+            reason = "provision rate limit"
+        );
         let mut r = Error::RateLimited.into_response();
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
@@ -157,7 +182,14 @@ pub(super) async fn make_account(
     };
     // A login already linked in unikgate belongs to somebody else's @unikname.
     if app.links.get_by_login(&p.login).await?.is_some() {
-        crate::audit!(app, info, event = "refused", subject = user.subject, matomo_login = p.login, reason = "provision: login linked to another identity");
+        crate::audit!(
+            app,
+            info,
+            event = "refused",
+            subject = user.subject,
+            matomo_login = p.login,
+            reason = "provision: login linked to another identity"
+        );
         return collision(v, sess, rd, "link.err_exists_login", &p.login).await;
     }
     let account = NewAccount {
@@ -178,15 +210,38 @@ pub(super) async fn make_account(
     {
         Ok(Provisioned::Created(c)) => c,
         Ok(Provisioned::LoginExists(l)) => {
-            crate::audit!(app, info, event = "refused", subject = user.subject, matomo_login = l, reason = "provision: the login exists in Matomo");
+            crate::audit!(
+                app,
+                info,
+                event = "refused",
+                subject = user.subject,
+                matomo_login = l,
+                reason = "provision: the login exists in Matomo"
+            );
             return collision(v, sess, rd, "link.err_exists_login", &l).await;
         }
         Ok(Provisioned::EmailExists(l)) => {
-            crate::audit!(app, info, event = "refused", subject = user.subject, matomo_login = l, reason = "provision: the e-mail address belongs to an account");
+            crate::audit!(
+                app,
+                info,
+                event = "refused",
+                subject = user.subject,
+                matomo_login = l,
+                reason = "provision: the e-mail address belongs to an account"
+            );
             return collision(v, sess, rd, "link.err_exists_email", &l).await;
         }
         Err(e) => {
-            crate::audit!(app, warn, event = "refused", subject = user.subject, matomo_login = p.login, client_ip = ctx.client_ip, reason = e.chain(), when = "provision");
+            crate::audit!(
+                app,
+                warn,
+                event = "refused",
+                subject = user.subject,
+                matomo_login = p.login,
+                client_ip = ctx.client_ip,
+                reason = e.chain(),
+                when = "provision"
+            );
             return Err(e);
         }
     };
@@ -195,7 +250,16 @@ pub(super) async fn make_account(
         .iter()
         .map(|a| format!("{}:{}", a.site, a.level.as_str()))
         .collect();
-    crate::audit!(app, info, event = "provision", subject = user.subject, matomo_login = p.login, email = p.email, access = access.join(","), client_ip = ctx.client_ip);
+    crate::audit!(
+        app,
+        info,
+        event = "provision",
+        subject = user.subject,
+        matomo_login = p.login,
+        email = p.email,
+        access = access.join(","),
+        client_ip = ctx.client_ip
+    );
     let link = Link {
         id: crate::util::random_token(),
         issuer: user.issuer.clone(),
@@ -210,7 +274,15 @@ pub(super) async fn make_account(
         Err(LinkConflict::Identity) => return Err(Error::IdentityAlreadyLinked),
         Err(LinkConflict::Login) => return Err(Error::LoginAlreadyLinked),
     }
-    crate::audit!(app, info, event = "link", subject = user.subject, matomo_login = p.login, client_ip = ctx.client_ip, by = "provision");
+    crate::audit!(
+        app,
+        info,
+        event = "link",
+        subject = user.subject,
+        matomo_login = p.login,
+        client_ip = ctx.client_ip,
+        by = "provision"
+    );
     apply_access_claim(app, ctx, &p.login, &user.subject, &user.access_claim).await?;
     user.link = Some(crate::context::link_ref(&link));
     user.matomo = Some(MatomoSession::minted(&p.login, &cookie, now_ms()));

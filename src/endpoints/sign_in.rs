@@ -98,14 +98,27 @@ pub(super) async fn callback(
     sess.changed();
     let Some(pending) = pending else {
         // Missing, expired, replayed, or started in another browser: quietly start over.
-        crate::audit!(app, info, event = "refused", client_ip = ctx.client_ip, reason = "unknown or used state");
+        crate::audit!(
+            app,
+            info,
+            event = "refused",
+            client_ip = ctx.client_ip,
+            reason = "unknown or used state"
+        );
         return Ok(redirect_local(
             app,
             &format!("{}/sign_in", app.cfg.server.prefix),
         ));
     };
     if let Some(err) = q.get("error") {
-        crate::audit!(app, info, event = "refused", client_ip = ctx.client_ip, reason = "provider error", error = err.chars().take(64).collect::<String>());
+        crate::audit!(
+            app,
+            info,
+            event = "refused",
+            client_ip = ctx.client_ip,
+            reason = "provider error",
+            error = err.chars().take(64).collect::<String>()
+        );
         return Err(match err.as_str() {
             "access_denied" => Error::AccessDenied(pending.rd),
             e => Error::ProviderError(
@@ -128,7 +141,14 @@ pub(super) async fn callback(
         // signed out: this browser just proved to be somebody else).
         sess.cycle().await?;
         app.sessions.load(sess).await?.user = None;
-        crate::audit!(app, warn, event = "refused", subject = id.subject, client_ip = ctx.client_ip, reason = r.rule(app.access.config()));
+        crate::audit!(
+            app,
+            warn,
+            event = "refused",
+            subject = id.subject,
+            client_ip = ctx.client_ip,
+            reason = r.rule(app.access.config())
+        );
         return Err(Error::NotAllowed(
             id.email.clone().unwrap_or_else(|| id.subject.clone()),
         ));
@@ -157,7 +177,13 @@ pub(super) async fn callback(
         client_ip: Some(ctx.client_ip.to_string()),
         access_claim: super::provision::access_claim_of(app, &id.claims),
     };
-    crate::audit!(app, info, event = "sign_in", subject = id.subject, client_ip = ctx.client_ip);
+    crate::audit!(
+        app,
+        info,
+        event = "sign_in",
+        subject = id.subject,
+        client_ip = ctx.client_ip
+    );
     let link = app.links.get(&id.issuer, &id.subject).await?;
     let Some(link) = link else {
         if super::provision::provisioning(app) {
@@ -179,7 +205,14 @@ pub(super) async fn callback(
     };
     if link.superuser && app.cfg.matomo.deny_superusers {
         data.user = None;
-        crate::audit!(app, warn, event = "refused", subject = id.subject, matomo_login = link.matomo_login, reason = "superuser");
+        crate::audit!(
+            app,
+            warn,
+            event = "refused",
+            subject = id.subject,
+            matomo_login = link.matomo_login,
+            reason = "superuser"
+        );
         return Err(Error::SuperuserDenied);
     }
     if !link.superuser {

@@ -45,7 +45,13 @@ async fn sign_out(v: &Visit, sess: &mut Sess) -> Result<Response, Error> {
         None
     };
     if let Some(u) = &user {
-        crate::audit!(app, info, event = "sign_out", subject = u.subject, client_ip = ctx.client_ip);
+        crate::audit!(
+            app,
+            info,
+            event = "sign_out",
+            subject = u.subject,
+            client_ip = ctx.client_ip
+        );
     }
     end_everything(app, ctx, sess, headers).await?;
     // The post-logout redirect URI to register at the provider: exactly this, no query.
@@ -79,14 +85,24 @@ pub(super) async fn backchannel_logout(
     form: Result<extract::Form, Error>,
 ) -> Response {
     let refuse = |why: &str| {
-        crate::audit!(app, warn, event = "backchannel_logout_refused", reason = why);
+        crate::audit!(
+            app,
+            warn,
+            event = "backchannel_logout_refused",
+            reason = why
+        );
         json(
             StatusCode::BAD_REQUEST,
             serde_json::json!({ "error": "invalid_request", "error_description": why }),
         )
     };
     let unavailable = |e: Error| {
-        crate::audit!(app, error, event = "backchannel_logout_failed", reason = e.chain());
+        crate::audit!(
+            app,
+            error,
+            event = "backchannel_logout_failed",
+            reason = e.chain()
+        );
         json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "error": "temporarily_unavailable", "error_description": e.to_string() }),
@@ -135,7 +151,14 @@ pub(super) async fn backchannel_logout(
         Ok(n) => n,
         Err(e) => return unavailable(e),
     };
-    crate::audit!(app, info, event = "backchannel_logout", subject = claims.sub.as_deref().unwrap_or(""), by = if claims.sid.is_some() { "sid" } else { "sub" }, ended = ended);
+    crate::audit!(
+        app,
+        info,
+        event = "backchannel_logout",
+        subject = claims.sub.as_deref().unwrap_or(""),
+        by = if claims.sid.is_some() { "sid" } else { "sub" },
+        ended = ended
+    );
     let mut res = StatusCode::OK.into_response();
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -223,7 +223,13 @@ async fn phases(app: &Arc<App>, endpoints: &Endpoints, ctx: Ctx, mut req: Reques
             .map(|r| ("public", r))
             .map_err(|e| ("public", e)),
         Class::Forbidden(why) => {
-            crate::audit!(app, warn, event = "refused", client_ip = ctx.client_ip, reason = why);
+            crate::audit!(
+                app,
+                warn,
+                event = "refused",
+                client_ip = ctx.client_ip,
+                reason = why
+            );
             Err(("forbidden", Error::Forbidden(why)))
         }
         Class::BadRequest(why) => Err(("invalid", Error::BadRequest(why.into()))),
