@@ -5,6 +5,7 @@
 //! (the only GET that changes state is sign-out, which Matomo's own logout link needs).
 
 mod account;
+mod admin;
 mod extract;
 mod health;
 mod link;
@@ -70,6 +71,12 @@ impl Endpoints {
             .route(&at("status"), get(account::status))
             .route(&at("unlink"), post(account::unlink))
             .route(&at("provision"), post(provision::provision_post))
+            .route(&at("admin"), get(admin::page))
+            .route(&at("admin/api/me"), get(admin::me))
+            .route(&at("admin/api/links"), get(admin::links))
+            .route(&at("admin/api/events"), get(admin::events))
+            .route(&at("admin/api/unlink"), post(admin::unlink))
+            .route(&at("admin/api/end_sessions"), post(admin::end_sessions))
             .route(
                 &at("sign_out"),
                 get(sign_out::sign_out_get).post(sign_out::sign_out_post),
@@ -86,6 +93,10 @@ impl Endpoints {
             .route(
                 &at("static/fragment.js"),
                 get(|| async { crate::pages::fragment_script() }),
+            )
+            .route(
+                &at("static/admin.js"),
+                get(|| async { crate::pages::admin_script() }),
             )
             .route(&at("signed_out"), get(sign_out::signed_out))
             // Server to server: no session, no cookie, no page, never a redirect.

@@ -51,7 +51,7 @@ impl PageEnv {
             }
         }
         let csp = format!(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
         );
         HeaderValue::from_str(&csp).unwrap_or_else(|_| {
             HeaderValue::from_static(
@@ -249,6 +249,24 @@ pub fn fragment_script() -> Response {
 }
 
 const FRAGMENT_SCRIPT: &str = include_str!("../../templates/fragment.js");
+
+/// The superusers' page script (in Matomo's admin through the UnikGate plugin, or in
+/// [`AdminPage`]).
+pub fn admin_script() -> Response {
+    static_file(ADMIN_SCRIPT, "text/javascript; charset=utf-8")
+}
+
+const ADMIN_SCRIPT: &str = include_str!("../../templates/admin.js");
+
+/// unikgate's own superusers' page: the container `admin.js` fills.
+#[derive(Template)]
+#[template(path = "admin.html")]
+pub struct AdminPage<'a> {
+    pub t: &'a Texts,
+    pub title: &'a str,
+    pub prefix: &'a str,
+    pub login: &'a str,
+}
 
 fn static_file(body: &'static str, content_type: &'static str) -> Response {
     let mut res = Response::new(Body::from(body));

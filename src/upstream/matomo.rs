@@ -34,6 +34,31 @@ pub trait Minter: Send + Sync + 'static {
     ) -> Result<Option<String>, Error> {
         who_am_i(up, cookie_value, client_ip).await
     }
+    /// Whether `login` is a Matomo superuser now (asked at this moment: a superuser demoted in
+    /// Matomo is seen at once). Default: the page Matomo renders for the browser's session
+    /// (`matomo_cookie`) says it (`piwik.hasSuperUserAccess`) and is `login`'s.
+    async fn is_superuser(
+        &self,
+        up: &Upstream,
+        login: &str,
+        matomo_cookie: Option<&str>,
+        client_ip: IpAddr,
+    ) -> Result<bool, Error> {
+        let Some(cookie) = matomo_cookie else {
+            return Ok(false);
+        };
+        let a = get_with_cookie(
+            up,
+            "/index.php?module=UsersManager&action=userSettings",
+            cookie,
+            client_ip,
+        )
+        .await?;
+        let html = String::from_utf8_lossy(&a.body);
+        Ok(a.status == StatusCode::OK
+            && parse_user_login(&html).as_deref() == Some(login)
+            && has_superuser_access(&html))
+    }
     /// Makes a Matomo account and opens its first session. Default: not possible (only the
     /// UnikGate plugin makes accounts).
     async fn provision(
@@ -407,6 +432,30 @@ impl Minter for Signed {
         }
     }
 
+    async fn is_superuser(
+        &self,
+        up: &Upstream,
+        login: &str,
+        _matomo_cookie: Option<&str>,
+        client_ip: IpAddr,
+    ) -> Result<bool, Error> {
+        let token = self.assertion_for("superuser", login, unix_now(), "/", serde_json::Map::new());
+        let a = self.post_to(up, "superuser", &token, client_ip).await?;
+        if a.status != StatusCode::OK {
+            return Err(match self.action_failed("superuser", &a) {
+                Error::ProvisionFailed(why) => Error::MatomoUnexpected(why),
+                e => e,
+            });
+        }
+        let v: serde_json::Value = serde_json::from_slice(&a.body).map_err(|_| {
+            Error::MatomoUnexpected(
+                "the UnikGate plugin's superuser action did not answer JSON (is the plugin 1.2.0 or later?)".into(),
+            )
+        })?;
+        Ok(v.get("login").and_then(|l| l.as_str()) == Some(login)
+            && v.get("superuser").and_then(|s| s.as_bool()) == Some(true))
+    }
+
     async fn set_access(
         &self,
         up: &Upstream,
@@ -712,6 +761,15 @@ pub async fn who_am_i(
 }
 
 /// Reads `piwik.userLogin = "…";` and decodes the JavaScript string as JSON.
+/// `piwik.hasSuperUserAccess = 1;` in a Matomo page (its global variables).
+pub fn has_superuser_access(html: &str) -> bool {
+    html.split("piwik.hasSuperUserAccess")
+        .nth(1)
+        .and_then(|r| r.trim_start().strip_prefix('='))
+        .map(|r| r.trim_start())
+        .is_some_and(|r| r.starts_with('1') || r.starts_with("true"))
+}
+
 pub fn parse_user_login(html: &str) -> Option<String> {
     let i = html.find("piwik.userLogin")?;
     let rest = &html[i + "piwik.userLogin".len()..];
