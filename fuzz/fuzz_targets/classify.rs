@@ -1,7 +1,8 @@
 //! The request classifier never panics, and the properties that keep Matomo safe hold for any
 //! input: an effective `module` of AutoLogin or UnikGate (any case, HTML entities and NUL bytes
 //! read as Matomo reads them), directly or as Widgetize's `moduleToWidgetize` or CoreHome's
-//! `moduleToLoad`, is never classified as anything but Forbidden; a public request never carries a
+//! `moduleToLoad`, is never classified as anything but Forbidden (but the UnikGate plugin's
+//! superusers' page, `module=UnikGate&action=admin`, which is a Matomo page, never public); a public request never carries a
 //! password parameter (password_login off); classification is deterministic.
 //! Input: path, query and body separated by NUL bytes; a path starting with `B` is classified as
 //! carrying an `Authorization: Bearer` token (the rest of the path is the path).
@@ -62,9 +63,24 @@ fuzz_target!(|data: &[u8]| {
             "{path:?} {query:?} {body:?} is public with a password"
         );
     }
+    // The UnikGate plugin's superusers' page (module UnikGate, action admin exactly, as PHP calls
+    // methods): a Matomo page, never public; everything else of both plugins is forbidden.
+    let admin_page = req
+        .matomo("module")
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("unikgate"))
+        && req
+            .matomo("action")
+            .is_some_and(|a| a.eq_ignore_ascii_case("admin"));
+    if is_index && admin_page {
+        assert!(
+            matches!(class, Class::Ui | Class::Forbidden(_) | Class::BadRequest(_)),
+            "{path:?} {query:?} {body:?} → {class:?}"
+        );
+    }
     let own_or_public_path = matches!(class, Class::Own(_) | Class::UnsVerification);
     if is_index
         && autologin
+        && !admin_page
         && !own_or_public_path
         && !get.too_many
         && !body_params.as_ref().is_some_and(|b| b.too_many)

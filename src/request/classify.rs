@@ -429,6 +429,13 @@ impl Classifier {
         if d.too_deep {
             return Class::Forbidden("the request chains more controllers than unikgate follows");
         }
+        // The one page of the UnikGate plugin a person may open: its superusers' page (Matomo
+        // checks superuser access; it only shows, its data comes from unikgate's own API). Only
+        // as the request's one controller, with no API method, and exactly that action (PHP
+        // method names ignore case).
+        let admin_page = d.controllers.len() == 1
+            && d.methods.is_empty()
+            && d.controllers[0].1.eq_ignore_ascii_case("admin");
         let named = d
             .controllers
             .iter()
@@ -438,7 +445,7 @@ impl Classifier {
             if is_one_of(name, &["AutoLogin"]) {
                 return Class::Forbidden("the AutoLogin plugin is only for unikgate itself");
             }
-            if is_one_of(name, &["UnikGate"]) {
+            if is_one_of(name, &["UnikGate"]) && !admin_page {
                 return Class::Forbidden("the UnikGate plugin is only for unikgate itself");
             }
         }
@@ -870,6 +877,13 @@ mod tests {
     #[test]
     fn the_controller_matomo_runs_decides() {
         let f = |q: &str| c().classify("/index.php", Some(q), None);
+        // The plugin's superusers' page is a Matomo page like any other.
+        for q in [
+            "module=UnikGate&action=admin",
+            "module=unikgate&action=ADMIN&idSite=1",
+        ] {
+            assert_eq!(f(q), Class::Ui, "{q}");
+        }
         let fb = |q: &str, b: &str| c().classify("/index.php", Some(q), Some(&Params::parse(b)));
         let forbidden = |class: Class| matches!(class, Class::Forbidden(_));
         let w = "idSite=1&period=day&date=today&token_auth=anonymous";
@@ -885,6 +899,12 @@ mod tests {
             "module=Auto%26%2376%3Bogin".into(),
             "module=Auto%26%23x4C%3Bogin".into(),
             "module=UnikGate%00".into(),
+            "module=UnikGate&action=login".into(),
+            "module=UnikGate&action=whoami".into(),
+            "module=UnikGate&action=admin%20".into(),
+            "module=API&method=UnikGate.admin".into(),
+            format!("module=Widgetize&action=iframe&moduleToWidgetize=UnikGate&actionToWidgetize=admin&{w}"),
+            "module=CoreHome&action=showInContext&moduleToLoad=UnikGate&actionToLoad=admin".into(),
             format!("module=API&method=AutoLogin.setSuperUserAccess&{w}"),
             format!("module=API&method=%20autologin.getUsers&{w}"),
             format!("module=API&method=API.getBulkRequest&urls[0]=method%3DAutoLogin.setSuperUserAccess&{w}"),
