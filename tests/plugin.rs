@@ -393,11 +393,17 @@ fn the_plugins_catalogues_have_the_same_keys() {
         );
         assert_eq!(names(v), names(&fr[k]), "{k}: placeholders");
     }
-    let php = std::fs::read_to_string(dir.join("UnikGate.php")).unwrap();
+    // The texts' users: UnikGate.php (the login button, the Security section), Menu.php and the
+    // admin page's template.
+    let php = ["UnikGate.php", "Menu.php", "templates/admin.twig"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
     for k in en.keys() {
         assert!(
             php.contains(&format!("'UnikGate_{k}'")) || php.contains(&format!("'{k}'")),
-            "{k} is not used by UnikGate.php"
+            "{k} is not used by UnikGate.php, Menu.php or templates/admin.twig"
         );
     }
 }
@@ -637,7 +643,7 @@ async fn the_stand_ins_provision_and_access_actions() {
     let other_act = plugin_token(base, Some("access"), "carol", json!({}));
     let (_, _, _, body) = post_action(base, "login", &other_act).await;
     assert!(
-        body.contains(r#""actions":["login","whoami","provision","access"]"#),
+        body.contains(r#""actions":["login","whoami","provision","access","superuser"]"#),
         "{body}"
     );
     m.state.unikgate_old_plugin.store(true, Ordering::Relaxed);
@@ -654,4 +660,76 @@ async fn the_stand_ins_provision_and_access_actions() {
         body.contains("UnikGate-Facts: ") && !body.contains("actions"),
         "{body}"
     );
+}
+
+/// The stand-in's `superuser` answers as the plugin does (real_matomo.rs
+/// `plugin_superuser_action_and_admin_page` proves the plugin's answers on Matomo 5.1.2): the
+/// user table as it is at that moment, an unknown login, a token of another action, a replay.
+#[tokio::test]
+async fn the_stand_ins_superuser_action() {
+    use serde_json::{json, Value};
+    let m = StandIn::start().await;
+    *m.state.unikgate_secret.lock().unwrap() = Some(SECRET.to_string());
+    let base = m.url();
+    let base = base.as_str();
+    let ask = |who: &str| plugin_token(base, Some("superuser"), who, json!({}));
+    let answer = |who: &str| {
+        let t = ask(who);
+        async move {
+            let (status, ctype, cookie, body) = post_action(base, "superuser", &t).await;
+            assert_eq!((status, cookie), (200, None), "{body}");
+            assert!(ctype.starts_with("application/json"), "{ctype}");
+            serde_json::from_str::<Value>(&body).unwrap()
+        }
+    };
+    let mints = m.state.mints();
+    assert_eq!(
+        answer("admin").await,
+        json!({"login": "admin", "exists": true, "superuser": true})
+    );
+    assert_eq!(
+        answer("alice").await,
+        json!({"login": "alice", "exists": true, "superuser": false})
+    );
+    assert_eq!(
+        answer("ALICE").await,
+        json!({"login": "alice", "exists": true, "superuser": false})
+    );
+    assert_eq!(
+        answer("nosuch").await,
+        json!({"login": "nosuch", "exists": false, "superuser": false})
+    );
+    m.state.set_superuser("alice", true);
+    assert_eq!(answer("alice").await["superuser"], json!(true));
+    m.state.set_superuser("alice", false);
+    assert_eq!(answer("alice").await["superuser"], json!(false));
+    assert_eq!(
+        m.state.mints(),
+        mints,
+        "the superuser action opened sessions"
+    );
+    let t = ask("admin");
+    let (status, _, _, _) = post_action(base, "superuser", &t).await;
+    assert_eq!(status, 200);
+    for (token, why) in [
+        (t, "replayed assertion\n"),
+        (
+            plugin_token(base, None, "admin", json!({})),
+            "wrong action: the assertion is for login, not superuser\n",
+        ),
+    ] {
+        let (status, ctype, _, body) = post_action(base, "superuser", &token).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            ctype.starts_with("text/plain") && body.starts_with(&format!("UnikGate: {why}")),
+            "{ctype} {body}"
+        );
+    }
+    let (status, _, _, body) = post_action(base, "login", &ask("admin")).await;
+    assert_eq!(status, 403);
+    assert!(body.starts_with("UnikGate: wrong action: the assertion is for superuser, not login\n"));
+    m.state.unikgate_old_plugin.store(true, Ordering::Relaxed);
+    let (status, _, _, body) = post_action(base, "superuser", &ask("admin")).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("Action 'superuser' not found in the module 'UnikGate'"));
 }

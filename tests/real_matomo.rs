@@ -1527,7 +1527,7 @@ async fn provision_and_access(m: &RealMatomo, second: i64) -> Result<(), String>
         }
         if why.contains("wrong action") {
             ensure!(
-                body.contains(r#""actions":["login","whoami","provision","access"]"#),
+                body.contains(r#""actions":["login","whoami","provision","access","superuser"]"#),
                 "the facts name the actions: {body}"
             );
         }
@@ -1661,6 +1661,292 @@ async fn provision_and_access(m: &RealMatomo, second: i64) -> Result<(), String>
     ensure!(
         rows(ADMIN.0)? == admin_rows && users()? == before,
         "the superuser changed"
+    );
+    Ok(())
+}
+
+/// The plugin's `superuser` action and its admin page, straight to Matomo 5.1.2: the action reads
+/// the user table at that moment (a superuser made or taken back through Matomo's API is seen at
+/// once), refuses another action's token and a replay; the page (Administration → System →
+/// Unikname) is a superuser's only, as is its menu entry.
+fn plugin_superuser_action_and_admin_page(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let before = alice_access(m)?;
+        let result = superuser_action_and_admin_page(m, &before).await;
+        // Whatever happened: alice is no superuser, with the access she had.
+        let restored = alice_back(m, &before).await;
+        result?;
+        restored
+    })
+}
+
+/// alice's access rows (site, level), one a line.
+fn alice_access(m: &RealMatomo) -> Result<String, String> {
+    m.sql(
+        "SELECT idsite, access FROM matomo.matomo_access WHERE login = 'alice' \
+         ORDER BY idsite, access",
+    )
+}
+
+/// alice no superuser, with the access rows `before` (setSuperUserAccess drops a user's rows).
+async fn alice_back(m: &RealMatomo, before: &str) -> Result<(), String> {
+    let su = m.sql("SELECT superuser_access FROM matomo.matomo_user WHERE login = 'alice'")?;
+    if su.trim() != "0" {
+        let v = m
+            .api(
+                "UsersManager.setSuperUserAccess",
+                &[
+                    ("userLogin", ALICE.0),
+                    ("hasSuperUserAccess", "0"),
+                    ("passwordConfirmation", ADMIN.1),
+                ],
+            )
+            .await?;
+        ensure!(
+            v.get("result").and_then(|r| r.as_str()) == Some("success"),
+            "alice back from superuser: {v}"
+        );
+    }
+    if alice_access(m)? != before {
+        for row in before.lines() {
+            let Some((site, level)) = row.split_once('\t') else {
+                continue;
+            };
+            let v = m
+                .api(
+                    "UsersManager.setUserAccess",
+                    &[("userLogin", ALICE.0), ("access", level), ("idSites", site)],
+                )
+                .await?;
+            ensure!(
+                v.get("result").and_then(|r| r.as_str()) == Some("success"),
+                "alice's access {row:?} back: {v}"
+            );
+        }
+    }
+    let after = alice_access(m)?;
+    ensure!(after == before, "alice's access: {before:?} → {after:?}");
+    Ok(())
+}
+
+/// Whether an admin page's menu (the server-rendered `#secondNavBar`) has the Unikname entry,
+/// under System: its link, and the label in it.
+fn admin_menu_has_unikname(html: &str) -> Result<bool, String> {
+    let menu = html
+        .find("id=\"secondNavBar\"")
+        .map(|i| &html[i..])
+        .ok_or_else(|| format!("no admin menu:\n{}", support::real::clip(html)))?;
+    let Some(i) = menu.find("href=\"index.php?module=UnikGate&amp;action=admin\"") else {
+        return Ok(false);
+    };
+    let system = menu
+        .find("</span>System")
+        .ok_or("no System section in the admin menu")?;
+    let next = menu[system..]
+        .find("class=\"menuTab")
+        .map_or(menu.len(), |n| system + n);
+    let label = &menu[i..];
+    let label = &label[..label.find("</a>").unwrap_or(label.len())];
+    ensure!(
+        system < i && i < next,
+        "the Unikname entry is not under System"
+    );
+    ensure!(
+        label.trim_end().ends_with("Unikname"),
+        "the entry's label: {label:?}"
+    );
+    Ok(true)
+}
+
+async fn superuser_action_and_admin_page(m: &RealMatomo, alice_before: &str) -> Result<(), String> {
+    use serde_json::{json, Value};
+    let base = m.apache.as_str();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    // As unikgate asks: act "superuser", rd "/"; a fresh jti each time.
+    let token = |act: Option<&str>, sub: &str| {
+        let mut c = json!({
+            "iss": "unikgate", "aud": format!("{base}/"), "sub": sub, "iat": now, "exp": now + 30,
+            "jti": unikgate::random_token(), "rd": "/",
+        });
+        if let Some(a) = act {
+            c["act"] = a.into();
+        }
+        unikgate::upstream::matomo::sign_hs256(&c, SHARED_SECRET.as_bytes())
+    };
+    let ask = |sub: &str| token(Some("superuser"), sub);
+    let answer = |t: String| async move {
+        let (status, heads, cookie, body) = post_action(base, "superuser", &t).await?;
+        ensure!(
+            status == 200 && heads.starts_with("application/json") && heads.contains("no-store"),
+            "superuser: {status} {heads}\n{}",
+            support::real::clip(&body)
+        );
+        if let Some(c) = cookie {
+            ensure!(
+                whoami_direct(base, &c).await?.is_none(),
+                "the superuser action opened a session"
+            );
+        }
+        serde_json::from_str::<Value>(&body).map_err(|e| format!("{e}: {body}"))
+    };
+
+    let admin = ask(ADMIN.0);
+    let got = answer(admin.clone()).await?;
+    ensure!(
+        got == json!({"login": "admin", "exists": true, "superuser": true}),
+        "admin: {got}"
+    );
+    let got = answer(ask(ALICE.0)).await?;
+    ensure!(
+        got == json!({"login": "alice", "exists": true, "superuser": false}),
+        "alice: {got}"
+    );
+    // MySQL compares logins without case: the stored login is named.
+    let got = answer(ask("ALICE")).await?;
+    ensure!(
+        got == json!({"login": "alice", "exists": true, "superuser": false}),
+        "ALICE: {got}"
+    );
+    let got = answer(ask("nosuch")).await?;
+    ensure!(
+        got == json!({"login": "nosuch", "exists": false, "superuser": false}),
+        "nosuch: {got}"
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "superuser",
+            token(None, ADMIN.0),
+            "wrong action: the assertion is for login, not superuser\n",
+        ),
+        (
+            "superuser",
+            token(Some("login"), ADMIN.0),
+            "wrong action: the assertion is for login, not superuser\n",
+        ),
+        (
+            "login",
+            ask(ADMIN.0),
+            "wrong action: the assertion is for superuser, not login\n",
+        ),
+        ("superuser", admin, "replayed assertion\n"),
+    ];
+    for (action, t, why) in cases {
+        let (status, heads, cookie, body) = post_action(base, action, &t).await?;
+        ensure!(
+            status == 403
+                && body.starts_with(&format!("UnikGate: {why}"))
+                && heads.starts_with("text/plain")
+                && heads.contains("no-store"),
+            "want 403 {why:?} from {action}, got {status} {heads}\n{}",
+            support::real::clip(&body)
+        );
+        ensure!(
+            body.contains(r#""actions":["login","whoami","provision","access","superuser"]"#),
+            "the facts name the actions: {body}"
+        );
+        if let Some(c) = cookie {
+            ensure!(
+                whoami_direct(base, &c).await?.is_none(),
+                "a refusal left a session ({why})"
+            );
+        }
+    }
+
+    // Made superuser and taken back through Matomo's API: the action sees each at once.
+    let set_superuser = |on: &'static str| async move {
+        let v = m
+            .api(
+                "UsersManager.setSuperUserAccess",
+                &[
+                    ("userLogin", ALICE.0),
+                    ("hasSuperUserAccess", on),
+                    ("passwordConfirmation", ADMIN.1),
+                ],
+            )
+            .await?;
+        ensure!(
+            v.get("result").and_then(|r| r.as_str()) == Some("success"),
+            "setSuperUserAccess alice {on}: {v}"
+        );
+        Ok::<(), String>(())
+    };
+    set_superuser("1").await?;
+    let got = answer(ask(ALICE.0)).await?;
+    ensure!(
+        got == json!({"login": "alice", "exists": true, "superuser": true}),
+        "alice made superuser: {got}"
+    );
+    set_superuser("0").await?;
+    let got = answer(ask(ALICE.0)).await?;
+    ensure!(
+        got == json!({"login": "alice", "exists": true, "superuser": false}),
+        "alice taken back: {got}"
+    );
+    // Matomo dropped her access rows with the change: they are put back.
+    alice_back(m, alice_before).await?;
+
+    // The page: a superuser's, in Matomo's admin layout, with the menu entry under System.
+    let page = format!("{base}/index.php?module=UnikGate&action=admin");
+    let settings = format!("{base}/index.php?module=UsersManager&action=userSettings");
+    let b = Browser::new();
+    matomo_password_login(&b, base, ADMIN).await?;
+    let res = b.get(&page).await;
+    let status = res.status().as_u16();
+    let html = res.text().await.unwrap_or_default();
+    ensure!(
+        status == 200
+            && html.contains(
+                r#"<div id="unikgate-admin" data-prefix="/_unikgate" data-login="admin"></div>"#
+            )
+            && html.contains(r#"<script src="/_unikgate/static/admin.js" defer></script>"#)
+            && html.contains("@unikname links and sessions")
+            && html.contains("on every unikgate replica"),
+        "the admin page for admin: {status}\n{}",
+        support::real::clip(&html)
+    );
+    let container = html.find("id=\"unikgate-admin\"").unwrap_or(0);
+    let script = html.find("/_unikgate/static/admin.js").unwrap_or(0);
+    ensure!(
+        html.contains("class=\"admin\" id=\"content\"") && container < script,
+        "not Matomo's admin layout, or the script before the container"
+    );
+    ensure!(
+        admin_menu_has_unikname(&html)?,
+        "the admin page's menu has no Unikname entry"
+    );
+    let html = b.get(&settings).await.text().await.unwrap_or_default();
+    ensure!(
+        admin_menu_has_unikname(&html)?,
+        "admin's Personal settings page: the menu has no Unikname entry"
+    );
+
+    // alice: Matomo's access-denied answer (its login page, 403, saying a superuser's access is
+    // needed), no container, no entry.
+    let b = Browser::new();
+    matomo_password_login(&b, base, ALICE).await?;
+    let res = b.get(&page).await;
+    let status = res.status().as_u16();
+    let html = res.text().await.unwrap_or_default();
+    ensure!(
+        status == 403
+            && !html.contains("unikgate-admin")
+            && !html.contains("static/admin.js")
+            && html.contains("access this resource as it requires a"),
+        "the admin page for alice: {status}\n{}",
+        support::real::clip(&html)
+    );
+    let html = b.get(&settings).await.text().await.unwrap_or_default();
+    ensure!(
+        html.contains("module=UsersManager&amp;action=userSecurity"),
+        "alice's Personal settings page has no admin menu:\n{}",
+        support::real::clip(&html)
+    );
+    ensure!(
+        !admin_menu_has_unikname(&html)? && !html.contains("module=UnikGate"),
+        "alice's admin menu has the Unikname entry"
     );
     Ok(())
 }
@@ -3079,6 +3365,10 @@ fn main() {
         (
             "plugin_provision_and_access_actions",
             plugin_provision_and_access_actions,
+        ),
+        (
+            "plugin_superuser_action_and_admin_page",
+            plugin_superuser_action_and_admin_page,
         ),
         (
             "doctor_as_alice_mints_and_logs_out",

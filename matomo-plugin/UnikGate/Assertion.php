@@ -15,6 +15,7 @@
  *   "view" | "write" | "admin", maybe {}); owner (64 lowercase hex, sha256 of unikgate's
  *   issuer + "\n" + subject: whose account it is, so that a retry of a lost answer is known).
  * - access: sub exists; acc; prune (a boolean: also remove the sites acc does not list).
+ * - superuser: none; sub is the login asked about (it may not exist), rd "/".
  */
 
 namespace Piwik\Plugins\UnikGate;

@@ -13,7 +13,15 @@
  *     differ and, with prune, removes sub's other sites: 200 JSON
  *     {"set":{"<id>":"<level>"},"removed":[<id>],"superuser":false}, only what changed (a
  *     superuser: {"set":{},"removed":[],"superuser":true}, untouched); no session.
+ * index.php?module=UnikGate&action=superuser  POST → whether sub is a superuser now, read from the
+ *     user table at this moment (unikgate asks before each call of its admin API): 200 JSON
+ *     {"login":"<login>","exists":true,"superuser":true|false}, or for an unknown login
+ *     {"login":"<sub>","exists":false,"superuser":false}; no session, nothing changed.
  * index.php?module=UnikGate&action=whoami     → {"login":"alice"} / {"login":null}
+ * index.php?module=UnikGate&action=admin      GET, superusers only (Matomo's own access-denied
+ *     answer for anyone else): Administration → System → "Unikname" (Menu.php), the page
+ *     templates/admin.twig, whose content unikgate's <prefix>/static/admin.js fills from
+ *     unikgate's own admin API (same origin). Not an assertion action: not in ACTIONS.
  *
  * A refusal is text/plain with `UnikGate: <reason>` on its first line: 403 (the assertion, an
  * unknown login, acc naming what is not a site or a level), 409 (a collision), 400 (Matomo's
@@ -29,6 +37,7 @@ use Piwik\Config;
 use Piwik\Db;
 use Piwik\Option;
 use Piwik\Piwik;
+use Piwik\Plugin\ControllerAdmin;
 use Piwik\Plugins\SitesManager\Model as SitesModel;
 use Piwik\Plugins\UsersManager\API as UsersManagerApi;
 use Piwik\Plugins\UsersManager\Model;
@@ -36,11 +45,12 @@ use Piwik\Session\SessionFingerprint;
 use Piwik\Session\SessionInitializer;
 use Piwik\Url;
 use Piwik\Version;
+use Piwik\View;
 
 class Controller extends \Piwik\Plugin\Controller
 {
     /** The actions this plugin answers (in its facts). */
-    public const ACTIONS = ['login', 'whoami', 'provision', 'access'];
+    public const ACTIONS = ['login', 'whoami', 'provision', 'access', 'superuser'];
 
     /**
      * `$status` (403 unless said) with the reason on the first line. `$facts` (only for a caller
@@ -317,6 +327,45 @@ class Controller extends \Piwik\Plugin\Controller
             }
         }
         return [$set, $removed];
+    }
+
+    /**
+     * Whether sub is a superuser, from the user table as it is now (no cache: a superuser
+     * demoted in Matomo is seen at once). Nothing changes; no session.
+     */
+    public function superuser()
+    {
+        $v = $this->verified('superuser');
+        if ($v === null) {
+            return;
+        }
+        $user = (new Model())->getUser($v['sub']);
+        $answer = empty($user)
+            ? ['login' => $v['sub'], 'exists' => false, 'superuser' => false]
+            : [
+                'login' => (string) $user['login'],
+                'exists' => true,
+                'superuser' => (int) $user['superuser_access'] === 1,
+            ];
+        header('Content-Type: application/json; charset=utf-8');
+        header('Cache-Control: no-store');
+        echo json_encode($answer, JSON_UNESCAPED_SLASHES);
+    }
+
+    /**
+     * Administration → System → Unikname (superusers only): the page's frame in Matomo's admin
+     * layout; unikgate's script (`<prefix>/static/admin.js`, same origin) fills the container
+     * from unikgate's admin API. The plugin itself reads no link and ends no session.
+     */
+    public function admin()
+    {
+        Piwik::checkUserHasSuperUserAccess();
+        $view = new View('@UnikGate/admin');
+        $this->setBasicVariablesView($view);
+        ControllerAdmin::setBasicVariablesAdminView($view);
+        $view->prefix = UnikGate::prefix();
+        $view->login = Piwik::getCurrentUserLogin();
+        return $view->render();
     }
 
     public function whoami()

@@ -1,7 +1,9 @@
 <?php
 /**
- * UnikGate: lets unikgate open Matomo sessions with signed, single-use assertions, and shows the
- * @unikname sign-in on Matomo's own login page.
+ * UnikGate: lets unikgate open Matomo sessions with signed, single-use assertions, shows the
+ * @unikname sign-in on Matomo's own login page, and gives superusers a page of @unikname links
+ * and sessions (Administration → System → Unikname: Menu.php, Controller::admin,
+ * templates/admin.twig, filled by unikgate's own script).
  * Configuration (config/config.ini.php):
  *   [UnikGate]
  *   shared_secret = "…at least 32 bytes, the same as unikgate's matomo.shared_secret…"

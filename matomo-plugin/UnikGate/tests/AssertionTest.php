@@ -248,6 +248,85 @@ final class AssertionTest extends TestCase
         $this->refused($t, 'replayed', self::NOW, 'provision');
     }
 
+    public function testSuperuserAct(): void
+    {
+        $t = self::token(self::claims(['act' => 'superuser', 'sub' => 'admin', 'rd' => '/', 'jti' => 'jti-su-0-0123456789']));
+        $c = $this->verify($t, self::NOW, 'superuser');
+        $this->assertSame('admin', $c['sub']);
+        $this->assertSame('/', $c['rd']);
+        $this->refused($t, 'replayed assertion', self::NOW, 'superuser');
+        // A login token (no act, or act "login") is refused at superuser, and the other way round.
+        $this->refused(
+            self::token(self::claims(['jti' => 'jti-su-1-0123456789'])),
+            'wrong action: the assertion is for login, not superuser',
+            self::NOW,
+            'superuser'
+        );
+        $this->refused(
+            self::token(self::claims(['act' => 'login', 'jti' => 'jti-su-2-0123456789'])),
+            'wrong action: the assertion is for login, not superuser',
+            self::NOW,
+            'superuser'
+        );
+        $this->refused(
+            self::token(self::claims(['act' => 'access', 'jti' => 'jti-su-3-0123456789'])),
+            'wrong action: the assertion is for access, not superuser',
+            self::NOW,
+            'superuser'
+        );
+        $this->refused(
+            self::token(self::claims(['act' => 'superuser', 'jti' => 'jti-su-4-0123456789'])),
+            'wrong action: the assertion is for superuser, not login'
+        );
+        // An unknown login is the controller's answer, not a refusal here.
+        $c = $this->verify(self::token(self::claims(['act' => 'superuser', 'sub' => 'nosuch', 'jti' => 'jti-su-5-0123456789'])), self::NOW, 'superuser');
+        $this->assertSame('nosuch', $c['sub']);
+    }
+
+    /** Every action of Controller::ACTIONS is a public method of the controller. */
+    public function testEveryActionIsAMethod(): void
+    {
+        $php = file_get_contents(__DIR__ . '/../Controller.php');
+        $this->assertSame(1, preg_match('/public const ACTIONS = \[([^\]]*)\];/', $php, $m));
+        preg_match_all("/'([a-z]+)'/", $m[1], $names);
+        $this->assertSame(['login', 'whoami', 'provision', 'access', 'superuser'], $names[1]);
+        foreach (array_merge($names[1], ['admin']) as $action) {
+            $this->assertMatchesRegularExpression("/\n    public function $action\(\)\n/", $php, $action);
+        }
+        // The page is for superusers only, asked before anything is rendered.
+        $this->assertMatchesRegularExpression(
+            '/public function admin\(\)\n    \{\n        Piwik::checkUserHasSuperUserAccess\(\);/',
+            $php
+        );
+    }
+
+    /** The admin menu entry and page: superusers only, escaped, texts in both languages. */
+    public function testAdminMenuAndTemplate(): void
+    {
+        $menu = file_get_contents(__DIR__ . '/../Menu.php');
+        $this->assertStringContainsString('if (Piwik::hasUserSuperUserAccess()) {', $menu);
+        $this->assertStringContainsString("addSystemItem('UnikGate_AdminMenu', \$this->urlForAction('admin')", $menu);
+        $twig = file_get_contents(__DIR__ . '/../templates/admin.twig');
+        $this->assertStringContainsString("{% extends 'admin.twig' %}", $twig);
+        $this->assertStringContainsString(
+            '<div id="unikgate-admin" data-prefix="{{ prefix }}" data-login="{{ login }}"></div>' . "\n"
+            . '    </div>' . "\n" . '</div>' . "\n" . '<script src="{{ prefix }}/static/admin.js" defer></script>',
+            $twig
+        );
+        // Nothing printed unescaped, and no autoescape turned off.
+        $this->assertStringNotContainsString('raw', $twig);
+        $this->assertStringNotContainsString('{% autoescape', $twig);
+        preg_match_all("/'UnikGate_([A-Za-z]+)'/", $twig . $menu, $keys);
+        $this->assertSame(['AdminTitle', 'AdminTitle', 'AdminIntro', 'AdminMenu'], $keys[1]);
+        foreach (['en', 'fr'] as $lang) {
+            $texts = json_decode(file_get_contents(__DIR__ . "/../lang/$lang.json"), true)['UnikGate'];
+            foreach ($keys[1] as $k) {
+                $this->assertNotEmpty($texts[$k] ?? null, "$lang: $k");
+            }
+            $this->assertSame('Unikname', $texts['AdminMenu']);
+        }
+    }
+
     public function testClaimsAreReturned(): void
     {
         $acc = ['1' => 'view', '12' => 'admin'];
@@ -315,7 +394,7 @@ final class AssertionTest extends TestCase
     public function testEveryFileParses(): void
     {
         $files = array_merge(glob(__DIR__ . '/../*.php'), glob(__DIR__ . '/*.php'));
-        $this->assertGreaterThanOrEqual(5, count($files));
+        $this->assertGreaterThanOrEqual(6, count($files));
         foreach ($files as $f) {
             exec('php -l ' . escapeshellarg($f) . ' 2>&1', $out, $rc);
             $this->assertSame(0, $rc, "$f: " . implode("\n", $out));

@@ -20,7 +20,7 @@
 //!   streams `/plugins/StandIn/big.js` and `reset.js`, the `/upload` sink);
 //! - `tracker.rs`: `matomo.php` / `piwik.php` and the tracker JavaScript;
 //! - `unikgate.rs`: the UnikGate plugin (`module=UnikGate`: whoami, and the signed assertions of
-//!   login, provision and access);
+//!   login, provision, access and superuser);
 //! - `autologin.rs`: the AutoLogin plugin (`module=AutoLogin` and its headers);
 //! - `api.rs`: `module=API` and `Widgetize` (token_auth, Bearer, conflicting parameters,
 //!   UsersManager);
@@ -308,6 +308,16 @@ impl StandInState {
             .users
             .get(login)
             .is_some_and(|u| u.superuser)
+    }
+
+    /// Makes `login` a superuser or takes it back, as a superuser of Matomo would (the flag
+    /// only: Matomo's UsersManager.setSuperUserAccess also drops the user's site access, which a
+    /// test does with [`StandInState::set_site_access`] when it matters). The plugin's
+    /// `superuser` action sees the change at once.
+    pub fn set_superuser(&self, login: &str, superuser: bool) {
+        if let Some(u) = self.inner.lock().unwrap().users.get_mut(login) {
+            u.superuser = superuser;
+        }
     }
 
     pub fn user_exists(&self, login: &str) -> bool {

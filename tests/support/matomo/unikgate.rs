@@ -6,13 +6,19 @@
 //! - `login` opens a session for its `sub`, redirecting to its `rd`;
 //! - `provision` creates the user `sub` (`email`, `acc`, `owner`; [`provision`]), then as login;
 //! - `access` sets `acc`'s levels on `sub`'s sites, and with `prune` removes the others
-//!   ([`access`]): 200 JSON of what changed.
+//!   ([`access`]): 200 JSON of what changed;
+//! - `superuser` says whether `sub` is a superuser now ([`superuser`]): 200 JSON
+//!   `{"login","exists","superuser"}`, nothing changed.
+//!
+//! The plugin's admin page (`action=admin`, Administration → System → Unikname) is not modelled:
+//! here it is the "POST only" refusal.
 //!
 //! A refusal is text/plain whose first line is `UnikGate: <reason>` (403; 409 for a collision,
 //! 400 for what Matomo refuses); after a good signature a facts line follows (the version, the URL
 //! Matomo sees, its proxy settings, the plugin's actions). With
 //! [`StandInState::unikgate_old_plugin`] the plugin is 1.1.0: login and whoami only, `act` not
-//! read, no actions in the facts.
+//! read, no actions in the facts (provision, access and superuser are Matomo's "Action not
+//! found" page).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -23,8 +29,8 @@ use http::{header, HeaderValue, Method, StatusCode};
 use super::php::Req;
 use super::{cookie_header, json, Guard, Inner, Shared, User};
 
-/// The actions of the plugin (1.2.0), as its facts list them.
-const ACTIONS: [&str; 4] = ["login", "whoami", "provision", "access"];
+/// The actions of the plugin, as its facts list them.
+const ACTIONS: [&str; 5] = ["login", "whoami", "provision", "access", "superuser"];
 /// The levels an assertion may grant on a site.
 const LEVELS: [&str; 3] = ["view", "write", "admin"];
 
@@ -46,7 +52,7 @@ pub(super) fn answer(rq: &Req, mut inner: Guard<'_>) -> Response {
         return json(serde_json::json!({ "login": login }));
     }
     let old = st.unikgate_old_plugin.load(Ordering::Relaxed);
-    if old && (action == "provision" || action == "access") {
+    if old && ["provision", "access", "superuser"].contains(&action.as_str()) {
         // Matomo's error page for an action its controller lacks (ControllerResolver).
         drop(inner);
         rq.record(None);
@@ -57,10 +63,12 @@ pub(super) fn answer(rq: &Req, mut inner: Guard<'_>) -> Response {
         )
             .into_response();
     }
-    if !["login", "provision", "access"].contains(&action.as_str()) || rq.method != Method::POST {
+    if !["login", "provision", "access", "superuser"].contains(&action.as_str())
+        || rq.method != Method::POST
+    {
         return refuse("POST only");
     }
-    if action != "access" {
+    if action == "login" || action == "provision" {
         inner.mints += 1;
     }
     let scheme = if rq.https { "https" } else { "http" };
@@ -89,6 +97,7 @@ pub(super) fn answer(rq: &Req, mut inner: Guard<'_>) -> Response {
         Ok(v) => match action.as_str() {
             "provision" => provision(rq, inner, v),
             "access" => access(rq, inner, v),
+            "superuser" => superuser(rq, inner, v),
             _ => sign_in(rq, inner, v.sub, v.rd),
         },
         Err((mut why, signed)) => {
@@ -295,6 +304,21 @@ fn access(rq: &Req, mut inner: Guard<'_>, v: Verified) -> Response {
             StatusCode::BAD_REQUEST,
         ),
     }
+}
+
+/// `action=superuser` (Controller::superuser): whether `sub` is a superuser, from the users as
+/// they are now; an unknown login is `exists: false`. No session, nothing changed.
+fn superuser(rq: &Req, inner: Guard<'_>, v: Verified) -> Response {
+    let answer = match find_login(&inner, &v.sub).and_then(|l| inner.users.get(&l)) {
+        Some(u) => serde_json::json!({"login": u.login, "exists": true, "superuser": u.superuser}),
+        None => serde_json::json!({"login": v.sub, "exists": false, "superuser": false}),
+    };
+    drop(inner);
+    rq.record(None);
+    let mut r = json(answer);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 /// The stored login Matomo finds for `login` (MySQL compares logins without case).
