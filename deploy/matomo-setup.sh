@@ -87,6 +87,9 @@ case "${MINTER:-signed}" in
       fi
     fi
     console plugin:activate UnikGate | grep -v '^$' || true
+    # A plugin updated in place (a new Menu.php: the superusers' page) shows in Matomo's menus
+    # once its caches are rebuilt.
+    console core:clear-caches >/dev/null 2>&1 || true
     ;;
   autologin)
     if [ ! -d plugins/AutoLogin ]; then

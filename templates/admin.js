@@ -209,10 +209,11 @@
           el('td', {}, [e.unikname || '']),
           el('td', {}, [e.matomo_login || '']),
           el('td', {}, [e.client_ip || '']),
-          el('td', {}, [e.reason || e.details || '']),
+          el('td', {}, [[e.reason, e.details].filter(Boolean).join(' — ')]),
         ]));
       });
-      eventsMore.hidden = !d.more;
+      // Matomo's .btn sets display, which would win over the hidden attribute.
+      eventsMore.style.display = d.more ? '' : 'none';
     }, failed);
   }
 

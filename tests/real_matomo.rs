@@ -2314,6 +2314,7 @@ fn browser_journey_in_chromium(m: &RealMatomo) -> Fut<'_> {
             .env("SHOTS", &shots)
             .env("ALICE_PASSWORD", ALICE.1)
             .env("BOB_PASSWORD", BOB.1)
+            .env("ADMIN_PASSWORD", ADMIN.1)
             .output()
             .await
             .map_err(|e| e.to_string())?;

@@ -147,7 +147,8 @@ pub(super) async fn callback(
             event = "refused",
             subject = id.subject,
             client_ip = ctx.client_ip,
-            reason = r.rule(app.access.config())
+            reason = r.rule(app.access.config()),
+            email = id.email.as_deref().unwrap_or("-")
         );
         return Err(Error::NotAllowed(
             id.email.clone().unwrap_or_else(|| id.subject.clone()),

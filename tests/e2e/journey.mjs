@@ -7,8 +7,8 @@
 // (a second unikgate with matomo.password_login on, under the same path),
 // BASE3 (a third unikgate, under the same path, with [access] allow_email_domains = ["example.org"],
 // [provision] mode = "offer" with view on site 1, and [links] allow_unlink = false),
-// PROVIDER (the provider's issuer URL), SHOTS (folder for the screenshots), ALICE_PASSWORD and
-// BOB_PASSWORD (their Matomo passwords).
+// PROVIDER (the provider's issuer URL), SHOTS (folder for the screenshots), ALICE_PASSWORD,
+// BOB_PASSWORD and ADMIN_PASSWORD (their Matomo passwords; admin is a superuser).
 // Exits non-zero on the first failed expectation; prints "N passed, M failed" at the end.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
@@ -25,6 +25,9 @@ const SHOTS = process.env.SHOTS || 'docs/screenshots';
 const DEEP = '/index.php?module=CoreHome&action=index&idSite=1&period=day&date=yesterday';
 const ALICE_PASSWORD = process.env.ALICE_PASSWORD;
 const BOB_PASSWORD = process.env.BOB_PASSWORD;
+const ADMIN_PASSWORD = process.env.ADMIN_PASSWORD;
+const ADMIN_HOME = '/index.php?module=CoreAdminHome&action=home&idSite=1&period=day&date=yesterday';
+const SETTINGS = '/index.php?module=UsersManager&action=userSettings&idSite=1&period=day&date=yesterday';
 // Matomo keeps the report of a link in the fragment (shared links, e-mailed reports, bookmarks).
 const FRAGMENT = '#?idSite=1&period=day&date=yesterday&category=General_Visitors&subcategory=General_Overview';
 mkdirSync(SHOTS, { recursive: true });
@@ -382,6 +385,84 @@ try {
     const account = await p.goto(BASE3 + '/_unikgate/account');
     expect(account.status() === 200, `account: ${account.status()}`);
     expect(!(await p.content()).includes('/_unikgate/unlink'), 'an unlink form on the account page');
+  });
+
+  // The superusers' page in Matomo's admin (BASE3): frank (view access, made above) cannot reach
+  // it; admin sees frank's link and live session and oscar's refusal, ends frank's sessions,
+  // unlinks him.
+  await check('a user without superuser access: no menu entry, and the admin API answers 403', async () => {
+    const p = frank.page;
+    await p.goto(BASE3 + SETTINGS);
+    await settle(p);
+    expect(await matomoUser(p) === 'frank', `Matomo shows ${await matomoUser(p)}`);
+    expect(await p.locator('a[href*="module=UnikGate&action=admin"]').count() === 0, 'frank has the menu entry');
+    const got = await p.evaluate(async (prefix) => {
+      const status = await (await fetch(prefix + '/status')).json();
+      const links = await fetch(prefix + '/admin/api/links');
+      const body = new URLSearchParams({ csrf: status.csrf, link: 'anything' });
+      const unlink = await fetch(prefix + '/admin/api/unlink', { method: 'POST', body });
+      return [links.status, await links.text(), unlink.status];
+    }, PATH + '/_unikgate');
+    expect(got[0] === 403 && !got[1].includes('frank') && got[2] === 403, JSON.stringify(got));
+    const page = await p.goto(BASE3 + '/index.php?module=UnikGate&action=admin');
+    expect(await p.locator('#unikgate-admin').count() === 0, `frank reached the page (${page.status()})`);
+  });
+
+  const admin = await newPage(browser);
+  await check("Administration → System → Unikname: every link, its live sessions, the refusals", async () => {
+    const p = admin.page;
+    await p.goto(BASE3 + ADMIN_HOME);
+    await p.getByRole('button', { name: 'Connect with your private @unikname' }).click();
+    await providerLogin(p, 'root');
+    await p.waitForURL(/\/_unikgate\/link/);
+    await p.getByLabel('Matomo username').fill('admin');
+    await p.getByLabel('Matomo password').fill(ADMIN_PASSWORD);
+    await p.getByRole('button', { name: 'Link this account' }).click();
+    await p.waitForURL((u) => u.pathname === PATH + '/index.php', { timeout: 30000 });
+    await settle(p);
+    expect(await matomoUser(p) === 'admin', `Matomo shows ${await matomoUser(p)}`);
+    const entry = p.locator('a[href*="module=UnikGate&action=admin"]').first();
+    expect(await entry.count() === 1, "the admin menu's entry");
+    // Matomo's admin menu may be folded: follow the entry's own link.
+    await p.goto(new URL(await entry.getAttribute('href'), p.url()).href);
+    const row = p.locator('#unikgate-links tr[data-login=frank]');
+    await row.waitFor({ timeout: 30000 });
+    const cells = await row.locator('td').allTextContents();
+    expect(cells[1] === 'frank@example.org' && cells[4] === '1', `frank's row: ${JSON.stringify(cells)}`);
+    await p.locator('#unikgate-refusals td', { hasText: 'oscar' }).first().waitFor({ timeout: 10000 });
+    const refusal = await p.locator('#unikgate-refusals tr', { hasText: 'oscar' }).first().textContent();
+    expect(refusal.includes('access.allow_email_domains') && refusal.includes('not verified'), refusal);
+    await settle(p);
+    await shot(p, '16-admin-links');
+    await p.fill('#unikgate-search', 'adm');
+    await p.locator('#unikgate-links tr[data-login=frank]').waitFor({ state: 'detached', timeout: 10000 });
+    expect(await p.locator('#unikgate-links tr[data-login=admin]').count() === 1, 'the filter keeps admin');
+    await p.fill('#unikgate-search', '');
+    await row.waitFor({ timeout: 10000 });
+  });
+
+  await check('a change without the form token is refused, from the page itself', async () => {
+    const status = await admin.page.evaluate(async (prefix) => {
+      const r = await fetch(prefix + '/admin/api/end_sessions', { method: 'POST', body: new URLSearchParams({ link: 'x' }) });
+      return r.status;
+    }, PATH + '/_unikgate');
+    expect(status === 403, `status ${status}`);
+  });
+
+  await check("'End sessions' signs frank out of unikgate and Matomo; 'Unlink' removes his link", async () => {
+    const p = admin.page;
+    const row = p.locator('#unikgate-links tr[data-login=frank]');
+    await row.locator('.unikgate-end').click();
+    await row.locator('.unikgate-end').click();
+    await p.locator('#unikgate-message', { hasText: 'ended' }).waitFor({ timeout: 10000 });
+    expect((await p.textContent('#unikgate-message')).includes('1 session(s) of frank'), await p.textContent('#unikgate-message'));
+    await p.locator('#unikgate-links tr[data-login=frank] td.sessions', { hasText: '0' }).waitFor({ timeout: 10000 });
+    await frank.page.goto(BASE3 + DEEP);
+    expect(frank.page.url().includes('/_unikgate/sign_in'), `frank is at ${frank.page.url()}`);
+    await row.locator('.unikgate-unlink').click();
+    await row.locator('.unikgate-unlink').click();
+    await p.locator('#unikgate-links tr[data-login=frank]').waitFor({ state: 'detached', timeout: 10000 });
+    expect((await p.textContent('#unikgate-message')).includes('frank is unlinked'), await p.textContent('#unikgate-message'));
   });
 
   await check('with Accept-Language: fr, the sign-in and link pages are in French', async () => {
