@@ -1688,6 +1688,97 @@ fn alice_access(m: &RealMatomo) -> Result<String, String> {
     )
 }
 
+/// The admin API through unikgate against Matomo 5.1.2, with both minters: a superuser reads it,
+/// alice does not; alice made superuser in Matomo gets it at her next request, and loses it at the
+/// next one after she is taken back (the plugin's superuser action; with AutoLogin, the page
+/// Matomo renders for her session).
+fn admin_api_follows_superuser_access_in_matomo(m: &RealMatomo) -> Fut<'_> {
+    Box::pin(async move {
+        let before = alice_access(m)?;
+        let result = admin_api_as(m, Minter::Signed).await;
+        // Taking superuser back drops her site access: hers again before the next pass.
+        alice_back(m, &before).await?;
+        let result = match result {
+            Ok(()) => admin_api_as(m, Minter::AutoLogin).await,
+            e => e,
+        };
+        alice_back(m, &before).await?;
+        result
+    })
+}
+
+async fn admin_api_as(m: &RealMatomo, minter: Minter) -> Result<(), String> {
+    if minter == Minter::AutoLogin {
+        m.need_autologin()?;
+    }
+    let p = FakeProvider::start().await;
+    let app = gate(m, Web::Apache, minter, &p, "").await;
+    let tag = format!("{minter:?}").to_lowercase();
+    let admin = sign_in_and_link(&app, &p, &format!("uns-admin-{tag}"), ADMIN).await?;
+    let alice = sign_in_and_link(&app, &p, &format!("uns-alice-{tag}"), ALICE).await?;
+    let links = |b: &Browser| {
+        let url = app.url("/_unikgate/admin/api/links");
+        let b = b.client.clone();
+        async move {
+            let res = b.get(url).send().await.map_err(|e| e.to_string())?;
+            let status = res.status().as_u16();
+            Ok::<_, String>((status, res.text().await.unwrap_or_default()))
+        }
+    };
+    let (s, body) = links(&admin).await?;
+    ensure!(
+        s == 200 && body.contains("\"matomo_login\":\"alice\""),
+        "{minter:?}: admin reads {s} {body}"
+    );
+    let (s, body) = links(&alice).await?;
+    ensure!(
+        s == 403 && !body.contains("admin"),
+        "{minter:?}: alice reads {s} {body}"
+    );
+    let set = |on: &'static str| async move {
+        let v = m
+            .api(
+                "UsersManager.setSuperUserAccess",
+                &[
+                    ("userLogin", ALICE.0),
+                    ("hasSuperUserAccess", on),
+                    ("passwordConfirmation", ADMIN.1),
+                ],
+            )
+            .await?;
+        ensure!(
+            v.get("result").and_then(|r| r.as_str()) == Some("success"),
+            "setSuperUserAccess alice {on}: {v}"
+        );
+        Ok::<(), String>(())
+    };
+    set("1").await?;
+    let (s, body) = links(&alice).await?;
+    ensure!(
+        s == 200,
+        "{minter:?}: alice made superuser reads {s} {body}"
+    );
+    set("0").await?;
+    let (s, body) = links(&alice).await?;
+    ensure!(
+        s == 403,
+        "{minter:?}: alice taken back still reads {s} {body}"
+    );
+    if minter == Minter::AutoLogin {
+        // No plugin: unikgate's own page holds the script.
+        let res = admin.get(&app.url("/_unikgate/admin")).await;
+        let status = res.status();
+        let html = res.text().await.unwrap_or_default();
+        ensure!(
+            status == 200 && html.contains("id=\"unikgate-admin\""),
+            "unikgate's own page: {status} {}",
+            support::real::clip(&html)
+        );
+    }
+    app.stop().await;
+    Ok(())
+}
+
 /// alice no superuser, with the access rows `before` (setSuperUserAccess drops a user's rows).
 async fn alice_back(m: &RealMatomo, before: &str) -> Result<(), String> {
     let su = m.sql("SELECT superuser_access FROM matomo.matomo_user WHERE login = 'alice'")?;
@@ -3311,6 +3402,10 @@ fn main() {
         ),
         ("signed_apache_journey", signed_apache_journey),
         ("journey_under_a_path", journey_under_a_path),
+        (
+            "admin_api_follows_superuser_access_in_matomo",
+            admin_api_follows_superuser_access_in_matomo,
+        ),
         (
             "provision_through_unikgate_and_claim_mapped_access",
             provision_through_unikgate_and_claim_mapped_access,
