@@ -15,3 +15,5 @@ CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject, at);
 -- The address a session signed in from (the superusers' page shows it).
 ALTER TABLE identity_sessions ADD COLUMN client_ip TEXT;
+-- The superusers' page reads each link's sessions by subject.
+CREATE INDEX IF NOT EXISTS identity_sessions_subject ON identity_sessions (subject);

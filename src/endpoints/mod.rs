@@ -35,6 +35,7 @@ use crate::store::{Link, LinkConflict};
 use crate::upstream::matomo::{self, Proof, MATOMO_COOKIE};
 use crate::util::now_ms;
 
+pub use admin::link_rows;
 pub use extract::MAX_FORM;
 use extract::{CsrfForm, Pairs as Form, Query, Session, SessionSlot, Visit};
 
