@@ -19,8 +19,10 @@ use crate::util::now_ms;
 const QUEUE: usize = 4096;
 /// Events written in one transaction at most.
 const BATCH: usize = 256;
-/// How often events older than the retention are deleted.
+/// How often events older than the retention are deleted; the first time a while after start
+/// (a command-line process, which exits first, never prunes).
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const PRUNE_FIRST: Duration = Duration::from_secs(300);
 
 /// Where audit events are recorded (cheap to clone).
 #[derive(Clone)]
@@ -37,7 +39,8 @@ impl Audit {
         let prune_log = log.clone();
         let direct = log.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + PRUNE_FIRST, PRUNE_EVERY);
             loop {
                 tick.tick().await;
                 let before = now_ms() - retention.as_millis().min(i64::MAX as u128) as i64;
@@ -97,7 +100,14 @@ impl AuditRecord {
         };
         let mut details = Vec::new();
         for (k, v) in fields {
-            let v = v.chars().take(1000).collect::<String>();
+            // Some values come from the network (a provider's error code in the callback's
+            // query): no control character reaches a terminal that prints the trail
+            // (`unikgate audit list`) or a log viewer.
+            let v = v
+                .chars()
+                .take(1000)
+                .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+                .collect::<String>();
             match *k {
                 "event" => r.event = v,
                 "subject" => r.subject = Some(v),
@@ -153,5 +163,20 @@ mod tests {
             Some("when=access rules changed by=provision")
         );
         assert!(r.at > 0);
+    }
+
+    #[test]
+    fn no_control_character_is_kept() {
+        let r = AuditRecord::from_fields(&[
+            ("event", "refused".into()),
+            ("reason", "provider error".into()),
+            (
+                "error",
+                "x\u{1b}[2J\u{1b}]0;owned\u{7}\r\nfake line\u{9b}".into(),
+            ),
+        ]);
+        let d = r.details.unwrap_or_default();
+        assert!(!d.chars().any(char::is_control), "{d:?}");
+        assert!(d.starts_with("error=x\u{FFFD}[2J"), "{d:?}");
     }
 }

@@ -354,6 +354,31 @@ async fn a_failure_to_set_access_fails_the_sign_in_closed() {
     assert!(location(&res).contains("/_unikgate/sign_in"));
 }
 
+#[tokio::test]
+async fn no_link_stands_whose_access_the_claim_did_not_set() {
+    let (m, p, app) =
+        setup("[provision]\nmode = \"offer\"\naccess_claim = \"matomo_access\"\n").await;
+    m.state
+        .enable_users_admin
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    // Linking an existing account by password: the claim cannot be set, so no link.
+    p.set_claims("uns-bob", json!({"matomo_access": ["/matomo/3/admin"]}));
+    let b = Browser::new();
+    sign_in(&b, &app, &p, "uns-bob", "/").await;
+    let res = link_password(&b, &app, "/", "bob", "bob-password").await;
+    assert_eq!(res.status(), 502);
+    assert!(
+        app.app.links.list().await.unwrap().is_empty(),
+        "the link was taken back"
+    );
+    let res = b.get(&app.url("/index.php?module=CoreHome")).await;
+    assert!(
+        location(&res).contains("/_unikgate/link"),
+        "not let into Matomo: {}",
+        location(&res)
+    );
+}
+
 #[test]
 fn provision_keys_are_checked() {
     use unikgate::config::Config;

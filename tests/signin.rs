@@ -451,8 +451,13 @@ async fn real_provider_sign_in_with_discovery() {
         .await
         .unwrap();
     assert!(
-        html.contains("uns-"),
-        "the opaque subject is the identity: {html}"
+        html.contains("alice@example.org"),
+        "the page names the person by the provider's e-mail claim: {html}"
+    );
+    let indexed = app.app.session_index.list_sessions(None).await.unwrap();
+    assert!(
+        !indexed.is_empty() && indexed.iter().all(|e| e.subject.starts_with("uns-")),
+        "the opaque subject is the identity: {indexed:?}"
     );
     let ep = app.app.oidc.as_ref().unwrap().endpoints().await;
     assert!(

@@ -267,8 +267,7 @@ pub(super) async fn link_post(v: Visit, posted: CsrfForm) -> Result<Response, Er
         client_ip = ctx.client_ip
     );
     if !superuser {
-        super::provision::apply_access_claim(app, ctx, &login, &user.subject, &user.access_claim)
-            .await?;
+        super::provision::access_for_new_link(app, ctx, &link, &user.access_claim).await?;
     }
     let v = match mint(app, ctx, &login, &user.subject, "link").await {
         Ok(v) => v,

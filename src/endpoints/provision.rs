@@ -130,6 +130,35 @@ pub(super) async fn apply_access_claim(
     Ok(())
 }
 
+/// The claim's access for a link just made: when it cannot be set, the link is taken back (no
+/// link stands whose access the claim did not set: the next Matomo page would otherwise open a
+/// session with whatever access the account had) and the sign-in fails closed.
+pub(super) async fn access_for_new_link(
+    app: &App,
+    ctx: &Ctx,
+    link: &Link,
+    entries: &[String],
+) -> Result<(), Error> {
+    let Err(e) = apply_access_claim(app, ctx, &link.matomo_login, &link.subject, entries).await
+    else {
+        return Ok(());
+    };
+    if let Err(undo) = app.links.remove(&link.issuer, &link.subject).await {
+        tracing::error!(error = %undo.chain(), matomo_login = %link.matomo_login, "could not take back a link whose access the claim did not set");
+        return Err(undo);
+    }
+    crate::audit!(
+        app,
+        warn,
+        event = "unlink",
+        subject = link.subject,
+        matomo_login = link.matomo_login,
+        client_ip = ctx.client_ip,
+        reason = "taken back: the access claim could not be set"
+    );
+    Err(e)
+}
+
 /// `POST <prefix>/provision`: the link page's "Create my Matomo account".
 pub(super) async fn provision_post(v: Visit, posted: CsrfForm) -> Result<Response, Error> {
     let CsrfForm { mut sess, form } = posted;
@@ -283,7 +312,15 @@ pub(super) async fn make_account(
         client_ip = ctx.client_ip,
         by = "provision"
     );
-    apply_access_claim(app, ctx, &p.login, &user.subject, &user.access_claim).await?;
+    if let Err(e) = access_for_new_link(app, ctx, &link, &user.access_claim).await {
+        // The session the plugin opened is not handed to the browser: closed in Matomo too.
+        if let Err(out) =
+            crate::upstream::matomo::logout(&app.upstream, &cookie, ctx.client_ip).await
+        {
+            tracing::warn!(error = %out.chain(), "could not log the Matomo session out");
+        }
+        return Err(e);
+    }
     user.link = Some(crate::context::link_ref(&link));
     user.matomo = Some(MatomoSession::minted(&p.login, &cookie, now_ms()));
     user.proposal = None;

@@ -339,21 +339,25 @@ impl LogoutTokens for SqliteDb {
 #[async_trait]
 impl AuditLog for SqliteDb {
     async fn append(&self, records: &[AuditRecord]) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
-        for r in records {
-            sqlx::query("INSERT INTO audit (at, event, subject, matomo_login, client_ip, reason, details, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-                .bind(r.at)
-                .bind(&r.event)
-                .bind(&r.subject)
-                .bind(&r.matomo_login)
-                .bind(&r.client_ip)
-                .bind(&r.reason)
-                .bind(&r.details)
-                .bind(&r.actor)
-                .execute(&mut *tx)
-                .await?;
+        if records.is_empty() {
+            return Ok(());
         }
-        tx.commit().await?;
+        // One statement for the batch: no transaction stays open across an await (a writer
+        // paused mid-transaction would hold the database's write lock meanwhile).
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit (at, event, subject, matomo_login, client_ip, reason, details, actor) ",
+        );
+        q.push_values(records, |mut row, r| {
+            row.push_bind(r.at)
+                .push_bind(&r.event)
+                .push_bind(&r.subject)
+                .push_bind(&r.matomo_login)
+                .push_bind(&r.client_ip)
+                .push_bind(&r.reason)
+                .push_bind(&r.details)
+                .push_bind(&r.actor);
+        });
+        q.build().execute(&self.pool).await?;
         Ok(())
     }
 
