@@ -86,7 +86,10 @@
     var thead = el('thead', {}, [el('tr', {}, heads.map(function (h) { return el('th', {}, [h]); }))]);
     var tbody = el('tbody', {});
     var t = el('table', { id: id, 'class': matomoLook ? 'entityTable dataTable' : 'admin-table' }, [thead, tbody]);
-    return { table: t, body: tbody };
+    // Narrow screens scroll the table, not the page (set through the DOM: no inline style).
+    var wrap = el('div', { 'class': 'unikgate-scroll' }, [t]);
+    wrap.style.overflowX = 'auto';
+    return { table: wrap, body: tbody };
   }
 
   var message = el('p', { id: 'unikgate-message', role: 'status', 'aria-live': 'polite' });
