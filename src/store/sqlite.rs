@@ -76,10 +76,12 @@ impl SqliteDb {
 
     /// Proves the database answers and accepts writes.
     pub async fn ping(&self) -> Result<(), Error> {
-        // Readiness means writable: take the write lock and give it back, writing nothing.
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        // Readiness means writable: take the write lock and give it back, writing nothing. As a
+        // sqlx transaction, so that a readiness probe given up half-way (its future dropped
+        // between the two) still rolls back, instead of returning a connection to the pool that
+        // holds the write lock.
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        tx.rollback().await?;
         Ok(())
     }
 }
