@@ -97,33 +97,20 @@ pub(super) async fn unlink(v: Visit, posted: CsrfForm) -> Result<Response, Error
 /// nothing in it names anybody but the session's own @unikname.
 pub(super) async fn status(v: Visit, mut sess: Session) -> Result<Response, Error> {
     let (app, ctx, headers, sess) = (&*v.app, &v.ctx, &v.headers, &mut *sess);
-    let site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("same-origin");
-    if site != "same-origin" && site != "none" {
+    if let Some(site) = cross_site(headers) {
         crate::audit!(
             app,
             warn,
             event = "refused",
             reason = "status read from another site",
-            sec_fetch_site = site.chars().take(32).collect::<String>()
+            sec_fetch_site = site
         );
         return Ok(json(
             StatusCode::FORBIDDEN,
             serde_json::json!({ "error": "same-origin requests only" }),
         ));
     }
-    let user = if sess.had_cookie() {
-        match signed_in_user(app, ctx, sess).await {
-            // Refused by the access rules: ended, so not signed in.
-            Err(Error::NotAllowed(_)) => None,
-            other => other?,
-        }
-    } else {
-        None
-    };
-    let Some(user) = user else {
+    let Some(user) = json_user(app, ctx, sess).await? else {
         return Ok(json(
             StatusCode::OK,
             serde_json::json!({ "signed_in": false }),

@@ -34,29 +34,18 @@ async fn admin_of(
     headers: &HeaderMap,
     sess: &mut Sess,
 ) -> Result<Result<Admin, Response>, Error> {
-    let site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("same-origin");
-    if site != "same-origin" && site != "none" {
+    if let Some(site) = cross_site(headers) {
         crate::audit!(
             app,
             warn,
             event = "refused",
             client_ip = ctx.client_ip,
-            reason = "admin API called from another site"
+            reason = "admin API called from another site",
+            sec_fetch_site = site
         );
         return Ok(Err(forbidden("same-origin requests only")));
     }
-    let user = if sess.had_cookie() {
-        match signed_in_user(app, ctx, sess).await {
-            Err(Error::NotAllowed(_)) => None,
-            other => other?,
-        }
-    } else {
-        None
-    };
-    let Some(user) = user else {
+    let Some(user) = json_user(app, ctx, sess).await? else {
         return Ok(Err(forbidden("sign in with your @unikname first")));
     };
     let Some(link) = app.links.get(&user.issuer, &user.subject).await? else {

@@ -118,10 +118,7 @@ pub(super) async fn link_post(v: Visit, posted: CsrfForm) -> Result<Response, Er
             client_ip = ctx.client_ip,
             reason = "link rate limit"
         );
-        let mut r = Error::RateLimited.into_response();
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
-        return Ok(r);
+        return Ok(rate_limited());
     }
     let (login, superuser) = match f.get("mode").map(String::as_str) {
         Some("session") => {

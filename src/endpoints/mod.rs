@@ -201,6 +201,39 @@ async fn signed_in_user(
     Ok(Some(user))
 }
 
+/// The signed-in user for the same-origin JSON answers (`status`, the admin API): none without a
+/// session cookie, and none for a person the access rules now refuse (that session has just
+/// ended: a JSON answer is no place for the refusal's page).
+async fn json_user(app: &App, ctx: &Ctx, sess: &mut Sess) -> Result<Option<UserSession>, Error> {
+    if !sess.had_cookie() {
+        return Ok(None);
+    }
+    match signed_in_user(app, ctx, sess).await {
+        Err(Error::NotAllowed(_)) => Ok(None),
+        other => other,
+    }
+}
+
+/// `Sec-Fetch-Site` when the browser says another site's page made the request (the
+/// same-origin JSON answers refuse it), at most 32 characters of it.
+fn cross_site(headers: &HeaderMap) -> Option<String> {
+    let site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("same-origin");
+    (site != "same-origin" && site != "none").then(|| site.chars().take(32).collect())
+}
+
+/// 429 for too many link or account attempts, with when to try again.
+fn rate_limited() -> Response {
+    let mut r = Error::RateLimited.into_response();
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(LINK_WINDOW.as_secs()),
+    );
+    r
+}
+
 /// The way to the sign-in page, coming back to `rd`.
 fn to_sign_in(app: &App, rd: &str) -> Response {
     redirect_local(app, &own_url(app, "sign_in", rd))

@@ -187,10 +187,7 @@ pub(super) async fn provision_post(v: Visit, posted: CsrfForm) -> Result<Respons
             client_ip = ctx.client_ip,
             reason = "provision rate limit"
         );
-        let mut r = Error::RateLimited.into_response();
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("600"));
-        return Ok(r);
+        return Ok(rate_limited());
     }
     make_account(&v, sess, user, &rd).await
 }
